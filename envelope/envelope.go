@@ -1,0 +1,139 @@
+// Package envelope is the change-event record format every tidemark stage shares.
+//
+// A Kafka record's key is the canonical bytes of the document _id (Key), so one
+// document always lands on one partition. Its value is a small BSON document that
+// carries the operation, the namespace, the _id, the source version and the full
+// document as raw BSON: capture never decodes and re-encodes a document, and the
+// envelope does not depend on any transform spec.
+package envelope
+
+import (
+	"errors"
+	"fmt"
+
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/bsontype"
+	"go.mongodb.org/mongo-driver/x/bsonx/bsoncore"
+)
+
+// FormatVersion is written into every record so that a future layout can be told apart.
+const FormatVersion = 1
+
+// Op is what happened to the document.
+type Op string
+
+// The operations a record can carry. Backfill is a full document read by a scan,
+// stamped just below the cluster time of the change stream that covers it.
+const (
+	OpInsert   Op = "insert"
+	OpUpdate   Op = "update"
+	OpReplace  Op = "replace"
+	OpDelete   Op = "delete"
+	OpBackfill Op = "backfill"
+)
+
+// Valid reports whether op is one of the known operations.
+func (op Op) Valid() bool {
+	switch op {
+	case OpInsert, OpUpdate, OpReplace, OpDelete, OpBackfill:
+		return true
+	}
+	return false
+}
+
+// Event is one change of one document.
+type Event struct {
+	Op Op
+	// Namespace is "db.collection".
+	Namespace string
+	// ID is the document's _id exactly as the source holds it.
+	ID bson.RawValue
+	// Version is the source cluster time of the state this event carries.
+	Version Version
+	// Doc is the full document; nil for a delete, and for an update whose lookup
+	// found the document already gone (the delete event follows).
+	Doc bson.Raw
+}
+
+// Key is the Kafka record key of the event: the canonical bytes of its _id.
+func (e *Event) Key() []byte { return Key(e.ID) }
+
+// ErrMalformed wraps every decoding failure.
+var ErrMalformed = errors.New("envelope: malformed record")
+
+// Encode appends the record value of e to dst.
+func Encode(dst []byte, e *Event) ([]byte, error) {
+	if !e.Op.Valid() {
+		return dst, fmt.Errorf("envelope: encode: unknown op %q", e.Op)
+	}
+	if e.ID.Type == 0 || len(e.ID.Value) == 0 && !emptyValueType(e.ID.Type) {
+		return dst, errors.New("envelope: encode: missing _id")
+	}
+	if e.Op == OpDelete && e.Doc != nil {
+		return dst, errors.New("envelope: encode: a delete carries no document")
+	}
+	idx, dst := bsoncore.AppendDocumentStart(dst)
+	dst = bsoncore.AppendInt32Element(dst, "v", FormatVersion)
+	dst = bsoncore.AppendStringElement(dst, "op", string(e.Op))
+	dst = bsoncore.AppendStringElement(dst, "ns", e.Namespace)
+	dst = bsoncore.AppendValueElement(dst, "id", bsoncore.Value{Type: e.ID.Type, Data: e.ID.Value})
+	dst = bsoncore.AppendTimestampElement(dst, "ver", e.Version.T, e.Version.I)
+	if e.Doc != nil {
+		dst = bsoncore.AppendDocumentElement(dst, "doc", e.Doc)
+	}
+	return bsoncore.AppendDocumentEnd(dst, idx)
+}
+
+// Decode parses a record value. The returned event's ID and Doc alias b.
+// Garbage yields an error wrapping ErrMalformed, never a panic.
+func Decode(b []byte) (Event, error) {
+	var e Event
+	raw := bson.Raw(b)
+	if err := raw.Validate(); err != nil {
+		return e, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	v, err := raw.LookupErr("v")
+	if err != nil || v.Type != bsontype.Int32 || v.Int32() != FormatVersion {
+		return e, fmt.Errorf("%w: missing or unsupported format version", ErrMalformed)
+	}
+	op, ok := raw.Lookup("op").StringValueOK()
+	if !ok || !Op(op).Valid() {
+		return e, fmt.Errorf("%w: op %q", ErrMalformed, op)
+	}
+	e.Op = Op(op)
+	if e.Namespace, ok = raw.Lookup("ns").StringValueOK(); !ok {
+		return e, fmt.Errorf("%w: missing ns", ErrMalformed)
+	}
+	id, err := raw.LookupErr("id")
+	if err != nil {
+		return e, fmt.Errorf("%w: missing id", ErrMalformed)
+	}
+	if id.Type == bsontype.Array || id.Type == bsontype.Undefined {
+		// MongoDB forbids both as _id; refusing them keeps Key total and canonical.
+		return e, fmt.Errorf("%w: _id of type %s", ErrMalformed, id.Type)
+	}
+	e.ID = id
+	t, i, ok := raw.Lookup("ver").TimestampOK()
+	if !ok {
+		return e, fmt.Errorf("%w: missing ver", ErrMalformed)
+	}
+	e.Version = Version{T: t, I: i}
+	if d, err := raw.LookupErr("doc"); err == nil {
+		doc, ok := d.DocumentOK()
+		if !ok {
+			return e, fmt.Errorf("%w: doc is %s, not a document", ErrMalformed, d.Type)
+		}
+		e.Doc = doc
+	}
+	if e.Op == OpDelete && e.Doc != nil {
+		return e, fmt.Errorf("%w: a delete carries a document", ErrMalformed)
+	}
+	if (e.Op == OpInsert || e.Op == OpReplace || e.Op == OpBackfill) && e.Doc == nil {
+		return e, fmt.Errorf("%w: %s without a document", ErrMalformed, e.Op)
+	}
+	return e, nil
+}
+
+func emptyValueType(t bsontype.Type) bool {
+	return t == bsontype.Null || t == bsontype.MinKey || t == bsontype.MaxKey
+}

@@ -1,0 +1,147 @@
+package envelope
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"testing"
+
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+)
+
+func rawValue(t testing.TB, v any) bson.RawValue {
+	t.Helper()
+	typ, data, err := bson.MarshalValue(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bson.RawValue{Type: typ, Value: data}
+}
+
+func TestRoundTrip(t *testing.T) {
+	oid := primitive.NewObjectID()
+	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: oid}, {Key: "name", Value: "ada"}, {Key: "n", Value: 3.5}})
+	cases := []Event{
+		{Op: OpInsert, Namespace: "app.users", ID: rawValue(t, oid), Version: Version{T: 1700000000, I: 7}, Doc: doc},
+		{Op: OpUpdate, Namespace: "app.users", ID: rawValue(t, "k"), Version: Version{T: 1, I: 0}, Doc: nil},
+		{Op: OpDelete, Namespace: "app.users", ID: rawValue(t, int64(42)), Version: Version{T: 2, I: 1}},
+		{Op: OpBackfill, Namespace: "a.b", ID: rawValue(t, bson.D{{Key: "a", Value: 1}}), Version: Below(Version{T: 10}), Doc: doc},
+	}
+	for _, want := range cases {
+		b, err := Encode(nil, &want)
+		if err != nil {
+			t.Fatalf("%s: %v", want.Op, err)
+		}
+		got, err := Decode(b)
+		if err != nil {
+			t.Fatalf("%s: decode: %v", want.Op, err)
+		}
+		if got.Op != want.Op || got.Namespace != want.Namespace || got.Version != want.Version ||
+			!got.ID.Equal(want.ID) || !bytes.Equal(got.Doc, want.Doc) || (got.Doc == nil) != (want.Doc == nil) {
+			t.Fatalf("round trip: got %+v, want %+v", got, want)
+		}
+		if !bytes.Equal(got.Key(), want.Key()) {
+			t.Fatalf("key changed in round trip")
+		}
+	}
+}
+
+func TestEncodeRejects(t *testing.T) {
+	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: 1}})
+	for name, e := range map[string]Event{
+		"unknown op":     {Op: "upsert", ID: rawValue(t, 1)},
+		"missing id":     {Op: OpInsert, Doc: doc},
+		"delete and doc": {Op: OpDelete, ID: rawValue(t, 1), Doc: doc},
+	} {
+		if _, err := Encode(nil, &e); err == nil {
+			t.Errorf("%s: encoded", name)
+		}
+	}
+}
+
+func TestKeyIsTypeAware(t *testing.T) {
+	oid := primitive.NewObjectID()
+	if bytes.Equal(Key(rawValue(t, oid)), Key(rawValue(t, oid.Hex()))) {
+		t.Fatal("ObjectId and its hex string share a key")
+	}
+	if bytes.Equal(Key(rawValue(t, "1")), Key(rawValue(t, int32(1)))) {
+		t.Fatal("string and number share a key")
+	}
+	// MongoDB's _id index treats these as one key, so tidemark must too.
+	same := []any{int32(7), int64(7), 7.0}
+	for _, v := range same[1:] {
+		if !bytes.Equal(Key(rawValue(t, same[0])), Key(rawValue(t, v))) {
+			t.Fatalf("%T 7 and int32 7 differ", v)
+		}
+	}
+	if !bytes.Equal(Key(rawValue(t, 0.0)), Key(rawValue(t, math.Copysign(0, -1)))) {
+		t.Fatal("-0.0 and 0.0 differ")
+	}
+	if bytes.Equal(Key(rawValue(t, 7.5)), Key(rawValue(t, int64(7)))) {
+		t.Fatal("7.5 and 7 share a key")
+	}
+	if bytes.Equal(Key(rawValue(t, 1e300)), Key(rawValue(t, math.MaxInt64))) {
+		t.Fatal("out-of-range double folded into int64")
+	}
+	back, err := ParseKey(Key(rawValue(t, oid)))
+	if err != nil || back.ObjectID() != oid {
+		t.Fatalf("ParseKey: %v %v", back, err)
+	}
+}
+
+func TestVersionOrderMatchesMicros(t *testing.T) {
+	vs := []Version{{0, 1}, {1, 0}, {1, 1}, {1, 999_999}, {2, 0}, {1700000000, 5}}
+	for i := 1; i < len(vs); i++ {
+		if !vs[i-1].Before(vs[i]) || vs[i-1].Micros() >= vs[i].Micros() {
+			t.Fatalf("%v vs %v out of order", vs[i-1], vs[i])
+		}
+	}
+	for _, t0 := range vs {
+		b := Below(t0)
+		if !b.Before(t0) || b.Micros() >= t0.Micros() {
+			t.Fatalf("Below(%v) = %v is not below", t0, b)
+		}
+		if VersionFromMicros(t0.Micros()) != t0 {
+			t.Fatalf("micros round trip of %v", t0)
+		}
+	}
+}
+
+func TestDecodeGarbage(t *testing.T) {
+	for _, b := range [][]byte{nil, {}, {5, 0, 0, 0, 0}, []byte("not bson at all"), {0xff, 0xff, 0xff, 0x7f, 0}} {
+		if _, err := Decode(b); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("Decode(%x) = %v, want ErrMalformed", b, err)
+		}
+	}
+	// Valid BSON, wrong shape.
+	b, _ := bson.Marshal(bson.D{{Key: "v", Value: int32(1)}, {Key: "op", Value: "insert"}, {Key: "ns", Value: "a.b"},
+		{Key: "id", Value: 1}, {Key: "ver", Value: primitive.Timestamp{T: 1}}})
+	if _, err := Decode(b); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("insert without document decoded: %v", err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: 1}, {Key: "x", Value: bson.A{1, "a"}}})
+	e := Event{Op: OpInsert, Namespace: "a.b", ID: bson.RawValue{Type: 0x10, Value: []byte{1, 0, 0, 0}}, Version: Version{T: 1, I: 2}, Doc: doc}
+	seed, _ := Encode(nil, &e)
+	f.Add(seed)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, err := Decode(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must re-encode to a record that decodes to the same event.
+		out, err := Encode(nil, &ev)
+		if err != nil {
+			t.Fatalf("decoded event does not re-encode: %v", err)
+		}
+		again, err := Decode(out)
+		if err != nil || again.Op != ev.Op || again.Version != ev.Version || !bytes.Equal(again.Key(), ev.Key()) {
+			t.Fatalf("re-decode differs: %v", err)
+		}
+		_ = ev.Key()
+	})
+}
