@@ -8,6 +8,7 @@
 package envelope
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -89,8 +90,8 @@ func Encode(dst []byte, e *Event) ([]byte, error) {
 func Decode(b []byte) (Event, error) {
 	var e Event
 	raw := bson.Raw(b)
-	if err := raw.Validate(); err != nil {
-		return e, fmt.Errorf("%w: %v", ErrMalformed, err)
+	if err := Validate(raw); err != nil {
+		return e, err
 	}
 	v, err := raw.LookupErr("v")
 	if err != nil || v.Type != bsontype.Int32 || v.Int32() != FormatVersion {
@@ -136,4 +137,26 @@ func Decode(b []byte) (Event, error) {
 
 func emptyValueType(t bsontype.Type) bool {
 	return t == bsontype.Null || t == bsontype.MinKey || t == bsontype.MaxKey
+}
+
+// Validate checks that b is one well-formed BSON document. The driver's own
+// validation indexes out of range on a length prefix below 5 (seen with
+// mongo-driver v1.17.10, found by FuzzDecode), so the prefix is checked first
+// and any panic left in nested validation becomes an error.
+func Validate(b []byte) (err error) {
+	if len(b) < 5 {
+		return fmt.Errorf("%w: %d bytes is shorter than any BSON document", ErrMalformed, len(b))
+	}
+	if n := int32(binary.LittleEndian.Uint32(b)); n < 5 || int(n) != len(b) {
+		return fmt.Errorf("%w: length prefix %d for %d bytes", ErrMalformed, n, len(b))
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrMalformed, r)
+		}
+	}()
+	if err := bson.Raw(b).Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
 }
