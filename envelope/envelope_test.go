@@ -145,3 +145,18 @@ func FuzzDecode(f *testing.F) {
 		_ = ev.Key()
 	})
 }
+
+func TestDeadLetterRoundTrip(t *testing.T) {
+	d := DeadLetter{Stage: "sink", Reason: "invalid", Key: []byte{2, 1}, Version: Version{T: 3, I: 4}, Topic: "t", Partition: 2, Offset: 9, Record: make([]byte, MaxDeadLetterRecord+10)}
+	b, err := EncodeDeadLetter(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeDeadLetter(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Truncated || len(got.Record) != MaxDeadLetterRecord || got.Offset != 9 || got.Version != d.Version || got.Time.IsZero() {
+		t.Fatalf("dead letter round trip: %+v", got)
+	}
+}

@@ -1,0 +1,129 @@
+// Package checkpoints is the durable state a tidemark daemon restarts from:
+// capture resume tokens, backfill progress, offset marks, verified marks, operator
+// intent, rollout state, and the append-only audit log.
+//
+// Every stage keeps its state under its own key prefix (see Key* below) as JSON
+// through GetJSON and PutJSON, so one Store serves all of them and an operator can
+// read any of it with ordinary tools.
+package checkpoints
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrNotFound is returned by Get for a key that has no value.
+var ErrNotFound = errors.New("checkpoints: not found")
+
+// Store holds tidemark's durable state. Implementations must be safe for
+// concurrent use by several goroutines and, where they say so, several processes.
+type Store interface {
+	// Get returns the newest value stored under key, or ErrNotFound.
+	Get(ctx context.Context, key string) ([]byte, error)
+	// Put stores value under key. When Put returns nil the value is durable: a
+	// process that opens the store afterwards sees it or a newer one, and a crash
+	// during Put leaves either the old value or the new one, never a torn mix.
+	Put(ctx context.Context, key string, value []byte) error
+	// Delete removes key; deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+	// List returns every key starting with prefix and its value.
+	List(ctx context.Context, prefix string) (map[string][]byte, error)
+	// Append adds e to the audit log. Entries are never changed or removed. A zero
+	// e.Time is set to the current time.
+	Append(ctx context.Context, e AuditEntry) error
+	// Audit returns the entries that match f, oldest first.
+	Audit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+	// Close releases the store's resources.
+	Close() error
+}
+
+// AuditEntry records one operator or automatic action: who, what, why, when, result.
+type AuditEntry struct {
+	Time time.Time `json:"time"`
+	// Actor is the token name of an operator, or "auto:<component>" for automatic
+	// actions (for example "auto:rollout").
+	Actor string `json:"actor"`
+	// Action is a short verb phrase: "pause", "rewind", "trigger.fire", ...
+	Action string `json:"action"`
+	// Target names what was acted on: topics, partitions, a stage, a report id.
+	Target string `json:"target,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Result is "ok", "refused", "failed: ..." or "dry-run".
+	Result string `json:"result"`
+	// Details carries the numbers behind an automatic decision, or a plan.
+	Details map[string]any `json:"details,omitempty"`
+}
+
+// AuditFilter selects audit entries; zero fields match everything.
+type AuditFilter struct {
+	Since  time.Time
+	Until  time.Time
+	Actor  string
+	Action string
+	// Limit keeps only the newest Limit entries when positive.
+	Limit int
+}
+
+// Match reports whether e passes f (Limit aside).
+func (f AuditFilter) Match(e AuditEntry) bool {
+	return (f.Since.IsZero() || !e.Time.Before(f.Since)) &&
+		(f.Until.IsZero() || e.Time.Before(f.Until)) &&
+		(f.Actor == "" || f.Actor == e.Actor) &&
+		(f.Action == "" || f.Action == e.Action)
+}
+
+// Key prefixes. Each stage owns its prefix; nothing else writes under it.
+const (
+	PrefixCapture   = "capture/"   // capture/<stream>: resume token and cluster time
+	PrefixBackfill  = "backfill/"  // backfill/<namespace>/<run>: chunk progress
+	PrefixMark      = "mark/"      // mark/<topic>/<partition>: newest applied offset mark
+	PrefixVerified  = "verified/"  // verified/<topic>/<partition>: last verified mark
+	PrefixIntent    = "intent/"    // intent/paused, intent/rewind/...: operator intent
+	PrefixRollout   = "rollout/"   // rollout/state
+	PrefixReconcile = "reconcile/" // reconcile/<round>: resumable round progress
+)
+
+// PartitionKey is the key of a per-partition record under prefix.
+func PartitionKey(prefix, topic string, partition int32) string {
+	return fmt.Sprintf("%s%s/%d", prefix, topic, partition)
+}
+
+// Mark is a point in one partition's history: the next offset to consume, the
+// newest source version applied below it, and when it was taken.
+type Mark struct {
+	Topic     string    `json:"topic"`
+	Partition int32     `json:"partition"`
+	Offset    int64     `json:"offset"`
+	VersionT  uint32    `json:"version_t"`
+	VersionI  uint32    `json:"version_i"`
+	Wall      time.Time `json:"wall"`
+	// Name identifies a verified mark (for example the reconcile report id).
+	Name string `json:"name,omitempty"`
+}
+
+// GetJSON reads key and decodes it into a T. ok is false when the key is missing.
+func GetJSON[T any](ctx context.Context, s Store, key string) (v T, ok bool, err error) {
+	b, err := s.Get(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return v, false, nil
+	}
+	if err != nil {
+		return v, false, err
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return v, false, fmt.Errorf("checkpoints: decode %s: %w", key, err)
+	}
+	return v, true, nil
+}
+
+// PutJSON encodes v as JSON and stores it under key.
+func PutJSON(ctx context.Context, s Store, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("checkpoints: encode %s: %w", key, err)
+	}
+	return s.Put(ctx, key, b)
+}

@@ -1,0 +1,140 @@
+// Package transform turns a source document into rows of the target Cassandra
+// tables, following a versioned, declarative mapping spec. It is pure: no I/O,
+// and the same document and spec always give byte-identical rows.
+//
+// CONTRACT (shared with sink and reconcile; the transform owner fills in the
+// bodies and may add to it, but must not change these signatures without
+// updating every caller):
+//
+//   - Load/Parse read a spec; Compile checks it and returns a *Mapping.
+//   - Mapping.Apply(namespace, doc) returns one Row per target table whose filter
+//     admits the document. Tables of that namespace with no Row must have any
+//     existing row for this _id deleted by the sink.
+//   - Row.Values are aligned with Table.Columns; nil means CQL null. Every mapped
+//     column is present on every row: absent fields become nil, never "unset".
+//   - Row.Values use the Go types gocql v2 marshals for the column's CQL type, and
+//     Table.AppendCanonical accepts both those and what gocql returns when a row
+//     is scanned into `any` (MapScan), so reconcile can hash both sides alike.
+//   - A Table whose primary key is computed from _id alone has KeyFromIDOnly set,
+//     and KeyForID gives its key values from the _id (used to delete). Otherwise
+//     the sink keeps a key map (table, _id) -> Row.Key to delete the old row when
+//     the key changes (e.g. users_by_email).
+//   - Conversion failures are *ConvertError values, never panics.
+package transform
+
+import (
+	"errors"
+
+	"go.mongodb.org/mongo-driver/bson"
+)
+
+var errNotImplemented = errors.New("transform: not implemented yet")
+
+// Mapping is a compiled spec, safe for concurrent use.
+type Mapping struct {
+	version  string
+	checksum string
+	tables   map[string][]*Table // by namespace "db.collection"
+}
+
+// Version is the spec's declared version.
+func (m *Mapping) Version() string { return m.version }
+
+// Checksum is a hex digest of the spec's canonical content.
+func (m *Mapping) Checksum() string { return m.checksum }
+
+// Namespaces lists the source namespaces ("db.collection") the spec maps, sorted.
+func (m *Mapping) Namespaces() []string { return nil }
+
+// Tables returns the target tables fed by namespace, in spec order.
+func (m *Mapping) Tables(namespace string) []*Table { return m.tables[namespace] }
+
+// Apply maps one document of namespace to rows.
+func (m *Mapping) Apply(namespace string, doc bson.Raw) ([]Row, error) {
+	return nil, errNotImplemented
+}
+
+// Table is one target Cassandra table.
+type Table struct {
+	Keyspace string
+	Name     string
+	// Columns in write order; the primary key columns are among them.
+	Columns []Column
+	// PartitionKey and ClusteringKey hold indexes into Columns.
+	PartitionKey  []int
+	ClusteringKey []int
+	// KeyFromIDOnly is true when every primary key column derives from _id alone.
+	KeyFromIDOnly bool
+	// Consistency is the write consistency level name, default "LOCAL_QUORUM".
+	Consistency string
+}
+
+// Column is one target column.
+type Column struct {
+	Name string
+	// Type is the CQL type as Cassandra's system_schema spells it, e.g. "text",
+	// "bigint", "frozen<address>", "list<int>", "map<text, text>".
+	Type string
+}
+
+// QualifiedName is "keyspace.table".
+func (t *Table) QualifiedName() string { return t.Keyspace + "." + t.Name }
+
+// KeyForID returns the primary key values for a document _id. Only valid when
+// KeyFromIDOnly is true.
+func (t *Table) KeyForID(id bson.RawValue) ([]any, error) { return nil, errNotImplemented }
+
+// KeyValues picks the primary key values (partition key then clustering key) out of row values.
+func (t *Table) KeyValues(values []any) []any {
+	out := make([]any, 0, len(t.PartitionKey)+len(t.ClusteringKey))
+	for _, i := range t.PartitionKey {
+		out = append(out, values[i])
+	}
+	for _, i := range t.ClusteringKey {
+		out = append(out, values[i])
+	}
+	return out
+}
+
+// EncodeKey returns canonical bytes for primary key values (as KeyValues orders
+// them); DecodeKey reverses it into values gocql can bind.
+func (t *Table) EncodeKey(key []any) ([]byte, error) { return nil, errNotImplemented }
+
+// DecodeKey is the inverse of EncodeKey.
+func (t *Table) DecodeKey(b []byte) ([]any, error) { return nil, errNotImplemented }
+
+// AppendCanonical appends a canonical, type-aware encoding of a full row's values
+// (aligned with Columns) to dst. Equal rows give equal bytes whether the values
+// came from Apply or from scanning Cassandra.
+func (t *Table) AppendCanonical(dst []byte, values []any) ([]byte, error) {
+	return dst, errNotImplemented
+}
+
+// Row is one row of one table.
+type Row struct {
+	Table  *Table
+	Values []any
+	// Key is Table.EncodeKey of the row's primary key values.
+	Key []byte
+}
+
+// ConvertError says why a document could not be converted.
+type ConvertError struct {
+	Namespace string
+	Table     string
+	Column    string
+	// Path is the document path the column reads, e.g. "address.zip".
+	Path string
+	// BSONType is the type found at Path ("missing" when absent).
+	BSONType string
+	// Rule is the conversion that failed, e.g. "int64->int".
+	Rule string
+	Err  error
+}
+
+func (e *ConvertError) Error() string {
+	return "transform: " + e.Namespace + " -> " + e.Table + "." + e.Column + ": " + e.Path +
+		" (" + e.BSONType + ") by " + e.Rule + ": " + e.Err.Error()
+}
+
+func (e *ConvertError) Unwrap() error { return e.Err }
