@@ -1,0 +1,42 @@
+# tidemark: `make test` is what CI runs (.ci/run). It starts the servers it needs.
+GO        ?= go
+PKGS      ?= ./...
+STACK     := deploy/local/stack
+ITIMEOUT  ?= 15m
+
+.PHONY: test vet unit integration stack-up stack-down stack-status bench demo build clean
+
+test: vet unit integration
+
+build:
+	$(GO) build -o bin/tidemark ./cmd/tidemark
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) vet -tags integration $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 $(PKGS)
+
+integration: stack-up
+	$(GO) test -tags integration -count=1 -p 1 -run '^TestIntegration' -timeout $(ITIMEOUT) $(PKGS)
+
+stack-up:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+stack-status:
+	@$(STACK) status
+
+bench: stack-up
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m $(PKGS)
+
+demo:
+	@echo "make demo: not yet implemented" >&2; exit 1
+
+clean: stack-down
+	rm -rf .stack bin
