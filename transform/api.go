@@ -23,18 +23,15 @@
 package transform
 
 import (
-	"errors"
-
 	"go.mongodb.org/mongo-driver/bson"
 )
 
-var errNotImplemented = errors.New("transform: not implemented yet")
-
 // Mapping is a compiled spec, safe for concurrent use.
 type Mapping struct {
-	version  string
-	checksum string
-	tables   map[string][]*Table // by namespace "db.collection"
+	version    string
+	checksum   string
+	tables     map[string][]*Table // by namespace "db.collection"
+	namespaces []string
 }
 
 // Version is the spec's declared version.
@@ -44,15 +41,11 @@ func (m *Mapping) Version() string { return m.version }
 func (m *Mapping) Checksum() string { return m.checksum }
 
 // Namespaces lists the source namespaces ("db.collection") the spec maps, sorted.
-func (m *Mapping) Namespaces() []string { return nil }
+func (m *Mapping) Namespaces() []string { return append([]string(nil), m.namespaces...) }
 
 // Tables returns the target tables fed by namespace, in spec order.
 func (m *Mapping) Tables(namespace string) []*Table { return m.tables[namespace] }
 
-// Apply maps one document of namespace to rows.
-func (m *Mapping) Apply(namespace string, doc bson.Raw) ([]Row, error) {
-	return nil, errNotImplemented
-}
 
 // Table is one target Cassandra table.
 type Table struct {
@@ -67,7 +60,17 @@ type Table struct {
 	KeyFromIDOnly bool
 	// Consistency is the write consistency level name, default "LOCAL_QUORUM".
 	Consistency string
+
+	namespace string
+	cols      []*column
+	filter    func(bson.Raw) bool
+	// filtered is true when a filter on a mutable field can drop the row.
+	filtered bool
 }
+
+// NeedsKeyMap reports whether the sink must remember the key it last wrote for
+// each _id: when the key can change, or a filter can later exclude the document.
+func (t *Table) NeedsKeyMap() bool { return !t.KeyFromIDOnly || t.filtered }
 
 // Column is one target column.
 type Column struct {
@@ -80,9 +83,6 @@ type Column struct {
 // QualifiedName is "keyspace.table".
 func (t *Table) QualifiedName() string { return t.Keyspace + "." + t.Name }
 
-// KeyForID returns the primary key values for a document _id. Only valid when
-// KeyFromIDOnly is true.
-func (t *Table) KeyForID(id bson.RawValue) ([]any, error) { return nil, errNotImplemented }
 
 // KeyValues picks the primary key values (partition key then clustering key) out of row values.
 func (t *Table) KeyValues(values []any) []any {
@@ -96,19 +96,8 @@ func (t *Table) KeyValues(values []any) []any {
 	return out
 }
 
-// EncodeKey returns canonical bytes for primary key values (as KeyValues orders
-// them); DecodeKey reverses it into values gocql can bind.
-func (t *Table) EncodeKey(key []any) ([]byte, error) { return nil, errNotImplemented }
 
-// DecodeKey is the inverse of EncodeKey.
-func (t *Table) DecodeKey(b []byte) ([]any, error) { return nil, errNotImplemented }
 
-// AppendCanonical appends a canonical, type-aware encoding of a full row's values
-// (aligned with Columns) to dst. Equal rows give equal bytes whether the values
-// came from Apply or from scanning Cassandra.
-func (t *Table) AppendCanonical(dst []byte, values []any) ([]byte, error) {
-	return dst, errNotImplemented
-}
 
 // Row is one row of one table.
 type Row struct {
@@ -138,9 +127,3 @@ func (e *ConvertError) Error() string {
 }
 
 func (e *ConvertError) Unwrap() error { return e.Err }
-
-// Parse reads a YAML spec and compiles it.
-func Parse(spec []byte) (*Mapping, error) { return nil, errNotImplemented }
-
-// Load reads and compiles the spec at path.
-func Load(path string) (*Mapping, error) { return nil, errNotImplemented }
