@@ -46,7 +46,6 @@ func (m *Mapping) Namespaces() []string { return append([]string(nil), m.namespa
 // Tables returns the target tables fed by namespace, in spec order.
 func (m *Mapping) Tables(namespace string) []*Table { return m.tables[namespace] }
 
-
 // Table is one target Cassandra table.
 type Table struct {
 	Keyspace string
@@ -83,7 +82,6 @@ type Column struct {
 // QualifiedName is "keyspace.table".
 func (t *Table) QualifiedName() string { return t.Keyspace + "." + t.Name }
 
-
 // KeyValues picks the primary key values (partition key then clustering key) out of row values.
 func (t *Table) KeyValues(values []any) []any {
 	out := make([]any, 0, len(t.PartitionKey)+len(t.ClusteringKey))
@@ -95,9 +93,6 @@ func (t *Table) KeyValues(values []any) []any {
 	}
 	return out
 }
-
-
-
 
 // Row is one row of one table.
 type Row struct {

@@ -359,4 +359,3 @@ func number(v bson.RawValue) (float64, bool) {
 	}
 	return 0, false
 }
-

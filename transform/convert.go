@@ -505,4 +505,3 @@ func hashBucket(vals []bson.RawValue, n int) uint64 {
 	}
 	return h.Sum64() % uint64(n)
 }
-

@@ -23,7 +23,9 @@ import (
 )
 
 // KafkaBrokers is TIDEMARK_KAFKA_BROKERS (comma-separated), default 127.0.0.1:9092.
-func KafkaBrokers() []string { return strings.Split(env("TIDEMARK_KAFKA_BROKERS", "127.0.0.1:9092"), ",") }
+func KafkaBrokers() []string {
+	return strings.Split(env("TIDEMARK_KAFKA_BROKERS", "127.0.0.1:9092"), ",")
+}
 
 // CassandraHosts is TIDEMARK_CASSANDRA_HOSTS (comma-separated), default 127.0.0.1:9042.
 func CassandraHosts() []string {
