@@ -1,0 +1,344 @@
+package capture
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/mongo/options"
+	"golang.org/x/time/rate"
+)
+
+// Progress is a backfill's checkpointed state, stored per chunk.
+type Progress struct {
+	Namespace string `json:"namespace"`
+	T0T       uint32 `json:"t0_t"`
+	T0I       uint32 `json:"t0_i"`
+	// LastKey is envelope.Key of the last _id of the last finished chunk.
+	LastKey   []byte    `json:"last_key,omitempty"`
+	Chunks    int64     `json:"chunks"`
+	Docs      int64     `json:"docs"`
+	Estimated int64     `json:"estimated"`
+	Done      bool      `json:"done"`
+	Started   time.Time `json:"started"`
+	Updated   time.Time `json:"updated"`
+}
+
+func backfillKey(ns string) string { return checkpoints.PrefixBackfill + ns }
+
+// BackfillProgress returns the recorded progress of a namespace's backfill.
+func BackfillProgress(ctx context.Context, s checkpoints.Store, ns string) (Progress, bool, error) {
+	return checkpoints.GetJSON[Progress](ctx, s, backfillKey(ns))
+}
+
+// initialBackfill scans the collection in _id order, one checkpointed chunk at
+// a time, stamping every document just below t0. A restart resumes after the
+// last finished chunk with the same t0.
+func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Version) error {
+	p, ok, err := BackfillProgress(ctx, c.store, ns)
+	if err != nil {
+		return err
+	}
+	if ok && p.Done {
+		return nil
+	}
+	if !ok || p.T0T != t0.T || p.T0I != t0.I {
+		p = Progress{Namespace: ns, T0T: t0.T, T0I: t0.I, Started: time.Now().UTC()}
+	}
+	db, coll, _ := cut(ns)
+	col := c.mongo.Database(db).Collection(coll)
+	if p.Estimated, err = col.EstimatedDocumentCount(ctx); err != nil {
+		return fmt.Errorf("capture %s: count documents: %w", ns, err)
+	}
+	log := c.log.With("namespace", ns, "t0", t0)
+	log.Info("backfill starting", "estimated_docs", p.Estimated, "resume_after_docs", p.Docs)
+	var lim *rate.Limiter
+	if c.cfg.Backfill.RateLimit > 0 {
+		lim = rate.NewLimiter(rate.Limit(c.cfg.Backfill.RateLimit), c.cfg.Backfill.ChunkSize)
+	}
+	version := envelope.Below(t0)
+	topic := Topic(c.cfg.TopicPrefix, ns)
+	start, startDocs := time.Now(), p.Docs
+	for {
+		filter := bson.D{}
+		if p.LastKey != nil {
+			last, err := envelope.ParseKey(p.LastKey)
+			if err != nil {
+				return err
+			}
+			filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: last}}}}
+		}
+		cur, err := col.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
+			SetLimit(int64(c.cfg.Backfill.ChunkSize)).SetBatchSize(int32(c.cfg.Backfill.ChunkSize)))
+		if err != nil {
+			return fmt.Errorf("capture %s: backfill scan: %w", ns, err)
+		}
+		var recs, dead []*kgo.Record
+		var lastKey []byte
+		for cur.Next(ctx) {
+			doc := bson.Raw(append([]byte(nil), cur.Current...))
+			e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
+			lastKey = e.Key()
+			if rec, dl, _ := c.toRecord(topic, &e); dl != nil {
+				dead = append(dead, dl)
+			} else {
+				recs = append(recs, rec)
+			}
+		}
+		err = cur.Err()
+		cur.Close(ctx)
+		if err != nil {
+			return fmt.Errorf("capture %s: backfill scan: %w", ns, err)
+		}
+		n := len(recs) + len(dead)
+		if n == 0 {
+			break
+		}
+		if lim != nil {
+			if err := lim.WaitN(ctx, min(n, lim.Burst())); err != nil {
+				return err
+			}
+		}
+		if err := c.produceAll(ctx, append(recs, dead...)); err != nil {
+			return err
+		}
+		p.LastKey, p.Chunks, p.Docs, p.Updated = lastKey, p.Chunks+1, p.Docs+int64(n), time.Now().UTC()
+		if err := checkpoints.PutJSON(ctx, c.store, backfillKey(ns), p); err != nil {
+			return err
+		}
+		c.m.backfillDocs.WithLabelValues(ns).Add(float64(n))
+		c.m.backfillChunk.WithLabelValues(ns).Inc()
+		c.progress(log, p, start, startDocs)
+		if n < c.cfg.Backfill.ChunkSize {
+			break
+		}
+	}
+	p.Done, p.Updated = true, time.Now().UTC()
+	c.m.backfillDone.WithLabelValues(ns).Set(1)
+	log.Info("backfill done", "docs", p.Docs, "chunks", p.Chunks, "elapsed", time.Since(p.Started).Round(time.Second))
+	return checkpoints.PutJSON(ctx, c.store, backfillKey(ns), p)
+}
+
+func (c *Capture) progress(log interface {
+	Info(string, ...any)
+}, p Progress, start time.Time, startDocs int64) {
+	ratio := 1.0
+	if p.Estimated > 0 {
+		ratio = min(1, float64(p.Docs)/float64(p.Estimated))
+	}
+	c.m.backfillDone.WithLabelValues(p.Namespace).Set(ratio)
+	rateNow := float64(p.Docs-startDocs) / max(time.Since(start).Seconds(), 0.001)
+	eta := time.Duration(0)
+	if rateNow > 0 && p.Estimated > p.Docs {
+		eta = time.Duration(float64(p.Estimated-p.Docs)/rateNow) * time.Second
+	}
+	log.Info("backfill progress", "chunks", p.Chunks, "docs", p.Docs, "estimated", p.Estimated,
+		"percent", fmt.Sprintf("%.1f", 100*ratio), "docs_per_second", int(rateNow), "eta", eta.Round(time.Second))
+}
+
+// produceAll produces records with the plain idempotent producer and returns
+// once Kafka acknowledged all of them, retrying until ctx ends.
+func (c *Capture) produceAll(ctx context.Context, recs []*kgo.Record) error {
+	for {
+		res := c.plain.ProduceSync(ctx, recs...)
+		var failed []*kgo.Record
+		var first error
+		for _, r := range res {
+			if r.Err != nil {
+				failed = append(failed, r.Record)
+				if first == nil {
+					first = r.Err
+				}
+			}
+		}
+		if first == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.log.Warn("backfill produce failed; retrying", "records", len(failed), "err", first)
+		recs = failed
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Request asks for a targeted backfill while streaming continues: a whole
+// namespace, the documents matching Filter, or the listed _ids (repair).
+type Request struct {
+	Namespace string `json:"namespace"`
+	// Keys are envelope.Key values of _ids to re-emit; those the source no
+	// longer has are emitted as deletes.
+	Keys [][]byte `json:"keys,omitempty"`
+	// Filter is a MongoDB query in relaxed extended JSON.
+	Filter string `json:"filter,omitempty"`
+	// ResetStream restarts the namespace's stream from now: the recovery after
+	// lost history (a full re-backfill must accompany it, so Keys and Filter
+	// must be empty).
+	ResetStream bool   `json:"reset_stream,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	Actor       string `json:"actor,omitempty"`
+}
+
+// RequestKeyPrefix is where backfill requests wait in the checkpoints store.
+const RequestKeyPrefix = checkpoints.PrefixIntent + "backfill/"
+
+// Enqueue stores a request for whichever daemon runs capture of the namespace.
+func Enqueue(ctx context.Context, s checkpoints.Store, r Request) (string, error) {
+	id := fmt.Sprintf("%s%d", RequestKeyPrefix, time.Now().UnixNano())
+	return id, checkpoints.PutJSON(ctx, s, id, r)
+}
+
+// Backfill re-emits documents of a namespace with a fresh T0, while the stream
+// continues. T0 is read from the server before the scan, so every change made
+// after the scan read a document has a higher version than what it emits.
+func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
+	if !c.captures(r.Namespace) {
+		return 0, fmt.Errorf("capture: namespace %s is not captured here", r.Namespace)
+	}
+	t0, err := c.serverTime(ctx)
+	if err != nil {
+		return 0, err
+	}
+	version := envelope.Below(t0)
+	db, coll, _ := cut(r.Namespace)
+	col := c.mongo.Database(db).Collection(coll)
+	topic := Topic(c.cfg.TopicPrefix, r.Namespace)
+	filter := bson.D{}
+	want := map[string]bool{}
+	if len(r.Keys) > 0 {
+		ids := bson.A{}
+		for _, k := range r.Keys {
+			id, err := envelope.ParseKey(k)
+			if err != nil {
+				return 0, err
+			}
+			ids = append(ids, id)
+			want[string(k)] = true
+		}
+		filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
+	} else if r.Filter != "" {
+		if err := bson.UnmarshalExtJSON([]byte(r.Filter), false, &filter); err != nil {
+			return 0, fmt.Errorf("capture: backfill filter: %w", err)
+		}
+	}
+	cur, err := col.Find(ctx, filter)
+	if err != nil {
+		return 0, fmt.Errorf("capture %s: targeted backfill: %w", r.Namespace, err)
+	}
+	defer cur.Close(ctx)
+	var recs []*kgo.Record
+	for cur.Next(ctx) {
+		doc := bson.Raw(append([]byte(nil), cur.Current...))
+		e := envelope.Event{Op: envelope.OpBackfill, Namespace: r.Namespace, ID: doc.Lookup("_id"), Version: version, Doc: doc}
+		delete(want, string(e.Key()))
+		rec, dl, _ := c.toRecord(topic, &e)
+		if dl != nil {
+			rec = dl
+		}
+		recs = append(recs, rec)
+	}
+	if err := cur.Err(); err != nil {
+		return 0, err
+	}
+	for k := range want {
+		id, _ := envelope.ParseKey([]byte(k))
+		e := envelope.Event{Op: envelope.OpDelete, Namespace: r.Namespace, ID: id, Version: version}
+		rec, _, _ := c.toRecord(topic, &e)
+		recs = append(recs, rec)
+	}
+	if err := c.produceAll(ctx, recs); err != nil {
+		return 0, err
+	}
+	c.m.backfillDocs.WithLabelValues(r.Namespace).Add(float64(len(recs)))
+	c.log.Info("targeted backfill done", "namespace", r.Namespace, "records", len(recs), "t0", t0, "reason", r.Reason)
+	return len(recs), nil
+}
+
+func (c *Capture) captures(ns string) bool {
+	for _, n := range c.cfg.Namespaces {
+		if n == ns {
+			return true
+		}
+	}
+	return false
+}
+
+// serveRequests runs backfill requests left in the store by operators or by
+// reconcile repair, for the namespaces this process captures.
+func (c *Capture) serveRequests(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		reqs, err := c.store.List(ctx, RequestKeyPrefix)
+		if err != nil {
+			c.log.Warn("cannot list backfill requests", "err", err)
+			continue
+		}
+		for key, b := range reqs {
+			var r Request
+			if err := json.Unmarshal(b, &r); err != nil || !c.captures(r.Namespace) {
+				continue
+			}
+			result := "ok"
+			if r.ResetStream {
+				err = c.resetStream(ctx, r.Namespace)
+			} else {
+				_, err = c.Backfill(ctx, r)
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				result = "failed: " + err.Error()
+			}
+			c.store.Append(ctx, checkpoints.AuditEntry{Actor: orDefault(r.Actor, "auto:capture"), Action: "backfill",
+				Target: r.Namespace, Reason: r.Reason, Result: result, Details: map[string]any{"keys": len(r.Keys), "filter": r.Filter, "reset_stream": r.ResetStream}})
+			c.store.Delete(ctx, key)
+		}
+	}
+}
+
+// resetStream is the recovery after lost history: forget the stream position
+// and the backfill, so the namespace restarts at a fresh T0 with a full backfill.
+func (c *Capture) resetStream(ctx context.Context, ns string) error {
+	if err := c.store.Delete(ctx, streamKey(ns)); err != nil {
+		return err
+	}
+	if err := c.store.Delete(ctx, backfillKey(ns)); err != nil {
+		return err
+	}
+	c.m.historyLost.WithLabelValues(ns).Set(0)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cancel := c.running[ns]; cancel != nil {
+		cancel()
+	}
+	select {
+	case c.reset[ns] <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func orDefault(s, d string) string {
+	if strings.TrimSpace(s) == "" {
+		return d
+	}
+	return s
+}

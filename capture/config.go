@@ -1,0 +1,106 @@
+// Package capture moves MongoDB change streams, and backfills of existing
+// documents, into Kafka as version-stamped envelopes.
+//
+// Versions are born here (DESIGN.md, "version-stamped last-write-wins"): a change
+// event carries its clusterTime; a backfill record carries envelope.Below(T0),
+// where T0 is the operation time the covering change stream was opened at,
+// before the scan began. Every change after T0 is therefore also in Kafka with a
+// higher version, and the sink's USING TIMESTAMP lets it win.
+//
+// Each stream produces in Kafka transactions under a transactional id of its
+// own ("tidemark-capture-<namespace>"): a second capture process for the same
+// stream fences the first, which stops with ErrFenced. Consumers must read with
+// read_committed isolation.
+package capture
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Config is the capture section of the daemon config.
+type Config struct {
+	// TopicPrefix names topics "<prefix>.<db>.<collection>" and the dead-letter
+	// topic "<prefix>.deadletter". Default "tidemark".
+	TopicPrefix string `yaml:"topic_prefix"`
+	// Namespaces lists the "db.collection"s to capture.
+	Namespaces []string `yaml:"namespaces"`
+	// Partitions for topics capture creates. Default 12.
+	Partitions int32 `yaml:"partitions"`
+	// ReplicationFactor for topics capture creates. Default 1 (use 3 in production).
+	ReplicationFactor int16 `yaml:"replication_factor"`
+	// BatchSize is the most events produced in one Kafka transaction. Default 1000.
+	BatchSize int `yaml:"batch_size"`
+	// MaxRecordBytes is the largest record value produced; larger events go to
+	// the dead-letter topic. Default 1 MiB (Kafka's default message.max.bytes).
+	MaxRecordBytes int `yaml:"max_record_bytes"`
+	// Backfill configures the scan of existing documents.
+	Backfill BackfillConfig `yaml:"backfill"`
+}
+
+// BackfillConfig configures backfill scans.
+type BackfillConfig struct {
+	// Enabled runs an initial backfill of every namespace that has none recorded. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// ChunkSize is the number of documents per checkpointed chunk. Default 1000.
+	ChunkSize int `yaml:"chunk_size"`
+	// RateLimit caps documents per second (0 = unlimited).
+	RateLimit float64 `yaml:"rate_limit"`
+}
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = "tidemark"
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 12
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = 1
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 1000
+	}
+	if c.MaxRecordBytes == 0 {
+		c.MaxRecordBytes = 1 << 20
+	}
+	if c.Backfill.ChunkSize == 0 {
+		c.Backfill.ChunkSize = 1000
+	}
+	if c.Backfill.Enabled == nil {
+		t := true
+		c.Backfill.Enabled = &t
+	}
+	return c
+}
+
+// Validate lists every problem with c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Namespaces) == 0 {
+		errs = append(errs, errors.New("capture.namespaces: at least one db.collection is required"))
+	}
+	for _, ns := range c.Namespaces {
+		if db, coll, ok := strings.Cut(ns, "."); !ok || db == "" || coll == "" {
+			errs = append(errs, fmt.Errorf("capture.namespaces: %q is not db.collection", ns))
+		}
+	}
+	if c.Partitions < 0 {
+		errs = append(errs, errors.New("capture.partitions must be positive"))
+	}
+	if c.BatchSize < 0 || c.Backfill.ChunkSize < 0 {
+		errs = append(errs, errors.New("capture.batch_size and capture.backfill.chunk_size must be positive"))
+	}
+	if c.MaxRecordBytes < 0 || c.MaxRecordBytes > 100<<20 {
+		errs = append(errs, errors.New("capture.max_record_bytes must be between 1 and 100 MiB"))
+	}
+	if c.Backfill.RateLimit < 0 {
+		errs = append(errs, errors.New("capture.backfill.rate_limit must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Topic is the Kafka topic of a namespace.
+func Topic(prefix, namespace string) string { return prefix + "." + namespace }
