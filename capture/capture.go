@@ -103,7 +103,8 @@ func producerOpts(cfg Config) []kgo.Opt {
 		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes) + 1024),
 		kgo.MaxBufferedRecords(4 * cfg.BatchSize),
 		kgo.ProducerLinger(5 * time.Millisecond),
-		kgo.RecordRetries(-1), /* unlimited: Kafka being down blocks capture, never drops */
+		// Record retries stay at the default, unlimited: Kafka being down blocks
+		// capture with bounded memory (MaxBufferedRecords) and never drops a record.
 	}
 }
 
@@ -311,25 +312,39 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 	defer txn.Close()
 	topic := Topic(c.cfg.TopicPrefix, ns)
 	openedAt, hadToken := resumeAt, st.Token != nil
-	var batch []*kgo.Record
-	var dead []*kgo.Record
+	var batch, dead []*kgo.Record
+	var evs []changeEvent
 	for {
 		if !cs.Next(ctx) {
 			return classify(ns, resumeAt, cs.Err())
 		}
 		batch, dead = batch[:0], dead[:0]
-		var last envelope.Version
+		evs := evs[:0]
 		for {
 			var ev changeEvent
 			if err := cs.Decode(&ev); err != nil {
 				return fmt.Errorf("capture %s: decode change event: %w", ns, err)
 			}
+			evs = append(evs, ev)
+			if cs.RemainingBatchLength() == 0 || len(evs) >= c.cfg.BatchSize {
+				break
+			}
+			if !cs.Next(ctx) {
+				return classify(ns, resumeAt, cs.Err())
+			}
+		}
+		if err := c.completeEvents(ctx, ns, evs); err != nil {
+			return err
+		}
+		var last envelope.Version
+		for i := range evs {
+			ev := &evs[i]
 			v := envelope.Version{T: ev.ClusterTime.T, I: ev.ClusterTime.I}
 			c.m.sourceTime.WithLabelValues(ns).Set(float64(v.T))
 			if hadToken && !openedAt.Before(v) {
 				c.m.duplicates.WithLabelValues(ns).Inc()
 			}
-			if rec, dl, ok := c.record(ns, topic, &ev, v); ok {
+			if rec, dl, ok := c.record(ns, topic, ev, v); ok {
 				if dl != nil {
 					dead = append(dead, dl)
 				} else {
@@ -337,12 +352,6 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 				}
 			}
 			last = v
-			if cs.RemainingBatchLength() == 0 || len(batch) >= c.cfg.BatchSize {
-				break
-			}
-			if !cs.Next(ctx) {
-				return classify(ns, resumeAt, cs.Err())
-			}
 		}
 		if err := c.commit(ctx, txn, batch, dead); err != nil {
 			return err
@@ -355,6 +364,79 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 		c.m.producedTime.WithLabelValues(ns).Set(float64(last.T))
 		c.m.checkpointTS.WithLabelValues(ns).Set(float64(st.Time.Unix()))
 	}
+}
+
+// completeEvents fills in what the server left out of update events. MongoDB
+// always sends documentKey._id and, with updateLookup, the looked-up document;
+// the mongo-java-server stand-in sends the update operators in documentKey and
+// a partial fullDocument instead. For those events the _id is read from the
+// oplog entry at the event's cluster time and the document is looked up here,
+// which is what updateLookup does. Both are batched: one oplog query and one
+// lookup per server batch.
+func (c *Capture) completeEvents(ctx context.Context, ns string, evs []changeEvent) error {
+	var needID []any
+	byTS := map[primitive.Timestamp]int{}
+	for i := range evs {
+		if (evs[i].Op == "update" || evs[i].Op == "replace") && evs[i].Key.ID.Type == 0 {
+			needID = append(needID, evs[i].ClusterTime)
+			byTS[evs[i].ClusterTime] = i
+		}
+	}
+	if len(needID) > 0 {
+		cur, err := c.mongo.Database("local").Collection("oplog.rs").Find(ctx,
+			bson.D{{Key: "ts", Value: bson.D{{Key: "$in", Value: needID}}}, {Key: "ns", Value: ns}},
+			options.Find().SetProjection(bson.D{{Key: "ts", Value: 1}, {Key: "o2", Value: 1}}))
+		if err != nil {
+			return fmt.Errorf("capture %s: read oplog for update ids: %w", ns, err)
+		}
+		for cur.Next(ctx) {
+			var e struct {
+				TS primitive.Timestamp `bson:"ts"`
+				O2 struct {
+					ID bson.RawValue `bson:"_id"`
+				} `bson:"o2"`
+			}
+			if cur.Decode(&e) == nil {
+				if i, ok := byTS[e.TS]; ok {
+					evs[i].Key.ID = bson.RawValue{Type: e.O2.ID.Type, Value: append([]byte(nil), e.O2.ID.Value...)}
+				}
+			}
+		}
+		cur.Close(ctx)
+	}
+	var ids bson.A
+	for i := range evs {
+		ev := &evs[i]
+		if ev.Op != "update" && ev.Op != "replace" {
+			continue
+		}
+		if ev.Key.ID.Type == 0 {
+			return fmt.Errorf("capture %s: update event at %d.%d has no _id and none in the oplog", ns, ev.ClusterTime.T, ev.ClusterTime.I)
+		}
+		if _, err := ev.Full.LookupErr("_id"); ev.Full != nil && err != nil {
+			ev.Full = nil
+			ids = append(ids, ev.Key.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	db, coll, _ := cut(ns)
+	cur, err := c.mongo.Database(db).Collection(coll).Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
+	if err != nil {
+		return fmt.Errorf("capture %s: look up updated documents: %w", ns, err)
+	}
+	defer cur.Close(ctx)
+	docs := map[string]bson.Raw{}
+	for cur.Next(ctx) {
+		docs[string(envelope.Key(cur.Current.Lookup("_id")))] = append(bson.Raw(nil), cur.Current...)
+	}
+	for i := range evs {
+		if (evs[i].Op == "update" || evs[i].Op == "replace") && evs[i].Full == nil {
+			evs[i].Full = docs[string(envelope.Key(evs[i].Key.ID))] // nil when gone: the delete follows
+		}
+	}
+	return cur.Err()
 }
 
 // record turns a change event into a Kafka record, or a dead letter when it is
