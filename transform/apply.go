@@ -44,6 +44,10 @@ func (m *Mapping) Apply(namespace string, doc bson.Raw) (rows []Row, err error) 
 			if err != nil {
 				return nil, t.convertError(c, doc, err)
 			}
+			if v == nil && c.typ.kind == kUDT {
+				// gocql writes a typed nil map as null but refuses an untyped nil for a UDT.
+				v = map[string]any(nil)
+			}
 			row.Values[i] = v
 		}
 		key := t.KeyValues(row.Values)

@@ -164,10 +164,26 @@ func appendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, e
 		if !ok {
 			break
 		}
+		// gocql scans a null UDT, and null fields inside one, as zero values,
+		// so zero and null cannot be told apart on the read side: both sides
+		// fold them to null (and an all-null UDT to a null column) to compare alike.
+		allNull := true
+		for _, f := range fields {
+			if x := m[f.Name]; x != nil && !reflect.ValueOf(x).IsZero() {
+				allNull = false
+			}
+		}
+		if allNull {
+			return append(dst, tagNull), nil
+		}
 		dst = append(dst, tagUDT)
 		for _, f := range fields {
+			x := m[f.Name]
+			if x != nil && reflect.ValueOf(x).IsZero() {
+				x = nil
+			}
 			var err error
-			if dst, err = appendCanonical(dst, f.typ, m[f.Name], f.fields); err != nil {
+			if dst, err = appendCanonical(dst, f.typ, x, f.fields); err != nil {
 				return dst, err
 			}
 		}

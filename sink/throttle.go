@@ -1,0 +1,90 @@
+package sink
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+)
+
+// throttle bounds in-flight writes and adapts the bound to the target's health:
+// when the p99 latency or the error rate of the last window crosses its limit
+// the bound halves, otherwise it grows by one (AIMD, as TCP does), so a slow
+// Cassandra gets fewer concurrent writes instead of a pile-up.
+type throttle struct {
+	cfg   Config
+	met   *metrics
+	mu    sync.Mutex
+	cond  *sync.Cond
+	limit int
+	busy  int
+	lat   []time.Duration
+	errs  int
+	since time.Time
+}
+
+func newThrottle(cfg Config, met *metrics) *throttle {
+	t := &throttle{cfg: cfg, met: met, limit: cfg.MaxInFlight, since: time.Now()}
+	t.cond = sync.NewCond(&t.mu)
+	met.limit.Set(float64(t.limit))
+	return t
+}
+
+func (t *throttle) acquire(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.busy >= t.limit {
+		// Wake on ctx end too, so a waiting worker can always stop.
+		stop := context.AfterFunc(ctx, func() {
+			t.mu.Lock()
+			t.cond.Broadcast()
+			t.mu.Unlock()
+		})
+		defer stop()
+	}
+	for t.busy >= t.limit {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		t.cond.Wait()
+	}
+	t.busy++
+	t.met.inflight.Set(float64(t.busy))
+	return nil
+}
+
+func (t *throttle) release(d time.Duration, err error) {
+	t.met.latency.Observe(d.Seconds())
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.busy--
+	t.met.inflight.Set(float64(t.busy))
+	t.lat = append(t.lat, d)
+	if err != nil {
+		t.errs++
+	}
+	if time.Since(t.since) >= t.cfg.Throttle.Window && len(t.lat) > 0 {
+		t.adjust()
+	}
+	t.cond.Broadcast()
+}
+
+func (t *throttle) adjust() {
+	sort.Slice(t.lat, func(i, j int) bool { return t.lat[i] < t.lat[j] })
+	p99 := t.lat[(len(t.lat)*99)/100]
+	rate := float64(t.errs) / float64(len(t.lat))
+	if p99 > t.cfg.Throttle.P99 || rate > t.cfg.Throttle.ErrorRate {
+		t.limit = max(1, t.limit/2)
+	} else {
+		t.limit = min(t.cfg.MaxInFlight, t.limit+max(1, t.limit/10))
+	}
+	t.met.limit.Set(float64(t.limit))
+	t.lat, t.errs, t.since = t.lat[:0], 0, time.Now()
+}
+
+// Limit is the current in-flight bound.
+func (t *throttle) Limit() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.limit
+}
