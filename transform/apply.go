@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"reflect"
 	"strings"
 	"time"
 
@@ -63,6 +64,20 @@ func (m *Mapping) Apply(namespace string, doc bson.Raw) (rows []Row, err error) 
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+func (t *Table) isKey(col int) bool {
+	for _, k := range t.PartitionKey {
+		if k == col {
+			return true
+		}
+	}
+	for _, k := range t.ClusteringKey {
+		if k == col {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *Table) keyIndex(i int) int {
@@ -315,7 +330,14 @@ func (t *Table) AppendCanonical(dst []byte, values []any) ([]byte, error) {
 	}
 	var err error
 	for i, c := range t.cols {
-		if dst, err = appendCanonical(dst, c.typ, values[i], c.fields); err != nil {
+		v := values[i]
+		if v != nil && !t.isKey(i) && c.typ.kind != kUDT && reflect.ValueOf(v).IsZero() {
+			// gocql's generic scan (MapScan) returns "", 0 or false for a null
+			// cell, so a scanned row cannot tell them apart: both sides fold
+			// zero to null. Key columns are never null, so they keep zero.
+			v = nil
+		}
+		if dst, err = appendCanonical(dst, c.typ, v, c.fields); err != nil {
 			return dst, fmt.Errorf("%s.%s: %w", t.QualifiedName(), c.Name, err)
 		}
 	}
