@@ -1,0 +1,104 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+// Client calls a daemon's admin API.
+type Client struct {
+	Base  string
+	Token string
+	HTTP  *http.Client
+}
+
+// NewClient builds a client for addr ("127.0.0.1:7070" or a URL). The token
+// comes from tokenFile, else TIDEMARK_TOKEN_FILE, else TIDEMARK_TOKEN.
+func NewClient(addr, tokenFile string) (*Client, error) {
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	if tokenFile == "" {
+		tokenFile = os.Getenv("TIDEMARK_TOKEN_FILE")
+	}
+	tok := os.Getenv("TIDEMARK_TOKEN")
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("token file: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+		if _, t, ok := strings.Cut(tok, ":"); ok && !strings.Contains(t, ":") && len(t) >= 16 {
+			tok = t // a line copied from the daemon's tokens file
+		}
+	}
+	return &Client{Base: strings.TrimRight(base, "/"), Token: tok, HTTP: &http.Client{Timeout: 2 * time.Minute}}, nil
+}
+
+// Do sends in as JSON (nil for none) and decodes the answer into out.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the daemon at %s: %w (is `tidemark run` running? use --addr)", c.Base, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 400 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return &HTTPError{Code: resp.StatusCode, Msg: e.Error}
+		}
+		return &HTTPError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+// HTTPError is an error answer from the daemon.
+type HTTPError struct {
+	Code int
+	Msg  string
+}
+
+func (e *HTTPError) Error() string {
+	hint := ""
+	if e.Code == http.StatusUnauthorized {
+		hint = " (pass --token-file or set TIDEMARK_TOKEN)"
+	}
+	return fmt.Sprintf("daemon answered %d: %s%s", e.Code, e.Msg, hint)
+}
+
+// IsUnauthorized reports a refused token.
+func IsUnauthorized(err error) bool {
+	var he *HTTPError
+	return errors.As(err, &he) && he.Code == http.StatusUnauthorized
+}
