@@ -1,0 +1,375 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/tidemarkhq/tidemark/capture"
+	"github.com/tidemarkhq/tidemark/sink"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+	"go.mongodb.org/mongo-driver/mongo/options"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the daemon's one YAML file. Every field can be overridden from
+// the environment as TIDEMARK_<SECTION>_<FIELD> for the fields listed in envOverrides.
+type Config struct {
+	// Roles this daemon runs: capture, sink. Default both.
+	Roles []string `yaml:"roles"`
+	// Spec is the path of the mapping spec (transform).
+	Spec      string          `yaml:"spec"`
+	Kafka     KafkaConfig     `yaml:"kafka"`
+	Mongo     MongoConfig     `yaml:"mongo"`
+	Cassandra CassandraConfig `yaml:"cassandra"`
+	// Checkpoints is where durable state and the audit log live.
+	Checkpoints CheckpointsConfig `yaml:"checkpoints"`
+	Admin       AdminConfig       `yaml:"admin"`
+	Capture     capture.Config    `yaml:"capture"`
+	Sink        sink.Config       `yaml:"sink"`
+	Log         LogConfig         `yaml:"log"`
+}
+
+// TLSConfig names PEM files; empty fields are not used.
+type TLSConfig struct {
+	Enabled  bool   `yaml:"enabled"`
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// KafkaConfig connects to Kafka.
+type KafkaConfig struct {
+	Brokers []string  `yaml:"brokers"`
+	TLS     TLSConfig `yaml:"tls"`
+	SASL    struct {
+		// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+		Mechanism string `yaml:"mechanism"`
+		Username  string `yaml:"username"`
+		// PasswordFile holds the password; TIDEMARK_KAFKA_SASL_PASSWORD also works.
+		PasswordFile string `yaml:"password_file"`
+	} `yaml:"sasl"`
+}
+
+// MongoConfig connects to the source.
+type MongoConfig struct {
+	// URI without credentials; put credentials in URIFile or TIDEMARK_MONGO_URI instead.
+	URI string `yaml:"uri"`
+	// URIFile holds a full URI (with credentials); it wins over URI.
+	URIFile string    `yaml:"uri_file"`
+	TLS     TLSConfig `yaml:"tls"`
+}
+
+// CassandraConfig connects to the target.
+type CassandraConfig struct {
+	Hosts        []string  `yaml:"hosts"`
+	Username     string    `yaml:"username"`
+	PasswordFile string    `yaml:"password_file"`
+	TLS          TLSConfig `yaml:"tls"`
+	// Timeout per request. Default 10s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// CheckpointsConfig selects the state store.
+type CheckpointsConfig struct {
+	// Kind is "file" (the only kind in this build; see the README).
+	Kind string `yaml:"kind"`
+	// Dir of the file store. Default ./tidemark-state.
+	Dir string `yaml:"dir"`
+}
+
+// AdminConfig is the admin API.
+type AdminConfig struct {
+	// Listen address. Default 127.0.0.1:7070.
+	Listen string `yaml:"listen"`
+	// TokensFile holds "name:token" lines.
+	TokensFile string `yaml:"tokens_file"`
+	// OpenStatus lets GET routes answer without a token.
+	OpenStatus bool   `yaml:"open_status"`
+	TLSCert    string `yaml:"tls_cert"`
+	TLSKey     string `yaml:"tls_key"`
+}
+
+// LogConfig sets slog.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// envOverrides are the fields settable from the environment.
+var envOverrides = map[string]func(*Config, string){
+	"TIDEMARK_KAFKA_BROKERS":     func(c *Config, v string) { c.Kafka.Brokers = splitList(v) },
+	"TIDEMARK_MONGO_URI":         func(c *Config, v string) { c.Mongo.URI = v },
+	"TIDEMARK_CASSANDRA_HOSTS":   func(c *Config, v string) { c.Cassandra.Hosts = splitList(v) },
+	"TIDEMARK_ADMIN_LISTEN":      func(c *Config, v string) { c.Admin.Listen = v },
+	"TIDEMARK_ADMIN_TOKENS_FILE": func(c *Config, v string) { c.Admin.TokensFile = v },
+	"TIDEMARK_CHECKPOINTS_DIR":   func(c *Config, v string) { c.Checkpoints.Dir = v },
+	"TIDEMARK_SPEC":              func(c *Config, v string) { c.Spec = v },
+	"TIDEMARK_LOG_LEVEL":         func(c *Config, v string) { c.Log.Level = v },
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// loadConfig reads path, applies environment overrides and defaults, and
+// validates, listing every problem at once.
+func loadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parseConfig(b, os.Getenv)
+}
+
+func parseConfig(b []byte, getenv func(string) string) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	for k, set := range envOverrides {
+		if v := getenv(k); v != "" {
+			set(&c, v)
+		}
+	}
+	c.applyDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() {
+	if len(c.Roles) == 0 {
+		c.Roles = []string{"capture", "sink"}
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		c.Kafka.Brokers = []string{"127.0.0.1:9092"}
+	}
+	if c.Mongo.URI == "" && c.Mongo.URIFile == "" {
+		c.Mongo.URI = "mongodb://127.0.0.1:27017"
+	}
+	if len(c.Cassandra.Hosts) == 0 {
+		c.Cassandra.Hosts = []string{"127.0.0.1:9042"}
+	}
+	if c.Cassandra.Timeout == 0 {
+		c.Cassandra.Timeout = 10 * time.Second
+	}
+	if c.Checkpoints.Kind == "" {
+		c.Checkpoints.Kind = "file"
+	}
+	if c.Checkpoints.Dir == "" {
+		c.Checkpoints.Dir = "tidemark-state"
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = "127.0.0.1:7070"
+	}
+	c.Capture = c.Capture.WithDefaults()
+	c.Sink = c.Sink.WithDefaults()
+	if c.Sink.TopicPrefix != c.Capture.TopicPrefix && c.Sink.TopicPrefix == "tidemark" {
+		c.Sink.TopicPrefix = c.Capture.TopicPrefix
+	}
+}
+
+func (c *Config) hasRole(r string) bool {
+	for _, x := range c.Roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	for _, r := range c.Roles {
+		if r != "capture" && r != "sink" {
+			errs = append(errs, fmt.Errorf("roles: unknown role %q (capture, sink)", r))
+		}
+	}
+	if c.Spec == "" && c.hasRole("sink") {
+		errs = append(errs, errors.New("spec: the sink role needs a mapping spec path"))
+	}
+	if c.Checkpoints.Kind != "file" {
+		errs = append(errs, fmt.Errorf("checkpoints.kind: %q is not available in this build; use \"file\"", c.Checkpoints.Kind))
+	}
+	if c.Admin.TokensFile == "" {
+		errs = append(errs, errors.New("admin.tokens_file: required (name:token lines); the admin API can pause and rewind"))
+	}
+	if (c.Admin.TLSCert == "") != (c.Admin.TLSKey == "") {
+		errs = append(errs, errors.New("admin.tls_cert and admin.tls_key go together"))
+	}
+	switch c.Kafka.SASL.Mechanism {
+	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+	default:
+		errs = append(errs, fmt.Errorf("kafka.sasl.mechanism: %q (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)", c.Kafka.SASL.Mechanism))
+	}
+	if c.Mongo.URI != "" && strings.Contains(c.Mongo.URI, "@") {
+		errs = append(errs, errors.New("mongo.uri: credentials do not belong in the config file; use mongo.uri_file or TIDEMARK_MONGO_URI"))
+	}
+	if c.hasRole("capture") {
+		if err := c.Capture.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := c.Sink.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Sink.TopicPrefix != c.Capture.TopicPrefix {
+		errs = append(errs, errors.New("sink.topic_prefix must equal capture.topic_prefix"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config has %d problem(s):\n  %w", len(errs), joined(errs))
+	}
+	return nil
+}
+
+type joined []error
+
+func (j joined) Error() string {
+	s := make([]string, len(j))
+	for i, e := range j {
+		s[i] = strings.ReplaceAll(e.Error(), "\n", "\n  ")
+	}
+	return strings.Join(s, "\n  ")
+}
+func (j joined) Unwrap() []error { return j }
+
+// secret reads a secret from a file, falling back to an environment variable.
+func secret(file, env string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("secret file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return os.Getenv(env), nil
+}
+
+func tlsConfig(t TLSConfig) (*tls.Config, error) {
+	if !t.Enabled {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no certificates in %s", t.CAFile)
+		}
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// kafkaOpts are the connection options every Kafka client of the daemon uses.
+func (c *Config) kafkaOpts() ([]kgo.Opt, error) {
+	opts := []kgo.Opt{kgo.SeedBrokers(c.Kafka.Brokers...)}
+	tc, err := tlsConfig(c.Kafka.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("kafka tls: %w", err)
+	}
+	if tc != nil {
+		opts = append(opts, kgo.DialTLSConfig(tc))
+	}
+	if m := c.Kafka.SASL.Mechanism; m != "" {
+		pw, err := secret(c.Kafka.SASL.PasswordFile, "TIDEMARK_KAFKA_SASL_PASSWORD")
+		if err != nil {
+			return nil, err
+		}
+		switch m {
+		case "PLAIN":
+			opts = append(opts, kgo.SASL(plain.Auth{User: c.Kafka.SASL.Username, Pass: pw}.AsMechanism()))
+		case "SCRAM-SHA-256":
+			opts = append(opts, kgo.SASL(scram.Auth{User: c.Kafka.SASL.Username, Pass: pw}.AsSha256Mechanism()))
+		case "SCRAM-SHA-512":
+			opts = append(opts, kgo.SASL(scram.Auth{User: c.Kafka.SASL.Username, Pass: pw}.AsSha512Mechanism()))
+		}
+	}
+	return opts, nil
+}
+
+func (c *Config) mongoOptions() (*options.ClientOptions, error) {
+	uri := c.Mongo.URI
+	if c.Mongo.URIFile != "" {
+		b, err := os.ReadFile(c.Mongo.URIFile)
+		if err != nil {
+			return nil, fmt.Errorf("mongo.uri_file: %w", err)
+		}
+		uri = strings.TrimSpace(string(b))
+	}
+	o := options.Client().ApplyURI(uri).SetAppName("tidemark")
+	tc, err := tlsConfig(c.Mongo.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("mongo tls: %w", err)
+	}
+	if tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	return o, nil
+}
+
+func (c *Config) cassandraCluster() (*gocql.ClusterConfig, error) {
+	cl := gocql.NewCluster(c.Cassandra.Hosts...)
+	cl.Timeout = c.Cassandra.Timeout
+	cl.ConnectTimeout = c.Cassandra.Timeout
+	if c.Cassandra.Username != "" {
+		pw, err := secret(c.Cassandra.PasswordFile, "TIDEMARK_CASSANDRA_PASSWORD")
+		if err != nil {
+			return nil, err
+		}
+		cl.Authenticator = gocql.PasswordAuthenticator{Username: c.Cassandra.Username, Password: pw}
+	}
+	tc, err := tlsConfig(c.Cassandra.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("cassandra tls: %w", err)
+	}
+	if tc != nil {
+		cl.SslOpts = &gocql.SslOptions{Config: tc}
+	}
+	return cl, nil
+}
+
+func newLogger(c LogConfig) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(strings.ToUpper(orDefault(c.Level, "info"))))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"go.mongodb.org/mongo-driver/bson"
+)
+
+func init() {
+	register(&command{Name: "status", Short: "show roles, per-partition lag, paused partitions and backfill progress", Run: statusCmd})
+	register(&command{Name: "pause", Short: "pause a topic or some of its partitions (nothing is lost; Kafka buffers)", Run: pauseCmd(true)})
+	register(&command{Name: "resume", Short: "resume paused partitions", Run: pauseCmd(false)})
+	register(&command{Name: "rewind", Short: "move the sink back (to a time, an offset, or by N records); dry run unless --execute", Run: rewindCmd})
+	register(&command{Name: "audit", Short: "show the audit log of operator and automatic actions", Run: auditCmd})
+	register(&command{Name: "backfill", Short: "re-emit a namespace, a filter or some _ids from the source (also the history-lost recovery)", Run: backfillCmd})
+}
+
+// clientFlags are the flags every API command takes.
+type clientFlags struct {
+	fs        *flag.FlagSet
+	addr      *string
+	tokenFile *string
+	json      *bool
+}
+
+func newClientFlags(name, usage string, stderr io.Writer) clientFlags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := clientFlags{fs: fs,
+		addr:      fs.String("addr", envOr("TIDEMARK_ADDR", "127.0.0.1:7070"), "daemon admin address (env TIDEMARK_ADDR)"),
+		tokenFile: fs.String("token-file", "", "file holding the bearer token (env TIDEMARK_TOKEN_FILE, or TIDEMARK_TOKEN)"),
+		json:      fs.Bool("json", false, "print JSON for machines"),
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: tidemark %s\n\n", usage)
+		fs.PrintDefaults()
+	}
+	return c
+}
+
+func (c clientFlags) client() (*admin.Client, error) { return admin.NewClient(*c.addr, *c.tokenFile) }
+
+func envOr(k, d string) string {
+	if v := envLookup(k); v != "" {
+		return v
+	}
+	return d
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cf := newClientFlags("status", "status [--json]", stderr)
+	if err := cf.fs.Parse(args); err != nil {
+		return err
+	}
+	cl, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var st Status
+	if err := cl.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
+		return err
+	}
+	if *cf.json {
+		return printJSON(stdout, st)
+	}
+	fmt.Fprintf(stdout, "roles: %s   spec: %s\n\n", strings.Join(st.Roles, ","), st.SpecVersion)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOPIC\tPART\tCOMMITTED\tEND\tBEHIND\tLAG(s)\tAPPLIED VERSION\tPAUSED")
+	for _, p := range st.Partitions {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.1f\t%s\t%v\n", p.Topic, p.Partition, p.Committed, p.End, p.RecordsBehind, p.SecondsBehind, p.Applied, p.Paused)
+	}
+	tw.Flush()
+	if len(st.Partitions) == 0 {
+		fmt.Fprintln(stdout, "(no partitions assigned to this daemon's sink)")
+	}
+	for ns, p := range st.Backfill {
+		state := "running"
+		if p.Done {
+			state = "done"
+		}
+		fmt.Fprintf(stdout, "\nbackfill %s: %s, %d docs in %d chunks (estimated %d)\n", ns, state, p.Docs, p.Chunks, p.Estimated)
+	}
+	if len(st.Paused) > 0 {
+		fmt.Fprintf(stdout, "\npaused: %v\n", st.Paused)
+	}
+	return nil
+}
+
+func parseParts(s string) ([]int32, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []int32
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.ParseInt(strings.TrimSpace(f), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--partitions: %q is not a partition number", f)
+		}
+		out = append(out, int32(n))
+	}
+	return out, nil
+}
+
+func pauseCmd(pause bool) func(context.Context, []string, io.Writer, io.Writer) error {
+	name := map[bool]string{true: "pause", false: "resume"}[pause]
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		cf := newClientFlags(name, name+" --topic T [--partitions 0,3] --reason TEXT", stderr)
+		topic := cf.fs.String("topic", "", "topic, e.g. tidemark.app.users (required)")
+		parts := cf.fs.String("partitions", "", "comma-separated partitions (default: all)")
+		reason := cf.fs.String("reason", "", "why, for the audit log (required)")
+		if err := cf.fs.Parse(args); err != nil {
+			return err
+		}
+		ps, err := parseParts(*parts)
+		if err != nil {
+			return err
+		}
+		if *topic == "" || *reason == "" {
+			return &exitError{code: 2, err: errors.New("--topic and --reason are required")}
+		}
+		cl, err := cf.client()
+		if err != nil {
+			return err
+		}
+		var out map[string]any
+		if err := cl.Do(ctx, "POST", "/v1/"+name, PauseRequest{Topic: *topic, Partitions: ps, Reason: *reason}, &out); err != nil {
+			return err
+		}
+		if *cf.json {
+			return printJSON(stdout, out)
+		}
+		fmt.Fprintf(stdout, "%sd; paused now: %v\n", name, out["paused"])
+		return nil
+	}
+}
+
+func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cf := newClientFlags("rewind", "rewind --topic T [--partitions 0,3] (--to-time RFC3339 | --to-offset N | --by N) --reason TEXT [--execute]", stderr)
+	topic := cf.fs.String("topic", "", "topic (required)")
+	parts := cf.fs.String("partitions", "", "comma-separated partitions (default: all)")
+	toTime := cf.fs.String("to-time", "", "replay records produced at or after this time (RFC3339)")
+	toOffset := cf.fs.Int64("to-offset", -1, "replay from this absolute offset")
+	by := cf.fs.Int64("by", 0, "replay the last N records of each partition")
+	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
+	execute := cf.fs.Bool("execute", false, "execute the plan (default: print it only)")
+	if err := cf.fs.Parse(args); err != nil {
+		return err
+	}
+	ps, err := parseParts(*parts)
+	if err != nil {
+		return err
+	}
+	req := RewindRequest{Topic: *topic, Partitions: ps, Reason: *reason, Execute: *execute}
+	if *toTime != "" {
+		t, err := time.Parse(time.RFC3339, *toTime)
+		if err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("--to-time: %w", err)}
+		}
+		req.ToTime = &t
+	}
+	if *toOffset >= 0 {
+		req.ToOffset = toOffset
+	}
+	if *by > 0 {
+		req.By = by
+	}
+	if *topic == "" || *reason == "" {
+		return &exitError{code: 2, err: errors.New("--topic and --reason are required")}
+	}
+	cl, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var plan RewindPlan
+	if err := cl.Do(ctx, "POST", "/v1/rewind", req, &plan); err != nil {
+		return err
+	}
+	if *cf.json {
+		return printJSON(stdout, plan)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "rewind %s of %s (gc_grace_seconds %d)\nPART\tCURRENT\tTARGET\tREPLAY\n", plan.ID, plan.Topic, plan.GCGrace)
+	for _, p := range plan.Partitions {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\n", p.Partition, p.Current, p.Target, p.Replay)
+	}
+	tw.Flush()
+	if plan.Executed {
+		fmt.Fprintf(stdout, "executed: %d records will be replayed\n", plan.Replay)
+	} else {
+		fmt.Fprintf(stdout, "dry run: %d records would be replayed; add --execute to do it\n", plan.Replay)
+	}
+	return nil
+}
+
+func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cf := newClientFlags("audit", "audit [--since RFC3339] [--actor NAME] [--action ACTION] [--limit N] [--json]", stderr)
+	since := cf.fs.String("since", "", "only entries at or after this time (RFC3339)")
+	actor := cf.fs.String("actor", "", "only this actor (token name, or auto:<component>)")
+	action := cf.fs.String("action", "", `only this action, e.g. "POST /v1/pause"`)
+	limit := cf.fs.Int("limit", 50, "newest N entries")
+	if err := cf.fs.Parse(args); err != nil {
+		return err
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"since": *since, "actor": *actor, "action": *action, "limit": strconv.Itoa(*limit)} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	cl, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var es []checkpoints.AuditEntry
+	if err := cl.Do(ctx, "GET", "/v1/audit?"+q.Encode(), nil, &es); err != nil {
+		return err
+	}
+	if *cf.json {
+		return printJSON(stdout, es)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tRESULT\tREASON")
+	for _, e := range es {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Result, e.Reason)
+	}
+	return tw.Flush()
+}
+
+func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cf := newClientFlags("backfill", "backfill --namespace db.coll [--ids ID,...] [--filter EXTJSON] [--reset-stream] --reason TEXT", stderr)
+	ns := cf.fs.String("namespace", "", "db.collection (required)")
+	ids := cf.fs.String("ids", "", "comma-separated _ids in extended JSON values, e.g. '{\"$oid\":\"...\"}',42,\"k\"")
+	filter := cf.fs.String("filter", "", "MongoDB query in extended JSON")
+	reset := cf.fs.Bool("reset-stream", false, "history-lost recovery: restart the stream from now with a full backfill")
+	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
+	if err := cf.fs.Parse(args); err != nil {
+		return err
+	}
+	if *ns == "" || *reason == "" {
+		return &exitError{code: 2, err: errors.New("--namespace and --reason are required")}
+	}
+	req := map[string]any{"namespace": *ns, "filter": *filter, "reset_stream": *reset, "reason": *reason}
+	if *ids != "" {
+		var keys [][]byte
+		for _, s := range splitList(*ids) {
+			var d bson.D
+			if err := bson.UnmarshalExtJSON([]byte(`{"v":`+s+`}`), false, &d); err != nil {
+				return &exitError{code: 2, err: fmt.Errorf("--ids: %s: %w", s, err)}
+			}
+			raw, _ := bson.Marshal(d)
+			keys = append(keys, envelope.Key(bson.Raw(raw).Lookup("v")))
+		}
+		req["keys"] = keys
+	}
+	cl, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var out map[string]string
+	if err := cl.Do(ctx, "POST", "/v1/backfill", req, &out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backfill %s: %s\n", out["request"], out["status"])
+	return nil
+}

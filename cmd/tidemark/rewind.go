@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/sink"
+	"github.com/twmb/franz-go/pkg/kadm"
+)
+
+// RewindRequest is the body of POST /v1/rewind. Exactly one target is set.
+type RewindRequest struct {
+	Topic      string     `json:"topic"`
+	Partitions []int32    `json:"partitions,omitempty"`
+	ToTime     *time.Time `json:"to_time,omitempty"`
+	ToOffset   *int64     `json:"to_offset,omitempty"`
+	By         *int64     `json:"by,omitempty"`
+	Execute    bool       `json:"execute"`
+	Reason     string     `json:"reason"`
+}
+
+// RewindPlan is what a rewind would do, per partition.
+type RewindPlan struct {
+	ID         string           `json:"id"`
+	Topic      string           `json:"topic"`
+	Partitions []PartitionPlan  `json:"partitions"`
+	Replay     int64            `json:"records_to_replay"`
+	GCGrace    int              `json:"gc_grace_seconds"`
+	Executed   bool             `json:"executed"`
+	Done       map[string]int64 `json:"done,omitempty"`
+}
+
+// PartitionPlan is one partition's move.
+type PartitionPlan struct {
+	Partition int32 `json:"partition"`
+	Current   int64 `json:"current"`
+	Target    int64 `json:"target"`
+	Start     int64 `json:"log_start"`
+	Replay    int64 `json:"replay"`
+}
+
+func decode(r *http.Request, v any) error {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		return fmt.Errorf("request body: %w", err)
+	}
+	return nil
+}
+
+func (d *daemon) rewind(w http.ResponseWriter, r *http.Request) {
+	var req RewindRequest
+	if err := decode(r, &req); err != nil {
+		admin.WriteError(w, 400, err)
+		return
+	}
+	plan, code, err := d.planRewind(r.Context(), req)
+	if err != nil {
+		admin.WriteError(w, code, err)
+		return
+	}
+	if !req.Execute {
+		admin.WriteJSON(w, 200, plan)
+		return
+	}
+	rr := sink.RewindRequest{ID: plan.ID, Targets: map[string]map[int32]int64{plan.Topic: {}},
+		Actor: admin.Actor(r.Context()), Reason: req.Reason}
+	for _, p := range plan.Partitions {
+		rr.Targets[plan.Topic][p.Partition] = p.Target
+	}
+	key := sink.RewindKeyPrefix + plan.ID
+	if err := checkpoints.PutJSON(r.Context(), d.store, key, rr); err != nil {
+		admin.WriteError(w, 500, err)
+		return
+	}
+	// The partitions' owners (this daemon or another) move their positions
+	// between polls; wait for all of them.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cur, _, err := checkpoints.GetJSON[sink.RewindRequest](r.Context(), d.store, key)
+		if err == nil && cur.Remaining() == 0 {
+			plan.Executed, plan.Done = true, cur.Done
+			admin.WriteJSON(w, 200, plan)
+			return
+		}
+		if time.Now().After(deadline) {
+			admin.WriteError(w, 504, fmt.Errorf("rewind %s queued but not every partition owner executed it within 60s; is a sink running for %s? (request kept at %s)", plan.ID, plan.Topic, key))
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan, int, error) {
+	targets := 0
+	for _, set := range []bool{req.ToTime != nil, req.ToOffset != nil, req.By != nil} {
+		if set {
+			targets++
+		}
+	}
+	if targets != 1 {
+		return nil, 400, errors.New("give exactly one of to_time, to_offset, by")
+	}
+	tps, err := d.partitions(ctx, req.Topic, req.Partitions)
+	if err != nil {
+		return nil, 400, err
+	}
+	grace, err := d.minGCGrace(ctx)
+	if err != nil {
+		return nil, 500, err
+	}
+	if req.ToTime != nil && grace > 0 && time.Since(*req.ToTime) > time.Duration(grace)*time.Second {
+		return nil, 409, fmt.Errorf("refused: %s is further back than the target tables' gc_grace_seconds (%ds); "+
+			"tombstones older than that may be purged, and replaying older inserts could resurrect deleted rows", req.ToTime.Format(time.RFC3339), grace)
+	}
+	committed, err := d.adm.FetchOffsets(ctx, d.cfg.Sink.Group)
+	if err != nil {
+		return nil, 500, fmt.Errorf("read committed offsets of group %s: %w", d.cfg.Sink.Group, err)
+	}
+	starts, err := d.adm.ListStartOffsets(ctx, req.Topic)
+	if err != nil {
+		return nil, 500, err
+	}
+	var atTime map[int32]int64
+	if req.ToTime != nil {
+		lo, err := d.adm.ListOffsetsAfterMilli(ctx, req.ToTime.UnixMilli(), req.Topic)
+		if err != nil {
+			return nil, 500, err
+		}
+		atTime = map[int32]int64{}
+		lo.Each(func(o kadm.ListedOffset) { atTime[o.Partition] = o.Offset })
+	}
+	plan := &RewindPlan{ID: fmt.Sprintf("rw-%d", time.Now().UnixNano()), Topic: req.Topic, GCGrace: grace}
+	for _, tp := range tps {
+		cur := int64(0)
+		if o, ok := committed.Lookup(tp.Topic, tp.Partition); ok {
+			cur = o.At
+		}
+		start := int64(0)
+		if s, ok := starts.Lookup(tp.Topic, tp.Partition); ok {
+			start = s.Offset
+		}
+		var target int64
+		switch {
+		case req.ToOffset != nil:
+			target = *req.ToOffset
+		case req.By != nil:
+			target = cur - *req.By
+		default:
+			target = atTime[tp.Partition]
+		}
+		target = max(target, start)
+		if target > cur {
+			return nil, 400, fmt.Errorf("partition %d: target %d is ahead of the committed offset %d; a rewind only goes back", tp.Partition, target, cur)
+		}
+		plan.Partitions = append(plan.Partitions, PartitionPlan{Partition: tp.Partition, Current: cur, Target: target, Start: start, Replay: cur - target})
+		plan.Replay += cur - target
+	}
+	sort.Slice(plan.Partitions, func(i, j int) bool { return plan.Partitions[i].Partition < plan.Partitions[j].Partition })
+	return plan, 200, nil
+}
+
+// minGCGrace is the smallest gc_grace_seconds among the mapped tables.
+func (d *daemon) minGCGrace(ctx context.Context) (int, error) {
+	if d.cass == nil || d.mapping == nil {
+		return 0, nil
+	}
+	best := 0
+	for _, ns := range d.mapping.Namespaces() {
+		for _, t := range d.mapping.Tables(ns) {
+			var g int
+			err := d.cass.Query("SELECT gc_grace_seconds FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+				t.Keyspace, t.Name).WithContext(ctx).Scan(&g)
+			if err != nil {
+				return 0, fmt.Errorf("read gc_grace_seconds of %s: %w", t.QualifiedName(), err)
+			}
+			if best == 0 || g < best {
+				best = g
+			}
+		}
+	}
+	return best, nil
+}

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/capture"
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/sink"
+	"github.com/tidemarkhq/tidemark/transform"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.mongodb.org/mongo-driver/mongo"
+	"golang.org/x/sync/errgroup"
+)
+
+func init() {
+	register(&command{Name: "run", Short: "run the daemon (capture and/or sink roles, admin API, metrics)", Run: runDaemon})
+}
+
+// daemon holds what the admin handlers need.
+type daemon struct {
+	cfg     *Config
+	log     *slog.Logger
+	store   checkpoints.Store
+	mapping *transform.Mapping
+	sink    *sink.Sink
+	cass    *gocql.Session
+	adm     *kadm.Client
+	ready   chan struct{}
+}
+
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "tidemark.yaml", "config file (YAML); see examples/tidemark.yaml")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: tidemark run --config FILE\n\nRuns the roles the config names until SIGTERM. Secrets come from files or\nenvironment variables named in the config reference, never from flags.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	log := newLogger(cfg.Log)
+	d := &daemon{cfg: cfg, log: log, ready: make(chan struct{})}
+	if d.store, err = checkpoints.OpenFile(cfg.Checkpoints.Dir); err != nil {
+		return err
+	}
+	defer d.store.Close()
+	tokens, err := admin.LoadTokens(cfg.Admin.TokensFile)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	kopts, err := cfg.kafkaOpts()
+	if err != nil {
+		return err
+	}
+	kcl, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return err
+	}
+	defer kcl.Close()
+	d.adm = kadm.NewClient(kcl)
+
+	g, gctx := errgroup.WithContext(ctx)
+	if cfg.Spec != "" {
+		if d.mapping, err = transform.Load(cfg.Spec); err != nil {
+			return &exitError{code: 2, err: err}
+		}
+	}
+	if cfg.hasRole("sink") {
+		cl, err := cfg.cassandraCluster()
+		if err != nil {
+			return err
+		}
+		if d.cass, err = cl.CreateSession(); err != nil {
+			return fmt.Errorf("cannot reach Cassandra at %v: %w", cfg.Cassandra.Hosts, err)
+		}
+		defer d.cass.Close()
+		w, err := sink.NewCassandraWriter(ctx, d.cass, d.mapping, cfg.Sink.Consistency)
+		if err != nil {
+			return err
+		}
+		if d.sink, err = sink.New(cfg.Sink, sink.Deps{KafkaOpts: kopts, Writer: w, Mapping: d.mapping, Store: d.store,
+			Logger: log, Registerer: reg}); err != nil {
+			return err
+		}
+		defer d.sink.Close()
+		g.Go(func() error { return d.sink.Run(gctx) })
+	}
+	if cfg.hasRole("capture") {
+		mo, err := cfg.mongoOptions()
+		if err != nil {
+			return err
+		}
+		mc, err := mongo.Connect(ctx, mo)
+		if err != nil {
+			return fmt.Errorf("cannot reach MongoDB: %w", err)
+		}
+		defer mc.Disconnect(context.Background())
+		cp, err := capture.New(cfg.Capture, mc, kopts, d.store, log, reg)
+		if err != nil {
+			return err
+		}
+		defer cp.Close()
+		g.Go(func() error { return cp.Run(gctx) })
+	}
+
+	srv := admin.NewServer(tokens, d.store, cfg.Admin.OpenStatus, log)
+	d.routes(srv, reg)
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("admin listen %s: %w", cfg.Admin.Listen, err)
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		var err error
+		if cfg.Admin.TLSCert != "" {
+			err = hs.ServeTLS(ln, cfg.Admin.TLSCert, cfg.Admin.TLSKey)
+		} else {
+			err = hs.Serve(ln)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
+	close(d.ready)
+	log.Info("tidemark running", "roles", cfg.Roles, "admin", "http://"+ln.Addr().String(), "metrics", "http://"+ln.Addr().String()+"/metrics")
+	d.store.Append(ctx, checkpoints.AuditEntry{Actor: "auto:daemon", Action: "daemon.start", Result: "ok",
+		Details: map[string]any{"roles": cfg.Roles, "spec_version": specVersion(d.mapping)}})
+	err = g.Wait()
+	d.store.Append(context.Background(), checkpoints.AuditEntry{Actor: "auto:daemon", Action: "daemon.stop", Result: resultOf(err)})
+	return err
+}
+
+func specVersion(m *transform.Mapping) string {
+	if m == nil {
+		return ""
+	}
+	return m.Version() + "/" + m.Checksum()[:12]
+}
+
+func resultOf(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return "failed: " + err.Error()
+}
+
+func (d *daemon) routes(srv *admin.Server, reg *prometheus.Registry) {
+	srv.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }), false)
+	srv.Handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-d.ready:
+			w.Write([]byte("ready\n"))
+		default:
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		}
+	}), false)
+	srv.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), false)
+	srv.Handle("GET /v1/status", http.HandlerFunc(d.status), false)
+	srv.Handle("GET /v1/audit", http.HandlerFunc(d.audit), false)
+	srv.Handle("POST /v1/pause", d.pauseHandler(true), true)
+	srv.Handle("POST /v1/resume", d.pauseHandler(false), true)
+	srv.Handle("POST /v1/rewind", http.HandlerFunc(d.rewind), true)
+	srv.Handle("POST /v1/backfill", http.HandlerFunc(d.backfill), true)
+}
+
+// Status is GET /v1/status.
+type Status struct {
+	Roles       []string                    `json:"roles"`
+	SpecVersion string                      `json:"spec_version,omitempty"`
+	Partitions  []sink.PartitionLag         `json:"partitions"`
+	Paused      []sink.TopicPartition       `json:"paused"`
+	Backfill    map[string]capture.Progress `json:"backfill"`
+}
+
+func (d *daemon) status(w http.ResponseWriter, r *http.Request) {
+	st := Status{Roles: d.cfg.Roles, SpecVersion: specVersion(d.mapping), Backfill: map[string]capture.Progress{}, Partitions: []sink.PartitionLag{}}
+	if d.sink != nil {
+		st.Partitions = d.sink.Lag()
+	}
+	st.Paused, _, _ = checkpoints.GetJSON[[]sink.TopicPartition](r.Context(), d.store, sink.PausedKey)
+	for _, ns := range d.cfg.Capture.Namespaces {
+		if p, ok, _ := capture.BackfillProgress(r.Context(), d.store, ns); ok {
+			st.Backfill[ns] = p
+		}
+	}
+	admin.WriteJSON(w, 200, st)
+}
+
+func (d *daemon) audit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := checkpoints.AuditFilter{Actor: q.Get("actor"), Action: q.Get("action")}
+	f.Limit, _ = strconv.Atoi(q.Get("limit"))
+	if s := q.Get("since"); s != "" {
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			admin.WriteError(w, 400, fmt.Errorf("since: %w", err))
+			return
+		}
+		f.Since = t
+	}
+	es, err := d.store.Audit(r.Context(), f)
+	if err != nil {
+		admin.WriteError(w, 500, err)
+		return
+	}
+	if es == nil {
+		es = []checkpoints.AuditEntry{}
+	}
+	admin.WriteJSON(w, 200, es)
+}
+
+// PauseRequest is the body of POST /v1/pause and /v1/resume.
+type PauseRequest struct {
+	Topic      string  `json:"topic"`
+	Partitions []int32 `json:"partitions"`
+	Reason     string  `json:"reason"`
+}
+
+func (d *daemon) pauseHandler(pause bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req PauseRequest
+		if err := decode(r, &req); err != nil {
+			admin.WriteError(w, 400, err)
+			return
+		}
+		tps, err := d.partitions(r.Context(), req.Topic, req.Partitions)
+		if err != nil {
+			admin.WriteError(w, 400, err)
+			return
+		}
+		now, err := sink.Pause(r.Context(), d.store, tps, pause)
+		if err != nil {
+			admin.WriteError(w, 500, err)
+			return
+		}
+		admin.WriteJSON(w, 200, map[string]any{"paused": now})
+	}
+}
+
+// partitions expands a topic and optional partition list.
+func (d *daemon) partitions(ctx context.Context, topic string, parts []int32) ([]sink.TopicPartition, error) {
+	if topic == "" {
+		return nil, errors.New("topic is required (see `tidemark status` for topics)")
+	}
+	if len(parts) == 0 {
+		td, err := d.adm.ListTopics(ctx, topic)
+		if err != nil {
+			return nil, err
+		}
+		t, ok := td[topic]
+		if !ok || t.Err != nil {
+			return nil, fmt.Errorf("topic %s not found", topic)
+		}
+		parts = t.Partitions.Numbers()
+	}
+	out := make([]sink.TopicPartition, len(parts))
+	for i, p := range parts {
+		out[i] = sink.TopicPartition{Topic: topic, Partition: p}
+	}
+	return out, nil
+}
+
+func (d *daemon) backfill(w http.ResponseWriter, r *http.Request) {
+	var req capture.Request
+	if err := decode(r, &req); err != nil {
+		admin.WriteError(w, 400, err)
+		return
+	}
+	if req.Namespace == "" {
+		admin.WriteError(w, 400, errors.New("namespace is required"))
+		return
+	}
+	req.Actor = admin.Actor(r.Context())
+	id, err := capture.Enqueue(r.Context(), d.store, req)
+	if err != nil {
+		admin.WriteError(w, 500, err)
+		return
+	}
+	admin.WriteJSON(w, 202, map[string]string{"request": id, "status": "queued for the capture role"})
+}
