@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
 	"testing"
 	"time"
 
@@ -35,7 +34,7 @@ func TestIntegrationPipelineMatchesSource(t *testing.T) {
 	coll := mc.Database(db).Collection("users")
 	t.Cleanup(func() { mc.Database(db).Drop(context.Background()) })
 	ks := testbed.UniqueName(t, "ks")
-	m := usersMapping(t, s, ns, ks)
+	m, _ := testbed.UsersMapping(t, s, ns, ks)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -103,33 +102,15 @@ func TestIntegrationPipelineMatchesSource(t *testing.T) {
 	}
 	defer func() { stopSink() }()
 
-	want := func() []byte {
-		cur, err := coll.Find(ctx, bson.D{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var rows [][]byte
-		for cur.Next(ctx) {
-			out, err := m.Apply(ns, cur.Current)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range out {
-				b, _ := r.Table.AppendCanonical([]byte(r.Table.Name+"|"), r.Values)
-				rows = append(rows, b)
-			}
-		}
-		sort.Slice(rows, func(i, j int) bool { return bytes.Compare(rows[i], rows[j]) < 0 })
-		return bytes.Join(rows, []byte{'\n'})
-	}()
+	want := testbed.Expected(t, m, ns, testbed.SourceDocs(t, ctx, coll))
 	var got []byte
 	for deadline := time.Now().Add(3 * time.Minute); ; {
-		got = snapshot(t, s, m, ns)
+		got = testbed.Snapshot(t, s, m, ns)
 		if bytes.Equal(got, want) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Cassandra never matched the source; first difference:\n got %q\nwant %q", firstDiff(got, want), firstDiff(want, got))
+			t.Fatalf("Cassandra never matched the source; first difference:\n got %q\nwant %q", testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

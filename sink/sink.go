@@ -80,6 +80,7 @@ type Sink struct {
 	owned    map[TopicPartition]bool
 	paused   map[TopicPartition]bool
 	lastMark time.Time
+	topics   []string
 }
 
 // PausedKey holds the operator's paused partitions, shared by every daemon.
@@ -105,6 +106,7 @@ func New(cfg Config, d Deps) (*Sink, error) {
 	for _, ns := range d.Mapping.Namespaces() {
 		topics = append(topics, cfg.TopicPrefix+"."+ns)
 	}
+	s.topics = topics
 	opts := append([]kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(topics...),
@@ -170,6 +172,9 @@ func (s *Sink) Run(ctx context.Context) error {
 	if _, err := kadm.NewClient(s.cl).CreateTopic(ctx, -1, -1, nil, dlq); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		s.log.Warn("cannot create the dead-letter topic; dead letters will fail until it exists", "topic", dlq, "err", err)
 	}
+	if err := s.waitForTopics(ctx); err != nil {
+		return nil
+	}
 	s.applyIntents(ctx)
 	lastIntent := time.Now()
 	for {
@@ -204,6 +209,36 @@ func (s *Sink) Run(ctx context.Context) error {
 			lastIntent = time.Now()
 		}
 		s.maybeMark(ctx)
+	}
+}
+
+// waitForTopics blocks until capture created every topic the sink consumes.
+// A group joined before its topics exist would notice them only at the next
+// metadata refresh, minutes later.
+func (s *Sink) waitForTopics(ctx context.Context) error {
+	adm := kadm.NewClient(s.cl)
+	logged := false
+	for {
+		td, err := adm.ListTopics(ctx, s.topics...)
+		missing := []string{}
+		for _, t := range s.topics {
+			if d, ok := td[t]; err != nil || !ok || d.Err != nil {
+				missing = append(missing, t)
+			}
+		}
+		if len(missing) == 0 {
+			s.cl.ForceMetadataRefresh()
+			return nil
+		}
+		if !logged {
+			s.log.Info("waiting for capture to create topics", "topics", missing)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 }
 

@@ -7,9 +7,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -22,38 +19,6 @@ import (
 	"go.mongodb.org/mongo-driver/bson"
 )
 
-// usersMapping loads examples/specs/users.yaml for namespace ns into keyspace
-// ks and creates its tables.
-func usersMapping(t *testing.T, s *gocql.Session, ns, ks string) *transform.Mapping {
-	t.Helper()
-	spec, err := os.ReadFile("../examples/specs/users.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := strings.ReplaceAll(strings.ReplaceAll(string(spec), "keyspace: app", "keyspace: "+ks), "app.users", ns)
-	m, err := transform.Parse([]byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testbed.CreateKeyspace(t, s, ks)
-	cql, _ := os.ReadFile("../examples/specs/users.cql")
-	for _, stmt := range strings.Split(string(cql), ";") {
-		stmt = strings.TrimSpace(stmt)
-		if stmt == "" || strings.HasPrefix(stmt, "CREATE KEYSPACE") {
-			continue
-		}
-		var lines []string
-		for _, l := range strings.Split(stmt, "\n") {
-			if !strings.HasPrefix(strings.TrimSpace(l), "--") {
-				lines = append(lines, l)
-			}
-		}
-		if err := s.Query(strings.ReplaceAll(strings.Join(lines, "\n"), "app.", ks+".")).Exec(); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
-	return m
-}
 
 type event struct {
 	op  envelope.Op
@@ -97,57 +62,7 @@ func bsonValue(t *testing.T, v any) bson.RawValue {
 	return bson.RawValue{Type: typ, Value: data}
 }
 
-// snapshot reads every row of the mapped tables, with write times, in a
-// canonical, sorted form: two equal snapshots are byte-identical tables.
-func snapshot(t *testing.T, s *gocql.Session, m *transform.Mapping, ns string) []byte {
-	t.Helper()
-	var rows [][]byte
-	for _, tbl := range m.Tables(ns) {
-		iter := s.Query("SELECT * FROM " + tbl.QualifiedName()).Iter()
-		for {
-			row := map[string]any{}
-			if !iter.MapScan(row) {
-				break
-			}
-			vals := make([]any, len(tbl.Columns))
-			for i, c := range tbl.Columns {
-				vals[i] = row[c.Name]
-			}
-			b, err := tbl.AppendCanonical([]byte(tbl.Name+"|"), vals)
-			if err != nil {
-				t.Fatalf("canonical %s: %v", tbl.Name, err)
-			}
-			rows = append(rows, b)
-		}
-		if err := iter.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sort.Slice(rows, func(i, j int) bool { return bytes.Compare(rows[i], rows[j]) < 0 })
-	return bytes.Join(rows, []byte{'\n'})
-}
 
-// expected is what the tables must hold: the transform of each final document.
-func expected(t *testing.T, m *transform.Mapping, ns string, final map[int64]bson.D) []byte {
-	t.Helper()
-	var rows [][]byte
-	for _, d := range final {
-		raw, _ := bson.Marshal(d)
-		out, err := m.Apply(ns, raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range out {
-			b, err := r.Table.AppendCanonical([]byte(r.Table.Name+"|"), r.Values)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rows = append(rows, b)
-		}
-	}
-	sort.Slice(rows, func(i, j int) bool { return bytes.Compare(rows[i], rows[j]) < 0 })
-	return bytes.Join(rows, []byte{'\n'})
-}
 
 // runUntilCaughtUp runs a sink with a fresh group (so it reads the topic from
 // the start) until it has applied every record, then stops it.
@@ -204,7 +119,7 @@ func TestIntegrationSinkReplayIsIdempotent(t *testing.T) {
 	topic := prefix + "." + ns
 	testbed.CreateTopic(t, adm, topic, 4)
 	ks := testbed.UniqueName(t, "ks")
-	m := usersMapping(t, s, ns, ks)
+	m, _ := testbed.UsersMapping(t, s, ns, ks)
 
 	final := map[int64]bson.D{}
 	var evs []event
@@ -239,14 +154,19 @@ func TestIntegrationSinkReplayIsIdempotent(t *testing.T) {
 	defer prod.Close()
 	produce(t, ctx, prod, topic, ns, evs)
 
-	want := expected(t, m, ns, final)
+	var finalDocs []bson.Raw
+	for _, d := range final {
+		raw, _ := bson.Marshal(d)
+		finalDocs = append(finalDocs, raw)
+	}
+	want := testbed.Expected(t, m, ns, finalDocs)
 	for pass := 1; pass <= 3; pass++ {
 		runUntilCaughtUp(t, m, s, prefix, int64(len(evs)))
-		got := snapshot(t, s, m, ns)
+		got := testbed.Snapshot(t, s, m, ns)
 		if !bytes.Equal(got, want) {
 			gl, wl := bytes.Count(got, []byte{'\n'}), bytes.Count(want, []byte{'\n'})
 			t.Fatalf("pass %d: Cassandra (%d rows) differs from the transform of the source (%d rows); first difference:\n got %q\nwant %q",
-				pass, gl+1, wl+1, firstDiff(got, want), firstDiff(want, got))
+				pass, gl+1, wl+1, testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
 		}
 	}
 	var stale int
@@ -255,15 +175,3 @@ func TestIntegrationSinkReplayIsIdempotent(t *testing.T) {
 	}
 }
 
-func firstDiff(a, b []byte) []byte {
-	bl := map[string]bool{}
-	for _, l := range bytes.Split(b, []byte{'\n'}) {
-		bl[string(l)] = true
-	}
-	for _, l := range bytes.Split(a, []byte{'\n'}) {
-		if !bl[string(l)] {
-			return l
-		}
-	}
-	return nil
-}

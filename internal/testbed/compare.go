@@ -1,0 +1,141 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/tidemarkhq/tidemark/transform"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/mongo"
+)
+
+// RepoRoot is the repository's top folder.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// UsersMapping loads examples/specs/users.yaml for namespace ns into keyspace
+// ks, creating the keyspace (dropped at cleanup) and its tables.
+func UsersMapping(t testing.TB, s *gocql.Session, ns, ks string) (*transform.Mapping, string) {
+	t.Helper()
+	spec, err := os.ReadFile(filepath.Join(RepoRoot(), "examples/specs/users.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.ReplaceAll(strings.ReplaceAll(string(spec), "keyspace: app", "keyspace: "+ks), "app.users", ns)
+	m, err := transform.Parse([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	CreateKeyspace(t, s, ks)
+	cql, _ := os.ReadFile(filepath.Join(RepoRoot(), "examples/specs/users.cql"))
+	for _, stmt := range strings.Split(string(cql), ";") {
+		var lines []string
+		for _, l := range strings.Split(stmt, "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(l), "--") {
+				lines = append(lines, l)
+			}
+		}
+		stmt = strings.TrimSpace(strings.Join(lines, "\n"))
+		if stmt == "" || strings.HasPrefix(stmt, "CREATE KEYSPACE") {
+			continue
+		}
+		if err := s.Query(strings.ReplaceAll(stmt, "app.", ks+".")).Exec(); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	return m, text
+}
+
+// Snapshot reads every row of the tables mapped from ns in a canonical,
+// sorted form: equal snapshots mean identical tables.
+func Snapshot(t testing.TB, s *gocql.Session, m *transform.Mapping, ns string) []byte {
+	t.Helper()
+	var rows [][]byte
+	for _, tbl := range m.Tables(ns) {
+		iter := s.Query("SELECT * FROM " + tbl.QualifiedName()).Iter()
+		for {
+			row := map[string]any{}
+			if !iter.MapScan(row) {
+				break
+			}
+			vals := make([]any, len(tbl.Columns))
+			for i, c := range tbl.Columns {
+				vals[i] = row[c.Name]
+			}
+			b, err := tbl.AppendCanonical([]byte(tbl.Name+"|"), vals)
+			if err != nil {
+				t.Fatalf("canonical %s: %v", tbl.Name, err)
+			}
+			rows = append(rows, b)
+		}
+		if err := iter.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sortJoin(rows)
+}
+
+// Expected is what the tables must hold for these source documents.
+func Expected(t testing.TB, m *transform.Mapping, ns string, docs []bson.Raw) []byte {
+	t.Helper()
+	var rows [][]byte
+	for _, d := range docs {
+		out, err := m.Apply(ns, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range out {
+			b, err := r.Table.AppendCanonical([]byte(r.Table.Name+"|"), r.Values)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows = append(rows, b)
+		}
+	}
+	return sortJoin(rows)
+}
+
+// SourceDocs reads every document of a collection.
+func SourceDocs(t testing.TB, ctx context.Context, coll *mongo.Collection) []bson.Raw {
+	t.Helper()
+	cur, err := coll.Find(ctx, bson.D{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []bson.Raw
+	for cur.Next(ctx) {
+		out = append(out, append(bson.Raw(nil), cur.Current...))
+	}
+	if err := cur.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sortJoin(rows [][]byte) []byte {
+	sort.Slice(rows, func(i, j int) bool { return bytes.Compare(rows[i], rows[j]) < 0 })
+	return bytes.Join(rows, []byte{'\n'})
+}
+
+// FirstDiff is the first line of a that b lacks, for failure messages.
+func FirstDiff(a, b []byte) []byte {
+	bl := map[string]bool{}
+	for _, l := range bytes.Split(b, []byte{'\n'}) {
+		bl[string(l)] = true
+	}
+	for _, l := range bytes.Split(a, []byte{'\n'}) {
+		if !bl[string(l)] {
+			return l
+		}
+	}
+	return nil
+}
