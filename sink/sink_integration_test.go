@@ -19,7 +19,6 @@ import (
 	"go.mongodb.org/mongo-driver/bson"
 )
 
-
 type event struct {
 	op  envelope.Op
 	id  int64
@@ -61,8 +60,6 @@ func bsonValue(t *testing.T, v any) bson.RawValue {
 	}
 	return bson.RawValue{Type: typ, Value: data}
 }
-
-
 
 // runUntilCaughtUp runs a sink with a fresh group (so it reads the topic from
 // the start) until it has applied every record, then stops it.
@@ -174,4 +171,3 @@ func TestIntegrationSinkReplayIsIdempotent(t *testing.T) {
 		t.Fatalf("older out-of-order version left a zombie row: %d %v", stale, err)
 	}
 }
-
