@@ -31,6 +31,9 @@ func newThrottle(cfg Config, met *metrics) *throttle {
 }
 
 func (t *throttle) acquire(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.busy >= t.limit {

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestConfigListsEveryProblem(t *testing.T) {
+	bad := `roles: [capture, sink, dancer]
+checkpoints: {kind: kafka}
+mongo: {uri: "mongodb://admin:hunter2@db:27017"}
+kafka: {sasl: {mechanism: GSSAPI}}
+admin: {tls_cert: /x.pem}
+capture: {namespaces: [nodot]}
+`
+	_, err := parseConfig([]byte(bad), func(string) string { return "" })
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{`unknown role "dancer"`, "spec:", `"kafka" is not available`, "tokens_file", "tls_cert and admin.tls_key",
+		"GSSAPI", "credentials do not belong", `"nodot" is not db.collection`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q", want)
+		}
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Error("a password reached the error message")
+	}
+	if _, err := parseConfig([]byte("spec: x\nbogus: 1\n"), func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("unknown key: %v", err)
+	}
+}
+
+func TestConfigEnvOverridesAndDefaults(t *testing.T) {
+	good := `spec: examples/specs/users.yaml
+admin: {tokens_file: /etc/tidemark/tokens}
+capture: {namespaces: [app.users], topic_prefix: mig}
+`
+	env := map[string]string{"TIDEMARK_KAFKA_BROKERS": "k1:9092, k2:9092", "TIDEMARK_ADMIN_LISTEN": "127.0.0.1:9999"}
+	c, err := parseConfig([]byte(good), func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.Kafka.Brokers, ",") != "k1:9092,k2:9092" || c.Admin.Listen != "127.0.0.1:9999" {
+		t.Fatalf("env overrides not applied: %v %s", c.Kafka.Brokers, c.Admin.Listen)
+	}
+	if c.Sink.TopicPrefix != "mig" || c.Sink.Group != "tidemark-sink" || c.Capture.Partitions != 12 || len(c.Roles) != 2 {
+		t.Fatalf("defaults: %+v", c)
+	}
+}

@@ -1,0 +1,84 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// slowTarget stands in for a Cassandra whose latency grows with concurrency,
+// as an overloaded cluster's does.
+type slowTarget struct {
+	inflight atomic.Int64
+	peak     atomic.Int64
+	slow     atomic.Bool
+}
+
+func (s *slowTarget) write() (time.Duration, error) {
+	n := s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
+	}
+	d := 200 * time.Microsecond
+	if s.slow.Load() {
+		d = time.Duration(n) * 2 * time.Millisecond
+	}
+	time.Sleep(d)
+	return d, nil
+}
+
+func TestThrottleBacksOffAndRecovers(t *testing.T) {
+	cfg := Config{MaxInFlight: 64, Throttle: ThrottleConfig{P99: 20 * time.Millisecond, Window: 100 * time.Millisecond}}.WithDefaults()
+	th := newThrottle(cfg, newMetrics(prometheus.NewRegistry()))
+	target := &slowTarget{}
+	run := func(d time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		var wg sync.WaitGroup
+		for w := 0; w < 64; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for th.acquire(ctx) == nil {
+					lat, err := target.write()
+					th.release(lat, err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	run(300 * time.Millisecond)
+	if l := th.Limit(); l != 64 {
+		t.Fatalf("healthy target: limit %d, want the maximum 64", l)
+	}
+	target.slow.Store(true)
+	run(1500 * time.Millisecond)
+	slowLimit := th.Limit()
+	// At 2ms per concurrent write, p99 under 20ms needs fewer than ~10 in flight.
+	if slowLimit > 12 {
+		t.Fatalf("slow target: limit stayed at %d", slowLimit)
+	}
+	target.slow.Store(false)
+	run(2 * time.Second)
+	if l := th.Limit(); l <= slowLimit*2 {
+		t.Fatalf("recovered target: limit %d did not grow back from %d", l, slowLimit)
+	}
+}
+
+func TestThrottleAcquireStopsWithContext(t *testing.T) {
+	cfg := Config{MaxInFlight: 1}.WithDefaults()
+	th := newThrottle(cfg, newMetrics(nil))
+	if err := th.acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := th.acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("blocked acquire returned %v", err)
+	}
+}
