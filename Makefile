@@ -36,7 +36,7 @@ bench: stack-up
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m $(PKGS)
 
 demo:
-	@echo "make demo: not yet implemented" >&2; exit 1
+	@deploy/local/demo
 
 clean: stack-down
 	rm -rf .stack bin

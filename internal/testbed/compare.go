@@ -16,6 +16,14 @@ import (
 	"go.mongodb.org/mongo-driver/mongo"
 )
 
+// T is the part of testing.TB the comparison helpers use, so that the demo
+// can run them outside a test.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // RepoRoot is the repository's top folder.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -57,7 +65,7 @@ func UsersMapping(t testing.TB, s *gocql.Session, ns, ks string) (*transform.Map
 
 // Snapshot reads every row of the tables mapped from ns in a canonical,
 // sorted form: equal snapshots mean identical tables.
-func Snapshot(t testing.TB, s *gocql.Session, m *transform.Mapping, ns string) []byte {
+func Snapshot(t T, s *gocql.Session, m *transform.Mapping, ns string) []byte {
 	t.Helper()
 	var rows [][]byte
 	for _, tbl := range m.Tables(ns) {
@@ -85,7 +93,7 @@ func Snapshot(t testing.TB, s *gocql.Session, m *transform.Mapping, ns string) [
 }
 
 // Expected is what the tables must hold for these source documents.
-func Expected(t testing.TB, m *transform.Mapping, ns string, docs []bson.Raw) []byte {
+func Expected(t T, m *transform.Mapping, ns string, docs []bson.Raw) []byte {
 	t.Helper()
 	var rows [][]byte
 	for _, d := range docs {
@@ -105,7 +113,7 @@ func Expected(t testing.TB, m *transform.Mapping, ns string, docs []bson.Raw) []
 }
 
 // SourceDocs reads every document of a collection.
-func SourceDocs(t testing.TB, ctx context.Context, coll *mongo.Collection) []bson.Raw {
+func SourceDocs(t T, ctx context.Context, coll *mongo.Collection) []bson.Raw {
 	t.Helper()
 	cur, err := coll.Find(ctx, bson.D{})
 	if err != nil {
