@@ -312,3 +312,72 @@ func TestIntegrationHistoryLost(t *testing.T) {
 		t.Fatalf("checkpoint moved past the gap to %d.%d", st.T, st.I)
 	}
 }
+
+// TestIntegrationSecondWriterFencesFirst starts two capture processes for the
+// same stream. The second one's transactional producer fences the first,
+// which stops with ErrFenced, while the second carries the stream on.
+func TestIntegrationSecondWriterFencesFirst(t *testing.T) {
+	testbed.Kafka(t)
+	mc := testbed.Mongo(t)
+	dbName := testbed.UniqueName(t, "fence")
+	coll := mc.Database(dbName).Collection("c")
+	t.Cleanup(func() { mc.Database(dbName).Drop(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ns := dbName + ".c"
+	prefix := testbed.UniqueName(t, "fence")
+	newCapture := func() (*Capture, checkpoints.Store) {
+		store, _ := checkpoints.OpenFile(t.TempDir())
+		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 1, Backfill: BackfillConfig{Enabled: new(bool)}},
+			mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c, store
+	}
+	first, firstStore := newCapture()
+	if err := first.ensureTopics(ctx); err != nil {
+		t.Fatal(err)
+	}
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- first.runNamespace(ctx, ns) }()
+	insert := func(id int) {
+		if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor := func(id int) {
+		readTopic(t, ctx, Topic(prefix, ns), func(m map[string]envelope.Event) bool {
+			_, ok := m[string(envelope.Key(rawOf(t, int32(id))))]
+			return ok
+		})
+	}
+	insert(1)
+	waitFor(1)
+	second, _ := newCapture()
+	secondCtx, stopSecond := context.WithCancel(ctx)
+	defer stopSecond()
+	go second.runNamespace(secondCtx, ns)
+	// Keep writing until the first process is fenced: it fails on its first
+	// transaction after the second one registered the same transactional id.
+	id := 2
+	for fenced := false; !fenced; id++ {
+		insert(id)
+		select {
+		case err := <-firstDone:
+			if !errors.Is(err, ErrFenced) {
+				t.Fatalf("first capture stopped with %v, want ErrFenced", err)
+			}
+			fenced = true
+		case <-ctx.Done():
+			t.Fatal("first capture was not fenced")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	insert(id)
+	waitFor(id) // written by the second process alone
+	if st, _, _ := checkpoints.GetJSON[streamState](ctx, firstStore, streamKey(ns)); st.Token == nil {
+		t.Fatal("first capture never checkpointed")
+	}
+}
