@@ -65,59 +65,96 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 	version := envelope.Below(t0)
 	topic := Topic(c.cfg.TopicPrefix, ns)
 	start, startDocs := time.Now(), p.Docs
-	for {
-		filter := bson.D{}
-		if p.LastKey != nil {
-			last, err := envelope.ParseKey(p.LastKey)
-			if err != nil {
-				return err
+	// The scan reads chunks ahead while up to Parallelism of them are being
+	// produced; each chunk's acknowledgement is awaited in scan order, so the
+	// checkpoint only ever names a chunk whose every predecessor is in Kafka.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the scan and in-flight chunks when this returns early
+	type chunk struct {
+		n       int
+		lastKey []byte
+		done    chan error
+	}
+	inflight := make(chan *chunk, c.cfg.Backfill.Parallelism)
+	scanErr := make(chan error, 1)
+	go func() {
+		defer close(inflight)
+		last := p.LastKey
+		for {
+			filter := bson.D{}
+			if last != nil {
+				id, err := envelope.ParseKey(last)
+				if err != nil {
+					scanErr <- err
+					return
+				}
+				filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: id}}}}
 			}
-			filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: last}}}}
-		}
-		cur, err := col.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
-			SetLimit(int64(c.cfg.Backfill.ChunkSize)).SetBatchSize(int32(c.cfg.Backfill.ChunkSize)))
-		if err != nil {
-			return fmt.Errorf("capture %s: backfill scan: %w", ns, err)
-		}
-		var recs, dead []*kgo.Record
-		var lastKey []byte
-		for cur.Next(ctx) {
-			doc := bson.Raw(append([]byte(nil), cur.Current...))
-			e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
-			lastKey = e.Key()
-			if rec, dl, _ := c.toRecord(topic, &e); dl != nil {
-				dead = append(dead, dl)
-			} else {
+			cur, err := col.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
+				SetLimit(int64(c.cfg.Backfill.ChunkSize)).SetBatchSize(int32(c.cfg.Backfill.ChunkSize)))
+			if err != nil {
+				scanErr <- fmt.Errorf("capture %s: backfill scan: %w", ns, err)
+				return
+			}
+			var recs []*kgo.Record
+			var lastKey []byte
+			for cur.Next(ctx) {
+				doc := bson.Raw(append([]byte(nil), cur.Current...))
+				e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
+				lastKey = e.Key()
+				rec, dl, _ := c.toRecord(topic, &e)
+				if dl != nil {
+					rec = dl
+				}
 				recs = append(recs, rec)
 			}
-		}
-		err = cur.Err()
-		cur.Close(ctx)
-		if err != nil {
-			return fmt.Errorf("capture %s: backfill scan: %w", ns, err)
-		}
-		n := len(recs) + len(dead)
-		if n == 0 {
-			break
-		}
-		if lim != nil {
-			if err := lim.WaitN(ctx, min(n, lim.Burst())); err != nil {
-				return err
+			err = cur.Err()
+			cur.Close(ctx)
+			if err != nil {
+				scanErr <- fmt.Errorf("capture %s: backfill scan: %w", ns, err)
+				return
 			}
+			if len(recs) == 0 {
+				return
+			}
+			if lim != nil {
+				if err := lim.WaitN(ctx, min(len(recs), lim.Burst())); err != nil {
+					scanErr <- err
+					return
+				}
+			}
+			ch := &chunk{n: len(recs), lastKey: lastKey, done: make(chan error, 1)}
+			go func() { ch.done <- c.produceAll(ctx, recs) }()
+			select {
+			case inflight <- ch:
+			case <-ctx.Done():
+				return
+			}
+			if len(recs) < c.cfg.Backfill.ChunkSize {
+				return
+			}
+			last = lastKey
 		}
-		if err := c.produceAll(ctx, append(recs, dead...)); err != nil {
+	}()
+	for ch := range inflight {
+		if err := <-ch.done; err != nil {
 			return err
 		}
-		p.LastKey, p.Chunks, p.Docs, p.Updated = lastKey, p.Chunks+1, p.Docs+int64(n), time.Now().UTC()
+		p.LastKey, p.Chunks, p.Docs, p.Updated = ch.lastKey, p.Chunks+1, p.Docs+int64(ch.n), time.Now().UTC()
 		if err := checkpoints.PutJSON(ctx, c.store, backfillKey(ns), p); err != nil {
 			return err
 		}
-		c.m.backfillDocs.WithLabelValues(ns).Add(float64(n))
+		c.m.backfillDocs.WithLabelValues(ns).Add(float64(ch.n))
 		c.m.backfillChunk.WithLabelValues(ns).Inc()
 		c.progress(log, p, start, startDocs)
-		if n < c.cfg.Backfill.ChunkSize {
-			break
-		}
+	}
+	select {
+	case err := <-scanErr:
+		return err
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	p.Done, p.Updated = true, time.Now().UTC()
 	c.m.backfillDone.WithLabelValues(ns).Set(1)

@@ -45,6 +45,10 @@ type BackfillConfig struct {
 	Enabled *bool `yaml:"enabled"`
 	// ChunkSize is the number of documents per checkpointed chunk. Default 1000.
 	ChunkSize int `yaml:"chunk_size"`
+	// Parallelism is how many chunks may be in flight to Kafka at once while
+	// the scan reads ahead. Progress is checkpointed in chunk order, so a
+	// restart resumes from the first chunk not yet acknowledged. Default 4.
+	Parallelism int `yaml:"parallelism"`
 	// RateLimit caps documents per second (0 = unlimited).
 	RateLimit float64 `yaml:"rate_limit"`
 }
@@ -68,6 +72,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Backfill.ChunkSize == 0 {
 		c.Backfill.ChunkSize = 1000
+	}
+	if c.Backfill.Parallelism == 0 {
+		c.Backfill.Parallelism = 4
 	}
 	if c.Backfill.Enabled == nil {
 		t := true
@@ -95,6 +102,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRecordBytes < 0 || c.MaxRecordBytes > 100<<20 {
 		errs = append(errs, errors.New("capture.max_record_bytes must be between 1 and 100 MiB"))
+	}
+	if c.Backfill.Parallelism < 0 || c.Backfill.Parallelism > 64 {
+		errs = append(errs, errors.New("capture.backfill.parallelism must be between 1 and 64"))
 	}
 	if c.Backfill.RateLimit < 0 {
 		errs = append(errs, errors.New("capture.backfill.rate_limit must not be negative"))
