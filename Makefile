@@ -33,7 +33,8 @@ stack-status:
 	@$(STACK) status
 
 bench: stack-up
-	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./transform
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./capture
 
 demo:
 	@deploy/local/demo
