@@ -269,9 +269,12 @@ type item struct {
 }
 
 func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kgo.Record) error {
-	// Newest version per key wins; older ones in the same poll could not win
-	// in Cassandra anyway. An update without a document carries no state.
-	newest := map[string]*item{}
+	// Keys are written concurrently; each key's events in offset order. Every
+	// event is applied, not only a key's newest: the key map of a mutable-key
+	// table is written after the row, so an event cut short by a crash must be
+	// replayed before any later event of its key, or the row it wrote under
+	// its key would never be deleted.
+	byKey := map[string][]*item{}
 	var order []string
 	var maxV envelope.Version
 	slice := s.inSlice.Load()
@@ -285,25 +288,30 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 		}
 		maxV = envelope.Max(maxV, ev.Version)
 		if ev.Op == envelope.OpUpdate && ev.Doc == nil {
-			continue
+			continue // the document was gone at lookup time; its delete follows
 		}
 		if slice != nil && !(*slice)(ev.Namespace, r.Key) {
 			s.met.skipped.Inc()
 			continue
 		}
 		k := string(r.Key)
-		if old, ok := newest[k]; !ok {
+		if _, ok := byKey[k]; !ok {
 			order = append(order, k)
-			newest[k] = &item{r, ev}
-		} else if !ev.Version.Before(old.ev.Version) {
-			newest[k] = &item{r, ev}
 		}
+		byKey[k] = append(byKey[k], &item{r, ev})
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Concurrency)
 	for _, k := range order {
-		it := newest[k]
-		g.Go(func() error { return s.applyOne(gctx, it) })
+		items := byKey[k]
+		g.Go(func() error {
+			for _, it := range items {
+				if err := s.applyOne(gctx, it); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
