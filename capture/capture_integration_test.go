@@ -39,12 +39,7 @@ type childConfig struct {
 	StoreDir  string `json:"store_dir"`
 }
 
-func TestMain(m *testing.M) {
-	if v := os.Getenv(childEnv); v != "" {
-		os.Exit(runChild(v))
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testbed.ChildMain(m, childEnv, runChild) }
 
 func runChild(conf string) int {
 	var cc childConfig
@@ -80,28 +75,7 @@ func runChild(conf string) int {
 func startChild(t *testing.T, cc childConfig) *exec.Cmd {
 	t.Helper()
 	b, _ := json.Marshal(cc)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(b))
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("capture child log tail:\n%s", tail(logs.String(), 3000))
-		}
-	})
-	return cmd
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
+	return testbed.StartChild(t, childEnv, string(b))
 }
 
 // TestIntegrationCaptureSurvivesKills: a backfill of pre-existing documents

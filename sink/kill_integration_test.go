@@ -35,12 +35,7 @@ type childConfig struct {
 	StoreDir string `json:"store_dir"`
 }
 
-func TestMain(m *testing.M) {
-	if v := os.Getenv(childEnv); v != "" {
-		os.Exit(runChild(v))
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testbed.ChildMain(m, childEnv, runChild) }
 
 func runChild(conf string) int {
 	var cc childConfig
@@ -115,24 +110,8 @@ func TestIntegrationSinkSurvivesKills(t *testing.T) {
 	go cp.Run(cctx)
 
 	cc, _ := json.Marshal(childConfig{Spec: specText, Prefix: prefix, Group: testbed.UniqueName(t, "g"), StoreDir: t.TempDir()})
-	var logs bytes.Buffer
-	start := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childEnv+"="+string(cc))
-		cmd.Stderr = &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
-	}
+	start := func() *exec.Cmd { return testbed.StartChild(t, childEnv, string(cc)) }
 	child := start()
-	t.Cleanup(func() {
-		child.Process.Kill()
-		child.Wait()
-		if t.Failed() {
-			t.Logf("sink child log tail:\n%s", tailOf(logs.String(), 3000))
-		}
-	})
 	rng := rand.New(rand.NewPCG(5, 6))
 	killAt := map[int]bool{}
 	for len(killAt) < 3 {
@@ -171,11 +150,4 @@ func TestIntegrationSinkSurvivesKills(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-}
-
-func tailOf(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
