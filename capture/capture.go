@@ -523,6 +523,11 @@ func (c *Capture) commit(ctx context.Context, txn *kgo.Client, batch, dead []*kg
 
 func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead []*kgo.Record) error {
 	if err := txn.BeginTransaction(); err != nil {
+		// A transaction left open by an earlier failure blocks every later
+		// one; abort it so that the retry starts clean.
+		if abortErr := txn.EndTransaction(ctx, kgo.TryAbort); abortErr != nil {
+			return abortErr
+		}
 		return err
 	}
 	var mu sync.Mutex
@@ -550,6 +555,17 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 		commit = kgo.TryAbort
 	}
 	endErr := txn.EndTransaction(ctx, commit)
+	if errors.Is(endErr, kerr.OperationNotAttempted) {
+		// The commit was refused because the producer id is in error (for
+		// example fenced). The client stays inside the transaction until it
+		// is aborted, and every later BeginTransaction would fail; the abort
+		// either recovers the id or reports why it cannot (fencing).
+		if abortErr := txn.EndTransaction(ctx, kgo.TryAbort); abortErr != nil {
+			endErr = abortErr
+		} else if _, _, idErr := txn.ProducerID(ctx); idErr != nil {
+			endErr = idErr
+		}
+	}
 	if first != nil {
 		return first
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/mongo"
@@ -327,15 +328,30 @@ func TestIntegrationSecondWriterFencesFirst(t *testing.T) {
 			return ok
 		})
 	}
-	insert(1)
-	waitFor(1)
+	// The first process opens its stream asynchronously; keep inserting until
+	// one of its transactions is visible, so that the test does not depend on
+	// which of the two happens first.
+	adm := testbed.KafkaAdmin(t)
+	id := 1
+	for committed := false; !committed; id++ {
+		insert(id)
+		select {
+		case <-ctx.Done():
+			t.Fatal("first capture never produced")
+		case <-time.After(200 * time.Millisecond):
+		}
+		ends, err := adm.ListEndOffsets(ctx, Topic(prefix, ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends.Each(func(o kadm.ListedOffset) { committed = committed || o.Offset > 0 })
+	}
 	second, _ := newCapture()
 	secondCtx, stopSecond := context.WithCancel(ctx)
 	defer stopSecond()
 	go second.runNamespace(secondCtx, ns)
 	// Keep writing until the first process is fenced: it fails on its first
 	// transaction after the second one registered the same transactional id.
-	id := 2
 	for fenced := false; !fenced; id++ {
 		insert(id)
 		select {
