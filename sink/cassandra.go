@@ -12,12 +12,29 @@ import (
 	"github.com/tidemarkhq/tidemark/transform"
 )
 
-// Writer makes the target tables reflect one event.
+// Writer makes the target tables reflect events. Both methods must be
+// idempotent: applying a change twice, or an older one after a newer, changes
+// nothing.
 type Writer interface {
-	// Apply returns once Cassandra acknowledged every write for ev. rows is the
-	// transform of ev's document (empty for a delete). It must be idempotent:
-	// applying the same event twice, or an older one after a newer, changes nothing.
-	Apply(ctx context.Context, ev *envelope.Event, rows []transform.Row) error
+	// Write applies changes to rows of t that all live in one Cassandra
+	// partition, as one unlogged batch when there are several, and returns
+	// once Cassandra acknowledged them. Only tables without a key map go
+	// through Write: their rows can be written in any order.
+	Write(ctx context.Context, t *transform.Table, cs []Change) error
+	// ApplyMapped makes a table whose key can change reflect one event: row is
+	// the event's row for t, nil when the document is gone or filtered out.
+	// Events of one _id must be applied in order.
+	ApplyMapped(ctx context.Context, t *transform.Table, ev *envelope.Event, row *transform.Row) error
+}
+
+// Change is one upsert or delete of one row, stamped with its source version.
+type Change struct {
+	// Row is the upserted row; nil for a delete.
+	Row *transform.Row
+	// Key holds the primary key values of a delete.
+	Key []any
+	// Version is the source version in microseconds, the write timestamp.
+	Version int64
 }
 
 // KeyMapTable is the table, per target keyspace, where the sink remembers the
@@ -42,18 +59,8 @@ func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapp
 	keyspaces := map[string]bool{}
 	for _, ns := range m.Namespaces() {
 		for _, t := range m.Tables(ns) {
-			names := make([]string, len(t.Columns))
-			marks := make([]string, len(t.Columns))
-			for i, c := range t.Columns {
-				names[i], marks[i] = c.Name, "?"
-			}
-			w.insert[t] = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) USING TIMESTAMP ?", t.QualifiedName(),
-				strings.Join(names, ", "), strings.Join(marks, ", "))
-			var where []string
-			for _, i := range append(append([]int{}, t.PartitionKey...), t.ClusteringKey...) {
-				where = append(where, t.Columns[i].Name+" = ?")
-			}
-			w.del[t] = fmt.Sprintf("DELETE FROM %s USING TIMESTAMP ? WHERE %s", t.QualifiedName(), strings.Join(where, " AND "))
+			st := newStatements(t)
+			w.insert[t], w.del[t] = st.insert, st.del
 			if t.NeedsKeyMap() {
 				keyspaces[t.Keyspace] = true
 			}
@@ -61,74 +68,85 @@ func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapp
 	}
 	for ks := range keyspaces {
 		q := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.%s (tbl text, id blob, key blob, version bigint, PRIMARY KEY ((tbl, id)))", ks, KeyMapTable)
-		if err := s.Query(q).WithContext(ctx).Exec(); err != nil {
+		if err := s.Query(q).ExecContext(ctx); err != nil {
 			return nil, fmt.Errorf("sink: create key map in %s: %w", ks, err)
 		}
 	}
 	return w, nil
 }
 
-func (w *CassandraWriter) query(t *transform.Table, stmt string, args ...any) *gocql.Query {
-	q := w.s.Query(stmt, args...).Idempotent(true)
+type statements struct{ insert, del string }
+
+// newStatements builds the upsert and delete of t: every mapped column on every
+// upsert, and both timestamped with the source version.
+func newStatements(t *transform.Table) statements {
+	names := make([]string, len(t.Columns))
+	marks := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		names[i], marks[i] = c.Name, "?"
+	}
+	var where []string
+	for _, i := range append(append([]int{}, t.PartitionKey...), t.ClusteringKey...) {
+		where = append(where, t.Columns[i].Name+" = ?")
+	}
+	return statements{
+		insert: fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) USING TIMESTAMP ?", t.QualifiedName(),
+			strings.Join(names, ", "), strings.Join(marks, ", ")),
+		del: fmt.Sprintf("DELETE FROM %s USING TIMESTAMP ? WHERE %s", t.QualifiedName(), strings.Join(where, " AND ")),
+	}
+}
+
+func (w *CassandraWriter) consistencyOf(t *transform.Table) gocql.Consistency {
 	c := t.Consistency
 	if w.consistency != "" {
 		c = w.consistency
 	}
 	if cl, err := gocql.ParseConsistencyWrapper(c); err == nil {
-		q = q.Consistency(cl)
+		return cl
 	}
-	return q
+	return gocql.LocalQuorum
 }
 
-// Apply writes ev's rows, deletes rows the document no longer has, and keeps
-// the key map of mutable-key tables current.
-func (w *CassandraWriter) Apply(ctx context.Context, ev *envelope.Event, rows []transform.Row) error {
-	ts := ev.Version.Micros()
-	byTable := make(map[*transform.Table]*transform.Row, len(rows))
-	for i := range rows {
-		byTable[rows[i].Table] = &rows[i]
+func (w *CassandraWriter) query(t *transform.Table, stmt string, args ...any) *gocql.Query {
+	return w.s.Query(stmt, args...).Idempotent(true).Consistency(w.consistencyOf(t))
+}
+
+func (w *CassandraWriter) args(t *transform.Table, c Change) (string, []any) {
+	if c.Row == nil {
+		return w.del[t], append(append(make([]any, 0, len(c.Key)+1), c.Version), c.Key...)
 	}
-	for _, t := range w.m.Tables(ev.Namespace) {
-		row := byTable[t]
-		if !t.NeedsKeyMap() {
-			if row != nil {
-				if err := w.upsert(ctx, t, row, ts); err != nil {
-					return err
-				}
-				continue
-			}
-			key, err := t.KeyForID(ev.ID)
-			if err != nil {
-				return err
-			}
-			if err := w.query(t, w.del[t], append([]any{ts}, key...)...).WithContext(ctx).Exec(); err != nil {
-				return fmt.Errorf("sink: delete from %s: %w", t.QualifiedName(), err)
-			}
-			continue
+	return w.insert[t], append(append(make([]any, 0, len(c.Row.Values)+1), c.Row.Values...), c.Version)
+}
+
+// Write applies cs, which share one partition of t. Every statement carries
+// its own USING TIMESTAMP, so the batch's order does not matter.
+func (w *CassandraWriter) Write(ctx context.Context, t *transform.Table, cs []Change) error {
+	if len(cs) == 1 {
+		stmt, args := w.args(t, cs[0])
+		if err := w.query(t, stmt, args...).ExecContext(ctx); err != nil {
+			return fmt.Errorf("sink: write %s: %w", t.QualifiedName(), err)
 		}
-		if err := w.applyMapped(ctx, t, ev, row, ts); err != nil {
-			return err
-		}
+		return nil
+	}
+	b := w.s.Batch(gocql.UnloggedBatch).Consistency(w.consistencyOf(t))
+	for _, c := range cs {
+		stmt, args := w.args(t, c)
+		b.Entries = append(b.Entries, gocql.BatchEntry{Stmt: stmt, Args: args, Idempotent: true})
+	}
+	if err := b.ExecContext(ctx); err != nil {
+		return fmt.Errorf("sink: write batch of %d to %s: %w", len(cs), t.QualifiedName(), err)
 	}
 	return nil
 }
 
-func (w *CassandraWriter) upsert(ctx context.Context, t *transform.Table, row *transform.Row, ts int64) error {
-	args := append(append(make([]any, 0, len(row.Values)+1), row.Values...), ts)
-	if err := w.query(t, w.insert[t], args...).WithContext(ctx).Exec(); err != nil {
-		return fmt.Errorf("sink: write %s: %w", t.QualifiedName(), err)
-	}
-	return nil
-}
-
-// applyMapped handles a table whose key can change: the key map says which
+// ApplyMapped handles a table whose key can change: the key map says which
 // key the row was last written under, and at which version.
-func (w *CassandraWriter) applyMapped(ctx context.Context, t *transform.Table, ev *envelope.Event, row *transform.Row, ts int64) error {
-	id := ev.Key()
+func (w *CassandraWriter) ApplyMapped(ctx context.Context, t *transform.Table, ev *envelope.Event, row *transform.Row) error {
+	id, ts := ev.Key(), ev.Version.Micros()
 	var oldKey []byte
 	var oldVersion int64
 	err := w.query(t, fmt.Sprintf("SELECT key, version FROM %s.%s WHERE tbl = ? AND id = ?", t.Keyspace, KeyMapTable),
-		t.Name, id).WithContext(ctx).Scan(&oldKey, &oldVersion)
+		t.Name, id).ScanContext(ctx, &oldKey, &oldVersion)
 	if err != nil && !errors.Is(err, gocql.ErrNotFound) {
 		return fmt.Errorf("sink: read key map of %s: %w", t.QualifiedName(), err)
 	}
@@ -146,17 +164,17 @@ func (w *CassandraWriter) applyMapped(ctx context.Context, t *transform.Table, e
 		if err != nil {
 			return err
 		}
-		if err := w.query(t, w.del[t], append([]any{ts}, key...)...).WithContext(ctx).Exec(); err != nil {
-			return fmt.Errorf("sink: delete old key from %s: %w", t.QualifiedName(), err)
+		if err := w.Write(ctx, t, []Change{{Key: key, Version: ts}}); err != nil {
+			return fmt.Errorf("sink: delete old key: %w", err)
 		}
 	}
 	if row != nil {
-		if err := w.upsert(ctx, t, row, ts); err != nil {
+		if err := w.Write(ctx, t, []Change{{Row: row, Version: ts}}); err != nil {
 			return err
 		}
 	}
 	q := fmt.Sprintf("INSERT INTO %s.%s (tbl, id, key, version) VALUES (?, ?, ?, ?) USING TIMESTAMP ?", t.Keyspace, KeyMapTable)
-	if err := w.query(t, q, t.Name, id, newKey, ts, ts).WithContext(ctx).Exec(); err != nil {
+	if err := w.query(t, q, t.Name, id, newKey, ts, ts).ExecContext(ctx); err != nil {
 		return fmt.Errorf("sink: write key map of %s: %w", t.QualifiedName(), err)
 	}
 	return nil

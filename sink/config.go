@@ -4,11 +4,14 @@
 // timestamped too, and offsets are committed only after Cassandra acknowledged
 // every write below them. Replays and rewinds are therefore harmless.
 //
-// Each poll's records are split by partition, one worker per partition. Within
-// a partition's share, only the newest version of each key is written (the
-// older ones could not win anyway), so keys write concurrently while a key's
-// order is kept. Rebalances are blocked while a poll is being applied, so a
-// partition never changes owner with writes in flight.
+// Each poll's records are split by partition, one worker per partition. A
+// worker groups the changes to tables keyed by _id alone by Cassandra
+// partition and writes each group as one unlogged batch, groups concurrently;
+// tables with a key map are written per _id in offset order. Offsets are
+// committed, asynchronously, only up to what Cassandra acknowledged.
+// Rebalances are blocked while a poll is being applied, and the revoke
+// callback commits synchronously, so a partition never changes owner with
+// writes in flight or acknowledged writes uncommitted.
 package sink
 
 import (

@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	rows        *prometheus.CounterVec
 	latency     prometheus.Histogram
+	batch       prometheus.Histogram
 	retries     prometheus.Counter
 	deadLetters *prometheus.CounterVec
 	skipped     prometheus.Counter
@@ -19,9 +20,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	tp := []string{"topic", "partition"}
 	m := &metrics{
 		rows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tidemark_sink_rows_total",
-			Help: "Rows written (upsert, by table) and documents deleted (delete, by namespace)."}, []string{"table", "op"}),
+			Help: "Rows written to Cassandra, by table and op (upsert or delete)."}, []string{"table", "op"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tidemark_sink_write_duration_seconds",
-			Help: "Time for Cassandra to acknowledge one document's writes.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+			Help: "Time for Cassandra to acknowledge one write (a partition's batch, or one event of a key-map table).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tidemark_sink_batch_rows",
+			Help: "Rows per Cassandra write: changes to one partition of one table in one poll go as one unlogged batch.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128}}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "tidemark_sink_retries_total",
 			Help: "Writes retried after a timeout or unavailable error."}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tidemark_sink_dead_letters_total",
@@ -40,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Seconds between now and the source cluster time of the last applied record."}, tp),
 	}
 	if reg != nil {
-		reg.MustRegister(m.rows, m.latency, m.retries, m.deadLetters, m.skipped, m.inflight, m.limit, m.paused, m.lagRecords, m.lagSeconds)
+		reg.MustRegister(m.rows, m.latency, m.batch, m.retries, m.deadLetters, m.skipped, m.inflight, m.limit, m.paused, m.lagRecords, m.lagSeconds)
 	}
 	return m
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.mongodb.org/mongo-driver/bson"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -58,6 +59,7 @@ type PartitionLag struct {
 
 type partState struct {
 	committed int64
+	epoch     int32
 	end       int64
 	applied   envelope.Version
 	appliedAt time.Time
@@ -117,7 +119,7 @@ func New(cfg Config, d Deps) (*Sink, error) {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.OnPartitionsAssigned(s.assigned),
 		kgo.OnPartitionsRevoked(s.revoked),
-		kgo.OnPartitionsLost(s.revoked),
+		kgo.OnPartitionsLost(s.lost),
 	}, d.KafkaOpts...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -148,9 +150,53 @@ func (s *Sink) assigned(_ context.Context, _ *kgo.Client, m map[string][]int32) 
 	s.log.Info("partitions assigned", "partitions", m)
 }
 
+// appliedOffsets is what may be committed: per partition, the offset after
+// the last record whose writes Cassandra acknowledged. The client's own
+// "uncommitted offsets" are not used: they advance when records are polled,
+// before they are written.
+func (s *Sink) appliedOffsets() map[string]map[int32]kgo.EpochOffset {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]map[int32]kgo.EpochOffset{}
+	for tp, st := range s.parts {
+		if st.committed < 0 || !s.owned[tp] {
+			continue
+		}
+		if out[tp.Topic] == nil {
+			out[tp.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		out[tp.Topic][tp.Partition] = kgo.EpochOffset{Epoch: st.epoch, Offset: st.committed}
+	}
+	return out
+}
+
+func (s *Sink) commitDone(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+	if err == nil && resp != nil {
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if err = kerr.ErrorForCode(p.ErrorCode); err != nil {
+					break
+				}
+			}
+		}
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		// The records stay uncommitted and are applied again later: harmless.
+		s.log.Warn("commit failed", "err", err)
+	}
+}
+
 // revoked runs while no poll is being applied (rebalances are blocked during
-// one), so every record handed out has been written and committed already.
-func (s *Sink) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+// one), so every record handed out has been written; committing synchronously
+// here means the next owner starts exactly after them.
+func (s *Sink) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+	cl.CommitOffsetsSync(ctx, s.appliedOffsets(), s.commitDone)
+	s.lost(ctx, cl, m)
+}
+
+// lost forgets partitions taken away without a chance to commit (the group
+// session expired); their new owner replays from the last commit.
+func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for t, ps := range m {
@@ -198,10 +244,10 @@ func (s *Sink) Run(ctx context.Context) error {
 			return err
 		}
 		if fs.NumRecords() > 0 {
-			if err := s.cl.CommitUncommittedOffsets(ctx); err != nil && ctx.Err() == nil {
-				// Records stay uncommitted and are re-applied later: harmless.
-				s.log.Warn("commit failed", "err", err)
-			}
+			// Asynchronous: the next poll is written while this commit is on
+			// its way. franz-go orders commits, and a lost one only means
+			// records applied again later, which is harmless.
+			s.cl.CommitOffsets(ctx, s.appliedOffsets(), s.commitDone)
 		}
 		s.cl.AllowRebalance()
 		if time.Since(lastIntent) > time.Second {
@@ -264,20 +310,33 @@ func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
 }
 
 type item struct {
-	rec *kgo.Record
-	ev  envelope.Event
+	rec  *kgo.Record
+	ev   envelope.Event
+	rows []transform.Row
+	dead atomic.Bool
+}
+
+func (it *item) row(t *transform.Table) *transform.Row {
+	for i := range it.rows {
+		if it.rows[i].Table == t {
+			return &it.rows[i]
+		}
+	}
+	return nil
+}
+
+// group is the changes of one poll that fall in one Cassandra partition of
+// one table: written as one unlogged batch.
+type group struct {
+	table   *transform.Table
+	changes []Change
+	items   []*item
 }
 
 func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kgo.Record) error {
-	// Keys are written concurrently; each key's events in offset order. Every
-	// event is applied, not only a key's newest: the key map of a mutable-key
-	// table is written after the row, so an event cut short by a crash must be
-	// replayed before any later event of its key, or the row it wrote under
-	// its key would never be deleted.
-	byKey := map[string][]*item{}
-	var order []string
 	var maxV envelope.Version
 	slice := s.inSlice.Load()
+	items := make([]*item, 0, len(recs))
 	for _, r := range recs {
 		ev, err := envelope.Decode(r.Value)
 		if err != nil {
@@ -294,19 +353,73 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 			s.met.skipped.Inc()
 			continue
 		}
-		k := string(r.Key)
-		if _, ok := byKey[k]; !ok {
-			order = append(order, k)
+		it := &item{rec: r, ev: ev}
+		if ev.Op != envelope.OpDelete {
+			if it.rows, err = s.m.Apply(ev.Namespace, ev.Doc); err != nil {
+				if err := s.deadLetter(ctx, "transform", err.Error(), r, &ev); err != nil {
+					return err
+				}
+				continue
+			}
 		}
-		byKey[k] = append(byKey[k], &item{r, ev})
+		items = append(items, it)
 	}
+
+	// Tables whose key comes from _id alone are last-write-wins per cell, so
+	// their changes can be written in any order: they are grouped by Cassandra
+	// partition and each group is one write. Tables with a key map are written
+	// per _id in offset order: the key map is written after the row, so an
+	// event cut short by a crash must be replayed before any later event of
+	// its _id, or the row it wrote under its old key would never be deleted.
+	groups := map[string]*group{}
+	var batches []*group
+	mapped := map[string][]*item{}
+	var ids []string
+	var gk []byte
+	for _, it := range items {
+		hasMapped := false
+		for _, t := range s.m.Tables(it.ev.Namespace) {
+			if t.NeedsKeyMap() {
+				hasMapped = true
+				continue
+			}
+			c := Change{Row: it.row(t), Version: it.ev.Version.Micros()}
+			var err error
+			if gk, err = partitionOf(gk[:0], t, &c, it.ev.ID); err != nil {
+				if err := s.deadLetter(ctx, "sink", err.Error(), it.rec, &it.ev); err != nil {
+					return err
+				}
+				it.dead.Store(true)
+				break
+			}
+			g := groups[string(gk)]
+			if g == nil {
+				g = &group{table: t}
+				groups[string(gk)] = g
+				batches = append(batches, g)
+			}
+			g.changes = append(g.changes, c)
+			g.items = append(g.items, it)
+		}
+		if hasMapped && !it.dead.Load() {
+			k := string(it.rec.Key)
+			if _, ok := mapped[k]; !ok {
+				ids = append(ids, k)
+			}
+			mapped[k] = append(mapped[k], it)
+		}
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Concurrency)
-	for _, k := range order {
-		items := byKey[k]
+	for _, b := range batches {
+		g.Go(func() error { return s.writeGroup(gctx, b) })
+	}
+	for _, k := range ids {
+		its := mapped[k]
 		g.Go(func() error {
-			for _, it := range items {
-				if err := s.applyOne(gctx, it); err != nil {
+			for _, it := range its {
+				if err := s.applyMapped(gctx, it); err != nil {
 					return err
 				}
 			}
@@ -320,6 +433,7 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 	s.mu.Lock()
 	if st := s.parts[tp]; st != nil {
 		st.committed = last.Offset + 1
+		st.epoch = last.LeaderEpoch
 		st.applied = envelope.Max(st.applied, maxV)
 		st.appliedAt = time.Now()
 		s.met.lagRecords.WithLabelValues(tp.Topic, fmt.Sprint(tp.Partition)).Set(float64(max(0, st.end-st.committed)))
@@ -329,41 +443,112 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 	return nil
 }
 
-// applyOne transforms and writes one event, retrying transient failures and
-// dead-lettering what cannot be written.
-func (s *Sink) applyOne(ctx context.Context, it *item) error {
-	var rows []transform.Row
-	if it.ev.Op != envelope.OpDelete {
+// partitionOf completes a change of a table without key map (the delete's key
+// comes from the _id) and appends the identity of its Cassandra partition.
+func partitionOf(dst []byte, t *transform.Table, c *Change, id bson.RawValue) ([]byte, error) {
+	var key []any
+	if c.Row != nil {
+		key = t.KeyValues(c.Row.Values)
+	} else {
 		var err error
-		rows, err = s.m.Apply(it.ev.Namespace, it.ev.Doc)
-		if err != nil {
-			return s.deadLetter(ctx, "transform", err.Error(), it.rec, &it.ev)
+		if key, err = t.KeyForID(id); err != nil {
+			return dst, err
 		}
+		c.Key = key
 	}
-	backoff := s.cfg.RetryBackoff
-	var err error
-	for attempt := 0; attempt <= s.cfg.Retries; attempt++ {
-		if err = s.lim.acquire(ctx); err != nil {
+	pk, err := t.EncodeKey(key[:len(t.PartitionKey)])
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, t.QualifiedName()...)
+	return append(append(dst, 0), pk...), nil
+}
+
+// writeGroup writes one partition's changes. A group the target rejects as
+// invalid is split so that only the offending rows are dead-lettered; one that
+// keeps failing past the retry limit dead-letters every event in it.
+func (s *Sink) writeGroup(ctx context.Context, g *group) error {
+	err := s.retry(ctx, func(ctx context.Context) error { return s.w.Write(ctx, g.table, g.changes) })
+	if err == nil {
+		s.met.batch.Observe(float64(len(g.changes)))
+		for _, c := range g.changes {
+			s.countRow(g.table, c.Row == nil)
+		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if len(g.changes) > 1 && isInvalid(err) {
+		for i := range g.changes {
+			one := &group{table: g.table, changes: g.changes[i : i+1], items: g.items[i : i+1]}
+			if err := s.writeGroup(ctx, one); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, it := range g.items {
+		if err := s.giveUp(ctx, it, err); err != nil {
 			return err
 		}
-		start := time.Now()
-		err = s.w.Apply(ctx, &it.ev, rows)
-		s.lim.release(time.Since(start), err)
+	}
+	return nil
+}
+
+// applyMapped writes one event to the key-map tables of its namespace.
+func (s *Sink) applyMapped(ctx context.Context, it *item) error {
+	for _, t := range s.m.Tables(it.ev.Namespace) {
+		if !t.NeedsKeyMap() || it.dead.Load() {
+			continue
+		}
+		row := it.row(t)
+		err := s.retry(ctx, func(ctx context.Context) error { return s.w.ApplyMapped(ctx, t, &it.ev, row) })
 		if err == nil {
-			for _, r := range rows {
-				s.met.rows.WithLabelValues(r.Table.QualifiedName(), "upsert").Inc()
-			}
-			if it.ev.Op == envelope.OpDelete {
-				s.met.rows.WithLabelValues(it.ev.Namespace, "delete").Inc()
-			}
-			return nil
+			s.countRow(t, row == nil)
+			continue
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var ce *transform.ConvertError
-		if errors.As(err, &ce) || isInvalid(err) {
-			break
+		if err := s.giveUp(ctx, it, err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Sink) countRow(t *transform.Table, deleted bool) {
+	op := "upsert"
+	if deleted {
+		op = "delete"
+	}
+	s.met.rows.WithLabelValues(t.QualifiedName(), op).Inc()
+}
+
+// giveUp dead-letters an event that could not be written, once.
+func (s *Sink) giveUp(ctx context.Context, it *item, err error) error {
+	if it.dead.Swap(true) {
+		return nil
+	}
+	s.log.Error("write failed; sending to the dead-letter topic", "namespace", it.ev.Namespace, "version", it.ev.Version, "err", err)
+	return s.deadLetter(ctx, "sink", err.Error(), it.rec, &it.ev)
+}
+
+// retry runs write until it succeeds, is rejected as invalid, or has failed
+// Retries+1 times, waiting with exponential backoff and jitter in between and
+// holding a throttle slot while it runs.
+func (s *Sink) retry(ctx context.Context, write func(context.Context) error) error {
+	backoff := s.cfg.RetryBackoff
+	for attempt := 0; ; attempt++ {
+		if err := s.lim.acquire(ctx); err != nil {
+			return err
+		}
+		start := time.Now()
+		err := write(ctx)
+		s.lim.release(time.Since(start), err)
+		if err == nil || ctx.Err() != nil || isInvalid(err) || attempt >= s.cfg.Retries {
+			return err
 		}
 		s.met.retries.Inc()
 		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
@@ -374,12 +559,14 @@ func (s *Sink) applyOne(ctx context.Context, it *item) error {
 		}
 		backoff = min(2*backoff, 10*time.Second)
 	}
-	s.log.Error("write failed; sending to the dead-letter topic", "namespace", it.ev.Namespace, "version", it.ev.Version, "err", err)
-	return s.deadLetter(ctx, "sink", err.Error(), it.rec, &it.ev)
 }
 
 // isInvalid reports errors that retrying cannot fix (the row is rejected).
 func isInvalid(err error) bool {
+	var ce *transform.ConvertError
+	if errors.As(err, &ce) {
+		return true
+	}
 	msg := err.Error()
 	return strings.Contains(msg, "Invalid") || strings.Contains(msg, "marshal")
 }
@@ -554,7 +741,7 @@ func (s *Sink) executeRewinds(ctx context.Context) {
 				from := int64(-1)
 				if st := s.parts[tp]; st != nil {
 					from = st.committed
-					st.committed = off
+					st.committed, st.epoch = off, -1
 				}
 				r.Done[fmt.Sprintf("%s/%d", t, p)] = from
 			}
