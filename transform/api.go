@@ -32,6 +32,7 @@ type Mapping struct {
 	checksum   string
 	tables     map[string][]*Table // by namespace "db.collection"
 	namespaces []string
+	plans      map[string]*readPlan // by namespace
 }
 
 // Version is the spec's declared version.
@@ -62,7 +63,12 @@ type Table struct {
 
 	namespace string
 	cols      []*column
-	filter    func(bson.Raw) bool
+	keyCol    []bool // by column: part of the primary key
+	plan      *readPlan
+	// filter admits a document by the value at filterPath (found false when absent).
+	filter     func(v bson.RawValue, found bool) bool
+	filterPath []string
+	filterSlot int
 	// filtered is true when a filter on a mutable field can drop the row.
 	filtered bool
 }

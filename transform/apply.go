@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"math/big"
-	"reflect"
 	"strings"
 	"time"
 
@@ -19,29 +18,47 @@ import (
 // Apply maps one document of namespace to rows: one per table of the namespace
 // whose filter admits the document. It never panics; a document that cannot be
 // converted yields a *ConvertError naming the first failing column.
+//
+// The document is read once: every path the namespace's tables use is found in
+// a single walk (read.go), then each column converts the value found for it.
+// The rows' values do not share memory with doc.
 func (m *Mapping) Apply(namespace string, doc bson.Raw) (rows []Row, err error) {
-	tables := m.tables[namespace]
-	if len(tables) == 0 {
+	p := m.plans[namespace]
+	if p == nil {
 		return nil, fmt.Errorf("transform: namespace %s is not in spec %s", namespace, m.version)
 	}
+	st := getState(p)
 	defer func() {
 		// Validated documents cannot reach a panic, but a bug here must cost one
 		// dead-lettered document, not the pipeline.
 		if r := recover(); r != nil {
 			rows, err = nil, &ConvertError{Namespace: namespace, BSONType: "unknown", Rule: "internal", Err: fmt.Errorf("panic: %v", r)}
 		}
+		putState(st)
 	}()
-	if err := bson.Raw(doc).Validate(); err != nil {
+	if !st.read(&p.root, doc) {
+		err := bson.Raw(doc).Validate()
+		if err == nil {
+			err = errors.New("malformed document")
+		}
 		return nil, &ConvertError{Namespace: namespace, Path: "", BSONType: "malformed", Rule: "bson", Err: err}
 	}
-	rows = make([]Row, 0, len(tables))
-	for _, t := range tables {
-		if t.filter != nil && !t.filter(doc) {
-			continue
+	values := make([]any, p.ncols)
+	rows = make([]Row, 0, len(p.tables))
+	st.scratch = st.scratch[:0]
+	st.keyEnds = st.keyEnds[:0]
+	for _, t := range p.tables {
+		if t.filter != nil {
+			v := st.vals[t.filterSlot]
+			if !t.filter(v.raw(), v.typ != 0) {
+				values = values[len(t.cols):]
+				continue
+			}
 		}
-		row := Row{Table: t, Values: make([]any, len(t.cols))}
+		row := Row{Table: t, Values: values[:len(t.cols):len(t.cols)]}
+		values = values[len(t.cols):]
 		for i, c := range t.cols {
-			v, err := c.eval(doc)
+			v, err := st.eval(c)
 			if err != nil {
 				return nil, t.convertError(c, doc, err)
 			}
@@ -51,33 +68,38 @@ func (m *Mapping) Apply(namespace string, doc bson.Raw) (rows []Row, err error) 
 			}
 			row.Values[i] = v
 		}
-		key := t.KeyValues(row.Values)
-		for i, k := range key {
-			if k == nil {
-				c := t.cols[t.keyIndex(i)]
-				return nil, t.convertError(c, doc, fail("primary-key", "key column %s is null", c.Name))
-			}
+		if st.scratch, err = t.appendKey(st.scratch, row.Values, doc); err != nil {
+			return nil, err
 		}
-		if row.Key, err = t.EncodeKey(key); err != nil {
-			return nil, &ConvertError{Namespace: namespace, Table: t.QualifiedName(), Rule: "primary-key", BSONType: "key", Err: err}
-		}
+		st.keyEnds = append(st.keyEnds, len(st.scratch))
 		rows = append(rows, row)
+	}
+	// One allocation for the keys of all rows.
+	keys := append([]byte(nil), st.scratch...)
+	start := 0
+	for i, end := range st.keyEnds {
+		rows[i].Key = keys[start:end:end]
+		start = end
 	}
 	return rows, nil
 }
 
-func (t *Table) isKey(col int) bool {
-	for _, k := range t.PartitionKey {
-		if k == col {
-			return true
+// appendKey appends the row's key (EncodeKey of its primary key values) to dst.
+func (t *Table) appendKey(dst []byte, values []any, doc bson.Raw) ([]byte, error) {
+	n := len(t.PartitionKey) + len(t.ClusteringKey)
+	for i := 0; i < n; i++ {
+		if c := t.cols[t.keyIndex(i)]; values[t.keyIndex(i)] == nil {
+			return dst, t.convertError(c, doc, fail("primary-key", "key column %s is null", c.Name))
 		}
 	}
-	for _, k := range t.ClusteringKey {
-		if k == col {
-			return true
+	var err error
+	for i := 0; i < n; i++ {
+		c := t.cols[t.keyIndex(i)]
+		if dst, err = appendCanonical(dst, c.typ, values[t.keyIndex(i)], c.fields); err != nil {
+			return dst, &ConvertError{Namespace: t.namespace, Table: t.QualifiedName(), Rule: "primary-key", BSONType: "key", Err: err}
 		}
 	}
-	return false
+	return dst, nil
 }
 
 func (t *Table) keyIndex(i int) int {
@@ -115,61 +137,6 @@ func joinPaths(ps [][]string) string {
 	return strings.Join(s, ",")
 }
 
-// eval computes the column's value for doc.
-func (c *column) eval(doc bson.Raw) (any, error) {
-	switch c.compute {
-	case "const":
-		return c.value, nil
-	case "lower", "concat":
-		parts := make([]string, 0, len(c.args))
-		for _, a := range c.args {
-			v, err := doc.LookupErr(a...)
-			if err != nil || v.Type == bsontype.Null {
-				if c.def {
-					return c.value, nil
-				}
-				return nil, nil // a computed text of a missing part is null, not a guess
-			}
-			s, err := asString(v)
-			if err != nil {
-				return nil, err
-			}
-			parts = append(parts, s.(string))
-		}
-		s := strings.Join(parts, c.sep)
-		if c.compute == "lower" {
-			s = strings.ToLower(s)
-		}
-		return s, nil
-	case "hash_bucket":
-		vals := make([]bson.RawValue, len(c.args))
-		for i, a := range c.args {
-			v, err := doc.LookupErr(a...)
-			if err != nil {
-				v = bson.RawValue{Type: bsontype.Null}
-			}
-			vals[i] = v
-		}
-		b := hashBucket(vals, c.buckets)
-		if c.typ.kind == kInt {
-			return int32(b), nil
-		}
-		return int64(b), nil
-	}
-	v, err := doc.LookupErr(c.path...)
-	missing := err != nil
-	if missing || v.Type == bsontype.Null && c.nullDef {
-		if c.def {
-			return c.value, nil
-		}
-		return nil, nil
-	}
-	if c.fn != nil {
-		return c.fn(v)
-	}
-	return convertValue(c.typ, c.convert, v, c.fields)
-}
-
 // KeyForID returns the primary key values for a document _id. Only valid when
 // KeyFromIDOnly is true.
 func (t *Table) KeyForID(id bson.RawValue) ([]any, error) {
@@ -180,10 +147,15 @@ func (t *Table) KeyForID(id bson.RawValue) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("transform: key for _id: %w", err)
 	}
+	st := getState(t.plan)
+	defer putState(st)
+	if !st.read(&t.plan.root, doc) {
+		return nil, fmt.Errorf("transform: key for _id: malformed %s", id.Type)
+	}
 	key := make([]any, 0, len(t.PartitionKey)+len(t.ClusteringKey))
 	for i := 0; i < len(t.PartitionKey)+len(t.ClusteringKey); i++ {
 		c := t.cols[t.keyIndex(i)]
-		v, err := c.eval(doc)
+		v, err := st.evalColumn(c)
 		if err != nil {
 			return nil, t.convertError(c, doc, err)
 		}
@@ -331,7 +303,7 @@ func (t *Table) AppendCanonical(dst []byte, values []any) ([]byte, error) {
 	var err error
 	for i, c := range t.cols {
 		v := values[i]
-		if v != nil && !t.isKey(i) && c.typ.kind != kUDT && reflect.ValueOf(v).IsZero() {
+		if v != nil && !t.keyCol[i] && c.typ.kind != kUDT && isZero(v) {
 			// gocql's generic scan (MapScan) returns "", 0 or false for a null
 			// cell, so a scanned row cannot tell them apart: both sides fold
 			// zero to null. Key columns are never null, so they keep zero.
@@ -342,36 +314,6 @@ func (t *Table) AppendCanonical(dst []byte, values []any) ([]byte, error) {
 		}
 	}
 	return dst, nil
-}
-
-// compileFilter turns a FilterSpec into a predicate on raw documents.
-func compileFilter(f *FilterSpec) (func(bson.Raw) bool, error) {
-	path := strings.Split(f.Path, ".")
-	if f.Exists != nil {
-		want := *f.Exists
-		return func(doc bson.Raw) bool {
-			v, err := doc.LookupErr(path...)
-			return (err == nil && v.Type != bsontype.Null) == want
-		}, nil
-	}
-	typ, data, err := bson.MarshalValue(f.Equals)
-	if err != nil {
-		return nil, fmt.Errorf("filter equals: %w", err)
-	}
-	want := bson.RawValue{Type: typ, Value: data}
-	return func(doc bson.Raw) bool {
-		v, err := doc.LookupErr(path...)
-		if err != nil {
-			return false
-		}
-		if v.Equal(want) {
-			return true
-		}
-		// YAML numbers arrive as int or float64; compare numbers by value.
-		a, aok := number(v)
-		b, bok := number(want)
-		return aok && bok && a == b
-	}, nil
 }
 
 func number(v bson.RawValue) (float64, bool) {

@@ -34,7 +34,7 @@ type benchUser struct {
 	F20     string                             `bson:"f20"`
 }
 
-func benchDoc(b *testing.B) bson.Raw {
+func benchDoc(b testing.TB) bson.Raw {
 	dec, _ := primitive.ParseDecimal128("1234.56")
 	u := benchUser{ID: primitive.NewObjectID(), Email: "Ada.Lovelace@Example.org", Age: 36, Balance: dec,
 		Created: time.Date(1990, 1, 2, 3, 4, 5, 0, time.UTC), Tags: []string{"math", "engines", "poetry"},

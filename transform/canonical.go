@@ -7,7 +7,9 @@ import (
 	"math"
 	"math/big"
 	"reflect"
+	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
@@ -34,7 +36,221 @@ const (
 // appendCanonical appends the canonical form of v, read as CQL type t. It takes
 // both what convertValue produces and what gocql returns when scanning into
 // `any`, so expected and actual rows hash alike.
+//
+// The types Apply produces are encoded here without reflection or allocation;
+// everything else goes to appendCanonicalReflect, which defines the encoding.
 func appendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, error) {
+	switch x := v.(type) {
+	case nil:
+		return append(dst, tagNull), nil
+	case string:
+		if t.kind == kText {
+			dst = binary.BigEndian.AppendUint32(append(dst, tagText), uint32(len(x)))
+			return append(dst, x...), nil
+		}
+	case int32:
+		if isInteger(t.kind) {
+			return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(int64(x))), nil
+		}
+	case int64:
+		if isInteger(t.kind) {
+			return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(x)), nil
+		}
+	case float64:
+		if t.kind == kDouble || t.kind == kFloat {
+			if math.IsNaN(x) {
+				x = math.NaN() // one NaN bit pattern
+			}
+			return binary.BigEndian.AppendUint64(append(dst, tagFloat), math.Float64bits(x)), nil
+		}
+	case bool:
+		if t.kind == kBoolean {
+			if x {
+				return append(dst, tagBool, 1), nil
+			}
+			return append(dst, tagBool, 0), nil
+		}
+	case time.Time:
+		if t.kind == kTimestamp {
+			if x.IsZero() {
+				// gocql scans a null timestamp into the zero time.
+				return append(dst, tagNull), nil
+			}
+			return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x.UnixMilli())), nil
+		}
+	case *inf.Dec:
+		if t.kind == kDecimal && x != nil {
+			return appendDecimal(append(dst, tagDecimal), x), nil
+		}
+	case gocql.UUID:
+		if t.kind == kUUID {
+			return append(append(dst, tagUUID), x[:]...), nil
+		}
+	case []any:
+		if (t.kind == kList || t.kind == kSet) && x != nil {
+			return appendList(dst, t, x)
+		}
+	case map[string]any:
+		if t.kind == kMap && x != nil {
+			return appendMap(dst, t, x)
+		}
+		if t.kind == kUDT && x != nil {
+			return appendUDT(dst, x, fields)
+		}
+	}
+	return appendCanonicalReflect(dst, t, v, fields)
+}
+
+func isInteger(k kind) bool { return k == kInt || k == kBigint || k == kSmallint || k == kVarint }
+
+// appendDecimal appends x.String() as canonical bytes (length, then text).
+func appendDecimal(dst []byte, x *inf.Dec) []byte {
+	u := x.UnscaledBig()
+	if !u.IsInt64() {
+		return appendBytes(dst, []byte(x.String()))
+	}
+	// inf.Dec.String, without its allocations.
+	var buf [24]byte
+	s := strconv.AppendInt(buf[:0], u.Int64(), 10)
+	scale := int64(x.Scale())
+	at := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	switch {
+	case scale <= 0:
+		dst = append(dst, s...)
+		if scale != 0 && u.Sign() != 0 {
+			for i := int64(0); i < -scale; i++ {
+				dst = append(dst, '0')
+			}
+		}
+	default:
+		neg := 0
+		if u.Sign() < 0 {
+			neg = 1
+		}
+		if int64(len(s)-neg) <= scale {
+			if neg == 1 {
+				dst = append(dst, '-')
+			}
+			dst = append(dst, '0', '.')
+			for i := int64(0); i < scale-int64(len(s)-neg); i++ {
+				dst = append(dst, '0')
+			}
+			dst = append(dst, s[neg:]...)
+		} else {
+			cut := len(s) - int(scale)
+			dst = append(append(append(dst, s[:cut]...), '.'), s[cut:]...)
+		}
+	}
+	binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	return dst
+}
+
+func appendList(dst []byte, t *cqlType, x []any) ([]byte, error) {
+	if len(x) == 0 {
+		return append(dst, tagNull), nil
+	}
+	start := len(dst)
+	dst = binary.BigEndian.AppendUint32(append(dst, tagList), uint32(len(x)))
+	prev := -1
+	for _, e := range x {
+		at := len(dst)
+		var err error
+		if dst, err = appendCanonical(dst, t.elem, e, nil); err != nil {
+			return dst, err
+		}
+		if t.kind == kSet {
+			// Sets are encoded in canonical order; Apply's already are, and
+			// only a set in another order (as Cassandra returns some) is sorted.
+			if prev >= 0 && bytes.Compare(dst[prev:at], dst[at:]) > 0 {
+				return appendCanonicalReflect(dst[:start], t, x, nil)
+			}
+			prev = at
+		}
+	}
+	return dst, nil
+}
+
+func appendMap(dst []byte, t *cqlType, x map[string]any) ([]byte, error) {
+	if len(x) == 0 {
+		return append(dst, tagNull), nil
+	}
+	var small [16]string
+	keys := small[:0]
+	for k := range x {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	dst = binary.BigEndian.AppendUint32(append(dst, tagMap), uint32(len(keys)))
+	for _, k := range keys {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(k)))
+		dst = append(dst, k...)
+		var err error
+		if dst, err = appendCanonical(dst, t.elem, x[k], nil); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+func appendUDT(dst []byte, m map[string]any, fields []*column) ([]byte, error) {
+	// gocql scans a null UDT, and null fields inside one, as zero values,
+	// so zero and null cannot be told apart on the read side: both sides
+	// fold them to null (and an all-null UDT to a null column) to compare alike.
+	allNull := true
+	for _, f := range fields {
+		if x := m[f.Name]; x != nil && !isZero(x) {
+			allNull = false
+			break
+		}
+	}
+	if allNull {
+		return append(dst, tagNull), nil
+	}
+	dst = append(dst, tagUDT)
+	for _, f := range fields {
+		x := m[f.Name]
+		if x != nil && isZero(x) {
+			x = nil
+		}
+		var err error
+		if dst, err = appendCanonical(dst, f.typ, x, f.fields); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+// isZero is reflect.ValueOf(v).IsZero() for non-nil v, without reflection for
+// the types Apply produces.
+func isZero(v any) bool {
+	switch x := v.(type) {
+	case string:
+		return x == ""
+	case int32:
+		return x == 0
+	case int64:
+		return x == 0
+	case float64:
+		return x == 0 // -0.0 too, as reflect
+	case bool:
+		return !x
+	case time.Time:
+		return x == time.Time{}
+	case *inf.Dec:
+		return x == nil
+	case []any:
+		return x == nil
+	case map[string]any:
+		return x == nil
+	case gocql.UUID:
+		return x == gocql.UUID{}
+	}
+	return reflect.ValueOf(v).IsZero()
+}
+
+// appendCanonicalReflect is appendCanonical for any type gocql may return.
+func appendCanonicalReflect(dst []byte, t *cqlType, v any, fields []*column) ([]byte, error) {
 	if v == nil {
 		return append(dst, tagNull), nil
 	}

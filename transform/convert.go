@@ -12,8 +12,6 @@ import (
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
-	"github.com/cespare/xxhash/v2"
-	"github.com/tidemarkhq/tidemark/envelope"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/bsontype"
 	"gopkg.in/inf.v0"
@@ -37,7 +35,9 @@ func RegisterFunc(name string, fn Func) {
 	funcs[name] = fn
 }
 
-var builtinConverts = map[string]bool{"": true, "json": true, "string": true, "hex": true, "millis": true}
+var builtinConverts = map[string]uint8{"": convNone, "json": convJSON, "string": convString, "hex": convHex, "millis": convMillis}
+
+var computeOps = map[string]uint8{"": opFrom, "const": opConst, "concat": opConcat, "lower": opLower, "hash_bucket": opHashBucket}
 
 // column is a compiled ColumnSpec.
 type column struct {
@@ -54,6 +54,13 @@ type column struct {
 	def     bool
 	nullDef bool
 	fields  []*column // UDT fields
+
+	// Compiled for Apply (see eval.go and read.go).
+	op       uint8 // opFrom, opConst, ...
+	conv     uint8 // convNone, convJSON, ...
+	slot     int   // where the value at path is read; -1 when there is no path
+	argSlots []int // where compute args are read
+	shared   int   // index of a value several columns share, or -1
 }
 
 func (c *column) fromIDOnly() bool {
@@ -80,7 +87,8 @@ func compileColumn(cs *ColumnSpec) (*column, error) {
 		return nil, err
 	}
 	c := &column{Name: cs.Name, typ: typ, convert: cs.Convert, compute: cs.Compute, sep: cs.Sep,
-		buckets: cs.Buckets, def: cs.Default || cs.NullAsDefault, nullDef: cs.NullAsDefault}
+		buckets: cs.Buckets, def: cs.Default || cs.NullAsDefault, nullDef: cs.NullAsDefault, slot: -1, shared: -1}
+	c.op = computeOps[cs.Compute]
 	if typ.kind == kUDT {
 		if !typ.frozen {
 			return nil, fmt.Errorf("user-defined type %s must be frozen<%s>", typ.udt, typ.udt)
@@ -96,13 +104,16 @@ func compileColumn(cs *ColumnSpec) (*column, error) {
 			c.fields = append(c.fields, f)
 		}
 	}
-	if !builtinConverts[cs.Convert] {
+	if conv, ok := builtinConverts[cs.Convert]; ok {
+		c.conv = conv
+	} else {
 		funcsMu.RLock()
 		c.fn = funcs[cs.Convert]
 		funcsMu.RUnlock()
 		if c.fn == nil {
 			return nil, fmt.Errorf("unknown convert %q (builtins: json, string, hex, millis; or RegisterFunc)", cs.Convert)
 		}
+		c.conv = convFunc
 	}
 	switch cs.Compute {
 	case "":
@@ -492,16 +503,4 @@ func canonicalJSON(v bson.RawValue) (any, error) {
 	s = strings.TrimPrefix(s, `{"v":`)
 	s = strings.TrimSuffix(s, "}")
 	return s, nil
-}
-
-// hashBucket is a stable bucket of the values at args: xxhash64 of their
-// canonical bytes (envelope.Key for each value) modulo n.
-func hashBucket(vals []bson.RawValue, n int) uint64 {
-	h := xxhash.New()
-	var buf []byte
-	for _, v := range vals {
-		buf = envelope.AppendKey(buf[:0], v)
-		h.Write(buf)
-	}
-	return h.Sum64() % uint64(n)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -129,6 +130,7 @@ func Compile(s *Spec) (*Mapping, error) {
 	}
 	m := &Mapping{version: s.Version, checksum: s.Checksum(), tables: map[string][]*Table{}}
 	seenTable := map[string]bool{}
+	specs := map[string][]*TableSpec{}
 	for ci, cs := range s.Collections {
 		if db, coll, ok := strings.Cut(cs.Namespace, "."); !ok || db == "" || coll == "" {
 			bad("collections[%d]: namespace %q is not db.collection", ci, cs.Namespace)
@@ -153,6 +155,7 @@ func Compile(s *Spec) (*Mapping, error) {
 			if t != nil {
 				m.tables[cs.Namespace] = append(m.tables[cs.Namespace], t)
 				m.namespaces = append(m.namespaces, cs.Namespace)
+				specs[cs.Namespace] = append(specs[cs.Namespace], ts)
 			}
 		}
 	}
@@ -161,7 +164,70 @@ func Compile(s *Spec) (*Mapping, error) {
 	}
 	sort.Strings(m.namespaces)
 	m.namespaces = dedup(m.namespaces)
+	m.plans = map[string]*readPlan{}
+	for ns, tables := range m.tables {
+		m.plans[ns] = newReadPlan(tables, specs[ns])
+	}
 	return m, nil
+}
+
+// newReadPlan gives every path the tables read a slot, and marks the columns
+// whose value several tables can share.
+func newReadPlan(tables []*Table, specs []*TableSpec) *readPlan {
+	p := &readPlan{tables: tables}
+	sigs := map[string][]*column{}
+	for ti, t := range tables {
+		t.plan = p
+		p.ncols += len(t.cols)
+		for ci, c := range t.cols {
+			p.assign(c, nil)
+			cs := specs[ti].Columns[ci]
+			cs.Name = ""
+			if b, err := json.Marshal(cs); err == nil {
+				sigs[string(b)] = append(sigs[string(b)], c)
+			}
+		}
+		if t.filter != nil {
+			t.filterSlot = p.slot(t.filterPath)
+		}
+	}
+	for _, cols := range sigs {
+		if len(cols) > 1 {
+			for _, c := range cols {
+				c.shared = p.nshared
+			}
+			p.nshared++
+		}
+	}
+	return p
+}
+
+// assign gives c, and the fields of a UDT, the slots of the paths they read;
+// prefix is the path of the UDT a field belongs to.
+func (p *readPlan) assign(c *column, prefix []string) {
+	if prefix != nil {
+		// A UDT field reads only its own path, inside the UDT's document.
+		if len(c.path) > 0 {
+			c.slot = p.slot(slices.Concat(prefix, c.path))
+		}
+		for _, f := range c.fields {
+			if len(c.path) > 0 {
+				p.assign(f, slices.Concat(prefix, c.path))
+			}
+		}
+		return
+	}
+	switch c.op {
+	case opFrom:
+		c.slot = p.slot(c.path)
+		for _, f := range c.fields {
+			p.assign(f, c.path)
+		}
+	case opConcat, opLower, opHashBucket:
+		for _, a := range c.args {
+			c.argSlots = append(c.argSlots, p.slot(a))
+		}
+	}
 }
 
 func compileTable(ns string, ts *TableSpec) (*Table, []error) {
@@ -214,15 +280,23 @@ func compileTable(ns string, ts *TableSpec) (*Table, []error) {
 			}
 		}
 	}
+	t.keyCol = make([]bool, len(t.cols))
+	for _, i := range t.PartitionKey {
+		t.keyCol[i] = true
+	}
+	for _, i := range t.ClusteringKey {
+		t.keyCol[i] = true
+	}
 	if ts.Filter != nil {
 		if ts.Filter.Path == "" || (ts.Filter.Exists == nil && ts.Filter.Equals == nil) {
 			errs = append(errs, errors.New("filter needs a path and one of exists/equals"))
 		}
 		f, err := compileFilter(ts.Filter)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("filter equals: %w", err))
 		}
 		t.filter = f
+		t.filterPath = strings.Split(ts.Filter.Path, ".")
 		if ts.Filter.Path != "_id" {
 			// A filter on a mutable field can drop the row later: the sink needs
 			// to find it then, exactly as for a mutable key.

@@ -1,0 +1,497 @@
+package transform
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"math"
+	"math/big"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/cespare/xxhash/v2"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/bsontype"
+	"gopkg.in/inf.v0"
+)
+
+// How a column gets its value; computed from ColumnSpec.Compute.
+const (
+	opFrom uint8 = iota
+	opConst
+	opConcat
+	opLower
+	opHashBucket
+)
+
+// Conversion overrides; computed from ColumnSpec.Convert.
+const (
+	convNone uint8 = iota
+	convJSON
+	convString
+	convHex
+	convMillis
+	convFunc
+)
+
+// eval computes column c from the values st.read found. Columns that several
+// tables share (same spec, immutable result) are computed once per document.
+func (st *applyState) eval(c *column) (any, error) {
+	if c.shared >= 0 {
+		if s := &st.shared[c.shared]; s.done {
+			return s.v, nil
+		}
+	}
+	v, err := st.evalColumn(c)
+	if err == nil && c.shared >= 0 && immutable(v) {
+		st.shared[c.shared] = sharedVal{v: v, done: true}
+	}
+	return v, err
+}
+
+// immutable reports whether v can be handed to several rows: a caller that
+// changes one row must not change another.
+func immutable(v any) bool {
+	switch v.(type) {
+	case nil, string, int32, int64, int16, float64, float32, bool, time.Time, gocql.UUID:
+		return true
+	}
+	return false
+}
+
+func (st *applyState) evalColumn(c *column) (any, error) {
+	switch c.op {
+	case opConst:
+		return c.value, nil
+	case opConcat, opLower:
+		return st.text(c)
+	case opHashBucket:
+		buf := st.scratch[len(st.scratch):]
+		for _, s := range c.argSlots {
+			v := st.vals[s]
+			if v.typ == 0 {
+				v = rawVal{typ: bsontype.Null}
+			}
+			buf = envelope.AppendKey(buf, v.raw())
+		}
+		b := xxhash.Sum64(buf) % uint64(c.buckets)
+		if c.typ.kind == kInt {
+			return int32(b), nil
+		}
+		return int64(b), nil
+	}
+	v := st.vals[c.slot]
+	if v.typ == 0 || v.typ == bsontype.Null && c.nullDef {
+		if c.def {
+			return c.value, nil
+		}
+		return nil, nil
+	}
+	if c.fn != nil {
+		return c.fn(v.raw())
+	}
+	if x, ok := st.fast(c.typ, c.conv, v, c.fields); ok {
+		return x, nil
+	}
+	return convertValue(c.typ, c.convert, v.raw(), c.fields)
+}
+
+// text computes concat and lower: a missing or null part makes the column
+// its default, or null.
+func (st *applyState) text(c *column) (any, error) {
+	n := len(c.sep) * (len(c.argSlots) - 1)
+	var small [4]string
+	var parts []string // rendered parts that are not document strings
+	if len(c.argSlots) <= len(small) {
+		parts = small[:len(c.argSlots)]
+	} else {
+		parts = make([]string, len(c.argSlots))
+	}
+	for i, s := range c.argSlots {
+		v := st.vals[s]
+		if v.typ == 0 || v.typ == bsontype.Null {
+			if c.def {
+				return c.value, nil
+			}
+			return nil, nil // a computed text of a missing part is null, not a guess
+		}
+		if b, ok := stringBytes(v); ok {
+			n += len(b)
+			continue
+		}
+		p, err := asString(v.raw())
+		if err != nil {
+			return nil, err
+		}
+		parts[i] = p.(string)
+		n += len(parts[i])
+	}
+	var sb strings.Builder
+	a := &st.arena.b
+	if n > arenaMax {
+		sb.Grow(n)
+		a = &sb
+	} else {
+		st.arena.reserve(n)
+	}
+	start := a.Len()
+	ascii, upper := true, false
+	for i, s := range c.argSlots {
+		if i > 0 {
+			a.WriteString(c.sep)
+		}
+		if b, ok := stringBytes(st.vals[s]); ok {
+			a.Write(b)
+		} else {
+			a.WriteString(parts[i])
+		}
+	}
+	out := a.String()[start:]
+	if c.op != opLower {
+		return out, nil
+	}
+	for i := 0; i < len(out); i++ {
+		ch := out[i]
+		if ch >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+		upper = upper || 'A' <= ch && ch <= 'Z'
+	}
+	if !ascii {
+		return strings.ToLower(out), nil
+	}
+	if !upper {
+		return out, nil
+	}
+	// Lower in place: out was written just now and is not yet shared.
+	if n > arenaMax {
+		return strings.ToLower(out), nil
+	}
+	var buf [arenaMax]byte
+	b := buf[:len(out)]
+	for i := 0; i < len(out); i++ {
+		ch := out[i]
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		b[i] = ch
+	}
+	return st.arena.bytes(b), nil
+}
+
+// stringBytes is the content of a well-formed BSON string value.
+func stringBytes(v rawVal) ([]byte, bool) {
+	if v.typ != bsontype.String || len(v.data) < 4 {
+		return nil, false
+	}
+	l := int32(binary.LittleEndian.Uint32(v.data))
+	// bsoncore's readstring: a length of at least 1 that fits; the last byte
+	// (normally the terminating NUL) is not part of the string.
+	if l < 1 || int(l) > len(v.data)-4 {
+		return nil, false
+	}
+	return v.data[4 : 4+l-1], true
+}
+
+// fast converts v for t when it is one of the common, well-formed cases,
+// without the intermediate values convertValue builds. It returns ok false
+// for anything else, and the caller then uses convertValue, which remains the
+// reference for every result and every error: fast never decides a failure.
+func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (any, bool) {
+	switch conv {
+	case convNone:
+	case convString:
+		switch v.typ {
+		case bsontype.String:
+			b, ok := stringBytes(v)
+			if !ok {
+				return nil, false
+			}
+			return st.arena.bytes(b), true
+		case bsontype.ObjectID:
+			return st.hexString(v.data), true
+		}
+		return nil, false
+	case convHex:
+		if v.typ == bsontype.ObjectID {
+			return st.hexString(v.data), true
+		}
+		return nil, false
+	case convMillis:
+		if t.kind == kTimestamp && v.typ == bsontype.Int64 {
+			return time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC(), true
+		}
+		return nil, false
+	default:
+		return nil, false
+	}
+	switch t.kind {
+	case kText:
+		switch v.typ {
+		case bsontype.String:
+			b, ok := stringBytes(v)
+			if !ok {
+				return nil, false
+			}
+			return st.arena.bytes(b), true
+		case bsontype.ObjectID:
+			return st.hexString(v.data), true
+		}
+	case kInt:
+		switch v.typ {
+		case bsontype.Int32:
+			return int32(binary.LittleEndian.Uint32(v.data)), true
+		case bsontype.Int64:
+			n := int64(binary.LittleEndian.Uint64(v.data))
+			if n >= math.MinInt32 && n <= math.MaxInt32 {
+				return int32(n), true
+			}
+		}
+	case kBigint:
+		switch v.typ {
+		case bsontype.Int32:
+			return int64(int32(binary.LittleEndian.Uint32(v.data))), true
+		case bsontype.Int64:
+			return int64(binary.LittleEndian.Uint64(v.data)), true
+		}
+	case kDouble:
+		switch v.typ {
+		case bsontype.Double:
+			return math.Float64frombits(binary.LittleEndian.Uint64(v.data)), true
+		case bsontype.Int32:
+			return float64(int32(binary.LittleEndian.Uint32(v.data))), true
+		}
+	case kBoolean:
+		if v.typ == bsontype.Boolean {
+			return v.data[0] == 1, true
+		}
+	case kTimestamp:
+		if v.typ == bsontype.DateTime {
+			return time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC(), true
+		}
+	case kDecimal:
+		if v.typ == bsontype.Decimal128 {
+			return decimalOf(v.data)
+		}
+	case kUUID:
+		if v.typ == bsontype.ObjectID {
+			var u gocql.UUID
+			copy(u[4:], v.data)
+			return u, true
+		}
+	case kList, kSet:
+		if v.typ == bsontype.Array {
+			return st.list(t, v.data)
+		}
+	case kMap:
+		if v.typ == bsontype.EmbeddedDocument {
+			return st.mapOf(t, v.data)
+		}
+	case kUDT:
+		if v.typ == bsontype.EmbeddedDocument && fields != nil {
+			return st.udt(fields)
+		}
+	}
+	return nil, false
+}
+
+func (st *applyState) hexString(oid []byte) string {
+	var buf [24]byte
+	hex.Encode(buf[:], oid[:12])
+	return st.arena.bytes(buf[:])
+}
+
+// decBox holds a decimal and the words of its unscaled value in one allocation.
+type decBox struct {
+	d inf.Dec
+	w [4]big.Word
+}
+
+// decimalOf is decimal(v) for a finite Decimal128 (the bytes of the value),
+// exactly as primitive.Decimal128.BigInt computes it.
+func decimalOf(b []byte) (any, bool) {
+	low, high := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])
+	neg := high>>63&1 == 1
+	if c := high >> 58 & (1<<5 - 1); c == 0x1F || c == 0x1E {
+		return nil, false // NaN or infinity: convertValue says why
+	}
+	var exp int
+	if high>>61&3 == 3 {
+		exp = int(high >> 47 & (1<<14 - 1))
+		high, low = 0, 0
+	} else {
+		exp = int(high >> 49 & (1<<14 - 1))
+		high &= 1<<49 - 1
+	}
+	exp -= 6176 // primitive.MinDecimal128Exp
+	box := new(decBox)
+	u := box.d.UnscaledBig()
+	if ^uint(0)>>32 == 0 {
+		box.w = [4]big.Word{big.Word(low), big.Word(low >> 32), big.Word(high), big.Word(high >> 32)}
+		u.SetBits(box.w[:4])
+	} else {
+		box.w[0], box.w[1] = big.Word(low), big.Word(high)
+		u.SetBits(box.w[:2])
+	}
+	if neg {
+		u.Neg(u)
+	}
+	box.d.SetScale(inf.Scale(-exp))
+	return &box.d, true
+}
+
+// list converts an array to list or set elements.
+func (st *applyState) list(t *cqlType, doc []byte) (any, bool) {
+	base := len(st.elems)
+	defer func() { st.elems = st.elems[:base] }()
+	if !st.elements(doc) {
+		return nil, false
+	}
+	n := len(st.elems) - base
+	if n == 0 {
+		return nil, true // Cassandra stores an empty collection as null
+	}
+	out := make([]any, n)
+	for i := range out {
+		x, ok := st.fast(t.elem, convNone, st.elems[base+i].val, nil)
+		if !ok || x == nil {
+			return nil, false
+		}
+		out[i] = x
+	}
+	if t.kind == kSet {
+		out, ok := sortSet(t.elem, out)
+		return out, ok
+	}
+	return out, true
+}
+
+func (st *applyState) mapOf(t *cqlType, doc []byte) (any, bool) {
+	base := len(st.elems)
+	defer func() { st.elems = st.elems[:base] }()
+	if !st.elements(doc) {
+		return nil, false
+	}
+	n := len(st.elems) - base
+	if n == 0 {
+		return nil, true
+	}
+	out := make(map[string]any, n)
+	for i := base; i < base+n; i++ {
+		e := st.elems[i]
+		x, ok := st.fast(t.elem, convNone, e.val, nil)
+		if !ok || x == nil {
+			return nil, false
+		}
+		out[st.arena.bytes(e.key)] = x
+	}
+	return out, true
+}
+
+// udt converts a UDT column whose document was read into the fields' slots.
+func (st *applyState) udt(fields []*column) (any, bool) {
+	out := make(map[string]any, len(fields))
+	for _, f := range fields {
+		if f.slot < 0 || st.vals[f.slot].typ == 0 {
+			out[f.Name] = f.value
+			continue
+		}
+		v := st.vals[f.slot]
+		if v.typ == bsontype.Null || v.typ == bsontype.Undefined {
+			out[f.Name] = nil
+			continue
+		}
+		x, ok := st.fast(f.typ, f.conv, v, f.fields)
+		if !ok {
+			return nil, false
+		}
+		out[f.Name] = x
+	}
+	return out, true
+}
+
+// sortSet is sortedSet for the element types whose canonical order is cheap to
+// compare directly; ok is false for the others.
+func sortSet(elem *cqlType, vals []any) ([]any, bool) {
+	var cmp func(a, b any) int
+	switch elem.kind {
+	case kText:
+		for _, v := range vals {
+			if _, ok := v.(string); !ok {
+				return nil, false
+			}
+		}
+		// Canonical text is its length, then its bytes.
+		cmp = func(a, b any) int {
+			x, y := a.(string), b.(string)
+			if len(x) != len(y) {
+				if len(x) < len(y) {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(x, y)
+		}
+	case kInt, kBigint:
+		for _, v := range vals {
+			if _, ok := toInt64(v); !ok {
+				return nil, false
+			}
+		}
+		// Canonical integers are big-endian two's complement, compared unsigned.
+		cmp = func(a, b any) int {
+			x, _ := toInt64(a)
+			y, _ := toInt64(b)
+			switch {
+			case uint64(x) < uint64(y):
+				return -1
+			case uint64(x) > uint64(y):
+				return 1
+			}
+			return 0
+		}
+	default:
+		out, err := sortedSet(elem, vals)
+		return out, err == nil
+	}
+	slices.SortStableFunc(vals, cmp)
+	out := vals[:1]
+	for _, v := range vals[1:] {
+		if cmp(v, out[len(out)-1]) != 0 {
+			out = append(out, v)
+		}
+	}
+	return out, true
+}
+
+// compileFilter turns a FilterSpec into a predicate on the value at its path
+// (found false when the path is absent).
+func compileFilter(f *FilterSpec) (func(v bson.RawValue, found bool) bool, error) {
+	if f.Exists != nil {
+		want := *f.Exists
+		return func(v bson.RawValue, found bool) bool {
+			return (found && v.Type != bsontype.Null) == want
+		}, nil
+	}
+	typ, data, err := bson.MarshalValue(f.Equals)
+	if err != nil {
+		return nil, err
+	}
+	want := bson.RawValue{Type: typ, Value: data}
+	return func(v bson.RawValue, found bool) bool {
+		if !found {
+			return false
+		}
+		if v.Equal(want) {
+			return true
+		}
+		// YAML numbers arrive as int or float64; compare numbers by value.
+		a, aok := number(v)
+		b, bok := number(want)
+		return aok && bok && a == b
+	}, nil
+}

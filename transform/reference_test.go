@@ -1,0 +1,1018 @@
+package transform
+
+// The straightforward implementation Apply had before it read each document in
+// one pass: every column looks its path up with bson.Raw.LookupErr and converts
+// with reflection-based canonical encoding. It is kept as the oracle the fast
+// path is fuzzed against (FuzzApplyMatchesReference).
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/cespare/xxhash/v2"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/bsontype"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+	"gopkg.in/inf.v0"
+)
+
+func refApply(m *Mapping, namespace string, doc bson.Raw) (rows []Row, err error) {
+	tables := m.tables[namespace]
+	if len(tables) == 0 {
+		return nil, fmt.Errorf("transform: namespace %s is not in spec %s", namespace, m.version)
+	}
+	defer func() {
+		// Validated documents cannot reach a panic, but a bug here must cost one
+		// dead-lettered document, not the pipeline.
+		if r := recover(); r != nil {
+			rows, err = nil, &ConvertError{Namespace: namespace, BSONType: "unknown", Rule: "internal", Err: fmt.Errorf("panic: %v", r)}
+		}
+	}()
+	if err := bson.Raw(doc).Validate(); err != nil {
+		return nil, &ConvertError{Namespace: namespace, Path: "", BSONType: "malformed", Rule: "bson", Err: err}
+	}
+	rows = make([]Row, 0, len(tables))
+	for _, t := range tables {
+		if t.filter != nil && !refFilter(t, doc) {
+			continue
+		}
+		row := Row{Table: t, Values: make([]any, len(t.cols))}
+		for i, c := range t.cols {
+			v, err := refEval(c, doc)
+			if err != nil {
+				return nil, t.convertError(c, doc, err)
+			}
+			if v == nil && c.typ.kind == kUDT {
+				// gocql writes a typed nil map as null but refuses an untyped nil for a UDT.
+				v = map[string]any(nil)
+			}
+			row.Values[i] = v
+		}
+		key := t.KeyValues(row.Values)
+		for i, k := range key {
+			if k == nil {
+				c := t.cols[t.keyIndex(i)]
+				return nil, t.convertError(c, doc, fail("primary-key", "key column %s is null", c.Name))
+			}
+		}
+		if row.Key, err = refEncodeKey(t, key); err != nil {
+			return nil, &ConvertError{Namespace: namespace, Table: t.QualifiedName(), Rule: "primary-key", BSONType: "key", Err: err}
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+func refEval(c *column, doc bson.Raw) (any, error) {
+	switch c.compute {
+	case "const":
+		return c.value, nil
+	case "lower", "concat":
+		parts := make([]string, 0, len(c.args))
+		for _, a := range c.args {
+			v, err := doc.LookupErr(a...)
+			if err != nil || v.Type == bsontype.Null {
+				if c.def {
+					return c.value, nil
+				}
+				return nil, nil // a computed text of a missing part is null, not a guess
+			}
+			s, err := refAsString(v)
+			if err != nil {
+				return nil, err
+			}
+			parts = append(parts, s.(string))
+		}
+		s := strings.Join(parts, c.sep)
+		if c.compute == "lower" {
+			s = strings.ToLower(s)
+		}
+		return s, nil
+	case "hash_bucket":
+		vals := make([]bson.RawValue, len(c.args))
+		for i, a := range c.args {
+			v, err := doc.LookupErr(a...)
+			if err != nil {
+				v = bson.RawValue{Type: bsontype.Null}
+			}
+			vals[i] = v
+		}
+		b := refHashBucket(vals, c.buckets)
+		if c.typ.kind == kInt {
+			return int32(b), nil
+		}
+		return int64(b), nil
+	}
+	v, err := doc.LookupErr(c.path...)
+	missing := err != nil
+	if missing || v.Type == bsontype.Null && c.nullDef {
+		if c.def {
+			return c.value, nil
+		}
+		return nil, nil
+	}
+	if c.fn != nil {
+		return c.fn(v)
+	}
+	return refConvertValue(c.typ, c.convert, v, c.fields)
+}
+
+func refEncodeKey(t *Table, key []any) ([]byte, error) {
+	var dst []byte
+	var err error
+	for i, v := range key {
+		c := t.cols[t.keyIndex(i)]
+		if dst, err = refAppendCanonical(dst, c.typ, v, c.fields); err != nil {
+			return nil, err
+		}
+	}
+	return dst, nil
+}
+
+func refTableCanonical(t *Table, dst []byte, values []any) ([]byte, error) {
+	if len(values) != len(t.cols) {
+		return dst, fmt.Errorf("transform: %s has %d columns, got %d values", t.QualifiedName(), len(t.cols), len(values))
+	}
+	var err error
+	for i, c := range t.cols {
+		v := values[i]
+		if v != nil && !t.keyCol[i] && c.typ.kind != kUDT && reflect.ValueOf(v).IsZero() {
+			// gocql's generic scan (MapScan) returns "", 0 or false for a null
+			// cell, so a scanned row cannot tell them apart: both sides fold
+			// zero to null. Key columns are never null, so they keep zero.
+			v = nil
+		}
+		if dst, err = refAppendCanonical(dst, c.typ, v, c.fields); err != nil {
+			return dst, fmt.Errorf("%s.%s: %w", t.QualifiedName(), c.Name, err)
+		}
+	}
+	return dst, nil
+}
+
+// refConvertValue applies the type-driven conversion of v (never missing, may be
+// an explicit null) into a value for t.
+func refConvertValue(t *cqlType, convert string, v bson.RawValue, fields []*column) (any, error) {
+	if v.Type == bsontype.Null || v.Type == bsontype.Undefined {
+		return nil, nil
+	}
+	switch convert {
+	case "json":
+		if t.kind != kText {
+			return nil, fail("json", "json conversion needs a text column, not %s", t.name)
+		}
+		return refCanonicalJSON(v)
+	case "hex":
+		switch v.Type {
+		case bsontype.ObjectID:
+			return v.ObjectID().Hex(), nil
+		case bsontype.Binary:
+			_, b := v.Binary()
+			return hex.EncodeToString(b), nil
+		}
+		return nil, fail("hex", "cannot hex-encode %s", v.Type)
+	case "millis":
+		if t.kind != kTimestamp {
+			return nil, fail("millis", "needs a timestamp column")
+		}
+		n, err := refAsInt64(v, "millis")
+		if err != nil {
+			return nil, err
+		}
+		return time.UnixMilli(n).UTC(), nil
+	case "string":
+		return refAsString(v)
+	}
+	rule := v.Type.String() + "->" + t.name
+	switch t.kind {
+	case kText:
+		switch v.Type {
+		case bsontype.String:
+			return v.StringValue(), nil
+		case bsontype.ObjectID:
+			return v.ObjectID().Hex(), nil
+		case bsontype.EmbeddedDocument, bsontype.Array:
+			return refCanonicalJSON(v)
+		case bsontype.Symbol:
+			return v.Symbol(), nil
+		}
+	case kInt, kSmallint:
+		n, err := refAsInt64(v, rule)
+		if err != nil {
+			return nil, err
+		}
+		lo, hi := int64(math.MinInt32), int64(math.MaxInt32)
+		if t.kind == kSmallint {
+			lo, hi = math.MinInt16, math.MaxInt16
+		}
+		if n < lo || n > hi {
+			return nil, fail(rule, "%d overflows %s", n, t.name)
+		}
+		if t.kind == kSmallint {
+			return int16(n), nil
+		}
+		return int32(n), nil
+	case kBigint:
+		return refAsInt64(v, rule)
+	case kVarint:
+		if v.Type == bsontype.Decimal128 {
+			d, err := refDecimal(v)
+			if err != nil || d.Scale() > 0 && new(inf.Dec).Round(d, 0, inf.RoundExact) == nil {
+				return nil, fail(rule, "%s is not an integer", v.Decimal128())
+			}
+			return new(big.Int).Set(new(inf.Dec).Round(d, 0, inf.RoundExact).UnscaledBig()), nil
+		}
+		n, err := refAsInt64(v, rule)
+		if err != nil {
+			return nil, err
+		}
+		return big.NewInt(n), nil
+	case kDouble, kFloat:
+		var f float64
+		switch v.Type {
+		case bsontype.Double:
+			f = v.Double()
+		case bsontype.Int32:
+			f = float64(v.Int32())
+		case bsontype.Int64:
+			n := v.Int64()
+			// Beyond 2^53 a double cannot hold every integer: refuse rather than round.
+			if n > 1<<53 || n < -(1<<53) {
+				return nil, fail(rule, "%d loses precision as a double", n)
+			}
+			f = float64(n)
+		default:
+			return nil, fail(rule, "cannot convert %s to %s", v.Type, t.name)
+		}
+		if t.kind == kFloat {
+			if !math.IsInf(f, 0) && !math.IsNaN(f) && math.Abs(f) > math.MaxFloat32 {
+				return nil, fail(rule, "%g overflows float", f)
+			}
+			return float32(f), nil
+		}
+		return f, nil
+	case kBoolean:
+		if v.Type == bsontype.Boolean {
+			return v.Boolean(), nil
+		}
+	case kTimestamp:
+		switch v.Type {
+		case bsontype.DateTime:
+			return time.UnixMilli(v.DateTime()).UTC(), nil
+		case bsontype.Timestamp:
+			ts, _ := v.Timestamp()
+			return time.Unix(int64(ts), 0).UTC(), nil
+		}
+	case kDecimal:
+		switch v.Type {
+		case bsontype.Decimal128:
+			return refDecimal(v)
+		case bsontype.Int32, bsontype.Int64:
+			n, _ := refAsInt64(v, rule)
+			return inf.NewDec(n, 0), nil
+		case bsontype.Double:
+			f := v.Double()
+			if math.IsNaN(f) || math.IsInf(f, 0) {
+				return nil, fail(rule, "%g has no decimal form", f)
+			}
+			d, ok := new(inf.Dec).SetString(strconv.FormatFloat(f, 'f', -1, 64))
+			if !ok {
+				return nil, fail(rule, "cannot parse %g", f)
+			}
+			return d, nil
+		}
+	case kUUID:
+		switch v.Type {
+		case bsontype.String:
+			u, err := gocql.ParseUUID(v.StringValue())
+			if err != nil {
+				return nil, fail(rule, "%q is not a UUID", v.StringValue())
+			}
+			return u, nil
+		case bsontype.Binary:
+			sub, b := v.Binary()
+			if (sub == 3 || sub == 4) && len(b) == 16 {
+				var u gocql.UUID
+				copy(u[:], b)
+				return u, nil
+			}
+			return nil, fail(rule, "binary subtype %d of %d bytes is not a UUID", sub, len(b))
+		case bsontype.ObjectID:
+			// Four zero bytes then the 12 ObjectId bytes: deterministic and reversible.
+			var u gocql.UUID
+			oid := v.ObjectID()
+			copy(u[4:], oid[:])
+			return u, nil
+		}
+	case kBlob:
+		switch v.Type {
+		case bsontype.Binary:
+			_, b := v.Binary()
+			return append([]byte{}, b...), nil
+		case bsontype.ObjectID:
+			oid := v.ObjectID()
+			return append([]byte{}, oid[:]...), nil
+		case bsontype.String:
+			return []byte(v.StringValue()), nil
+		}
+	case kList, kSet:
+		if v.Type != bsontype.Array {
+			break
+		}
+		vals, err := v.Array().Values()
+		if err != nil {
+			return nil, fail(rule, "%v", err)
+		}
+		out := make([]any, 0, len(vals))
+		for i, e := range vals {
+			x, err := refConvertValue(t.elem, "", e, nil)
+			if err != nil {
+				return nil, fmt.Errorf("[%d]: %w", i, err)
+			}
+			if x == nil {
+				return nil, fail(rule, "[%d] is null; CQL collections cannot hold nulls", i)
+			}
+			out = append(out, x)
+		}
+		if len(out) == 0 {
+			// Cassandra stores an empty collection as null; say so explicitly.
+			return nil, nil
+		}
+		if t.kind == kSet {
+			return refSortedSet(t.elem, out)
+		}
+		return out, nil
+	case kMap:
+		if v.Type != bsontype.EmbeddedDocument {
+			break
+		}
+		elems, err := v.Document().Elements()
+		if err != nil {
+			return nil, fail(rule, "%v", err)
+		}
+		out := make(map[string]any, len(elems))
+		for _, e := range elems {
+			x, err := refConvertValue(t.elem, "", e.Value(), nil)
+			if err != nil {
+				return nil, fmt.Errorf(".%s: %w", e.Key(), err)
+			}
+			if x == nil {
+				return nil, fail(rule, "%s is null; CQL maps cannot hold nulls", e.Key())
+			}
+			out[e.Key()] = x
+		}
+		if len(out) == 0 {
+			return nil, nil
+		}
+		return out, nil
+	case kUDT:
+		if v.Type != bsontype.EmbeddedDocument {
+			break
+		}
+		doc := v.Document()
+		out := make(map[string]any, len(fields))
+		for _, f := range fields {
+			fv, err := doc.LookupErr(f.path...)
+			if err != nil {
+				out[f.Name] = f.value
+				continue
+			}
+			x, err := refConvertValue(f.typ, f.convert, fv, f.fields)
+			if err != nil {
+				return nil, fmt.Errorf(".%s: %w", f.Name, err)
+			}
+			out[f.Name] = x
+		}
+		return out, nil
+	}
+	return nil, fail(rule, "no conversion from %s to %s", v.Type, t.name)
+}
+
+func refAsInt64(v bson.RawValue, rule string) (int64, error) {
+	switch v.Type {
+	case bsontype.Int32:
+		return int64(v.Int32()), nil
+	case bsontype.Int64:
+		return v.Int64(), nil
+	case bsontype.Double:
+		f := v.Double()
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return 0, fail(rule, "%g is not an integer", f)
+		}
+		if f != math.Trunc(f) {
+			return 0, fail(rule, "%g has a fraction", f)
+		}
+		if f < -(1<<63) || f >= 1<<63 {
+			return 0, fail(rule, "%g overflows bigint", f)
+		}
+		return int64(f), nil
+	case bsontype.Decimal128:
+		d, err := refDecimal(v)
+		if err != nil {
+			return 0, err
+		}
+		r := new(inf.Dec).Round(d, 0, inf.RoundExact)
+		if r == nil || !r.UnscaledBig().IsInt64() {
+			return 0, fail(rule, "%s is not an int64", v.Decimal128())
+		}
+		return r.UnscaledBig().Int64(), nil
+	}
+	return 0, fail(rule, "cannot convert %s to an integer", v.Type)
+}
+
+func refDecimal(v bson.RawValue) (*inf.Dec, error) {
+	d := v.Decimal128()
+	bi, exp, err := d.BigInt()
+	if err != nil {
+		return nil, fail("decimal128->decimal", "%s has no decimal form: %v", d, err)
+	}
+	return inf.NewDecBig(bi, inf.Scale(-exp)), nil
+}
+
+func refAsString(v bson.RawValue) (any, error) {
+	switch v.Type {
+	case bsontype.String:
+		return v.StringValue(), nil
+	case bsontype.ObjectID:
+		return v.ObjectID().Hex(), nil
+	case bsontype.Int32:
+		return strconv.FormatInt(int64(v.Int32()), 10), nil
+	case bsontype.Int64:
+		return strconv.FormatInt(v.Int64(), 10), nil
+	case bsontype.Double:
+		return strconv.FormatFloat(v.Double(), 'g', -1, 64), nil
+	case bsontype.Boolean:
+		return strconv.FormatBool(v.Boolean()), nil
+	case bsontype.Decimal128:
+		return v.Decimal128().String(), nil
+	case bsontype.DateTime:
+		return time.UnixMilli(v.DateTime()).UTC().Format(time.RFC3339Nano), nil
+	}
+	return nil, fail("string", "cannot render %s as text", v.Type)
+}
+
+// refCanonicalJSON renders a value as relaxed extended JSON; the driver keeps
+// document field order, so the text is deterministic.
+func refCanonicalJSON(v bson.RawValue) (any, error) {
+	doc := bson.D{{Key: "v", Value: v}}
+	b, err := bson.MarshalExtJSON(doc, false, false)
+	if err != nil {
+		return nil, fail("json", "%v", err)
+	}
+	// Strip the {"v": ...} wrapper that lets scalars and arrays be rendered.
+	s := string(b)
+	s = strings.TrimPrefix(s, `{"v":`)
+	s = strings.TrimSuffix(s, "}")
+	return s, nil
+}
+
+// both what refConvertValue produces and what gocql returns when scanning into
+// `any`, so expected and actual rows hash alike.
+func refAppendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, error) {
+	if v == nil {
+		return append(dst, tagNull), nil
+	}
+	rv := reflect.ValueOf(v)
+	if (rv.Kind() == reflect.Pointer || rv.Kind() == reflect.Map || rv.Kind() == reflect.Slice) && rv.IsNil() {
+		return append(dst, tagNull), nil
+	}
+	switch t.kind {
+	case kText:
+		switch x := v.(type) {
+		case string:
+			return refAppendBytes(append(dst, tagText), []byte(x)), nil
+		case []byte:
+			return refAppendBytes(append(dst, tagText), x), nil
+		}
+	case kInt, kBigint, kSmallint, kVarint:
+		if bi, ok := v.(*big.Int); ok {
+			if bi.IsInt64() {
+				return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(bi.Int64())), nil
+			}
+			return refAppendBytes(append(dst, tagInt, 1), []byte(bi.String())), nil
+		}
+		if n, ok := toInt64(v); ok {
+			return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(n)), nil
+		}
+	case kDouble, kFloat:
+		var f float64
+		switch x := v.(type) {
+		case float64:
+			f = x
+		case float32:
+			f = float64(x)
+		default:
+			return dst, fmt.Errorf("transform: canonical %s: unexpected %T", t.name, v)
+		}
+		if math.IsNaN(f) {
+			f = math.NaN() // one NaN bit pattern
+		}
+		return binary.BigEndian.AppendUint64(append(dst, tagFloat), math.Float64bits(f)), nil
+	case kBoolean:
+		if b, ok := v.(bool); ok {
+			if b {
+				return append(dst, tagBool, 1), nil
+			}
+			return append(dst, tagBool, 0), nil
+		}
+	case kTimestamp:
+		switch x := v.(type) {
+		case time.Time:
+			if x.IsZero() {
+				// gocql scans a null timestamp into the zero time.
+				return append(dst, tagNull), nil
+			}
+			return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x.UnixMilli())), nil
+		case int64:
+			return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x)), nil
+		}
+	case kDecimal:
+		switch x := v.(type) {
+		case *inf.Dec:
+			return refAppendBytes(append(dst, tagDecimal), []byte(x.String())), nil
+		case inf.Dec:
+			return refAppendBytes(append(dst, tagDecimal), []byte(x.String())), nil
+		}
+	case kUUID:
+		switch x := v.(type) {
+		case gocql.UUID:
+			return append(append(dst, tagUUID), x[:]...), nil
+		case [16]byte:
+			return append(append(dst, tagUUID), x[:]...), nil
+		}
+	case kBlob:
+		if b, ok := v.([]byte); ok {
+			return refAppendBytes(append(dst, tagBlob), b), nil
+		}
+	case kList, kSet:
+		if rv.Kind() != reflect.Slice && rv.Kind() != reflect.Array {
+			break
+		}
+		if rv.Len() == 0 {
+			return append(dst, tagNull), nil
+		}
+		dst = binary.BigEndian.AppendUint32(append(dst, tagList), uint32(rv.Len()))
+		if t.kind == kSet {
+			// Sets come back from Cassandra in its own order; sort canonically.
+			elems := make([][]byte, rv.Len())
+			for i := range elems {
+				b, err := refAppendCanonical(nil, t.elem, rv.Index(i).Interface(), nil)
+				if err != nil {
+					return dst, err
+				}
+				elems[i] = b
+			}
+			sort.Slice(elems, func(i, j int) bool { return bytes.Compare(elems[i], elems[j]) < 0 })
+			for _, e := range elems {
+				dst = append(dst, e...)
+			}
+			return dst, nil
+		}
+		for i := 0; i < rv.Len(); i++ {
+			var err error
+			if dst, err = refAppendCanonical(dst, t.elem, rv.Index(i).Interface(), nil); err != nil {
+				return dst, err
+			}
+		}
+		return dst, nil
+	case kMap:
+		if rv.Kind() != reflect.Map {
+			break
+		}
+		if rv.Len() == 0 {
+			return append(dst, tagNull), nil
+		}
+		keys := rv.MapKeys()
+		sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+		dst = binary.BigEndian.AppendUint32(append(dst, tagMap), uint32(len(keys)))
+		for _, k := range keys {
+			dst = refAppendBytes(dst, []byte(k.String()))
+			var err error
+			if dst, err = refAppendCanonical(dst, t.elem, rv.MapIndex(k).Interface(), nil); err != nil {
+				return dst, err
+			}
+		}
+		return dst, nil
+	case kUDT:
+		m, ok := v.(map[string]any)
+		if !ok {
+			break
+		}
+		// gocql scans a null UDT, and null fields inside one, as zero values,
+		// so zero and null cannot be told apart on the read side: both sides
+		// fold them to null (and an all-null UDT to a null column) to compare alike.
+		allNull := true
+		for _, f := range fields {
+			if x := m[f.Name]; x != nil && !reflect.ValueOf(x).IsZero() {
+				allNull = false
+			}
+		}
+		if allNull {
+			return append(dst, tagNull), nil
+		}
+		dst = append(dst, tagUDT)
+		for _, f := range fields {
+			x := m[f.Name]
+			if x != nil && reflect.ValueOf(x).IsZero() {
+				x = nil
+			}
+			var err error
+			if dst, err = refAppendCanonical(dst, f.typ, x, f.fields); err != nil {
+				return dst, err
+			}
+		}
+		return dst, nil
+	}
+	return dst, fmt.Errorf("transform: canonical %s: unexpected %T", t.name, v)
+}
+
+func refAppendBytes(dst, b []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(b)))
+	return append(dst, b...)
+}
+
+// refSortedSet sorts and de-duplicates set elements by their canonical bytes, so a
+// set's value does not depend on the array order in the document.
+func refSortedSet(t *cqlType, vals []any) ([]any, error) {
+	type kv struct {
+		k []byte
+		v any
+	}
+	items := make([]kv, len(vals))
+	for i, v := range vals {
+		b, err := refAppendCanonical(nil, t, v, nil)
+		if err != nil {
+			return nil, err
+		}
+		items[i] = kv{b, v}
+	}
+	sort.SliceStable(items, func(i, j int) bool { return bytes.Compare(items[i].k, items[j].k) < 0 })
+	out := vals[:0]
+	for i, it := range items {
+		if i > 0 && bytes.Equal(it.k, items[i-1].k) {
+			continue
+		}
+		out = append(out, it.v)
+	}
+	return out, nil
+}
+
+func refFilter(t *Table, doc bson.Raw) bool {
+	v, err := doc.LookupErr(t.filterPath...)
+	return t.filter(v, err == nil)
+}
+
+func refHashBucket(vals []bson.RawValue, n int) uint64 {
+	h := xxhash.New()
+	var buf []byte
+	for _, v := range vals {
+		buf = envelope.AppendKey(buf[:0], v)
+		h.Write(buf)
+	}
+	return h.Sum64() % uint64(n)
+}
+
+// wideColumns cover every conversion, override and compute. The fuzzer maps
+// each in a namespace of its own, so that one column's conversion error does
+// not hide the others.
+var wideColumns = []string{
+	`{name: s, type: text, from: s}`,
+	`{name: i, type: int, from: i}`,
+	`{name: sm, type: smallint, from: i}`,
+	`{name: bi, type: bigint, from: b}`,
+	`{name: vi, type: varint, from: b}`,
+	`{name: d, type: double, from: d}`,
+	`{name: f, type: float, from: d}`,
+	`{name: ok, type: boolean, from: ok}`,
+	`{name: ts, type: timestamp, from: ts}`,
+	`{name: ms, type: timestamp, from: b, convert: millis}`,
+	`{name: dec, type: decimal, from: dec}`,
+	`{name: u, type: uuid, from: u}`,
+	`{name: bl, type: blob, from: u}`,
+	`{name: js, type: text, from: doc, convert: json}`,
+	`{name: str, type: text, from: i, convert: string}`,
+	`{name: hx, type: text, from: _id, convert: hex}`,
+	`{name: nested, type: text, from: doc.a.b}`,
+	`{name: first, type: int, from: arr.0}`,
+	`{name: dflt, type: text, from: s, default: true, value: "none"}`,
+	`{name: nulldflt, type: int, from: i, null_as_default: true, value: 7}`,
+	`{name: c, type: text, compute: concat, args: [s, i, doc.a.b, ok], sep: "-"}`,
+	`{name: c2, type: text, compute: concat, args: [s, b], default: true, value: "?"}`,
+	`{name: lo, type: text, compute: lower, args: [s]}`,
+	`{name: hb, type: bigint, compute: hash_bucket, args: [_id, s, nope], buckets: 7}`,
+	`{name: hb2, type: int, compute: hash_bucket, args: [d], buckets: 1000}`,
+	`{name: cents, type: bigint, from: d, convert: fuzzcents}`,
+	`{name: li, type: "list<int>", from: arr}`,
+	`{name: lt, type: "list<text>", from: tags}`,
+	`{name: st, type: "set<text>", from: tags}`,
+	`{name: si, type: "set<bigint>", from: arr}`,
+	`{name: sd, type: "set<double>", from: arr}`,
+	`{name: su, type: "set<uuid>", from: arr}`,
+	`{name: mt, type: "map<text, text>", from: m}`,
+	`{name: mi, type: "map<text, int>", from: m}`,
+	`{name: ml, type: "map<text, frozen<list<int>>>", from: m}`,
+	`{name: addr, type: "frozen<address>", from: doc, fields: [
+	    {name: street, type: text, from: s}, {name: zip, type: int, from: a.i},
+	    {name: geo, type: "frozen<geo>", from: a, fields: [{name: lat, type: double, from: d}, {name: lon, type: text, from: s}]},
+	    {name: tag, type: text, from: t, default: true, value: "x"}, {name: k, type: int, compute: const, value: 1}]}`,
+}
+
+// wideSpec maps every wide column alone (namespace w.<name>), and all of them
+// together in tables that share columns and have filters (namespace w.all).
+func wideSpec() string {
+	s := "version: wide-v1\ncollections:\n"
+	for _, c := range wideColumns {
+		name := strings.TrimSuffix(strings.Fields(c)[1], ",")
+		s += "  - namespace: w." + name + "\n    tables:\n      - keyspace: w\n        table: t_" + name + "\n        partition_key: [id]\n" +
+			"        columns:\n          - {name: id, type: text, compute: const, value: k}\n          - " + c + "\n"
+	}
+	s += `  - namespace: w.all
+    tables:
+      - keyspace: w
+        table: a
+        partition_key: [id]
+        clustering_key: [n]
+        columns:
+          - {name: id, type: text, from: _id, convert: json}
+          - {name: n, type: bigint, from: n, default: true, value: 0}
+          - {name: lo, type: text, compute: lower, args: [s]}
+          - {name: c, type: text, compute: concat, args: [s, i], sep: "-"}
+      - keyspace: w
+        table: b
+        partition_key: [lo]
+        filter: {path: kind, equals: 2}
+        columns:
+          - {name: lo, type: text, compute: lower, args: [s]}
+          - {name: id, type: text, from: _id, convert: json}
+          - {name: c, type: text, compute: concat, args: [s, i], sep: "-"}
+          - {name: st, type: "set<text>", from: tags}
+      - keyspace: w
+        table: c
+        partition_key: [id]
+        filter: {path: doc.a, exists: false}
+        columns:
+          - {name: id, type: text, from: _id, convert: json}
+          - {name: st, type: "set<text>", from: tags}
+`
+	return s
+}
+
+func fuzzMappings(t testing.TB) map[string]*Mapping {
+	RegisterFunc("fuzzcents", func(v bson.RawValue) (any, error) {
+		f, ok := v.DoubleOK()
+		if !ok {
+			return nil, fmt.Errorf("not a double")
+		}
+		return int64(f * 100), nil
+	})
+	users, err := Load("../examples/specs/users.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide, err := Parse([]byte(wideSpec()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := map[string]*Mapping{"app.users": users}
+	for _, ns := range wide.Namespaces() {
+		ms[ns] = wide
+	}
+	return ms
+}
+
+// genDoc builds a document from fuzz bytes: the fields the specs read, with
+// types and values chosen by the bytes, in an order and with duplicates
+// chosen by them too.
+func genDoc(data []byte) []byte {
+	g := &docGen{data: data}
+	return g.doc(0)
+}
+
+type docGen struct {
+	data []byte
+}
+
+func (g *docGen) byte() byte {
+	if len(g.data) == 0 {
+		return 0
+	}
+	b := g.data[0]
+	g.data = g.data[1:]
+	return b
+}
+
+func (g *docGen) u64() uint64 {
+	var b [8]byte
+	for i := range b {
+		b[i] = g.byte()
+	}
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+var genKeys = []string{"_id", "email", "name", "first", "last", "age", "balance", "created", "tags", "address",
+	"street", "city", "zip", "prefs", "status", "score", "n", "s", "i", "b", "d", "ok", "ts", "dec", "u", "doc",
+	"a", "geo", "lat", "lon", "t", "arr", "0", "1", "s2", "i2", "kind", "m", "nope", ""}
+
+var genStrings = []string{"", "a", "Ada", "ADA@EXAMPLE.COM", "ÄDA", "x y", "b", "123e4567-e89b-12d3-a456-426614174000", "\xff\xfe", "lang", "0"}
+
+func (g *docGen) doc(depth int) []byte {
+	n := int(g.byte() % 12)
+	if depth == 0 {
+		n += 4
+	}
+	b := []byte{0, 0, 0, 0} // length, set below
+	for i := 0; i < n && len(g.data) > 0; i++ {
+		key := genKeys[int(g.byte())%len(genKeys)]
+		b = g.value(b, key, depth)
+	}
+	b = append(b, 0)
+	binary.LittleEndian.PutUint32(b, uint32(len(b)))
+	return b
+}
+
+func (g *docGen) value(b []byte, key string, depth int) []byte {
+	elem := func(t bsontype.Type) []byte {
+		b = append(b, byte(t))
+		b = append(b, key...)
+		return append(b, 0)
+	}
+	switch c := g.byte() % 17; c {
+	case 0:
+		b = elem(bsontype.Null)
+	case 1:
+		s := genStrings[int(g.byte())%len(genStrings)]
+		b = elem(bsontype.String)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(s)+1))
+		b = append(append(b, s...), 0)
+	case 2:
+		b = binary.LittleEndian.AppendUint32(elem(bsontype.Int32), uint32(int32(int8(g.byte()))))
+	case 3:
+		vals := []int64{0, 1, -1, 1 << 40, math.MaxInt32 + 1, 1<<53 + 1, math.MinInt64, int64(g.u64())}
+		b = binary.LittleEndian.AppendUint64(elem(bsontype.Int64), uint64(vals[int(g.byte())%len(vals)]))
+	case 4:
+		vals := []float64{0, math.Copysign(0, -1), 1.5, 2, -3, math.NaN(), math.Inf(1), 1e300, 0.1, float64(int8(g.byte()))}
+		b = binary.LittleEndian.AppendUint64(elem(bsontype.Double), math.Float64bits(vals[int(g.byte())%len(vals)]))
+	case 5:
+		b = append(elem(bsontype.Boolean), g.byte()%2)
+	case 6:
+		b = binary.LittleEndian.AppendUint64(elem(bsontype.DateTime), uint64(int64(int16(g.u64()))*1e9))
+	case 7:
+		decs := []string{"0", "1234.56", "-0.001", "1E+3", "NaN", "-Infinity", "12345678901234567890123", "1.0", "-0"}
+		d, _ := primitive.ParseDecimal128(decs[int(g.byte())%len(decs)])
+		if g.byte()%4 == 0 {
+			d = primitive.NewDecimal128(g.u64(), g.u64())
+		}
+		h, l := d.GetBytes()
+		b = binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(elem(bsontype.Decimal128), l), h)
+	case 8:
+		b = elem(bsontype.ObjectID)
+		for i := 0; i < 12; i++ {
+			b = append(b, g.byte())
+		}
+	case 9:
+		sub := []byte{0, 3, 4, 5}[g.byte()%4]
+		n := []int{16, 3, 0}[g.byte()%3]
+		b = binary.LittleEndian.AppendUint32(elem(bsontype.Binary), uint32(n))
+		b = append(b, sub)
+		for i := 0; i < n; i++ {
+			b = append(b, g.byte())
+		}
+	case 10, 11:
+		if depth < 3 {
+			b = append(elem(bsontype.EmbeddedDocument), g.doc(depth+1)...)
+		} else {
+			b = elem(bsontype.MinKey)
+		}
+	case 12, 13:
+		if depth < 3 {
+			// Array keys are usually 0, 1, ...; generated ones are whatever the bytes chose.
+			b = append(elem(bsontype.Array), g.doc(depth+1)...)
+		} else {
+			b = elem(bsontype.MaxKey)
+		}
+	case 14:
+		b = binary.LittleEndian.AppendUint64(elem(bsontype.Timestamp), g.u64())
+	case 15:
+		b = append(elem(bsontype.Regex), 'a', 0, 'i', 0)
+	case 16:
+		b = elem(bsontype.Undefined)
+	}
+	return b
+}
+
+// deepValid reports whether doc decodes completely.
+func deepValid(doc []byte) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false // Validate panics on a zero length
+		}
+	}()
+	var d bson.D
+	return bson.Raw(doc).Validate() == nil && bson.Unmarshal(doc, &d) == nil
+}
+
+// typeSig is the dynamic types of v, recursively.
+func typeSig(v any) string {
+	switch x := v.(type) {
+	case []any:
+		s := "[]any{"
+		for _, e := range x {
+			s += typeSig(e) + ","
+		}
+		return s + "}"
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		s := "map{"
+		for _, k := range keys {
+			s += k + ":" + typeSig(x[k]) + ","
+		}
+		return s + "}"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+func checkSameAsReference(t *testing.T, m *Mapping, ns string, doc []byte) {
+	rows, err := m.Apply(ns, doc)
+	ref, refErr := refApply(m, ns, doc)
+	if err == nil {
+		for _, r := range rows {
+			if _, err := r.Table.AppendCanonical(nil, r.Values); err != nil {
+				t.Fatalf("row from Apply does not encode: %v", err)
+			}
+			if _, err := r.Table.DecodeKey(r.Key); err != nil {
+				t.Fatalf("key from Apply does not decode: %v", err)
+			}
+		}
+	}
+	if !deepValid(doc) {
+		return
+	}
+	if (err == nil) != (refErr == nil) {
+		t.Fatalf("Apply: %v\nreference: %v", err, refErr)
+	}
+	if err != nil {
+		var a, b *ConvertError
+		if !errors.As(err, &a) || !errors.As(refErr, &b) {
+			t.Fatalf("not ConvertErrors: %v / %v", err, refErr)
+		}
+		if a.Error() != b.Error() || a.Namespace != b.Namespace || a.Table != b.Table || a.Column != b.Column ||
+			a.Path != b.Path || a.BSONType != b.BSONType || a.Rule != b.Rule {
+			t.Fatalf("Apply: %+v\nreference: %+v", a, b)
+		}
+		return
+	}
+	if len(rows) != len(ref) {
+		t.Fatalf("%d rows, reference %d", len(rows), len(ref))
+	}
+	for i := range rows {
+		r, w := rows[i], ref[i]
+		if r.Table != w.Table || !bytes.Equal(r.Key, w.Key) {
+			t.Fatalf("row %d: table %s key %x, reference %s %x", i, r.Table.Name, r.Key, w.Table.Name, w.Key)
+		}
+		got, err1 := r.Table.AppendCanonical(nil, r.Values)
+		want, err2 := refTableCanonical(w.Table, nil, w.Values)
+		slow, err3 := refTableCanonical(r.Table, nil, r.Values)
+		if err1 != nil || err2 != nil || err3 != nil || !bytes.Equal(got, want) || !bytes.Equal(slow, want) {
+			t.Fatalf("row %d of %s: canonical\n%x (%v)\nreference\n%x (%v)\nreference of Apply's\n%x (%v)", i, r.Table.Name, got, err1, want, err2, slow, err3)
+		}
+		for j := range r.Values {
+			if a, b := typeSig(r.Values[j]), typeSig(w.Values[j]); a != b {
+				t.Fatalf("%s.%s: %s, reference %s", r.Table.Name, r.Table.Columns[j].Name, a, b)
+			}
+		}
+	}
+}
+
+func FuzzApplyMatchesReference(f *testing.F) {
+	ms := fuzzMappings(f)
+	f.Add([]byte(userDoc(f, "Ada@Example.com")), false)
+	f.Add([]byte(benchDoc(f)), false)
+	f.Add([]byte{5, 0, 0, 0, 0}, false)
+	f.Add([]byte("\x01\x00\x01\x0a\x01\x03\x02\x01\x0b\x02\x13\x04\x1a\x0c\x00\x02\x03"), true)
+	f.Add(bytes.Repeat([]byte{7, 3, 11, 9, 200, 1, 0, 13, 2}, 20), true)
+	f.Fuzz(func(t *testing.T, data []byte, generate bool) {
+		doc := data
+		if generate {
+			doc = genDoc(data)
+		}
+		for ns, m := range ms {
+			checkSameAsReference(t, m, ns, doc)
+		}
+	})
+}
