@@ -292,7 +292,10 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 		return &HistoryLostError{Namespace: ns, Checkpoint: resumeAt, Oldest: oldest}
 	}
 	db, coll, _ := cut(ns)
-	opts := options.ChangeStream().SetFullDocument(options.UpdateLookup).SetBatchSize(int32(c.cfg.BatchSize))
+	opts := options.ChangeStream().SetBatchSize(int32(c.cfg.BatchSize))
+	if c.cfg.UpdateLookup == "server" {
+		opts.SetFullDocument(options.UpdateLookup)
+	}
 	if st.Token != nil {
 		opts.SetResumeAfter(bson.Raw(st.Token))
 	} else {
@@ -371,8 +374,9 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 // the mongo-java-server stand-in sends the update operators in documentKey and
 // a partial fullDocument instead. For those events the _id is read from the
 // oplog entry at the event's cluster time and the document is looked up here,
-// which is what updateLookup does. Both are batched: one oplog query and one
-// lookup per server batch.
+// which is what updateLookup does. With update_lookup: capture, every update
+// is looked up here. Both are batched: one oplog query and one lookup per
+// server batch.
 func (c *Capture) completeEvents(ctx context.Context, ns string, evs []changeEvent) error {
 	var needID []any
 	byTS := map[primitive.Timestamp]int{}
@@ -413,7 +417,9 @@ func (c *Capture) completeEvents(ctx context.Context, ns string, evs []changeEve
 		if ev.Key.ID.Type == 0 {
 			return fmt.Errorf("capture %s: update event at %d.%d has no _id and none in the oplog", ns, ev.ClusterTime.T, ev.ClusterTime.I)
 		}
-		if _, err := ev.Full.LookupErr("_id"); ev.Full != nil && err != nil {
+		// Without a server lookup, MongoDB sends no document for an update,
+		// and the stand-in sends the update's $set fields: both lack _id.
+		if _, err := ev.Full.LookupErr("_id"); ev.Full == nil && c.cfg.UpdateLookup == "capture" || ev.Full != nil && err != nil {
 			ev.Full = nil
 			ids = append(ids, ev.Key.ID)
 		}

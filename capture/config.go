@@ -35,6 +35,14 @@ type Config struct {
 	// MaxRecordBytes is the largest record value produced; larger events go to
 	// the dead-letter topic. Default 1 MiB (Kafka's default message.max.bytes).
 	MaxRecordBytes int `yaml:"max_record_bytes"`
+	// UpdateLookup says who fetches the current document of an update event:
+	// "server" asks MongoDB for fullDocument: updateLookup (one lookup per
+	// event, inside the server); "capture" has capture look up each server
+	// batch's updated _ids with one $in query. Both give the document as of
+	// the lookup, which is all updateLookup promises. "capture" is much
+	// cheaper against the mongo-java-server stand-in, whose updateLookup
+	// scans the whole collection for every event. Default "server".
+	UpdateLookup string `yaml:"update_lookup"`
 	// Backfill configures the scan of existing documents.
 	Backfill BackfillConfig `yaml:"backfill"`
 }
@@ -67,6 +75,9 @@ func (c Config) WithDefaults() Config {
 	if c.BatchSize == 0 {
 		c.BatchSize = 1000
 	}
+	if c.UpdateLookup == "" {
+		c.UpdateLookup = "server"
+	}
 	if c.MaxRecordBytes == 0 {
 		c.MaxRecordBytes = 1 << 20
 	}
@@ -96,6 +107,9 @@ func (c Config) Validate() error {
 	}
 	if c.Partitions < 0 {
 		errs = append(errs, errors.New("capture.partitions must be positive"))
+	}
+	if c.UpdateLookup != "server" && c.UpdateLookup != "capture" {
+		return fmt.Errorf("capture: update_lookup is %q; use \"server\" or \"capture\"", c.UpdateLookup)
 	}
 	if c.BatchSize < 0 || c.Backfill.ChunkSize < 0 {
 		errs = append(errs, errors.New("capture.batch_size and capture.backfill.chunk_size must be positive"))

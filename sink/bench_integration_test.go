@@ -6,18 +6,23 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/transform"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/mongo/options"
 )
 
 // benchInFlight is the concurrency both the sink and the baseline get.
@@ -152,4 +157,158 @@ func BenchmarkSink(b *testing.B) {
 	b.ReportMetric(rate, "sink_rows/s")
 	b.ReportMetric(baseline, "baseline_gocql_loop_rows/s")
 	b.ReportMetric(100*rate/baseline, "sink_%_of_baseline")
+}
+
+// stampedWriter records, for every users row Cassandra acknowledged, the time
+// since the document was written to MongoDB (the workload stamps "created").
+type stampedWriter struct {
+	Writer
+	col  int
+	mu   sync.Mutex
+	lats []time.Duration
+}
+
+func (w *stampedWriter) Write(ctx context.Context, t *transform.Table, cs []Change) error {
+	err := w.Writer.Write(ctx, t, cs)
+	if err != nil || t.Name != "users" {
+		return err
+	}
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range cs {
+		if c.Row == nil {
+			continue
+		}
+		if at, ok := c.Row.Values[w.col].(time.Time); ok {
+			w.lats = append(w.lats, now.Sub(at))
+		}
+	}
+	return nil
+}
+
+// BenchmarkEndToEnd drives a steady 2,000 changes/s (inserts, updates and
+// deletes) into MongoDB for 15 s with capture and the sink running, and
+// reports the latency from each MongoDB write to Cassandra's acknowledgement
+// of the row, p50 and p99.
+func BenchmarkEndToEnd(b *testing.B) {
+	const rate, duration, writers = 2000, 15 * time.Second, 32
+	s := testbed.Cassandra(b)
+	mc := testbed.Mongo(b)
+	testbed.TrimOplog(b, mc)
+	brokers := testbed.Kafka(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	db := testbed.UniqueName(b, "e2e")
+	ns := db + ".users"
+	coll := mc.Database(db).Collection("users")
+	b.Cleanup(func() { mc.Database(db).Drop(context.Background()) })
+	m, _ := testbed.UsersMapping(b, s, ns, testbed.UniqueName(b, "ks"))
+	store, _ := checkpoints.OpenFile(b.TempDir())
+	prefix := testbed.UniqueName(b, "e2e")
+	kopts := []kgo.Opt{kgo.SeedBrokers(brokers...)}
+	quiet := slog.New(slog.DiscardHandler)
+	cp, err := capture.New(capture.Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6,
+		UpdateLookup: "capture", Backfill: capture.BackfillConfig{Enabled: new(bool)}}, mc, kopts, store, quiet, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cp.Close()
+	cw, err := NewCassandraWriter(ctx, s, m, "ONE")
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := &stampedWriter{Writer: cw, col: -1}
+	for i, c := range m.Tables(ns)[0].Columns {
+		if c.Name == "created_at" {
+			w.col = i
+		}
+	}
+	sk, err := New(Config{Group: testbed.UniqueName(b, "g"), TopicPrefix: prefix},
+		Deps{KafkaOpts: kopts, Writer: w, Mapping: m, Store: store, Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sk.Close()
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go cp.Run(rctx)
+	go sk.Run(rctx)
+	// Wait until a first document has gone all the way through.
+	for id := int64(-1); ; id-- {
+		if _, err := coll.InsertOne(ctx, append(userDoc(id, "warm@x.org", 0, false), bson.E{Key: "created", Value: time.Now()})); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n := len(sk.Lag()); n > 0 && func() bool { w.mu.Lock(); defer w.mu.Unlock(); return len(w.lats) > 0 }() {
+			break
+		}
+		if ctx.Err() != nil {
+			b.Fatal("the pipeline never delivered a first document")
+		}
+	}
+	w.mu.Lock()
+	w.lats = w.lats[:0]
+	w.mu.Unlock()
+
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var sent atomic.Int64
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			tick := time.NewTicker(time.Second * writers / rate)
+			defer tick.Stop()
+			for i := 0; time.Since(start) < duration; i++ {
+				<-tick.C
+				id := int64(g*1_000_000 + rng.IntN(5000))
+				var err error
+				switch op := rng.IntN(10); {
+				case op == 0:
+					_, err = coll.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+				case op < 5:
+					_, err = coll.ReplaceOne(ctx, bson.D{{Key: "_id", Value: id}},
+						append(userDoc(id, fmt.Sprintf("u%d@x.org", id), i, i%2 == 0), bson.E{Key: "created", Value: time.Now()}),
+						options.Replace().SetUpsert(true))
+				default:
+					_, err = coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+						bson.D{{Key: "$set", Value: bson.D{{Key: "age", Value: int32(i % 90)}, {Key: "created", Value: time.Now()}}}},
+						options.Update().SetUpsert(true))
+				}
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				sent.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	achieved := float64(sent.Load()) / time.Since(start).Seconds()
+	// Let the tail drain so that the slowest writes are counted too.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		behind := int64(0)
+		for _, l := range sk.Lag() {
+			behind += l.RecordsBehind
+		}
+		if behind <= int64(len(sk.Lag())) || time.Now().After(deadline) {
+			break
+		}
+	}
+	time.Sleep(time.Second)
+	w.mu.Lock()
+	lats := append([]time.Duration(nil), w.lats...)
+	w.mu.Unlock()
+	if len(lats) < int(float64(sent.Load())*0.5) {
+		b.Fatalf("only %d of %d changes reached Cassandra", len(lats), sent.Load())
+	}
+	slices.Sort(lats)
+	q := func(p float64) float64 { return float64(lats[int(p*float64(len(lats)-1))]) / float64(time.Millisecond) }
+	b.ReportMetric(achieved, "changes/s")
+	b.ReportMetric(q(0.50), "p50_ms")
+	b.ReportMetric(q(0.99), "p99_ms")
+	b.ReportMetric(float64(len(lats)), "rows_measured")
 }

@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tidemark_sink_write_duration_seconds",
 			Help: "Time for Cassandra to acknowledge one write (a partition's batch, or one event of a key-map table).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tidemark_sink_batch_rows",
-			Help: "Rows per Cassandra write: changes to one partition of one table in one poll go as one unlogged batch.",
+			Help:    "Rows per Cassandra write: changes to one partition of one table in one poll go as one unlogged batch.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128}}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "tidemark_sink_retries_total",
 			Help: "Writes retried after a timeout or unavailable error."}),

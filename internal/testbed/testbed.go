@@ -134,6 +134,31 @@ func Mongo(t testing.TB) *mongo.Client {
 	return cl
 }
 
+// TrimOplog empties the stand-in's oplog. mongo-java-server keeps it in memory
+// and scans all of it on every change stream getMore, so a stack that has run
+// the whole test suite measures its own history rather than tidemark. Only for
+// benchmarks, which start their change streams after it: a stream resuming
+// from before the trim would see its history lost.
+func TrimOplog(t testing.TB, cl *mongo.Client) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cl.Database("local").Collection("oplog.rs").DeleteMany(ctx, bson.D{}); err != nil {
+		t.Fatalf("trim the oplog: %v", err)
+	}
+	// One entry older than any stream opened from now on, so capture's check
+	// for lost history sees the oplog reach back far enough, as it would on
+	// a replica set (whose oplog is never empty).
+	floor := time.Now()
+	if _, err := cl.Database("tidemark_testbed").Collection("oplog_floor").InsertOne(ctx, bson.D{{Key: "at", Value: floor}}); err != nil {
+		t.Fatalf("write the oplog floor: %v", err)
+	}
+	// Cluster times have whole-second T: a stream's T0 read in the floor's
+	// second would not be after it.
+	for time.Now().Unix() <= floor.Unix() {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 var notIdent = regexp.MustCompile(`[^a-z0-9_]+`)
 
 // UniqueName is a fresh name for a topic, keyspace or database: lowercase, a
