@@ -49,7 +49,7 @@ func (m *Mapping) Apply(namespace string, doc bson.Raw) (rows []Row, err error) 
 	st.keyEnds = st.keyEnds[:0]
 	for _, t := range p.tables {
 		if t.filter != nil {
-			v := st.vals[t.filterSlot]
+			v := st.val(t.filterSlot)
 			if !t.filter(v.raw(), v.typ != 0) {
 				values = values[len(t.cols):]
 				continue

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
@@ -175,18 +176,30 @@ func appendMap(dst []byte, t *cqlType, x map[string]any) ([]byte, error) {
 	if len(x) == 0 {
 		return append(dst, tagNull), nil
 	}
-	var small [16]string
-	keys := small[:0]
-	for k := range x {
-		keys = append(keys, k)
+	type entry struct {
+		k string
+		v any
 	}
-	slices.Sort(keys)
-	dst = binary.BigEndian.AppendUint32(append(dst, tagMap), uint32(len(keys)))
-	for _, k := range keys {
-		dst = binary.BigEndian.AppendUint32(dst, uint32(len(k)))
-		dst = append(dst, k...)
+	var small [8]entry
+	entries := small[:0]
+	for k, v := range x {
+		entries = append(entries, entry{k, v})
+	}
+	if len(entries) <= len(small) {
+		for i := 1; i < len(entries); i++ {
+			for j := i; j > 0 && entries[j].k < entries[j-1].k; j-- {
+				entries[j], entries[j-1] = entries[j-1], entries[j]
+			}
+		}
+	} else {
+		slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.k, b.k) })
+	}
+	dst = binary.BigEndian.AppendUint32(append(dst, tagMap), uint32(len(entries)))
+	for _, e := range entries {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(e.k)))
+		dst = append(dst, e.k...)
 		var err error
-		if dst, err = appendCanonical(dst, t.elem, x[k], nil); err != nil {
+		if dst, err = appendCanonical(dst, t.elem, e.v, nil); err != nil {
 			return dst, err
 		}
 	}
@@ -197,26 +210,26 @@ func appendUDT(dst []byte, m map[string]any, fields []*column) ([]byte, error) {
 	// gocql scans a null UDT, and null fields inside one, as zero values,
 	// so zero and null cannot be told apart on the read side: both sides
 	// fold them to null (and an all-null UDT to a null column) to compare alike.
-	allNull := true
-	for _, f := range fields {
-		if x := m[f.Name]; x != nil && !isZero(x) {
-			allNull = false
-			break
-		}
-	}
-	if allNull {
-		return append(dst, tagNull), nil
-	}
+	start := len(dst)
 	dst = append(dst, tagUDT)
+	allNull := true
 	for _, f := range fields {
 		x := m[f.Name]
 		if x != nil && isZero(x) {
 			x = nil
 		}
+		if x == nil {
+			dst = append(dst, tagNull)
+			continue
+		}
+		allNull = false
 		var err error
 		if dst, err = appendCanonical(dst, f.typ, x, f.fields); err != nil {
 			return dst, err
 		}
+	}
+	if allNull {
+		return append(dst[:start], tagNull), nil
 	}
 	return dst, nil
 }

@@ -71,7 +71,7 @@ func (st *applyState) evalColumn(c *column) (any, error) {
 	case opHashBucket:
 		buf := st.scratch[len(st.scratch):]
 		for _, s := range c.argSlots {
-			v := st.vals[s]
+			v := st.val(s)
 			if v.typ == 0 {
 				v = rawVal{typ: bsontype.Null}
 			}
@@ -83,7 +83,7 @@ func (st *applyState) evalColumn(c *column) (any, error) {
 		}
 		return int64(b), nil
 	}
-	v := st.vals[c.slot]
+	v := st.val(c.slot)
 	if v.typ == 0 || v.typ == bsontype.Null && c.nullDef {
 		if c.def {
 			return c.value, nil
@@ -102,85 +102,55 @@ func (st *applyState) evalColumn(c *column) (any, error) {
 // text computes concat and lower: a missing or null part makes the column
 // its default, or null.
 func (st *applyState) text(c *column) (any, error) {
-	n := len(c.sep) * (len(c.argSlots) - 1)
-	var small [4]string
-	var parts []string // rendered parts that are not document strings
-	if len(c.argSlots) <= len(small) {
-		parts = small[:len(c.argSlots)]
-	} else {
-		parts = make([]string, len(c.argSlots))
-	}
+	var small [4][]byte
+	parts := small[:0]
+	n := 0
 	for i, s := range c.argSlots {
-		v := st.vals[s]
+		v := st.val(s)
 		if v.typ == 0 || v.typ == bsontype.Null {
 			if c.def {
 				return c.value, nil
 			}
 			return nil, nil // a computed text of a missing part is null, not a guess
 		}
-		if b, ok := stringBytes(v); ok {
-			n += len(b)
-			continue
+		b, ok := stringBytes(v)
+		if !ok {
+			p, err := asString(v.raw())
+			if err != nil {
+				return nil, err
+			}
+			b = []byte(p.(string))
 		}
-		p, err := asString(v.raw())
-		if err != nil {
-			return nil, err
-		}
-		parts[i] = p.(string)
-		n += len(parts[i])
-	}
-	var sb strings.Builder
-	a := &st.arena.b
-	if n > arenaMax {
-		sb.Grow(n)
-		a = &sb
-	} else {
-		st.arena.reserve(n)
-	}
-	start := a.Len()
-	ascii, upper := true, false
-	for i, s := range c.argSlots {
 		if i > 0 {
-			a.WriteString(c.sep)
+			n += len(c.sep)
 		}
-		if b, ok := stringBytes(st.vals[s]); ok {
-			a.Write(b)
-		} else {
-			a.WriteString(parts[i])
-		}
-	}
-	out := a.String()[start:]
-	if c.op != opLower {
-		return out, nil
-	}
-	for i := 0; i < len(out); i++ {
-		ch := out[i]
-		if ch >= utf8.RuneSelf {
-			ascii = false
-			break
-		}
-		upper = upper || 'A' <= ch && ch <= 'Z'
-	}
-	if !ascii {
-		return strings.ToLower(out), nil
-	}
-	if !upper {
-		return out, nil
-	}
-	// Lower in place: out was written just now and is not yet shared.
-	if n > arenaMax {
-		return strings.ToLower(out), nil
+		n += len(b)
+		parts = append(parts, b)
 	}
 	var buf [arenaMax]byte
-	b := buf[:len(out)]
-	for i := 0; i < len(out); i++ {
-		ch := out[i]
-		if 'A' <= ch && ch <= 'Z' {
-			ch += 'a' - 'A'
-		}
-		b[i] = ch
+	out := buf[:0]
+	if n > len(buf) {
+		out = make([]byte, 0, n)
 	}
-	return st.arena.bytes(b), nil
+	for i, b := range parts {
+		if i > 0 {
+			out = append(out, c.sep...)
+		}
+		out = append(out, b...)
+	}
+	if c.op == opLower {
+		for _, ch := range out {
+			if ch >= utf8.RuneSelf {
+				return strings.ToLower(string(out)), nil
+			}
+		}
+		for i, ch := range out {
+			if 'A' <= ch && ch <= 'Z' {
+				out[i] = ch + 'a' - 'A'
+			}
+		}
+	}
+	return st.arena.bytes(out), nil
 }
 
 // stringBytes is the content of a well-formed BSON string value.
@@ -344,20 +314,23 @@ func decimalOf(b []byte) (any, bool) {
 	return &box.d, true
 }
 
+func (st *applyState) popElems(base int) { st.elems = st.elems[:base] }
+
 // list converts an array to list or set elements.
 func (st *applyState) list(t *cqlType, doc []byte) (any, bool) {
 	base := len(st.elems)
-	defer func() { st.elems = st.elems[:base] }()
+	defer st.popElems(base)
 	if !st.elements(doc) {
 		return nil, false
 	}
-	n := len(st.elems) - base
-	if n == 0 {
+	// Nested collections push their elements above these.
+	elems := st.elems[base:]
+	if len(elems) == 0 {
 		return nil, true // Cassandra stores an empty collection as null
 	}
-	out := make([]any, n)
-	for i := range out {
-		x, ok := st.fast(t.elem, convNone, st.elems[base+i].val, nil)
+	out := make([]any, len(elems))
+	for i, e := range elems {
+		x, ok := st.fast(t.elem, convNone, rawVal{typ: e.val.typ, data: doc[e.val.start:e.val.end]}, nil)
 		if !ok || x == nil {
 			return nil, false
 		}
@@ -372,22 +345,21 @@ func (st *applyState) list(t *cqlType, doc []byte) (any, bool) {
 
 func (st *applyState) mapOf(t *cqlType, doc []byte) (any, bool) {
 	base := len(st.elems)
-	defer func() { st.elems = st.elems[:base] }()
+	defer st.popElems(base)
 	if !st.elements(doc) {
 		return nil, false
 	}
-	n := len(st.elems) - base
-	if n == 0 {
+	elems := st.elems[base:]
+	if len(elems) == 0 {
 		return nil, true
 	}
-	out := make(map[string]any, n)
-	for i := base; i < base+n; i++ {
-		e := st.elems[i]
-		x, ok := st.fast(t.elem, convNone, e.val, nil)
+	out := make(map[string]any, len(elems))
+	for _, e := range elems {
+		x, ok := st.fast(t.elem, convNone, rawVal{typ: e.val.typ, data: doc[e.val.start:e.val.end]}, nil)
 		if !ok || x == nil {
 			return nil, false
 		}
-		out[st.arena.bytes(e.key)] = x
+		out[st.arena.bytes(doc[e.keyStart:e.keyEnd])] = x
 	}
 	return out, true
 }
@@ -400,7 +372,7 @@ func (st *applyState) udt(fields []*column) (any, bool) {
 			out[f.Name] = f.value
 			continue
 		}
-		v := st.vals[f.slot]
+		v := st.val(f.slot)
 		if v.typ == bsontype.Null || v.typ == bsontype.Undefined {
 			out[f.Name] = nil
 			continue

@@ -28,6 +28,21 @@ type pathNode struct {
 	key  string
 	slot int
 	kids []*pathNode
+	// byLen is kids by the length of their key, so that most of a document's
+	// keys are dismissed without comparing bytes.
+	byLen [][]*pathNode
+}
+
+// index fills byLen for n and its descendants.
+func (n *pathNode) index() {
+	n.byLen = nil
+	for _, k := range n.kids {
+		for len(n.byLen) <= len(k.key) {
+			n.byLen = append(n.byLen, nil)
+		}
+		n.byLen[len(k.key)] = append(n.byLen[len(k.key)], k)
+		k.index()
+	}
 }
 
 // slot returns the slot of path, adding it to the plan if it is new.
@@ -60,16 +75,31 @@ type rawVal struct {
 
 func (v rawVal) raw() bson.RawValue { return bson.RawValue{Type: v.typ, Value: v.data} }
 
+// span is where a value or key lies in a document, without holding on to it:
+// applyState keeps no pointers into documents between calls, and the garbage
+// collector has less to do.
+type span struct {
+	typ        bsontype.Type
+	start, end int32
+}
+
 // applyState is the scratch space of one Apply call. It is pooled; nothing in
-// it may be referenced by what Apply returns except through the arena, which
-// is dropped before the state is put back.
+// it may be referenced by what Apply returns, except bytes of the arena that
+// are never written again.
 type applyState struct {
-	vals    []rawVal
+	doc     []byte
+	vals    []span // by plan slot, in doc; typ 0 when absent
 	shared  []sharedVal
 	arena   strArena
-	scratch []byte    // canonical bytes: row keys, set elements, hash input
+	scratch []byte    // canonical bytes: row keys, hash input
 	elems   []elemRef // array or document elements being converted (a stack)
 	keyEnds []int
+}
+
+// val is the value found at a plan slot.
+func (st *applyState) val(slot int) rawVal {
+	s := st.vals[slot]
+	return rawVal{typ: s.typ, data: st.doc[s.start:s.end]}
 }
 
 type sharedVal struct {
@@ -77,9 +107,10 @@ type sharedVal struct {
 	done bool
 }
 
+// elemRef is an element of an array or document, by offsets in it.
 type elemRef struct {
-	key []byte
-	val rawVal
+	keyStart, keyEnd int32
+	val              span
 }
 
 var statePool = sync.Pool{New: func() any { return new(applyState) }}
@@ -92,9 +123,8 @@ func getState(p *readPlan) *applyState {
 }
 
 func putState(st *applyState) {
-	st.arena = strArena{}
+	st.doc = nil
 	clear(st.shared) // values handed to the caller must not stay reachable from the pool
-	clear(st.elems[:cap(st.elems)])
 	st.elems = st.elems[:0]
 	if cap(st.scratch) > 64<<10 {
 		st.scratch = nil
@@ -116,6 +146,7 @@ func resize[T any](s []T, n int) []T {
 // does (every top-level element, not the inside of embedded documents) and
 // reports false where Validate would fail.
 func (st *applyState) read(root *pathNode, doc []byte) bool {
+	st.doc = doc
 	if len(doc) < 4 {
 		return false
 	}
@@ -123,76 +154,82 @@ func (st *applyState) read(root *pathNode, doc []byte) bool {
 	if length < 1 || int(length) > len(doc) || doc[length-1] != 0 {
 		return false
 	}
-	rem := doc[4:]
+	pos := 4
 	length -= 4
 	left := len(root.kids)
 	for length > 1 {
-		typ, key, val, n, ok := readElement(rem)
+		typ, keyEnd, end, ok := readElement(doc, pos)
 		if !ok {
 			return false
 		}
-		length -= int32(n)
-		rem = rem[n:]
-		if left > 0 && st.match(root, typ, key, val) {
+		length -= int32(end - pos)
+		if left > 0 && st.match(root, typ, doc[pos+1:keyEnd], keyEnd+1, end) {
 			left--
 		}
+		pos = end
 	}
-	return len(rem) >= 1 && rem[0] == 0
+	return pos < len(doc) && doc[pos] == 0
 }
 
-// match records val at the child of n named key, if there is one and it was
-// not found before (a path names the first element with its key, as for
-// bsoncore's LookupErr), and reports whether it recorded it.
-func (st *applyState) match(n *pathNode, typ bsontype.Type, key, val []byte) bool {
-	for _, k := range n.kids {
-		if len(k.key) != len(key) || k.key != string(key) {
+// match records the value at st.doc[start:end] at the child of n named key,
+// if there is one and it was not found before (a path names the first element
+// with its key, as for bsoncore's LookupErr), and reports whether it did.
+func (st *applyState) match(n *pathNode, typ bsontype.Type, key []byte, start, end int) bool {
+	if len(key) >= len(n.byLen) {
+		return false
+	}
+	for _, k := range n.byLen[len(key)] {
+		if len(key) > 0 && k.key[0] != key[0] || k.key != string(key) {
 			continue
 		}
 		if st.vals[k.slot].typ != 0 {
 			return false
 		}
-		st.vals[k.slot] = rawVal{typ: typ, data: val}
+		st.vals[k.slot] = span{typ: typ, start: int32(start), end: int32(end)}
 		if len(k.kids) > 0 && (typ == bsontype.EmbeddedDocument || typ == bsontype.Array) {
-			st.readNested(k, val)
+			st.readNested(k, start, end)
 		}
 		return true
 	}
 	return false
 }
 
-// readNested finds the children of n inside doc (an embedded document or an
-// array) as bsoncore's LookupErr would: elements in order until a malformed
-// one, after which the paths not yet found are absent.
-func (st *applyState) readNested(n *pathNode, doc []byte) {
-	if len(doc) < 4 {
+// readNested finds the children of n inside the embedded document or array at
+// st.doc[start:end] as bsoncore's LookupErr would: elements in order until a
+// malformed one, after which the paths not yet found are absent.
+func (st *applyState) readNested(n *pathNode, start, end int) {
+	doc := st.doc[:end]
+	if end-start < 4 {
 		return
 	}
-	length := int32(binary.LittleEndian.Uint32(doc))
+	length := int32(binary.LittleEndian.Uint32(doc[start:]))
 	if length < 4 {
 		// LookupErr would fail (or bsoncore would panic) opening it.
 		return
 	}
-	rem := doc[4:]
+	pos := start + 4
 	length -= 4
 	left := len(n.kids)
 	for length > 1 && left > 0 {
-		typ, key, val, sz, ok := readElement(rem)
+		typ, keyEnd, next, ok := readElement(doc, pos)
 		if !ok {
 			return
 		}
-		length -= int32(sz)
-		rem = rem[sz:]
-		if st.match(n, typ, key, val) {
+		length -= int32(next - pos)
+		if st.match(n, typ, doc[pos+1:keyEnd], keyEnd+1, next) {
 			left--
 		}
+		pos = next
 	}
 }
 
-// readElement splits the element at the start of src into its type, key and
-// value, and gives its size; ok is false where bsoncore's ReadElement fails.
-func readElement(src []byte) (typ bsontype.Type, key, val []byte, n int, ok bool) {
+// readElement reads the element at doc[pos:] as bsoncore's ReadElement does:
+// its key is doc[pos+1:keyEnd], its value doc[keyEnd+1:end]; ok is false
+// where ReadElement fails.
+func readElement(doc []byte, pos int) (typ bsontype.Type, keyEnd, end int, ok bool) {
+	src := doc[pos:]
 	if len(src) < 1 {
-		return 0, nil, nil, 0, false
+		return 0, 0, 0, false
 	}
 	typ = bsontype.Type(src[0])
 	idx := -1
@@ -203,53 +240,48 @@ func readElement(src []byte) (typ bsontype.Type, key, val []byte, n int, ok bool
 		}
 	}
 	if idx < 0 {
-		return 0, nil, nil, 0, false
+		return 0, 0, 0, false
 	}
 	length, ok := valueLength(src[idx+2:], typ)
 	if !ok {
-		return 0, nil, nil, 0, false
+		return 0, 0, 0, false
 	}
-	n = 1 + idx + 1 + int(length)
+	n := 1 + idx + 1 + int(length)
 	if n > len(src) || n < 0 {
-		return 0, nil, nil, 0, false
+		return 0, 0, 0, false
 	}
-	return typ, src[1 : idx+1], src[idx+2 : n], n, true
+	return typ, pos + 1 + idx, pos + n, true
+}
+
+// valueSizes gives, by BSON type, the size of a value of fixed size, or for a
+// value that starts with its int32 length, what is added to that length
+// (negative: -1 for none, -1-k for k).
+var valueSizes = [256]int8{
+	bsontype.Boolean: 1, bsontype.DateTime: 8, bsontype.Double: 8, bsontype.Int64: 8, bsontype.Timestamp: 8,
+	bsontype.Decimal128: 16, bsontype.Int32: 4, bsontype.ObjectID: 12,
+	bsontype.MaxKey: 0, bsontype.MinKey: 0, bsontype.Null: 0, bsontype.Undefined: 0,
+	bsontype.Array: -1, bsontype.EmbeddedDocument: -1, bsontype.CodeWithScope: -1,
+	bsontype.Binary: -1 - (4 + 1), bsontype.DBPointer: -1 - (4 + 12),
+	bsontype.JavaScript: -1 - 4, bsontype.String: -1 - 4, bsontype.Symbol: -1 - 4,
+	bsontype.Regex: 0, // computed below
 }
 
 // valueLength is bsoncore's valueLength: the size of a value of type t at the
 // start of src, with the same int32 arithmetic.
 func valueLength(src []byte, t bsontype.Type) (int32, bool) {
-	readLength := func() (int32, bool) {
+	switch sz := valueSizes[t]; {
+	case sz > 0:
+		return int32(sz), true
+	case sz < 0:
 		if len(src) < 4 {
 			return 0, false
 		}
 		l := int32(binary.LittleEndian.Uint32(src))
-		return l, l >= 0
+		return l + int32(-1-sz), l >= 0
 	}
 	switch t {
-	case bsontype.Array, bsontype.EmbeddedDocument, bsontype.CodeWithScope:
-		return readLength()
-	case bsontype.Binary:
-		l, ok := readLength()
-		return l + 4 + 1, ok
-	case bsontype.Boolean:
-		return 1, true
-	case bsontype.DBPointer:
-		l, ok := readLength()
-		return l + 4 + 12, ok
-	case bsontype.DateTime, bsontype.Double, bsontype.Int64, bsontype.Timestamp:
-		return 8, true
-	case bsontype.Decimal128:
-		return 16, true
-	case bsontype.Int32:
-		return 4, true
-	case bsontype.JavaScript, bsontype.String, bsontype.Symbol:
-		l, ok := readLength()
-		return l + 4, ok
 	case bsontype.MaxKey, bsontype.MinKey, bsontype.Null, bsontype.Undefined:
 		return 0, true
-	case bsontype.ObjectID:
-		return 12, true
 	case bsontype.Regex:
 		regex := indexZero(src)
 		if regex < 0 {
@@ -284,42 +316,38 @@ func (st *applyState) elements(doc []byte) bool {
 	if length < 4 || int(length) > len(doc) {
 		return false
 	}
-	rem := doc[4:]
+	pos := 4
 	length -= 4
 	for length > 1 {
-		typ, key, val, n, ok := readElement(rem)
+		typ, keyEnd, end, ok := readElement(doc, pos)
 		if !ok {
 			return false
 		}
-		length -= int32(n)
-		rem = rem[n:]
-		st.elems = append(st.elems, elemRef{key: key, val: rawVal{typ: typ, data: val}})
+		length -= int32(end - pos)
+		st.elems = append(st.elems, elemRef{keyStart: int32(pos + 1), keyEnd: int32(keyEnd),
+			val: span{typ: typ, start: int32(keyEnd + 1), end: int32(end)}})
+		pos = end
 	}
 	return true
 }
 
-// strArena hands out the strings of one Apply call from shared buffers, so a
-// row's dozen short strings cost one allocation instead of one each. Bytes are
-// only ever appended to a strings.Builder, never rewritten, so a string once
-// handed out stays valid and unchanged however the arena is used afterwards.
+// strArena hands out the strings Apply makes from shared buffers, so that a
+// row's dozen short strings do not cost an allocation each. Bytes are only
+// ever appended to a strings.Builder, never rewritten, so a string once handed
+// out stays valid and unchanged however the arena is used afterwards; a
+// buffer is freed once no string in it is referenced. The arena lives in the
+// pooled applyState, so consecutive documents share buffers: the memory kept
+// alive by a row is its own strings plus at most the rest of one buffer.
 type strArena struct {
 	b strings.Builder
 }
 
 const (
-	arenaChunk = 512
-	// arenaMax is the longest string carved from a chunk; longer ones are
-	// allocated alone so that a chunk is never mostly one string.
-	arenaMax = arenaChunk / 4
+	arenaChunk = 2048
+	// arenaMax is the longest string carved from a buffer; longer ones are
+	// allocated alone.
+	arenaMax = 128
 )
-
-// reserve makes room for n more bytes in the current buffer.
-func (a *strArena) reserve(n int) {
-	if a.b.Cap()-a.b.Len() < n {
-		a.b = strings.Builder{}
-		a.b.Grow(max(n, arenaChunk))
-	}
-}
 
 func (a *strArena) bytes(p []byte) string {
 	if len(p) == 0 {
@@ -328,18 +356,11 @@ func (a *strArena) bytes(p []byte) string {
 	if len(p) > arenaMax {
 		return string(p)
 	}
-	a.reserve(len(p))
+	if a.b.Cap()-a.b.Len() < len(p) {
+		a.b = strings.Builder{}
+		a.b.Grow(arenaChunk)
+	}
 	start := a.b.Len()
 	a.b.Write(p)
-	return a.b.String()[start:]
-}
-
-func (a *strArena) string(s string) string {
-	if len(s) == 0 || len(s) > arenaMax {
-		return s
-	}
-	a.reserve(len(s))
-	start := a.b.Len()
-	a.b.WriteString(s)
 	return a.b.String()[start:]
 }

@@ -1016,3 +1016,29 @@ func FuzzApplyMatchesReference(f *testing.F) {
 		}
 	})
 }
+
+// TestApplyMatchesReference checks hand-written documents that reach the
+// corners of the fast path (nested collections, sets out of order, UDTs in
+// UDTs, shared and filtered columns) against the reference.
+func TestApplyMatchesReference(t *testing.T) {
+	ms := fuzzMappings(t)
+	oid := mustOID("65a000000000000000000009")
+	dec, _ := primitive.ParseDecimal128("-12.3400")
+	docs := []bson.D{
+		{{Key: "_id", Value: oid}, {Key: "m", Value: bson.D{{Key: "a", Value: bson.A{int32(2), int32(1)}}, {Key: "b", Value: bson.A{int32(3)}}, {Key: "a", Value: bson.A{}}}}},
+		{{Key: "_id", Value: "x"}, {Key: "tags", Value: bson.A{"b", "a", "ccc", "a", "B"}}, {Key: "arr", Value: bson.A{int32(-1), int64(5), int32(-1), 2.0}}},
+		{{Key: "_id", Value: int32(7)}, {Key: "doc", Value: bson.D{{Key: "s", Value: "st"}, {Key: "a", Value: bson.D{{Key: "i", Value: int64(9)}, {Key: "d", Value: 2.5}, {Key: "s", Value: "lon"}, {Key: "b", Value: "deep"}}}, {Key: "t", Value: nil}}}},
+		{{Key: "_id", Value: oid}, {Key: "s", Value: "MiXeD Case"}, {Key: "i", Value: int32(4)}, {Key: "kind", Value: 2.0}, {Key: "tags", Value: bson.A{"z", "y"}}, {Key: "s", Value: "second"}},
+		{{Key: "_id", Value: oid}, {Key: "s", Value: "ÀÉ"}, {Key: "i", Value: nil}, {Key: "dec", Value: dec}, {Key: "b", Value: int64(1) << 60}, {Key: "d", Value: math.Copysign(0, -1)}},
+		{{Key: "_id", Value: oid}, {Key: "doc", Value: bson.D{{Key: "a", Value: bson.D{}}}}, {Key: "arr", Value: bson.A{bson.A{int32(1)}}}},
+	}
+	for i, d := range docs {
+		doc, err := bson.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for ns, m := range ms {
+			t.Run(fmt.Sprintf("%d/%s", i, ns), func(t *testing.T) { checkSameAsReference(t, m, ns, doc) })
+		}
+	}
+}

@@ -191,6 +191,7 @@ func newReadPlan(tables []*Table, specs []*TableSpec) *readPlan {
 			t.filterSlot = p.slot(t.filterPath)
 		}
 	}
+	p.root.index()
 	for _, cols := range sigs {
 		if len(cols) > 1 {
 			for _, c := range cols {
