@@ -302,14 +302,11 @@ func (t *Table) AppendCanonical(dst []byte, values []any) ([]byte, error) {
 	}
 	var err error
 	for i, c := range t.cols {
-		v := values[i]
-		if v != nil && !t.keyCol[i] && c.typ.kind != kUDT && isZero(v) {
-			// gocql's generic scan (MapScan) returns "", 0 or false for a null
-			// cell, so a scanned row cannot tell them apart: both sides fold
-			// zero to null. Key columns are never null, so they keep zero.
-			v = nil
-		}
-		if dst, err = appendCanonical(dst, c.typ, v, c.fields); err != nil {
+		// gocql's generic scan (MapScan) returns "", 0 or false for a null
+		// cell, so a scanned row cannot tell them apart: both sides fold zero
+		// to null. Key columns are never null, so they keep zero.
+		fold := !t.keyCol[i] && c.typ.kind != kUDT
+		if dst, err = appendFolded(dst, c.typ, values[i], c.fields, fold); err != nil {
 			return dst, fmt.Errorf("%s.%s: %w", t.QualifiedName(), c.Name, err)
 		}
 	}

@@ -41,23 +41,41 @@ const (
 // The types Apply produces are encoded here without reflection or allocation;
 // everything else goes to appendCanonicalReflect, which defines the encoding.
 func appendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, error) {
+	return appendFolded(dst, t, v, fields, false)
+}
+
+// appendFolded is appendCanonical, of null instead of v when fold is set and v
+// is its type's zero value (see Table.AppendCanonical).
+func appendFolded(dst []byte, t *cqlType, v any, fields []*column, fold bool) ([]byte, error) {
 	switch x := v.(type) {
 	case nil:
 		return append(dst, tagNull), nil
 	case string:
+		if fold && x == "" {
+			return append(dst, tagNull), nil
+		}
 		if t.kind == kText {
 			dst = binary.BigEndian.AppendUint32(append(dst, tagText), uint32(len(x)))
 			return append(dst, x...), nil
 		}
 	case int32:
+		if fold && x == 0 {
+			return append(dst, tagNull), nil
+		}
 		if isInteger(t.kind) {
 			return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(int64(x))), nil
 		}
 	case int64:
+		if fold && x == 0 {
+			return append(dst, tagNull), nil
+		}
 		if isInteger(t.kind) {
 			return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(x)), nil
 		}
 	case float64:
+		if fold && x == 0 {
+			return append(dst, tagNull), nil
+		}
 		if t.kind == kDouble || t.kind == kFloat {
 			if math.IsNaN(x) {
 				x = math.NaN() // one NaN bit pattern
@@ -65,6 +83,9 @@ func appendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, e
 			return binary.BigEndian.AppendUint64(append(dst, tagFloat), math.Float64bits(x)), nil
 		}
 	case bool:
+		if fold && !x {
+			return append(dst, tagNull), nil
+		}
 		if t.kind == kBoolean {
 			if x {
 				return append(dst, tagBool, 1), nil
@@ -72,6 +93,9 @@ func appendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, e
 			return append(dst, tagBool, 0), nil
 		}
 	case time.Time:
+		if fold && x == (time.Time{}) {
+			return append(dst, tagNull), nil
+		}
 		if t.kind == kTimestamp {
 			if x.IsZero() {
 				// gocql scans a null timestamp into the zero time.
@@ -84,6 +108,9 @@ func appendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, e
 			return appendDecimal(append(dst, tagDecimal), x), nil
 		}
 	case gocql.UUID:
+		if fold && x == (gocql.UUID{}) {
+			return append(dst, tagNull), nil
+		}
 		if t.kind == kUUID {
 			return append(append(dst, tagUUID), x[:]...), nil
 		}
@@ -98,6 +125,9 @@ func appendCanonical(dst []byte, t *cqlType, v any, fields []*column) ([]byte, e
 		if t.kind == kUDT && x != nil {
 			return appendUDT(dst, x, fields)
 		}
+	}
+	if fold && isZero(v) {
+		return append(dst, tagNull), nil
 	}
 	return appendCanonicalReflect(dst, t, v, fields)
 }

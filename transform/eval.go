@@ -392,6 +392,9 @@ func sortSet(elem *cqlType, vals []any) ([]any, bool) {
 	var cmp func(a, b any) int
 	switch elem.kind {
 	case kText:
+		if len(vals) <= 16 {
+			return sortTextSet(vals)
+		}
 		for _, v := range vals {
 			if _, ok := v.(string); !ok {
 				return nil, false
@@ -435,6 +438,33 @@ func sortSet(elem *cqlType, vals []any) ([]any, bool) {
 	for _, v := range vals[1:] {
 		if cmp(v, out[len(out)-1]) != 0 {
 			out = append(out, v)
+		}
+	}
+	return out, true
+}
+
+// sortTextSet is sortSet of a few texts, by insertion (stable, as sortedSet).
+func sortTextSet(vals []any) ([]any, bool) {
+	var small [16]string
+	strs := small[:len(vals)]
+	for i, v := range vals {
+		s, ok := v.(string)
+		if !ok {
+			return nil, false
+		}
+		strs[i] = s
+	}
+	less := func(x, y string) bool { return len(x) < len(y) || len(x) == len(y) && x < y }
+	for i := 1; i < len(strs); i++ {
+		for j := i; j > 0 && less(strs[j], strs[j-1]); j-- {
+			strs[j], strs[j-1] = strs[j-1], strs[j]
+			vals[j], vals[j-1] = vals[j-1], vals[j]
+		}
+	}
+	out := vals[:1]
+	for i := 1; i < len(strs); i++ {
+		if strs[i] != strs[i-1] {
+			out = append(out, vals[i])
 		}
 	}
 	return out, true

@@ -2,6 +2,7 @@ package transform
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"strings"
 	"sync"
 
@@ -28,21 +29,28 @@ type pathNode struct {
 	key  string
 	slot int
 	kids []*pathNode
-	// byLen is kids by the length of their key, so that most of a document's
-	// keys are dismissed without comparing bytes.
-	byLen [][]*pathNode
+	// sigs holds keySig of each kid's key, so that a document's keys are
+	// matched by comparing integers.
+	sigs []uint64
 }
 
-// index fills byLen for n and its descendants.
+// index fills sigs for n and its descendants.
 func (n *pathNode) index() {
-	n.byLen = nil
+	n.sigs = n.sigs[:0]
 	for _, k := range n.kids {
-		for len(n.byLen) <= len(k.key) {
-			n.byLen = append(n.byLen, nil)
-		}
-		n.byLen[len(k.key)] = append(n.byLen[len(k.key)], k)
+		n.sigs = append(n.sigs, keySig([]byte(k.key)))
 		k.index()
 	}
+}
+
+// keySig is the length of key and its first 7 bytes: keys of up to 7 bytes
+// are equal exactly when their signatures are.
+func keySig(key []byte) uint64 {
+	sig := uint64(len(key)) << 56
+	for i := 0; i < len(key) && i < 7; i++ {
+		sig |= uint64(key[i]) << (8 * i)
+	}
+	return sig
 }
 
 // slot returns the slot of path, adding it to the plan if it is new.
@@ -158,12 +166,12 @@ func (st *applyState) read(root *pathNode, doc []byte) bool {
 	length -= 4
 	left := len(root.kids)
 	for length > 1 {
-		typ, keyEnd, end, ok := readElement(doc, pos)
+		typ, keyEnd, end, sig, ok := readElement(doc, pos)
 		if !ok {
 			return false
 		}
 		length -= int32(end - pos)
-		if left > 0 && st.match(root, typ, doc[pos+1:keyEnd], keyEnd+1, end) {
+		if left > 0 && st.match(root, typ, doc[pos+1:keyEnd], sig, keyEnd+1, end) {
 			left--
 		}
 		pos = end
@@ -174,12 +182,13 @@ func (st *applyState) read(root *pathNode, doc []byte) bool {
 // match records the value at st.doc[start:end] at the child of n named key,
 // if there is one and it was not found before (a path names the first element
 // with its key, as for bsoncore's LookupErr), and reports whether it did.
-func (st *applyState) match(n *pathNode, typ bsontype.Type, key []byte, start, end int) bool {
-	if len(key) >= len(n.byLen) {
-		return false
-	}
-	for _, k := range n.byLen[len(key)] {
-		if len(key) > 0 && k.key[0] != key[0] || k.key != string(key) {
+func (st *applyState) match(n *pathNode, typ bsontype.Type, key []byte, sig uint64, start, end int) bool {
+	for i, s := range n.sigs {
+		if s != sig {
+			continue
+		}
+		k := n.kids[i]
+		if len(key) > 7 && k.key != string(key) {
 			continue
 		}
 		if st.vals[k.slot].typ != 0 {
@@ -211,12 +220,12 @@ func (st *applyState) readNested(n *pathNode, start, end int) {
 	length -= 4
 	left := len(n.kids)
 	for length > 1 && left > 0 {
-		typ, keyEnd, next, ok := readElement(doc, pos)
+		typ, keyEnd, next, sig, ok := readElement(doc, pos)
 		if !ok {
 			return
 		}
 		length -= int32(next - pos)
-		if st.match(n, typ, doc[pos+1:keyEnd], keyEnd+1, next) {
+		if st.match(n, typ, doc[pos+1:keyEnd], sig, keyEnd+1, next) {
 			left--
 		}
 		pos = next
@@ -224,33 +233,60 @@ func (st *applyState) readNested(n *pathNode, start, end int) {
 }
 
 // readElement reads the element at doc[pos:] as bsoncore's ReadElement does:
-// its key is doc[pos+1:keyEnd], its value doc[keyEnd+1:end]; ok is false
-// where ReadElement fails.
-func readElement(doc []byte, pos int) (typ bsontype.Type, keyEnd, end int, ok bool) {
-	src := doc[pos:]
-	if len(src) < 1 {
-		return 0, 0, 0, false
+// its key is doc[pos+1:keyEnd], its value doc[keyEnd+1:end], sig the keySig
+// of its key; ok is false where ReadElement fails.
+func readElement(doc []byte, pos int) (typ bsontype.Type, keyEnd, end int, sig uint64, ok bool) {
+	if pos >= len(doc) {
+		return 0, 0, 0, 0, false
 	}
-	typ = bsontype.Type(src[0])
-	idx := -1
-	for i := 1; i < len(src); i++ {
-		if src[i] == 0 {
-			idx = i - 1
-			break
+	typ = bsontype.Type(doc[pos])
+	k := pos + 1
+	keyEnd = -1
+	if len(doc)-k >= 8 {
+		// Find the key's terminating NUL in its first 8 bytes at once: the
+		// lowest byte of x that is zero sets the lowest bit of z.
+		x := binary.LittleEndian.Uint64(doc[k:])
+		if z := (x - 0x0101010101010101) & ^x & 0x8080808080808080; z != 0 {
+			n := bits.TrailingZeros64(z) / 8
+			keyEnd = k + n
+			sig = x&(1<<(8*n)-1) | uint64(n)<<56
 		}
 	}
-	if idx < 0 {
-		return 0, 0, 0, false
+	if keyEnd < 0 {
+		for i := k; i < len(doc); i++ {
+			if doc[i] == 0 {
+				keyEnd = i
+				break
+			}
+		}
+		if keyEnd < 0 {
+			return 0, 0, 0, 0, false
+		}
+		sig = keySig(doc[k:keyEnd])
 	}
-	length, ok := valueLength(src[idx+2:], typ)
-	if !ok {
-		return 0, 0, 0, false
+	var length int32
+	switch sz := valueSizes[typ]; {
+	case sz > 0:
+		length = int32(sz)
+	case sz < 0:
+		if len(doc)-keyEnd-1 < 4 {
+			return 0, 0, 0, 0, false
+		}
+		l := int32(binary.LittleEndian.Uint32(doc[keyEnd+1:]))
+		if l < 0 {
+			return 0, 0, 0, 0, false
+		}
+		length = l + int32(-1-sz)
+	default:
+		if length, ok = valueLength(doc[keyEnd+1:], typ); !ok {
+			return 0, 0, 0, 0, false
+		}
 	}
-	n := 1 + idx + 1 + int(length)
-	if n > len(src) || n < 0 {
-		return 0, 0, 0, false
+	n := keyEnd + 1 - pos + int(length)
+	if n > len(doc)-pos || n < 0 {
+		return 0, 0, 0, 0, false
 	}
-	return typ, pos + 1 + idx, pos + n, true
+	return typ, keyEnd, pos + n, sig, true
 }
 
 // valueSizes gives, by BSON type, the size of a value of fixed size, or for a
@@ -319,7 +355,7 @@ func (st *applyState) elements(doc []byte) bool {
 	pos := 4
 	length -= 4
 	for length > 1 {
-		typ, keyEnd, end, ok := readElement(doc, pos)
+		typ, keyEnd, end, _, ok := readElement(doc, pos)
 		if !ok {
 			return false
 		}
