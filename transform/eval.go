@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"math"
 	"math/big"
+	"math/bits"
 	"slices"
 	"strings"
 	"time"
@@ -69,7 +70,8 @@ func (st *applyState) evalColumn(c *column) (any, error) {
 	case opConcat, opLower:
 		return st.text(c)
 	case opHashBucket:
-		buf := st.scratch[len(st.scratch):]
+		// xxhash64 of the values' envelope keys, as hashing them one by one.
+		buf := st.hashBuf[:0]
 		for _, s := range c.argSlots {
 			v := st.val(s)
 			if v.typ == 0 {
@@ -77,11 +79,12 @@ func (st *applyState) evalColumn(c *column) (any, error) {
 			}
 			buf = envelope.AppendKey(buf, v.raw())
 		}
+		st.hashBuf = buf
 		b := xxhash.Sum64(buf) % uint64(c.buckets)
 		if c.typ.kind == kInt {
-			return int32(b), nil
+			return st.mem.boxes.i32(int32(b)), nil
 		}
-		return int64(b), nil
+		return st.mem.boxes.i64(int64(b)), nil
 	}
 	v := st.val(c.slot)
 	if v.typ == 0 || v.typ == bsontype.Null && c.nullDef {
@@ -150,7 +153,7 @@ func (st *applyState) text(c *column) (any, error) {
 			}
 		}
 	}
-	return st.arena.bytes(out), nil
+	return st.mem.boxes.string(st.mem.text.bytes(out)), nil
 }
 
 // stringBytes is the content of a well-formed BSON string value.
@@ -181,19 +184,19 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 			if !ok {
 				return nil, false
 			}
-			return st.arena.bytes(b), true
+			return st.mem.boxes.string(st.mem.text.bytes(b)), true
 		case bsontype.ObjectID:
-			return st.hexString(v.data), true
+			return st.mem.boxes.string(st.hexString(v.data)), true
 		}
 		return nil, false
 	case convHex:
 		if v.typ == bsontype.ObjectID {
-			return st.hexString(v.data), true
+			return st.mem.boxes.string(st.hexString(v.data)), true
 		}
 		return nil, false
 	case convMillis:
 		if t.kind == kTimestamp && v.typ == bsontype.Int64 {
-			return time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC(), true
+			return st.mem.boxes.time(time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC()), true
 		}
 		return nil, false
 	default:
@@ -207,33 +210,33 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 			if !ok {
 				return nil, false
 			}
-			return st.arena.bytes(b), true
+			return st.mem.boxes.string(st.mem.text.bytes(b)), true
 		case bsontype.ObjectID:
-			return st.hexString(v.data), true
+			return st.mem.boxes.string(st.hexString(v.data)), true
 		}
 	case kInt:
 		switch v.typ {
 		case bsontype.Int32:
-			return int32(binary.LittleEndian.Uint32(v.data)), true
+			return st.mem.boxes.i32(int32(binary.LittleEndian.Uint32(v.data))), true
 		case bsontype.Int64:
 			n := int64(binary.LittleEndian.Uint64(v.data))
 			if n >= math.MinInt32 && n <= math.MaxInt32 {
-				return int32(n), true
+				return st.mem.boxes.i32(int32(n)), true
 			}
 		}
 	case kBigint:
 		switch v.typ {
 		case bsontype.Int32:
-			return int64(int32(binary.LittleEndian.Uint32(v.data))), true
+			return st.mem.boxes.i64(int64(int32(binary.LittleEndian.Uint32(v.data)))), true
 		case bsontype.Int64:
-			return int64(binary.LittleEndian.Uint64(v.data)), true
+			return st.mem.boxes.i64(int64(binary.LittleEndian.Uint64(v.data))), true
 		}
 	case kDouble:
 		switch v.typ {
 		case bsontype.Double:
-			return math.Float64frombits(binary.LittleEndian.Uint64(v.data)), true
+			return st.mem.boxes.f64(math.Float64frombits(binary.LittleEndian.Uint64(v.data))), true
 		case bsontype.Int32:
-			return float64(int32(binary.LittleEndian.Uint32(v.data))), true
+			return st.mem.boxes.f64(float64(int32(binary.LittleEndian.Uint32(v.data)))), true
 		}
 	case kBoolean:
 		if v.typ == bsontype.Boolean {
@@ -241,11 +244,11 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 		}
 	case kTimestamp:
 		if v.typ == bsontype.DateTime {
-			return time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC(), true
+			return st.mem.boxes.time(time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC()), true
 		}
 	case kDecimal:
 		if v.typ == bsontype.Decimal128 {
-			return decimalOf(v.data)
+			return st.decimal(v.data)
 		}
 	case kUUID:
 		if v.typ == bsontype.ObjectID {
@@ -272,18 +275,19 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 func (st *applyState) hexString(oid []byte) string {
 	var buf [24]byte
 	hex.Encode(buf[:], oid[:12])
-	return st.arena.bytes(buf[:])
+	return st.mem.text.bytes(buf[:])
 }
 
-// decBox holds a decimal and the words of its unscaled value in one allocation.
+// decBox holds a decimal and the words of its unscaled value (at most 113
+// bits) in one allocation.
 type decBox struct {
 	d inf.Dec
-	w [4]big.Word
+	w [128 / bits.UintSize]big.Word
 }
 
-// decimalOf is decimal(v) for a finite Decimal128 (the bytes of the value),
+// decimal is decimal(v) for a finite Decimal128 (the bytes of the value),
 // exactly as primitive.Decimal128.BigInt computes it.
-func decimalOf(b []byte) (any, bool) {
+func (st *applyState) decimal(b []byte) (any, bool) {
 	low, high := binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])
 	neg := high>>63&1 == 1
 	if c := high >> 58 & (1<<5 - 1); c == 0x1F || c == 0x1E {
@@ -299,14 +303,11 @@ func decimalOf(b []byte) (any, bool) {
 	}
 	exp -= 6176 // primitive.MinDecimal128Exp
 	box := new(decBox)
-	u := box.d.UnscaledBig()
-	if ^uint(0)>>32 == 0 {
-		box.w = [4]big.Word{big.Word(low), big.Word(low >> 32), big.Word(high), big.Word(high >> 32)}
-		u.SetBits(box.w[:4])
-	} else {
-		box.w[0], box.w[1] = big.Word(low), big.Word(high)
-		u.SetBits(box.w[:2])
+	words := [2]uint64{low, high}
+	for i := range box.w {
+		box.w[i] = big.Word(words[i*bits.UintSize/64] >> (i * bits.UintSize % 64))
 	}
+	u := box.d.UnscaledBig().SetBits(box.w[:])
 	if neg {
 		u.Neg(u)
 	}
@@ -337,10 +338,12 @@ func (st *applyState) list(t *cqlType, doc []byte) (any, bool) {
 		out[i] = x
 	}
 	if t.kind == kSet {
-		out, ok := sortSet(t.elem, out)
-		return out, ok
+		var ok bool
+		if out, ok = sortSet(t.elem, out); !ok {
+			return nil, false
+		}
 	}
-	return out, true
+	return st.mem.boxes.list(out), true
 }
 
 func (st *applyState) mapOf(t *cqlType, doc []byte) (any, bool) {
@@ -359,7 +362,7 @@ func (st *applyState) mapOf(t *cqlType, doc []byte) (any, bool) {
 		if !ok || x == nil {
 			return nil, false
 		}
-		out[st.arena.bytes(doc[e.keyStart:e.keyEnd])] = x
+		out[st.mem.text.bytes(doc[e.keyStart:e.keyEnd])] = x
 	}
 	return out, true
 }

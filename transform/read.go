@@ -3,7 +3,6 @@ package transform
 import (
 	"encoding/binary"
 	"math/bits"
-	"strings"
 	"sync"
 
 	"go.mongodb.org/mongo-driver/bson"
@@ -92,14 +91,15 @@ type span struct {
 }
 
 // applyState is the scratch space of one Apply call. It is pooled; nothing in
-// it may be referenced by what Apply returns, except bytes of the arena that
-// are never written again.
+// it may be referenced by what Apply returns, except the parts of its slabs
+// that were handed out (see slab.go).
 type applyState struct {
 	doc     []byte
 	vals    []span // by plan slot, in doc; typ 0 when absent
 	shared  []sharedVal
-	arena   strArena
-	scratch []byte    // canonical bytes: row keys, hash input
+	mem     slabs
+	scratch []byte    // row keys
+	hashBuf []byte    // hash_bucket input
 	elems   []elemRef // array or document elements being converted (a stack)
 	keyEnds []int
 }
@@ -365,38 +365,4 @@ func (st *applyState) elements(doc []byte) bool {
 		pos = end
 	}
 	return true
-}
-
-// strArena hands out the strings Apply makes from shared buffers, so that a
-// row's dozen short strings do not cost an allocation each. Bytes are only
-// ever appended to a strings.Builder, never rewritten, so a string once handed
-// out stays valid and unchanged however the arena is used afterwards; a
-// buffer is freed once no string in it is referenced. The arena lives in the
-// pooled applyState, so consecutive documents share buffers: the memory kept
-// alive by a row is its own strings plus at most the rest of one buffer.
-type strArena struct {
-	b strings.Builder
-}
-
-const (
-	arenaChunk = 2048
-	// arenaMax is the longest string carved from a buffer; longer ones are
-	// allocated alone.
-	arenaMax = 128
-)
-
-func (a *strArena) bytes(p []byte) string {
-	if len(p) == 0 {
-		return ""
-	}
-	if len(p) > arenaMax {
-		return string(p)
-	}
-	if a.b.Cap()-a.b.Len() < len(p) {
-		a.b = strings.Builder{}
-		a.b.Grow(arenaChunk)
-	}
-	start := a.b.Len()
-	a.b.Write(p)
-	return a.b.String()[start:]
 }

@@ -14,9 +14,11 @@ import (
 	"math"
 	"math/big"
 	"reflect"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -1039,6 +1041,57 @@ func TestApplyMatchesReference(t *testing.T) {
 		}
 		for ns, m := range ms {
 			t.Run(fmt.Sprintf("%d/%s", i, ns), func(t *testing.T) { checkSameAsReference(t, m, ns, doc) })
+		}
+	}
+}
+
+// TestApplyConcurrentAndAfterGC applies documents from several goroutines and
+// checks every row, kept across garbage collections, against the reference:
+// the pooled state, its arena and its box slabs must not leak between calls.
+func TestApplyConcurrentAndAfterGC(t *testing.T) {
+	m := loadUsers(t)
+	docs := make([][]byte, 50)
+	want := make([][]byte, len(docs))
+	for i := range docs {
+		docs[i] = userDoc(t, fmt.Sprintf("User%d@Example.com", i))
+		rows, err := refApply(m, "app.users", docs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			want[i], _ = refTableCanonical(r.Table, want[i], r.Values)
+		}
+	}
+	var wg sync.WaitGroup
+	kept := make([][][]Row, 4)
+	for g := range kept {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 20; n++ {
+				for _, doc := range docs {
+					rows, err := m.Apply("app.users", doc)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					kept[g] = append(kept[g], rows)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	runtime.GC()
+	runtime.GC()
+	for g := range kept {
+		for i, rows := range kept[g] {
+			var got []byte
+			for _, r := range rows {
+				got, _ = r.Table.AppendCanonical(got, r.Values)
+			}
+			if !bytes.Equal(got, want[i%len(docs)]) {
+				t.Fatalf("goroutine %d row set %d differs from the reference", g, i)
+			}
 		}
 	}
 }
