@@ -21,7 +21,8 @@ import (
 //
 // The document is read once: every path the namespace's tables use is found in
 // a single walk (read.go), then each column converts the value found for it.
-// The rows' values do not share memory with doc.
+// The rows' values do not share memory with doc; values of different calls may
+// share memory (slab.go), but nothing is written to it after Apply returns.
 func (m *Mapping) Apply(namespace string, doc bson.Raw) (rows []Row, err error) {
 	p := m.plans[namespace]
 	if p == nil {

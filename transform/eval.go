@@ -153,7 +153,7 @@ func (st *applyState) text(c *column) (any, error) {
 			}
 		}
 	}
-	return st.mem.boxes.string(st.mem.text.bytes(out)), nil
+	return st.mem.boxes.str(st.mem.text.bytes(out)), nil
 }
 
 // stringBytes is the content of a well-formed BSON string value.
@@ -184,19 +184,19 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 			if !ok {
 				return nil, false
 			}
-			return st.mem.boxes.string(st.mem.text.bytes(b)), true
+			return st.mem.boxes.str(st.mem.text.bytes(b)), true
 		case bsontype.ObjectID:
-			return st.mem.boxes.string(st.hexString(v.data)), true
+			return st.mem.boxes.str(st.hexString(v.data)), true
 		}
 		return nil, false
 	case convHex:
 		if v.typ == bsontype.ObjectID {
-			return st.mem.boxes.string(st.hexString(v.data)), true
+			return st.mem.boxes.str(st.hexString(v.data)), true
 		}
 		return nil, false
 	case convMillis:
 		if t.kind == kTimestamp && v.typ == bsontype.Int64 {
-			return st.mem.boxes.time(time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC()), true
+			return st.mem.boxes.timestamp(time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC()), true
 		}
 		return nil, false
 	default:
@@ -210,9 +210,9 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 			if !ok {
 				return nil, false
 			}
-			return st.mem.boxes.string(st.mem.text.bytes(b)), true
+			return st.mem.boxes.str(st.mem.text.bytes(b)), true
 		case bsontype.ObjectID:
-			return st.mem.boxes.string(st.hexString(v.data)), true
+			return st.mem.boxes.str(st.hexString(v.data)), true
 		}
 	case kInt:
 		switch v.typ {
@@ -244,7 +244,7 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 		}
 	case kTimestamp:
 		if v.typ == bsontype.DateTime {
-			return st.mem.boxes.time(time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC()), true
+			return st.mem.boxes.timestamp(time.UnixMilli(int64(binary.LittleEndian.Uint64(v.data))).UTC()), true
 		}
 	case kDecimal:
 		if v.typ == bsontype.Decimal128 {

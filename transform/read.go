@@ -2,6 +2,7 @@ package transform
 
 import (
 	"encoding/binary"
+	"math"
 	"math/bits"
 	"sync"
 
@@ -155,8 +156,8 @@ func resize[T any](s []T, n int) []T {
 // reports false where Validate would fail.
 func (st *applyState) read(root *pathNode, doc []byte) bool {
 	st.doc = doc
-	if len(doc) < 4 {
-		return false
+	if len(doc) < 4 || len(doc) > math.MaxInt32 {
+		return false // spans are int32; BSON documents are at most 2 GiB
 	}
 	length := int32(binary.LittleEndian.Uint32(doc))
 	if length < 1 || int(length) > len(doc) || doc[length-1] != 0 {

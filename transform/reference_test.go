@@ -1095,3 +1095,22 @@ func TestApplyConcurrentAndAfterGC(t *testing.T) {
 		}
 	}
 }
+
+// TestSlabBoxing fails if the interface layout check in slab.go stopped
+// passing: Apply would still be correct, but allocate a box per value again.
+func TestSlabBoxing(t *testing.T) {
+	if !slabBoxing {
+		t.Fatal("boxing values in slabs is disabled: the empty interface layout is not the one slab.go expects")
+	}
+	var b boxSlabs
+	var kept []any
+	for i := 0; i < 3*boxChunk; i++ {
+		kept = append(kept, b.str(strconv.Itoa(i)), b.i64(int64(i)<<33))
+	}
+	runtime.GC()
+	for i := 0; i < 3*boxChunk; i++ {
+		if kept[2*i] != strconv.Itoa(i) || kept[2*i+1] != int64(i)<<33 {
+			t.Fatalf("box %d changed: %v %v", i, kept[2*i], kept[2*i+1])
+		}
+	}
+}

@@ -7,8 +7,8 @@ import (
 )
 
 // The values Apply returns are many and small: a document of twenty fields
-// gives a dozen strings, their interface boxes, slices, a decimal. Allocated
-// one by one they cost more than reading the document. slabs hands them out
+// gives a dozen strings, each also boxed into an interface. Allocated one by
+// one they cost more than reading the document. slabs hands out their memory
 // from chunks instead, which consecutive Apply calls share (slabs lives in the
 // pooled applyState).
 //
@@ -16,7 +16,7 @@ import (
 // written before it is handed out and never again, so what Apply returned is
 // never changed by later calls. A chunk is freed once nothing handed out from
 // it is referenced; the memory a row keeps alive is its own values plus at
-// most the rest of a few chunks.
+// most the rest of a few chunks (2 KiB of text, 64 boxes of each type).
 type slabs struct {
 	text  strArena
 	boxes boxSlabs
@@ -24,20 +24,6 @@ type slabs struct {
 
 // boxChunk is the number of elements of a box slab.
 const boxChunk = 64
-
-// take hands out n zero elements of *slab, with no room to append: appending
-// to them reallocates rather than overwrites what follows.
-func take[T any](slab *[]T, n, chunk int) []T {
-	if cap(*slab)-len(*slab) < n {
-		if n > chunk/4 {
-			return make([]T, n)
-		}
-		*slab = make([]T, 0, chunk)
-	}
-	at := len(*slab)
-	*slab = (*slab)[:at+n]
-	return (*slab)[at : at+n : at+n]
-}
 
 // strArena hands out strings from shared buffers. Bytes are only ever
 // appended to a strings.Builder, never rewritten, so a string once handed out
@@ -113,25 +99,29 @@ func box[T any](slab *[]T, typ unsafe.Pointer, x T) any {
 }
 
 func slabBox[T any](slab *[]T, typ unsafe.Pointer, x T) any {
-	p := &take(slab, 1, boxChunk)[0]
-	*p = x
+	s := *slab
+	if len(s) == cap(s) {
+		s = make([]T, 0, boxChunk)
+	}
+	s = append(s, x)
+	*slab = s
 	var v any
-	*(*eface)(unsafe.Pointer(&v)) = eface{typ: typ, data: unsafe.Pointer(p)}
+	*(*eface)(unsafe.Pointer(&v)) = eface{typ: typ, data: unsafe.Pointer(&s[len(s)-1])}
 	return v
 }
 
-func (b *boxSlabs) string(s string) any {
+func (b *boxSlabs) str(s string) any {
 	if s == "" {
 		return "" // no allocation either way
 	}
 	return box(&b.strs, stringType, s)
 }
 
-func (b *boxSlabs) time(t time.Time) any { return box(&b.times, timeType, t) }
-func (b *boxSlabs) list(l []any) any     { return box(&b.lists, listType, l) }
-func (b *boxSlabs) f64(f float64) any    { return box(&b.f64s, f64Type, f) }
-func (b *boxSlabs) i64(n int64) any      { return box(&b.i64s, i64Type, n) }
-func (b *boxSlabs) i32(n int32) any      { return box(&b.i32s, i32Type, n) }
+func (b *boxSlabs) timestamp(t time.Time) any { return box(&b.times, timeType, t) }
+func (b *boxSlabs) list(l []any) any          { return box(&b.lists, listType, l) }
+func (b *boxSlabs) f64(f float64) any         { return box(&b.f64s, f64Type, f) }
+func (b *boxSlabs) i64(n int64) any           { return box(&b.i64s, i64Type, n) }
+func (b *boxSlabs) i32(n int32) any           { return box(&b.i32s, i32Type, n) }
 
 // boxingWorks checks that an interface built by slabBox is indistinguishable
 // from one Go built: same dynamic type, same value.
