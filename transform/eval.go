@@ -265,7 +265,9 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 			return st.mapOf(t, v.data)
 		}
 	case kUDT:
-		if v.typ == bsontype.EmbeddedDocument && fields != nil {
+		// The fields were read into their slots unless the document's length
+		// is malformed, which convertValue reports.
+		if v.typ == bsontype.EmbeddedDocument && fields != nil && len(v.data) >= 4 && int32(binary.LittleEndian.Uint32(v.data)) >= 4 {
 			return st.udt(fields)
 		}
 	}
