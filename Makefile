@@ -35,6 +35,7 @@ stack-status:
 bench: stack-up
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./transform
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./capture
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./sink
 
 demo:
 	@deploy/local/demo
