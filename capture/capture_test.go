@@ -11,11 +11,11 @@ import (
 )
 
 func TestConfigListsEveryProblem(t *testing.T) {
-	err := Config{Namespaces: []string{"nodot", "db."}, MaxRecordBytes: -1, Backfill: BackfillConfig{RateLimit: -1}}.Validate()
+	err := Config{Namespaces: []string{"nodot", "db."}, MaxRecordBytes: -1, UpdateLookup: "sometimes", Backfill: BackfillConfig{RateLimit: -1}}.Validate()
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
-	for _, want := range []string{`"nodot"`, `"db."`, "max_record_bytes", "rate_limit"} {
+	for _, want := range []string{`"nodot"`, `"db."`, "max_record_bytes", "rate_limit", "update_lookup"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}

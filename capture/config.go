@@ -108,8 +108,8 @@ func (c Config) Validate() error {
 	if c.Partitions < 0 {
 		errs = append(errs, errors.New("capture.partitions must be positive"))
 	}
-	if c.UpdateLookup != "server" && c.UpdateLookup != "capture" {
-		return fmt.Errorf("capture: update_lookup is %q; use \"server\" or \"capture\"", c.UpdateLookup)
+	if c.UpdateLookup != "" && c.UpdateLookup != "server" && c.UpdateLookup != "capture" {
+		errs = append(errs, fmt.Errorf("capture.update_lookup is %q; use \"server\" or \"capture\"", c.UpdateLookup))
 	}
 	if c.BatchSize < 0 || c.Backfill.ChunkSize < 0 {
 		errs = append(errs, errors.New("capture.batch_size and capture.backfill.chunk_size must be positive"))

@@ -18,8 +18,9 @@ import (
 )
 
 // Func is a custom conversion registered with RegisterFunc: it receives the raw
-// value at the column's path (Type 0 when missing) and returns a value of a Go
-// type gocql marshals for the column's CQL type.
+// value at the column's path and returns a value of a Go type gocql marshals
+// for the column's CQL type. It is not called for a missing field, which gets
+// the column's default or null.
 type Func func(v bson.RawValue) (any, error)
 
 var (
