@@ -1,0 +1,143 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/transform"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.mongodb.org/mongo-driver/bson"
+)
+
+// recordingWriter keeps every batch it is given, as the target would hold it.
+type recordingWriter struct {
+	mu      sync.Mutex
+	batches [][]Change
+	rows    map[string]int64 // id -> version of the newest upsert
+}
+
+func (w *recordingWriter) Write(_ context.Context, t *transform.Table, cs []Change) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.batches = append(w.batches, cs)
+	for _, c := range cs {
+		id := fmt.Sprint(c.Row.Values[1])
+		if c.Version > w.rows[id] {
+			w.rows[id] = c.Version
+		}
+	}
+	return nil
+}
+
+func (w *recordingWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Event, *transform.Row) error {
+	return fmt.Errorf("no key-map table in this spec")
+}
+
+// TestSinkBatchesByCassandraPartition feeds 200 documents whose rows fall in
+// two Cassandra partitions (bucket 0 and 1) and checks that every batch holds
+// rows of one partition only, that batches really group (far fewer writes
+// than rows), and that every document's newest version was written.
+func TestSinkBatchesByCassandraPartition(t *testing.T) {
+	const n = 200
+	m, err := transform.Parse([]byte(`
+version: "t1"
+collections:
+  - namespace: app.items
+    tables:
+      - keyspace: app
+        table: items_by_bucket
+        partition_key: [bucket]
+        clustering_key: [id]
+        columns:
+          - {name: bucket, type: int, compute: hash_bucket, args: [_id], buckets: 2}
+          - {name: id, type: bigint, from: _id}
+          - {name: v, type: int, from: v}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "tidemark.app.items"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prod, err := kgo.NewClient(brokers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	var recs []*kgo.Record
+	for i := 0; i < n; i++ {
+		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: int64(i % 150)}, {Key: "v", Value: int32(i)}})
+		ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.items", ID: bson.Raw(doc).Lookup("_id"),
+			Version: envelope.Version{T: 100, I: uint32(i + 1)}, Doc: doc}
+		b, err := envelope.Encode(nil, &ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, &kgo.Record{Topic: "tidemark.app.items", Key: ev.Key(), Value: b})
+	}
+	if err := prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	w := &recordingWriter{rows: map[string]int64{}}
+	sk, err := New(Config{Group: "g"}, Deps{KafkaOpts: []kgo.Opt{brokers}, Writer: w, Mapping: m,
+		Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { sk.Run(sctx); close(done) }()
+	for {
+		l := sk.Lag()
+		if len(l) == 1 && l[0].Committed == n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("sink did not apply %d records: %+v", n, l)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	stop()
+	<-done
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	rows := 0
+	for _, b := range w.batches {
+		rows += len(b)
+		for _, c := range b[1:] {
+			if c.Row.Values[0] != b[0].Row.Values[0] {
+				t.Fatalf("a batch mixes partitions %v and %v", b[0].Row.Values[0], c.Row.Values[0])
+			}
+		}
+	}
+	if rows != n {
+		t.Fatalf("%d rows written, want every one of %d", rows, n)
+	}
+	if len(w.batches) > n/10 {
+		t.Fatalf("%d writes for %d rows in two partitions: rows were not grouped", len(w.batches), n)
+	}
+	for i := 0; i < 150; i++ {
+		newest := i + 1
+		if i < n-150 {
+			newest = i + 150 + 1
+		}
+		if got, want := w.rows[fmt.Sprint(int64(i))], (envelope.Version{T: 100, I: uint32(newest)}).Micros(); got != want {
+			t.Fatalf("id %d: newest version written %d, want %d", i, got, want)
+		}
+	}
+}
