@@ -35,27 +35,7 @@ func newStack(t *testing.T) *stack {
 	t.Helper()
 	s := &stack{cass: testbed.Cassandra(t), mc: testbed.Mongo(t),
 		ks: testbed.UniqueName(t, "validate"), db: testbed.UniqueName(t, "validate")}
-	testbed.CreateKeyspace(t, s.cass, s.ks)
-	cql, err := os.ReadFile("../examples/specs/users.cql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, stmt := range strings.Split(string(cql), ";") {
-		var lines []string
-		for _, l := range strings.Split(stmt, "\n") {
-			if !strings.HasPrefix(strings.TrimSpace(l), "--") {
-				lines = append(lines, l)
-			}
-		}
-		stmt = strings.TrimSpace(strings.Join(lines, "\n"))
-		if stmt == "" || strings.HasPrefix(stmt, "CREATE KEYSPACE") {
-			continue
-		}
-		stmt = strings.ReplaceAll(stmt, "app.", s.ks+".")
-		if err := s.cass.Query(stmt).Exec(); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
+	testbed.UsersSchema(t, s.cass, s.ks)
 	t.Cleanup(func() { s.mc.Database(s.db).Drop(context.Background()) })
 	return s
 }

@@ -43,8 +43,19 @@ func UsersMapping(t testing.TB, s *gocql.Session, ns, ks string) (*transform.Map
 	if err != nil {
 		t.Fatal(err)
 	}
+	UsersSchema(t, s, ks)
+	return m, text
+}
+
+// UsersSchema creates keyspace ks (dropped at cleanup) with the tables and
+// type of examples/specs/users.cql.
+func UsersSchema(t testing.TB, s *gocql.Session, ks string) {
+	t.Helper()
 	CreateKeyspace(t, s, ks)
-	cql, _ := os.ReadFile(filepath.Join(RepoRoot(), "examples/specs/users.cql"))
+	cql, err := os.ReadFile(filepath.Join(RepoRoot(), "examples/specs/users.cql"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, stmt := range strings.Split(string(cql), ";") {
 		var lines []string
 		for _, l := range strings.Split(stmt, "\n") {
@@ -60,7 +71,6 @@ func UsersMapping(t testing.TB, s *gocql.Session, ns, ks string) (*transform.Map
 			t.Fatalf("%s: %v", stmt, err)
 		}
 	}
-	return m, text
 }
 
 // Snapshot reads every row of the tables mapped from ns in a canonical,
