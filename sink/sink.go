@@ -447,6 +447,11 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 // comes from the _id) and appends the identity of its Cassandra partition.
 func partitionOf(dst []byte, t *transform.Table, c *Change, id bson.RawValue) ([]byte, error) {
 	var key []any
+	if c.Row != nil && len(t.ClusteringKey) == 0 {
+		// The row's encoded key is its partition key: no need to encode again.
+		dst = append(dst, t.QualifiedName()...)
+		return append(append(dst, 0), c.Row.Key...), nil
+	}
 	if c.Row != nil {
 		key = t.KeyValues(c.Row.Values)
 	} else {
