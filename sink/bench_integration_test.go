@@ -298,7 +298,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 			break
 		}
 	}
-	time.Sleep(time.Second)
+	// Writes record their latency before their offsets count as applied, so
+	// once the lag is drained every acknowledged row is in w.lats.
 	w.mu.Lock()
 	lats := append([]time.Duration(nil), w.lats...)
 	w.mu.Unlock()

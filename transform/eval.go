@@ -170,6 +170,22 @@ func stringBytes(v rawVal) ([]byte, bool) {
 	return v.data[4 : 4+l-1], true
 }
 
+// textValue is a string as itself and an ObjectId as its hex, the two text
+// conversions that need no checks beyond the string's framing.
+func (st *applyState) textValue(v rawVal) (any, bool) {
+	switch v.typ {
+	case bsontype.String:
+		b, ok := stringBytes(v)
+		if !ok {
+			return nil, false
+		}
+		return st.mem.boxes.str(st.mem.text.bytes(b)), true
+	case bsontype.ObjectID:
+		return st.mem.boxes.str(st.hexString(v.data)), true
+	}
+	return nil, false
+}
+
 // fast converts v for t when it is one of the common, well-formed cases,
 // without the intermediate values convertValue builds. It returns ok false
 // for anything else, and the caller then uses convertValue, which remains the
@@ -178,17 +194,7 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 	switch conv {
 	case convNone:
 	case convString:
-		switch v.typ {
-		case bsontype.String:
-			b, ok := stringBytes(v)
-			if !ok {
-				return nil, false
-			}
-			return st.mem.boxes.str(st.mem.text.bytes(b)), true
-		case bsontype.ObjectID:
-			return st.mem.boxes.str(st.hexString(v.data)), true
-		}
-		return nil, false
+		return st.textValue(v)
 	case convHex:
 		if v.typ == bsontype.ObjectID {
 			return st.mem.boxes.str(st.hexString(v.data)), true
@@ -204,15 +210,8 @@ func (st *applyState) fast(t *cqlType, conv uint8, v rawVal, fields []*column) (
 	}
 	switch t.kind {
 	case kText:
-		switch v.typ {
-		case bsontype.String:
-			b, ok := stringBytes(v)
-			if !ok {
-				return nil, false
-			}
-			return st.mem.boxes.str(st.mem.text.bytes(b)), true
-		case bsontype.ObjectID:
-			return st.mem.boxes.str(st.hexString(v.data)), true
+		if out, ok := st.textValue(v); ok {
+			return out, true
 		}
 	case kInt:
 		switch v.typ {
