@@ -40,8 +40,23 @@ type daemon struct {
 	sink    *sink.Sink
 	cass    *gocql.Session
 	adm     *kadm.Client
+	mongo   *mongo.Client
+	capture *capture.Capture
+	reg     *prometheus.Registry
 	ready   chan struct{}
 }
+
+// daemonPart is a component another file of this command adds through init
+// (reconcile, rollout, the status page), so that each lives beside its own code
+// rather than in runDaemon. start runs after the core roles are built and before
+// the admin API listens; it registers its routes on srv and its long-running work
+// on g, which stops with ctx.
+type daemonPart struct {
+	name  string
+	start func(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup.Group) error
+}
+
+var daemonParts []daemonPart
 
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -69,6 +84,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return &exitError{code: 2, err: err}
 	}
 	reg := prometheus.NewRegistry()
+	d.reg = reg
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	kopts, err := cfg.kafkaOpts()
@@ -118,16 +134,23 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("cannot reach MongoDB: %w", err)
 		}
 		defer mc.Disconnect(context.Background())
+		d.mongo = mc
 		cp, err := capture.New(cfg.Capture, mc, kopts, d.store, log, reg)
 		if err != nil {
 			return err
 		}
 		defer cp.Close()
+		d.capture = cp
 		g.Go(func() error { return cp.Run(gctx) })
 	}
 
 	srv := admin.NewServer(tokens, d.store, cfg.Admin.OpenStatus, log)
 	d.routes(srv, reg)
+	for _, p := range daemonParts {
+		if err := p.start(gctx, d, srv, g); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		return fmt.Errorf("admin listen %s: %w", cfg.Admin.Listen, err)
