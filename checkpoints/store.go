@@ -127,3 +127,21 @@ func PutJSON(ctx context.Context, s Store, key string, v any) error {
 	}
 	return s.Put(ctx, key, b)
 }
+
+// KeyReconcileLatest holds the RoundSummary of the newest finished reconcile round
+// per scope: reconcile writes it, rollout gates and the status page read it.
+const KeyReconcileLatest = PrefixReconcile + "latest/" // + <scope>, e.g. "reconcile/latest/app.users"
+
+// RoundSummary is the part of a reconcile report that other stages act on.
+type RoundSummary struct {
+	ID    string    `json:"id"`
+	Scope string    `json:"scope"` // namespace "db.collection", or a table "ks.table"
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	// Clean is true when no key was divergent (in-flight keys do not count).
+	Clean        bool             `json:"clean"`
+	RowsCompared int64            `json:"rows_compared"`
+	Divergent    int64            `json:"divergent"`
+	InFlight     int64            `json:"in_flight"`
+	ByClass      map[string]int64 `json:"by_class,omitempty"` // missing, extra, different, stale
+}
