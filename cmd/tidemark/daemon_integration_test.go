@@ -18,6 +18,8 @@ import (
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/bson"
 )
 
@@ -136,27 +138,72 @@ sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
 		}
 	}
 	// The daemon keeps running and replays back to where it was.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		var st Status
-		if err := ac.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
-			t.Fatalf("daemon stopped answering after the rewind: %v", err)
+	waitCaughtUp(t, ctx, ac, before)
+	waitMatch("after the rewind")
+
+	// Rewind to a time on chosen partitions: exactly the records written
+	// after it are replayed there, and nothing else moves.
+	from := time.Now()
+	time.Sleep(20 * time.Millisecond) // Kafka timestamps are milliseconds
+	for i := 1000; i < 1200; i++ {
+		coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: int64(i)}}, bson.D{{Key: "$set", Value: bson.D{{Key: "age", Value: int32(99)}}}})
+	}
+	waitMatch("after the second updates")
+	recs := readTopic(t, ctx, topic)
+	after := map[int32]int{}
+	total := 0
+	for _, r := range recs {
+		if !r.Timestamp.Before(from) {
+			after[r.Partition]++
+			total++
 		}
-		// A transactional topic ends with a commit marker, so a caught-up
-		// partition is at most one offset behind its high watermark.
-		caught := len(st.Partitions) == 3
-		for i, p := range st.Partitions {
-			caught = caught && p.RecordsBehind <= 1 && p.Committed >= before.Partitions[i].Committed
+	}
+	if total != 200 {
+		t.Fatalf("%d records written after %s, want the 200 updates", total, from.Format(time.RFC3339Nano))
+	}
+	if err := ac.Do(ctx, "GET", "/v1/status", nil, &before); err != nil {
+		t.Fatal(err)
+	}
+	out, err = cli("rewind", "--topic", topic, "--partitions", "0,2", "--to-time", from.Format(time.RFC3339Nano),
+		"--reason", "itest replay by time", "--execute", "--json", "--token-file", filepath.Join(dir, "token"))
+	if err != nil {
+		t.Fatalf("rewind --to-time: %v\n%s", err, out)
+	}
+	plan = RewindPlan{}
+	if err := json.Unmarshal([]byte(out), &plan); err != nil || !plan.Executed || len(plan.Partitions) != 2 || len(plan.Done) != 2 {
+		t.Fatalf("rewind --to-time plan: %+v %v\n%s", plan, err, out)
+	}
+	for _, p := range plan.Partitions {
+		replayed := 0
+		for _, r := range recs {
+			if r.Partition == p.Partition && r.Offset >= p.Target && r.Offset < p.Current {
+				replayed++
+			}
 		}
-		if caught {
+		if replayed != after[p.Partition] || replayed == 0 {
+			t.Fatalf("partition %d: the rewind replays %d records, %d were written after %s", p.Partition, replayed, after[p.Partition], from.Format(time.RFC3339Nano))
+		}
+		if p.FirstTime == nil || p.FirstTime.Before(from.Add(-time.Second)) || p.FirstVersion == "" {
+			t.Fatalf("partition %d: plan does not describe the first replayed record: %+v", p.Partition, p)
+		}
+	}
+	waitCaughtUp(t, ctx, ac, before)
+	waitMatch("after the rewind to a time")
+
+	// A rewind further back than gc_grace_seconds is refused with the reason.
+	if err := s.Query("ALTER TABLE " + ks + ".users WITH gc_grace_seconds = 1").Exec(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		out, err = cli("rewind", "--topic", topic, "--by", "10", "--reason", "too far", "--token-file", filepath.Join(dir, "token"))
+		if err != nil && strings.Contains(out, "gc_grace_seconds (1s)") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("sink did not replay after the rewind: %+v", st.Partitions)
+			t.Fatalf("rewind past gc_grace_seconds was not refused: %v\n%s", err, out)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
 	}
-	waitMatch("after the rewind")
 
 	var es []checkpoints.AuditEntry
 	if err := ac.Do(ctx, "GET", "/v1/audit", nil, &es); err != nil {
@@ -181,6 +228,76 @@ sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
 		if !strings.Contains(metrics.String(), name) {
 			t.Errorf("/metrics lacks %s", name)
 		}
+	}
+}
+
+// waitCaughtUp waits until every partition has committed at least as far as
+// before and is caught up with its high watermark.
+func waitCaughtUp(t *testing.T, ctx context.Context, ac *admin.Client, before Status) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var st Status
+		if err := ac.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
+			t.Fatalf("daemon stopped answering after the rewind: %v", err)
+		}
+		// A transactional topic ends with a commit marker, so a caught-up
+		// partition is at most one offset behind its high watermark.
+		caught := len(st.Partitions) == len(before.Partitions)
+		for i, p := range st.Partitions {
+			caught = caught && p.RecordsBehind <= 1 && p.Committed >= before.Partitions[i].Committed
+		}
+		if caught {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sink did not replay after the rewind: %+v", st.Partitions)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// readTopic returns every committed data record of topic up to its end.
+func readTopic(t *testing.T, ctx context.Context, topic string) []*kgo.Record {
+	t.Helper()
+	ends, err := testbed.KafkaAdmin(t).ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	// Every transaction ends with one commit marker, so the last data record
+	// of a partition sits just below the marker at end-1.
+	want := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			want[o.Partition] = o.Offset - 2
+		}
+	})
+	seen := map[int32]int64{}
+	var out []*kgo.Record
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		done := true
+		for p, w := range want {
+			done = done && seen[p] >= w
+		}
+		if done {
+			return out
+		}
+		fs := cl.PollFetches(rctx)
+		if rctx.Err() != nil {
+			t.Fatalf("read %s: reached %v of %v", topic, seen, want)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			out = append(out, r)
+			seen[r.Partition] = r.Offset
+		})
 	}
 }
 

@@ -154,12 +154,13 @@ func pauseCmd(pause bool) func(context.Context, []string, io.Writer, io.Writer) 
 }
 
 func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cf := newClientFlags("rewind", "rewind --topic T [--partitions 0,3] (--to-time RFC3339 | --to-offset N | --by N) --reason TEXT [--execute]", stderr)
+	cf := newClientFlags("rewind", "rewind --topic T [--partitions 0,3] (--to-time RFC3339 | --to-offset N | --by N | --to-mark NAME|latest) --reason TEXT [--execute]", stderr)
 	topic := cf.fs.String("topic", "", "topic (required)")
 	parts := cf.fs.String("partitions", "", "comma-separated partitions (default: all)")
 	toTime := cf.fs.String("to-time", "", "replay records produced at or after this time (RFC3339)")
 	toOffset := cf.fs.Int64("to-offset", -1, "replay from this absolute offset")
 	by := cf.fs.Int64("by", 0, "replay the last N records of each partition")
+	toMark := cf.fs.String("to-mark", "", "replay from a verified mark: a clean reconcile report id, or latest")
 	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
 	execute := cf.fs.Bool("execute", false, "execute the plan (default: print it only)")
 	if err := cf.fs.Parse(args); err != nil {
@@ -169,7 +170,7 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	req := RewindRequest{Topic: *topic, Partitions: ps, Reason: *reason, Execute: *execute}
+	req := RewindRequest{Topic: *topic, Partitions: ps, Reason: *reason, Execute: *execute, ToMark: *toMark}
 	if *toTime != "" {
 		t, err := time.Parse(time.RFC3339, *toTime)
 		if err != nil {
@@ -198,9 +199,13 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return printJSON(stdout, plan)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "rewind %s of %s (gc_grace_seconds %d)\nPART\tCURRENT\tTARGET\tREPLAY\n", plan.ID, plan.Topic, plan.GCGrace)
+	fmt.Fprintf(tw, "rewind %s of %s (gc_grace_seconds %d)\nPART\tCURRENT\tTARGET\tREPLAY\tFROM VERSION\tWRITTEN\tMARK\n", plan.ID, plan.Topic, plan.GCGrace)
 	for _, p := range plan.Partitions {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\n", p.Partition, p.Current, p.Target, p.Replay)
+		written := "-"
+		if p.FirstTime != nil {
+			written = p.FirstTime.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%s\t%s\n", p.Partition, p.Current, p.Target, p.Replay, orDash(p.FirstVersion), written, orDash(p.Mark))
 	}
 	tw.Flush()
 	if plan.Executed {
@@ -281,4 +286,11 @@ func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintf(stdout, "backfill %s: %s\n", out["request"], out["status"])
 	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

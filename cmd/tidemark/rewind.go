@@ -11,8 +11,10 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // RewindRequest is the body of POST /v1/rewind. Exactly one target is set.
@@ -22,8 +24,11 @@ type RewindRequest struct {
 	ToTime     *time.Time `json:"to_time,omitempty"`
 	ToOffset   *int64     `json:"to_offset,omitempty"`
 	By         *int64     `json:"by,omitempty"`
-	Execute    bool       `json:"execute"`
-	Reason     string     `json:"reason"`
+	// ToMark is the name of a verified mark (a clean reconcile round's report
+	// id), or "latest" for each partition's newest verified mark.
+	ToMark  string `json:"to_mark,omitempty"`
+	Execute bool   `json:"execute"`
+	Reason  string `json:"reason"`
 }
 
 // RewindPlan is what a rewind would do, per partition.
@@ -44,6 +49,12 @@ type PartitionPlan struct {
 	Target    int64 `json:"target"`
 	Start     int64 `json:"log_start"`
 	Replay    int64 `json:"replay"`
+	// FirstVersion and FirstTime describe the oldest record the replay starts
+	// with (absent when nothing is replayed).
+	FirstVersion string     `json:"first_version,omitempty"`
+	FirstTime    *time.Time `json:"first_time,omitempty"`
+	// Mark names the verified mark the target came from.
+	Mark string `json:"mark,omitempty"`
 }
 
 func decode(r *http.Request, v any) error {
@@ -102,13 +113,13 @@ func (d *daemon) rewind(w http.ResponseWriter, r *http.Request) {
 
 func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan, int, error) {
 	targets := 0
-	for _, set := range []bool{req.ToTime != nil, req.ToOffset != nil, req.By != nil} {
+	for _, set := range []bool{req.ToTime != nil, req.ToOffset != nil, req.By != nil, req.ToMark != ""} {
 		if set {
 			targets++
 		}
 	}
 	if targets != 1 {
-		return nil, 400, errors.New("give exactly one of to_time, to_offset, by")
+		return nil, 400, errors.New("give exactly one of to_time, to_offset, by, to_mark")
 	}
 	tps, err := d.partitions(ctx, req.Topic, req.Partitions)
 	if err != nil {
@@ -117,10 +128,6 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 	grace, err := d.minGCGrace(ctx)
 	if err != nil {
 		return nil, 500, err
-	}
-	if req.ToTime != nil && grace > 0 && time.Since(*req.ToTime) > time.Duration(grace)*time.Second {
-		return nil, 409, fmt.Errorf("refused: %s is further back than the target tables' gc_grace_seconds (%ds); "+
-			"tombstones older than that may be purged, and replaying older inserts could resurrect deleted rows", req.ToTime.Format(time.RFC3339), grace)
 	}
 	committed, err := d.adm.FetchOffsets(ctx, d.cfg.Sink.Group)
 	if err != nil {
@@ -139,6 +146,12 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 		atTime = map[int32]int64{}
 		lo.Each(func(o kadm.ListedOffset) { atTime[o.Partition] = o.Offset })
 	}
+	var marks map[int32]checkpoints.Mark
+	if req.ToMark != "" {
+		if marks, err = verifiedMarks(ctx, d.store, req.Topic, req.ToMark); err != nil {
+			return nil, 500, err
+		}
+	}
 	plan := &RewindPlan{ID: fmt.Sprintf("rw-%d", time.Now().UnixNano()), Topic: req.Topic, GCGrace: grace}
 	for _, tp := range tps {
 		cur := int64(0)
@@ -150,7 +163,14 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 			start = s.Offset
 		}
 		var target int64
+		var mark string
 		switch {
+		case req.ToMark != "":
+			mk, ok := marks[tp.Partition]
+			if !ok {
+				return nil, 404, fmt.Errorf("partition %d of %s has no verified mark named %q; list them with `tidemark status --json` (verified marks) or run `tidemark reconcile`", tp.Partition, req.Topic, req.ToMark)
+			}
+			target, mark = mk.Offset, mk.Name
 		case req.ToOffset != nil:
 			target = *req.ToOffset
 		case req.By != nil:
@@ -162,11 +182,107 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 		if target > cur {
 			return nil, 400, fmt.Errorf("partition %d: target %d is ahead of the committed offset %d; a rewind only goes back", tp.Partition, target, cur)
 		}
-		plan.Partitions = append(plan.Partitions, PartitionPlan{Partition: tp.Partition, Current: cur, Target: target, Start: start, Replay: cur - target})
+		plan.Partitions = append(plan.Partitions, PartitionPlan{Partition: tp.Partition, Current: cur, Target: target, Start: start, Replay: cur - target, Mark: mark})
 		plan.Replay += cur - target
 	}
 	sort.Slice(plan.Partitions, func(i, j int) bool { return plan.Partitions[i].Partition < plan.Partitions[j].Partition })
+	if err := d.describeReplay(ctx, plan); err != nil {
+		return nil, 500, err
+	}
+	// Whatever the target kind, what matters for resurrection is how old the
+	// oldest replayed write is: Cassandra may already have purged a tombstone
+	// older than gc_grace_seconds that this write would otherwise lose to.
+	if grace > 0 {
+		for _, p := range plan.Partitions {
+			if p.FirstTime != nil && time.Since(*p.FirstTime) > time.Duration(grace)*time.Second {
+				return nil, 409, fmt.Errorf("refused: partition %d would replay from offset %d, written %s, further back than the target tables' gc_grace_seconds (%ds); "+
+					"tombstones older than that may be purged, and replaying older inserts could resurrect deleted rows. Rewind less far, or re-backfill with `tidemark backfill`",
+					p.Partition, p.Target, p.FirstTime.Format(time.RFC3339), grace)
+			}
+		}
+	}
 	return plan, 200, nil
+}
+
+// verifiedMarks returns, per partition of topic, the verified mark named name
+// ("latest": the newest one of each partition).
+func verifiedMarks(ctx context.Context, st checkpoints.Store, topic, name string) (map[int32]checkpoints.Mark, error) {
+	all, err := st.List(ctx, checkpoints.PrefixVerified+topic+"/")
+	if err != nil {
+		return nil, fmt.Errorf("read verified marks of %s: %w", topic, err)
+	}
+	out := map[int32]checkpoints.Mark{}
+	for _, b := range all {
+		var m checkpoints.Mark
+		if json.Unmarshal(b, &m) != nil || m.Topic != topic {
+			continue
+		}
+		cur, seen := out[m.Partition]
+		switch {
+		case name == "latest" && (!seen || m.Wall.After(cur.Wall)):
+			out[m.Partition] = m
+		case m.Name == name:
+			out[m.Partition] = m
+		}
+	}
+	return out, nil
+}
+
+// describeReplay reads the first record each partition would replay, for its
+// version and write time: the plan shows what will be replayed, and the
+// gc_grace guard needs the time whatever kind of target was given.
+func (d *daemon) describeReplay(ctx context.Context, plan *RewindPlan) error {
+	at := map[int32]kgo.Offset{}
+	for _, p := range plan.Partitions {
+		if p.Replay > 0 {
+			at[p.Partition] = kgo.NewOffset().At(p.Target)
+		}
+	}
+	if len(at) == 0 {
+		return nil
+	}
+	kopts, err := d.cfg.kafkaOpts()
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(kopts, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{plan.Topic: at}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	first := map[int32]*kgo.Record{}
+	for len(first) < len(at) {
+		fs := cl.PollFetches(pctx)
+		if pctx.Err() != nil {
+			return fmt.Errorf("read the first record to replay of %s: %d of %d partitions answered within 15s", plan.Topic, len(first), len(at))
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if first[r.Partition] == nil {
+				first[r.Partition] = r
+			}
+		})
+	}
+	for i := range plan.Partitions {
+		p := &plan.Partitions[i]
+		r := first[p.Partition]
+		if r == nil {
+			continue
+		}
+		// The older of the write time and the source version's time: a
+		// backfill record carries a version older than when it was produced.
+		ts := r.Timestamp.UTC()
+		if ev, err := envelope.Decode(r.Value); err == nil {
+			p.FirstVersion = ev.Version.String()
+			if vt := ev.Version.Time(); vt.Before(ts) {
+				ts = vt
+			}
+		}
+		p.FirstTime = &ts
+	}
+	return nil
 }
 
 // minGCGrace is the smallest gc_grace_seconds among the mapped tables.
