@@ -47,12 +47,22 @@ func (t *throttle) acquire(ctx context.Context) error {
 	}
 	for t.busy >= t.limit {
 		if err := ctx.Err(); err != nil {
+			// This waiter may have taken the one wake-up a release sent; hand
+			// it on, or a free slot would sit unused until the next release.
+			if t.busy < t.limit {
+				t.cond.Signal()
+			}
 			return err
 		}
 		t.cond.Wait()
 	}
 	t.busy++
 	t.met.inflight.Set(float64(t.busy))
+	// Slots are freed one at a time but the limit can grow by several, so
+	// wake the next waiter while slots remain.
+	if t.busy < t.limit {
+		t.cond.Signal()
+	}
 	return nil
 }
 
@@ -69,7 +79,9 @@ func (t *throttle) release(d time.Duration, err error) {
 	if time.Since(t.since) >= t.cfg.Throttle.Window && len(t.lat) > 0 {
 		t.adjust()
 	}
-	t.cond.Broadcast()
+	// One freed slot wakes one waiter: with hundreds of workers waiting,
+	// waking all of them for every write costs more CPU than the writes.
+	t.cond.Signal()
 }
 
 func (t *throttle) adjust() {

@@ -82,3 +82,46 @@ func TestThrottleAcquireStopsWithContext(t *testing.T) {
 		t.Fatalf("blocked acquire returned %v", err)
 	}
 }
+
+// TestThrottleNoLostWakeup: a release wakes a single waiter. When that waiter
+// gives up because its context ended, the wake-up must pass on; otherwise the
+// freed slot stays unused and the other waiters hang although nothing is in
+// flight.
+func TestThrottleNoLostWakeup(t *testing.T) {
+	for round := 0; round < 50; round++ {
+		th := newThrottle(Config{MaxInFlight: 2}.WithDefaults(), newMetrics(nil))
+		for i := 0; i < 2; i++ {
+			if err := th.acquire(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		quitters, cancel := context.WithCancel(context.Background())
+		deadline, stop := context.WithTimeout(context.Background(), 5*time.Second)
+		var wg sync.WaitGroup
+		var got atomic.Int64
+		for i := 0; i < 8; i++ {
+			ctx := deadline
+			if i%2 == 0 {
+				ctx = quitters
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if th.acquire(ctx) == nil {
+					got.Add(1)
+					th.release(time.Millisecond, nil)
+				}
+			}()
+		}
+		// Cancel the quitters while the releases are being handed out, so
+		// some of them hold a wake-up when they leave.
+		go cancel()
+		th.release(time.Millisecond, nil)
+		th.release(time.Millisecond, nil)
+		wg.Wait()
+		stop()
+		if got.Load() < 4 {
+			t.Fatalf("round %d: only %d of the 4 patient waiters got a slot within 5s", round, got.Load())
+		}
+	}
+}
