@@ -13,6 +13,7 @@ import (
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"github.com/tidemarkhq/tidemark/capture"
+	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -36,6 +37,7 @@ type Config struct {
 	Admin       AdminConfig       `yaml:"admin"`
 	Capture     capture.Config    `yaml:"capture"`
 	Sink        sink.Config       `yaml:"sink"`
+	Reconcile   reconcile.Config  `yaml:"reconcile"`
 	Log         LogConfig         `yaml:"log"`
 }
 
@@ -183,6 +185,10 @@ func (c *Config) applyDefaults() {
 	}
 	c.Capture = c.Capture.WithDefaults()
 	c.Sink = c.Sink.WithDefaults()
+	c.Reconcile = c.Reconcile.WithDefaults()
+	if c.Reconcile.SinkGroup == "" {
+		c.Reconcile.SinkGroup = c.Sink.Group
+	}
 	if c.Sink.TopicPrefix != c.Capture.TopicPrefix && c.Sink.TopicPrefix == "tidemark" {
 		c.Sink.TopicPrefix = c.Capture.TopicPrefix
 	}
@@ -230,6 +236,9 @@ func (c *Config) validate() error {
 		}
 	}
 	if err := c.Sink.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Reconcile.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Sink.TopicPrefix != c.Capture.TopicPrefix {

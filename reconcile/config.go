@@ -1,0 +1,97 @@
+package reconcile
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config is the reconcile section of the daemon's config file.
+type Config struct {
+	// Interval between scheduled rounds in the daemon; 0 turns the schedule off
+	// (rounds then run only on demand).
+	Interval time.Duration `yaml:"interval"`
+	// ReportDir is the folder each round's JSON report is written to. Default
+	// ./tidemark-reports.
+	ReportDir string `yaml:"report_dir"`
+	// BucketBits sets the tree's leaves to 2^BucketBits token ranges per table.
+	// 0 picks about 64 expected rows per leaf from the collection's size.
+	BucketBits int `yaml:"bucket_bits"`
+	// DocsPerSecond and RowsPerSecond cap how fast a round reads the source
+	// documents and the target rows; 0 is unlimited.
+	DocsPerSecond float64 `yaml:"docs_per_second"`
+	RowsPerSecond float64 `yaml:"rows_per_second"`
+	// TimeBox ends a round after this long; its progress is kept and the next
+	// round of the same scope resumes it. Default 1h.
+	TimeBox time.Duration `yaml:"time_box"`
+	// InFlightWait is how long a re-check waits for the sink to pass a key's
+	// source version before it leaves the key in flight. Default 30s.
+	InFlightWait time.Duration `yaml:"in_flight_wait"`
+	// Settle is how long an idle partition's committed offset must stay put,
+	// with at most one offset (a transaction marker) left, before it counts as
+	// caught up. Default 2s.
+	Settle time.Duration `yaml:"settle"`
+	// SampleSize caps the keys listed with both sides' values in a report. Default 100.
+	SampleSize int `yaml:"sample_size"`
+	// MaxCandidates caps the keys narrowed down in one round; past it the report
+	// says it is truncated. Default 100000.
+	MaxCandidates int `yaml:"max_candidates"`
+	// Concurrency is the number of parallel Cassandra range reads and key
+	// re-checks. Default 8.
+	Concurrency int `yaml:"concurrency"`
+	// SinkGroup is the sink's consumer group, whose committed offsets tell how
+	// far the sink got. Default: the sink section's group (set by the daemon).
+	SinkGroup string `yaml:"sink_group"`
+}
+
+// WithDefaults fills in zero fields.
+func (c Config) WithDefaults() Config {
+	if c.ReportDir == "" {
+		c.ReportDir = "tidemark-reports"
+	}
+	if c.TimeBox == 0 {
+		c.TimeBox = time.Hour
+	}
+	if c.InFlightWait == 0 {
+		c.InFlightWait = 30 * time.Second
+	}
+	if c.Settle == 0 {
+		c.Settle = 2 * time.Second
+	}
+	if c.SampleSize == 0 {
+		c.SampleSize = 100
+	}
+	if c.MaxCandidates == 0 {
+		c.MaxCandidates = 100_000
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 8
+	}
+	return c
+}
+
+// Validate checks limits, listing every problem.
+func (c Config) Validate() error {
+	var errs []error
+	checks := []struct {
+		bad bool
+		msg string
+	}{
+		{c.Interval < 0, "reconcile.interval must not be negative (0 turns the schedule off)"},
+		{c.BucketBits < 0 || c.BucketBits > 24, "reconcile.bucket_bits must be 0 (auto) or 1..24"},
+		{c.DocsPerSecond < 0 || c.RowsPerSecond < 0, "reconcile.docs_per_second and rows_per_second must not be negative"},
+		{c.TimeBox < 0 || c.InFlightWait < 0 || c.Settle < 0, "reconcile durations must not be negative"},
+		{c.SampleSize < 0 || c.SampleSize > 10_000, "reconcile.sample_size must be 0..10000"},
+		{c.MaxCandidates < 0, "reconcile.max_candidates must not be negative"},
+		{c.Concurrency < 0 || c.Concurrency > 256, "reconcile.concurrency must be 0..256"},
+	}
+	for _, ch := range checks {
+		if ch.bad {
+			errs = append(errs, errors.New(ch.msg))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("reconcile config: %w", errors.Join(errs...))
+	}
+	return nil
+}
