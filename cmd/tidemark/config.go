@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,6 +14,7 @@ import (
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"github.com/tidemarkhq/tidemark/capture"
+	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -83,10 +85,43 @@ type CassandraConfig struct {
 
 // CheckpointsConfig selects the state store.
 type CheckpointsConfig struct {
-	// Kind is "file" (the only kind in this build; see the README).
+	// Kind is "kafka" (default: a compacted topic, survives the machine and is
+	// shared by several daemons) or "file" (one machine, single-process runs).
 	Kind string `yaml:"kind"`
-	// Dir of the file store. Default ./tidemark-state.
+	// Dir of the file store. Default ./tidemark-state. Only for kind file.
 	Dir string `yaml:"dir"`
+	// Topic of the Kafka store. Default "<capture.topic_prefix>.checkpoints".
+	Topic string `yaml:"topic"`
+	// Partitions, ReplicationFactor and MinInsyncReplicas apply when tidemark
+	// creates the topic. Defaults: 1 (one total order), -1 and 0 (the
+	// broker's defaults).
+	Partitions        int32 `yaml:"partitions"`
+	ReplicationFactor int16 `yaml:"replication_factor"`
+	MinInsyncReplicas int   `yaml:"min_insync_replicas"`
+}
+
+// openCheckpoints opens the store the config names.
+func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger) (checkpoints.Store, error) {
+	// Return a nil interface, not a nil pointer in one, on failure.
+	if c.Checkpoints.Kind == "file" {
+		s, err := checkpoints.OpenFile(c.Checkpoints.Dir)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+	kopts, err := c.kafkaOpts()
+	if err != nil {
+		return nil, err
+	}
+	cp := c.Checkpoints
+	s, err := checkpoints.OpenKafka(ctx, cp.Topic, kopts, checkpoints.KafkaPartitions(cp.Partitions),
+		checkpoints.KafkaReplicationFactor(cp.ReplicationFactor), checkpoints.KafkaMinInsyncReplicas(cp.MinInsyncReplicas),
+		checkpoints.KafkaLogger(log.With("stage", "checkpoints")))
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // AdminConfig is the admin API.
@@ -115,6 +150,8 @@ var envOverrides = map[string]func(*Config, string){
 	"TIDEMARK_ADMIN_LISTEN":      func(c *Config, v string) { c.Admin.Listen = v },
 	"TIDEMARK_ADMIN_TOKENS_FILE": func(c *Config, v string) { c.Admin.TokensFile = v },
 	"TIDEMARK_CHECKPOINTS_DIR":   func(c *Config, v string) { c.Checkpoints.Dir = v },
+	"TIDEMARK_CHECKPOINTS_KIND":  func(c *Config, v string) { c.Checkpoints.Kind = v },
+	"TIDEMARK_CHECKPOINTS_TOPIC": func(c *Config, v string) { c.Checkpoints.Topic = v },
 	"TIDEMARK_SPEC":              func(c *Config, v string) { c.Spec = v },
 	"TIDEMARK_LOG_LEVEL":         func(c *Config, v string) { c.Log.Level = v },
 }
@@ -175,10 +212,21 @@ func (c *Config) applyDefaults() {
 		c.Cassandra.Timeout = 10 * time.Second
 	}
 	if c.Checkpoints.Kind == "" {
-		c.Checkpoints.Kind = "file"
+		c.Checkpoints.Kind = "kafka"
 	}
-	if c.Checkpoints.Dir == "" {
+	if c.Checkpoints.Kind == "file" && c.Checkpoints.Dir == "" {
 		c.Checkpoints.Dir = "tidemark-state"
+	}
+	if c.Checkpoints.Kind == "kafka" {
+		if c.Checkpoints.Topic == "" {
+			c.Checkpoints.Topic = orDefault(c.Capture.TopicPrefix, "tidemark") + ".checkpoints"
+		}
+		if c.Checkpoints.Partitions == 0 {
+			c.Checkpoints.Partitions = 1
+		}
+		if c.Checkpoints.ReplicationFactor == 0 {
+			c.Checkpoints.ReplicationFactor = -1
+		}
 	}
 	if c.Admin.Listen == "" {
 		c.Admin.Listen = "127.0.0.1:7070"
@@ -213,9 +261,7 @@ func (c *Config) validate() error {
 	if c.Spec == "" && c.hasRole("sink") {
 		errs = append(errs, errors.New("spec: the sink role needs a mapping spec path"))
 	}
-	if c.Checkpoints.Kind != "file" {
-		errs = append(errs, fmt.Errorf("checkpoints.kind: %q is not available in this build; use \"file\"", c.Checkpoints.Kind))
-	}
+	errs = append(errs, c.Checkpoints.validate()...)
 	if c.Admin.TokensFile == "" {
 		errs = append(errs, errors.New("admin.tokens_file: required (name:token lines); the admin API can pause and rewind"))
 	}
@@ -248,6 +294,35 @@ func (c *Config) validate() error {
 		return fmt.Errorf("config has %d problem(s):\n  %w", len(errs), joined(errs))
 	}
 	return nil
+}
+
+func (cp CheckpointsConfig) validate() []error {
+	var errs []error
+	switch cp.Kind {
+	case "kafka":
+		if cp.Dir != "" {
+			errs = append(errs, errors.New("checkpoints.dir: only for kind file; the kafka store keeps nothing on disk"))
+		}
+		if len(cp.Topic) > 249 || strings.Trim(cp.Topic, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || cp.Topic == "." || cp.Topic == ".." {
+			errs = append(errs, fmt.Errorf("checkpoints.topic: %q is not a Kafka topic name (letters, digits, '.', '_', '-', at most 249)", cp.Topic))
+		}
+		if cp.Partitions < 1 {
+			errs = append(errs, fmt.Errorf("checkpoints.partitions: %d; at least 1 (1 keeps one total order)", cp.Partitions))
+		}
+		if cp.ReplicationFactor < -1 {
+			errs = append(errs, fmt.Errorf("checkpoints.replication_factor: %d; -1 (broker default) or at least 1", cp.ReplicationFactor))
+		}
+		if cp.MinInsyncReplicas < 0 || cp.ReplicationFactor > 0 && cp.MinInsyncReplicas > int(cp.ReplicationFactor) {
+			errs = append(errs, fmt.Errorf("checkpoints.min_insync_replicas: %d; 0 (broker default) up to the replication factor, or every write fails", cp.MinInsyncReplicas))
+		}
+	case "file":
+		if cp.Topic != "" || cp.Partitions != 0 || cp.ReplicationFactor != 0 || cp.MinInsyncReplicas != 0 {
+			errs = append(errs, errors.New("checkpoints.topic, partitions, replication_factor, min_insync_replicas: only for kind kafka"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("checkpoints.kind: %q is not available; use \"kafka\" (default) or \"file\"", cp.Kind))
+	}
+	return errs
 }
 
 type joined []error

@@ -75,7 +75,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	log := newLogger(cfg.Log)
 	d := &daemon{cfg: cfg, log: log, ready: make(chan struct{})}
-	if d.store, err = checkpoints.OpenFile(cfg.Checkpoints.Dir); err != nil {
+	if d.store, err = cfg.openCheckpoints(ctx, log); err != nil {
 		return err
 	}
 	defer d.store.Close()
