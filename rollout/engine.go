@@ -1,0 +1,683 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/sink"
+)
+
+// StateKey holds the engine's State.
+const StateKey = checkpoints.PrefixRollout + "state"
+
+// DrillKeyPrefix holds drill reports, one per drill.
+const DrillKeyPrefix = checkpoints.PrefixRollout + "drill/"
+
+// AutoActor is the audit actor of automatic decisions.
+const AutoActor = "auto:rollout"
+
+// Errors an operator's request can meet.
+var (
+	// ErrRefused: the request does not fit the plan's state; the message says why.
+	ErrRefused = errors.New("refused")
+	// ErrUnknownTrigger: no trigger of that name in the current stage.
+	ErrUnknownTrigger = errors.New("unknown trigger")
+)
+
+// State is what the engine restarts from.
+type State struct {
+	PlanVersion string `json:"plan_version"`
+	// Stage indexes the plan's stages; -1 is before the first (nothing applied).
+	Stage      int       `json:"stage"`
+	StageName  string    `json:"stage_name"`
+	StageSince time.Time `json:"stage_since"`
+	// SoftRollback routes the slice's reads to legacy.
+	SoftRollback bool `json:"soft_rollback,omitempty"`
+	// Reverted names the stages a hard rollback left; they do not advance
+	// again automatically.
+	Reverted map[string]bool `json:"reverted,omitempty"`
+	// Held, when set, says why automatic advancing waits for a person.
+	Held    string `json:"held,omitempty"`
+	Aborted bool   `json:"aborted,omitempty"`
+	// Paused are the partitions the rollout paused (resume releases only these).
+	Paused []sink.TopicPartition `json:"paused,omitempty"`
+	// Triggers are keyed by "<stage>/<trigger>".
+	Triggers map[string]TriggerState `json:"triggers,omitempty"`
+	// Applied is the slice the sink was last told to write.
+	Applied Slice `json:"applied"`
+	// WouldAdvance is the stage a dry run announced it would advance to.
+	WouldAdvance string `json:"would_advance,omitempty"`
+	Routes       Routes `json:"routes"`
+}
+
+// Status is GET /v1/plan.
+type Status struct {
+	PlanVersion  string                `json:"plan_version"`
+	DryRun       bool                  `json:"dry_run"`
+	Stage        int                   `json:"stage"`
+	StageName    string                `json:"stage_name"`
+	Stages       []string              `json:"stages"`
+	StageSince   time.Time             `json:"stage_since"`
+	Advance      string                `json:"advance,omitempty"`
+	Slice        map[string]any        `json:"slice"`
+	Reads        Mode                  `json:"reads,omitempty"`
+	Complete     bool                  `json:"complete"`
+	SoftRollback bool                  `json:"soft_rollback"`
+	Reverted     []string              `json:"reverted"`
+	Held         string                `json:"held,omitempty"`
+	Aborted      bool                  `json:"aborted"`
+	Paused       []sink.TopicPartition `json:"paused_by_rollout"`
+	Gates        []GateStatus          `json:"gates"`
+	Triggers     []TriggerStatus       `json:"triggers"`
+	RouteGen     int64                 `json:"route_generation"`
+	Evaluated    time.Time             `json:"evaluated,omitzero"`
+	LastError    string                `json:"last_error,omitempty"`
+}
+
+// Option configures an Engine.
+type Option func(*Engine)
+
+// WithClock replaces time.Now (tests).
+func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(e *Engine) { e.log = l } }
+
+// WithRegisterer registers the engine's metrics.
+func WithRegisterer(r prometheus.Registerer) Option { return func(e *Engine) { e.reg = r } }
+
+// WithPoll sets how often drills re-check an effect. Default 200ms.
+func WithPoll(d time.Duration) Option { return func(e *Engine) { e.poll = d } }
+
+// Engine runs a plan. Its methods are safe for concurrent use: operations
+// (evaluation, operator requests, drills) run one at a time; Status and Route
+// never wait for them.
+type Engine struct {
+	cfg   Config
+	store checkpoints.Store
+	sig   Signals
+	act   Actions
+	log   *slog.Logger
+	now   func() time.Time
+	reg   prometheus.Registerer
+	poll  time.Duration
+	met   *metrics
+	// auto carries out automatic decisions: perform, or wouldDo in a dry run.
+	auto func(ctx context.Context, a Action, reason string, details map[string]any) error
+
+	op sync.Mutex // serialises everything that changes st
+	st State
+	// gates and trigs follow conditions of the current stage; they are not
+	// persisted: after a restart every window starts again, which only delays.
+	gates map[string]*hold
+	trigs map[string]*hold
+
+	mu     sync.RWMutex // guards status
+	status Status
+	routes atomic.Pointer[Routes]
+}
+
+// NewEngine builds an engine for cfg (already defaulted and validated). Call Start
+// before anything else.
+func NewEngine(cfg Config, store checkpoints.Store, sig Signals, act Actions, opts ...Option) (*Engine, error) {
+	if !cfg.Enabled() {
+		return nil, errors.New("rollout: no plan (rollout.stages is empty)")
+	}
+	e := &Engine{cfg: cfg, store: store, sig: sig, act: act, log: slog.Default(), now: time.Now, poll: 200 * time.Millisecond,
+		gates: map[string]*hold{}, trigs: map[string]*hold{}}
+	for _, o := range opts {
+		o(e)
+	}
+	e.log = e.log.With("stage", "rollout", "plan", cfg.Version)
+	e.met = newMetrics(e.reg)
+	e.auto = e.perform
+	if cfg.DryRun {
+		e.auto = e.wouldDo
+	}
+	return e, nil
+}
+
+// Start loads the state (or begins the first stage), hands the sink its slice
+// and writes the route file.
+func (e *Engine) Start(ctx context.Context) error {
+	e.op.Lock()
+	defer e.op.Unlock()
+	st, ok, err := checkpoints.GetJSON[State](ctx, e.store, StateKey)
+	if err != nil {
+		return fmt.Errorf("rollout: %w", err)
+	}
+	now := e.now().UTC()
+	switch {
+	case !ok:
+		st = State{PlanVersion: e.cfg.Version, Stage: 0, StageName: e.cfg.Stages[0].Name, StageSince: now}
+		e.audit(ctx, AutoActor, "plan.start", st.StageName, "", "ok", map[string]any{"stages": len(e.cfg.Stages)})
+	case st.PlanVersion != e.cfg.Version:
+		// A new revision of the plan: keep the stage by name, so editing
+		// thresholds does not restart the migration; a stage that no longer
+		// exists needs a person.
+		from := st.PlanVersion
+		st.PlanVersion = e.cfg.Version
+		if i := e.stageIndex(st.StageName); i >= 0 || st.Stage < 0 {
+			if st.Stage >= 0 {
+				st.Stage = i
+			}
+		} else {
+			st.Stage = min(st.Stage, len(e.cfg.Stages)-1)
+			st.StageName = e.cfg.Stages[st.Stage].Name
+			st.Held = fmt.Sprintf("plan changed from %s to %s and its stage is gone; check the slice and run `tidemark plan resume`", from, e.cfg.Version)
+		}
+		e.audit(ctx, AutoActor, "plan.version", st.StageName, "", "ok", map[string]any{"from": from, "to": e.cfg.Version, "held": st.Held})
+	}
+	e.st = st
+	if err := e.applySlice(ctx); err != nil {
+		return err
+	}
+	if err := e.publish(ctx); err != nil {
+		return err
+	}
+	e.refresh(now, nil)
+	e.log.Info("rollout started", "stage", e.st.StageName, "dry_run", e.cfg.DryRun, "held", e.st.Held)
+	return nil
+}
+
+// Run evaluates every cfg.Every until ctx ends. An evaluation error is
+// logged and shown in Status; it never stops the daemon.
+func (e *Engine) Run(ctx context.Context) error {
+	t := time.NewTicker(e.cfg.Every)
+	defer t.Stop()
+	for {
+		if err := e.Tick(ctx); err != nil && ctx.Err() == nil {
+			e.log.Warn("evaluation failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (e *Engine) stageIndex(name string) int {
+	for i, s := range e.cfg.Stages {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (e *Engine) stage() *Stage {
+	if e.st.Stage < 0 || e.st.Stage >= len(e.cfg.Stages) {
+		return nil
+	}
+	return &e.cfg.Stages[e.st.Stage]
+}
+
+// slice is what the current stage lets the sink write.
+func (e *Engine) slice() Slice {
+	if s := e.stage(); s != nil {
+		return s.Slice.Slice()
+	}
+	return Slice{}
+}
+
+// Tick evaluates once: reads signals, moves gate and trigger windows, fires
+// triggers that held, and advances when the stage allows it.
+func (e *Engine) Tick(ctx context.Context) error {
+	e.op.Lock()
+	defer e.op.Unlock()
+	now := e.now().UTC()
+	var samples map[string]Sample
+	var sampleErr error
+	if !e.st.Aborted {
+		samples, sampleErr = e.sig.Sample(ctx, e.slice())
+	}
+	read := func(name string) (Sample, bool) {
+		s, ok := samples[name]
+		if ok && s.At.Before(e.st.StageSince) {
+			return s, false // evidence about an earlier stage
+		}
+		return s, ok
+	}
+	var errs []error
+	if sampleErr != nil {
+		errs = append(errs, fmt.Errorf("signals: %w", sampleErr))
+	}
+	if st := e.stage(); st != nil && !e.st.Aborted {
+		for _, g := range st.Gates {
+			h := e.hold(e.gates, g.Name)
+			s, has := read(g.Signal)
+			h.observe(now, s, has, has && g.ok(s.Value))
+		}
+		for _, t := range e.cfg.triggers(e.st.Stage) {
+			h := e.hold(e.trigs, t.Name)
+			s, has := read(t.Signal)
+			h.observe(now, s, has, !(has && t.breached(s.Value)))
+			// The hold says ok/breach for the gate sense; a trigger's
+			// condition is the breach.
+			if h.obs != ObsBreach || h.heldFor(now) < t.For {
+				continue
+			}
+			if err := e.fire(ctx, t, h, now); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := e.maybeAdvance(ctx, now); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+	e.refresh(now, err)
+	return err
+}
+
+func (e *Engine) hold(m map[string]*hold, name string) *hold {
+	h := m[name]
+	if h == nil {
+		h = &hold{}
+		m[name] = h
+	}
+	return h
+}
+
+func (e *Engine) triggerKey(name string) string { return e.st.StageName + "/" + name }
+
+// fire acts on a trigger whose condition held for its window, unless it is
+// cooling down or exhausted. After max_attempts automatic firings the next one
+// halts instead and waits for a person.
+func (e *Engine) fire(ctx context.Context, t Trigger, h *hold, now time.Time) error {
+	key := e.triggerKey(t.Name)
+	ts := e.st.Triggers[key]
+	if ts.Exhausted || (!ts.LastFired.IsZero() && now.Sub(ts.LastFired) < t.Cooldown) {
+		return nil
+	}
+	details := map[string]any{"trigger": t.Name, "signal": t.Signal, "condition": t.breachText(), "value": deref(h.value),
+		"held_for_seconds": h.heldFor(now).Seconds(), "for_seconds": t.For.Seconds(), "attempt": ts.Attempts + 1,
+		"max_attempts": t.MaxAttempts, "stage": e.st.StageName, "plan_version": e.cfg.Version}
+	action, reason := t.Action, fmt.Sprintf("trigger %s: %s %s held for %s", t.Name, t.Signal, t.breachText(), h.heldFor(now).Round(time.Second))
+	if ts.Attempts >= t.MaxAttempts {
+		ts.Exhausted = true
+		action = Halt
+		reason = fmt.Sprintf("trigger %s fired %d times (max_attempts); halted, waiting for a person", t.Name, ts.Attempts)
+		details["exhausted"] = true
+	} else {
+		ts.Attempts++
+		ts.LastFired = now
+	}
+	if e.st.Triggers == nil {
+		e.st.Triggers = map[string]TriggerState{}
+	}
+	e.st.Triggers[key] = ts
+	h.reset() // the condition must hold for a whole window again
+	details["action"] = string(action)
+	e.met.fires.WithLabelValues(t.Name, string(action), e.mode()).Inc()
+	err := e.auto(ctx, action, reason, details)
+	if ts.Exhausted && !e.cfg.DryRun {
+		e.st.Held = reason
+	}
+	if perr := e.save(ctx); perr != nil {
+		err = errors.Join(err, perr)
+	}
+	return err
+}
+
+func (e *Engine) mode() string {
+	if e.cfg.DryRun {
+		return "dry-run"
+	}
+	return "auto"
+}
+
+func (t Trigger) breachText() string { return bounds(t.Below, t.Above, "<", ">") }
+
+func deref(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// perform carries out an automatic action and audits it with the numbers.
+func (e *Engine) perform(ctx context.Context, a Action, reason string, details map[string]any) error {
+	res, err := e.do(ctx, a, reason)
+	for k, v := range res {
+		details[k] = v
+	}
+	e.audit(ctx, AutoActor, "trigger.fire", e.st.StageName, reason, resultOf(err), details)
+	e.log.Warn("trigger fired", "action", a, "reason", reason, "err", err)
+	return err
+}
+
+// wouldDo is perform's dry-run twin: it audits what perform would have done.
+func (e *Engine) wouldDo(ctx context.Context, a Action, reason string, details map[string]any) error {
+	details["would"] = string(a)
+	e.audit(ctx, AutoActor, "trigger.fire", e.st.StageName, reason, "dry-run", details)
+	e.log.Warn("dry run: trigger would fire", "action", a, "reason", reason)
+	return nil
+}
+
+// do changes the pipeline or the routes for action a; the caller holds op.
+func (e *Engine) do(ctx context.Context, a Action, reason string) (map[string]any, error) {
+	switch a {
+	case Halt:
+		tps, err := e.act.Partitions(ctx, e.st.Applied)
+		if err != nil {
+			return nil, err
+		}
+		newly, err := e.act.Pause(ctx, tps, reason)
+		e.st.Paused = mergeTP(e.st.Paused, newly)
+		if serr := e.save(ctx); err == nil {
+			err = serr
+		}
+		return map[string]any{"paused": tps}, err
+	case Rewind:
+		tps, err := e.act.Partitions(ctx, e.st.Applied)
+		if err != nil {
+			return nil, err
+		}
+		// Paused while owners move their positions, so nothing is applied
+		// from the old position in between; released afterwards either way,
+		// unless a person or a halt had paused them before.
+		newly, err := e.act.Pause(ctx, tps, reason)
+		if err != nil {
+			return nil, err
+		}
+		res, err := e.act.Rewind(ctx, tps, reason)
+		if rerr := e.act.Resume(ctx, newly, reason); err == nil {
+			err = rerr
+		}
+		return res, err
+	case Repair:
+		ids, err := e.act.Repair(ctx, e.st.Applied, reason)
+		return map[string]any{"requests": ids}, err
+	case SoftRollback:
+		e.st.SoftRollback = true
+		return map[string]any{"routes": "legacy"}, e.publish(ctx)
+	case HardRollback:
+		from := e.st.StageName
+		if e.st.Reverted == nil {
+			e.st.Reverted = map[string]bool{}
+		}
+		e.st.Reverted[from] = true
+		e.setStage(e.st.Stage - 1)
+		e.st.Held = fmt.Sprintf("stage %s was hard-rolled back (%s); `tidemark plan advance` retries it", from, reason)
+		if err := e.applySlice(ctx); err != nil {
+			return nil, err
+		}
+		return map[string]any{"from": from, "to": e.st.StageName, "slice": e.st.Applied}, e.publish(ctx)
+	}
+	return nil, fmt.Errorf("rollout: unknown action %q", a)
+}
+
+func (e *Engine) setStage(i int) {
+	e.st.Stage = i
+	e.st.StageName = ""
+	if s := e.stage(); s != nil {
+		e.st.StageName = s.Name
+	}
+	e.st.StageSince = e.now().UTC()
+	e.st.WouldAdvance = ""
+	clear(e.gates)
+	clear(e.trigs)
+}
+
+// applySlice hands the sink the current stage's slice and asks for a backfill
+// of every namespace the slice widened, since the sink skipped those keys.
+func (e *Engine) applySlice(ctx context.Context) error {
+	want := e.slice()
+	prev := e.st.Applied
+	if err := e.act.ApplySlice(ctx, want); err != nil {
+		return fmt.Errorf("rollout: apply slice: %w", err)
+	}
+	e.st.Applied = want
+	if prev != nil {
+		if wider := prev.Widened(want); len(wider) > 0 {
+			ids, err := e.act.Backfill(ctx, wider, "rollout: slice widened to stage "+e.st.StageName)
+			e.audit(ctx, AutoActor, "slice.backfill", e.st.StageName, "keys newly in the slice were skipped by the sink", resultOf(err),
+				map[string]any{"namespaces": wider, "requests": ids, "from": prev, "to": want})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	e.met.setSlice(want)
+	return e.save(ctx)
+}
+
+// maybeAdvance moves to the next stage when the current one advances
+// automatically and every gate passes.
+func (e *Engine) maybeAdvance(ctx context.Context, now time.Time) error {
+	st := e.stage()
+	if st == nil || st.Advance != "auto" || e.st.Held != "" || e.st.SoftRollback || e.st.Stage >= len(e.cfg.Stages)-1 {
+		return nil
+	}
+	next := e.cfg.Stages[e.st.Stage+1]
+	if e.st.Reverted[next.Name] {
+		return nil
+	}
+	gates := e.gateStatus(now)
+	if !allPass(gates) {
+		return nil
+	}
+	details := map[string]any{"from": st.Name, "to": next.Name, "gates": gates, "plan_version": e.cfg.Version}
+	if e.cfg.DryRun {
+		if e.st.WouldAdvance != next.Name {
+			e.st.WouldAdvance = next.Name
+			e.audit(ctx, AutoActor, "gate.pass", st.Name, "every gate held for its window", "dry-run", details)
+			e.log.Info("dry run: would advance", "to", next.Name)
+			return e.save(ctx)
+		}
+		return nil
+	}
+	e.audit(ctx, AutoActor, "gate.pass", st.Name, "every gate held for its window", "ok", details)
+	return e.advanceTo(ctx, AutoActor, "every gate held for its window", details)
+}
+
+func allPass(gs []GateStatus) bool {
+	for _, g := range gs {
+		if g.State != Pass {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) advanceTo(ctx context.Context, actor, reason string, details map[string]any) error {
+	from := e.st.StageName
+	e.setStage(e.st.Stage + 1)
+	delete(e.st.Reverted, e.st.StageName)
+	err := e.applySlice(ctx)
+	if err == nil {
+		err = e.publish(ctx)
+	}
+	e.audit(ctx, actor, "stage.advance", e.st.StageName, reason, resultOf(err), merge(details, map[string]any{"from": from, "to": e.st.StageName}))
+	e.log.Info("advanced", "from", from, "to", e.st.StageName, "actor", actor)
+	return err
+}
+
+func (e *Engine) gateStatus(now time.Time) []GateStatus {
+	st := e.stage()
+	if st == nil {
+		return []GateStatus{}
+	}
+	out := make([]GateStatus, 0, len(st.Gates))
+	for _, g := range st.Gates {
+		out = append(out, g.evaluate(e.hold(e.gates, g.Name), now))
+	}
+	return out
+}
+
+// routes builds the table the current state implies.
+func (e *Engine) buildRoutes() Routes {
+	r := Routes{Generation: e.st.Routes.Generation, PlanVersion: e.cfg.Version, Stage: e.st.StageName,
+		Collections: map[string]CollectionRoute{}}
+	if st := e.stage(); st != nil {
+		mode := st.Reads
+		if e.st.SoftRollback || e.st.Aborted {
+			mode = Legacy
+		}
+		for ns, bp := range st.Slice.Slice() {
+			r.Collections[ns] = CollectionRoute{BasisPoints: bp, InSlice: mode}
+		}
+	}
+	return r
+}
+
+// publish updates the route table when the state changed it: a new
+// generation, the route file replaced, the state saved. The table is served
+// from memory the moment publish stores it.
+func (e *Engine) publish(ctx context.Context) error {
+	r := e.buildRoutes()
+	old := e.st.Routes
+	if old.Generation > 0 && old.Stage == r.Stage && old.PlanVersion == r.PlanVersion && sameCollections(old.Collections, r.Collections) {
+		r = old
+	} else {
+		r.Generation = old.Generation + 1
+		r.Updated = e.now().UTC()
+		e.st.Routes = r
+		e.log.Info("routes changed", "generation", r.Generation, "stage", r.Stage, "collections", r.Collections)
+	}
+	e.routes.Store(&r)
+	e.met.routeGen.Set(float64(r.Generation))
+	var err error
+	if e.cfg.RouteFile != "" {
+		if cur, lerr := LoadRoutes(e.cfg.RouteFile); lerr != nil || cur.Generation != r.Generation {
+			err = writeRoutes(e.cfg.RouteFile, &r)
+		}
+	}
+	if serr := e.save(ctx); err == nil {
+		err = serr
+	}
+	return err
+}
+
+func sameCollections(a, b map[string]CollectionRoute) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) save(ctx context.Context) error {
+	if err := checkpoints.PutJSON(ctx, e.store, StateKey, e.st); err != nil {
+		return fmt.Errorf("rollout: save state: %w", err)
+	}
+	return nil
+}
+
+// refresh rebuilds the status snapshot and the metrics from the state.
+func (e *Engine) refresh(now time.Time, err error) {
+	s := Status{PlanVersion: e.cfg.Version, DryRun: e.cfg.DryRun, Stage: e.st.Stage, StageName: e.st.StageName,
+		StageSince: e.st.StageSince, SoftRollback: e.st.SoftRollback, Held: e.st.Held,
+		Aborted: e.st.Aborted, Paused: append([]sink.TopicPartition{}, e.st.Paused...), Gates: e.gateStatus(now),
+		Triggers: []TriggerStatus{}, RouteGen: e.st.Routes.Generation, Evaluated: now, Reverted: []string{}, Slice: map[string]any{}}
+	for _, st := range e.cfg.Stages {
+		s.Stages = append(s.Stages, st.Name)
+	}
+	s.Complete = e.st.Stage == len(e.cfg.Stages)-1 && allPass(s.Gates) && !e.st.SoftRollback && !e.st.Aborted
+	if st := e.stage(); st != nil {
+		s.Advance, s.Reads = st.Advance, st.Reads
+		for ns, bp := range st.Slice.Slice() {
+			s.Slice[ns] = Share(bp).String()
+		}
+	}
+	for n, on := range e.st.Reverted {
+		if on {
+			s.Reverted = append(s.Reverted, n)
+		}
+	}
+	sort.Strings(s.Reverted)
+	for _, t := range e.cfg.triggers(e.st.Stage) {
+		ts := t.status(e.hold(e.trigs, t.Name), e.st.Triggers[e.triggerKey(t.Name)], now)
+		s.Triggers = append(s.Triggers, ts)
+		e.met.attempts.WithLabelValues(t.Name).Set(float64(ts.Attempts))
+	}
+	if err != nil {
+		s.LastError = err.Error()
+	}
+	e.met.observe(s)
+	e.mu.Lock()
+	e.status = s
+	e.mu.Unlock()
+}
+
+// Status is the latest evaluation.
+func (e *Engine) Status() Status {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.status
+}
+
+// Routes is the current route table.
+func (e *Engine) Routes() *Routes { return e.routes.Load() }
+
+// Route answers where to read key (envelope.Key bytes) of namespace ns.
+func (e *Engine) Route(ns string, key []byte) Mode { return e.routes.Load().Route(ns, key) }
+
+func (e *Engine) audit(ctx context.Context, actor, action, target, reason, result string, details map[string]any) {
+	if details == nil {
+		details = map[string]any{}
+	}
+	details["plan_version"] = e.cfg.Version
+	err := e.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Time: e.now().UTC(), Actor: actor, Action: action,
+		Target: target, Reason: reason, Result: result, Details: details})
+	if err != nil {
+		e.log.Error("cannot write the audit log", "action", action, "err", err)
+	}
+}
+
+func resultOf(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return "failed: " + err.Error()
+}
+
+func merge(a, b map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
+}
+
+func mergeTP(a, b []sink.TopicPartition) []sink.TopicPartition {
+	set := map[sink.TopicPartition]bool{}
+	for _, tp := range a {
+		set[tp] = true
+	}
+	for _, tp := range b {
+		set[tp] = true
+	}
+	return sortTP(set)
+}
+
+func sortTP(set map[sink.TopicPartition]bool) []sink.TopicPartition {
+	out := make([]sink.TopicPartition, 0, len(set))
+	for tp, on := range set {
+		if on {
+			out = append(out, tp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Topic < out[j].Topic || out[i].Topic == out[j].Topic && out[i].Partition < out[j].Partition
+	})
+	return out
+}
