@@ -1,0 +1,279 @@
+//go:build integration
+
+package statuspage_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/statuspage"
+	spt "github.com/tidemarkhq/tidemark/statuspage/statuspagetest"
+)
+
+// fixtures are API answers by path; a missing path answers 404.
+type fixtures map[string]string
+
+// fixtureServer serves the page and fixed API answers, and records every path
+// the browser asked for, so a test can tell that nothing else was requested.
+func fixtureServer(t *testing.T, fx fixtures, token string) (*httptest.Server, func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var asked []string
+	mux := http.NewServeMux()
+	for _, p := range statuspage.Patterns {
+		mux.Handle(p, statuspage.Handler())
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if token != "" && r.Header.Get("Authorization") != "Bearer "+token {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(401)
+			w.Write([]byte(`{"error":"a bearer token is required (set TIDEMARK_TOKEN or --token-file)"}`))
+			return
+		}
+		body, ok := fx[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		if strings.HasPrefix(body, "{") || strings.HasPrefix(body, "[") {
+			w.Header().Set("Content-Type", "application/json")
+		}
+		w.Write([]byte(body))
+	})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, r.URL.Path)
+		mu.Unlock()
+		mux.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), asked...)
+	}
+}
+
+const statusJSON = `{
+  "roles": ["capture", "sink"],
+  "spec_version": "users-v1/0123456789ab",
+  "partitions": [
+    {"topic": "tm.app.users", "partition": 0, "committed": 12345, "end": 13345, "records_behind": 1000,
+     "applied_version": {"T": 1764057600, "I": 42}, "seconds_behind": 3.5, "paused": true},
+    {"topic": "tm.app.users", "partition": 1, "committed": 20001, "end": 20002, "records_behind": 1,
+     "applied_version": {"T": 1764057610, "I": 7}, "seconds_behind": 0, "paused": false}
+  ],
+  "paused": [{"topic": "tm.app.users", "partition": 0}],
+  "backfill": {"app.users": {"namespace": "app.users", "t0_t": 1764057000, "t0_i": 1, "chunks": 40, "docs": 40000,
+    "estimated": 100000, "done": false, "started": "2026-11-25T08:00:00Z", "updated": "2026-11-25T08:00:20Z"}}
+}`
+
+const metricsText = `# TYPE tidemark_capture_events_total counter
+tidemark_capture_events_total{namespace="app.users",op="insert"} 900
+tidemark_capture_events_total{namespace="app.users",op="update"} 100
+tidemark_capture_source_cluster_time_seconds{namespace="app.users"} 1.76405761e+09
+tidemark_capture_produced_cluster_time_seconds{namespace="app.users"} 1.76405761e+09
+tidemark_capture_checkpoint_timestamp_seconds{namespace="app.users"} 1.76405761e+09
+tidemark_capture_history_lost{namespace="app.users"} 0
+`
+
+// planJSON follows rollout.Config's names (version, stages, slice, gates with
+// signal/max/window, triggers with above/for/action) plus evaluated state.
+const planJSON = `{
+  "version": "plan-3", "state": "running", "stage": "canary",
+  "stages": [
+    {"name": "canary", "state": "current", "slice": {"collections": ["app.users"], "share": "1%"}, "reads": "shadow", "advance": "auto",
+     "gates": [
+       {"name": "clean reconcile", "signal": "divergent_rows", "max": 0, "window": "10m0s", "state": "passing", "value": 0, "held_for": "4m0s"},
+       {"name": "lag", "signal": "lag_seconds", "max": 5, "window": 600000000000, "state": "failing", "value": 7.25}
+     ],
+     "triggers": [{"name": "divergence", "signal": "divergent_rows", "above": 10, "for": "1m0s", "action": "rewind", "state": "fired", "attempts": 1, "max_attempts": 3}]},
+    {"name": "half", "state": "pending", "slice": {"collections": ["app.users"], "share": "50%"}},
+    {"name": "all", "state": "pending", "slice": {"collections": ["app.users"], "share": "100%"}}
+  ]
+}`
+
+func reportJSON() string {
+	var b strings.Builder
+	b.WriteString(`{"id": "r-0007", "scope": "app.users", "start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:01:30Z",
+	  "clean": false, "rows_compared": 100000, "divergent": 12, "in_flight": 3, "by_class": {"missing": 5, "different": 7},
+	  "buckets": [`)
+	for i := 0; i < 64; i++ {
+		n := 0
+		switch i {
+		case 5:
+			n = 9
+		case 17:
+			n = 2
+		case 63:
+			n = 1
+		}
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"id": %d, "divergent": %d}`, i, n)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+const auditJSON = `[
+  {"time": "2026-11-25T08:00:00Z", "actor": "auto:daemon", "action": "daemon.start", "result": "ok", "details": {"roles": ["capture","sink"]}},
+  {"time": "2026-11-25T08:00:05Z", "actor": "alice", "action": "POST /v1/pause", "reason": "INC-42 <b>not bold</b>", "result": "ok"},
+  {"time": "2026-11-25T08:00:06Z", "actor": "anonymous", "action": "POST /v1/rewind", "result": "refused: not authenticated"}
+]`
+
+func full() fixtures {
+	return fixtures{
+		"/healthz": "ok\n", "/readyz": "ready\n", "/v1/status": statusJSON, "/metrics": metricsText,
+		"/v1/plan": planJSON, "/v1/reports/latest": reportJSON(), "/v1/audit": auditJSON,
+	}
+}
+
+func cellsOf(t *testing.T, doc, attr, key string) map[string]string {
+	t.Helper()
+	row, ok := spt.Element(doc, attr, key)
+	if !ok {
+		t.Fatalf("the page shows no element %s=%q", attr, key)
+	}
+	return spt.Cells(row)
+}
+
+func mustText(t *testing.T, doc, attr, key string) string {
+	t.Helper()
+	s, ok := spt.Element(doc, attr, key)
+	if !ok {
+		t.Fatalf("the page shows no element %s=%q", attr, key)
+	}
+	return spt.Text(s)
+}
+
+func mustContain(t *testing.T, what, got string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			t.Errorf("%s: %q does not contain %q", what, got, w)
+		}
+	}
+}
+
+// TestIntegrationStatusPageRendersEverySection loads the page in headless
+// Chromium against fixed API answers and checks what a reader sees in each
+// section, and that the page asked for nothing but its own files and the API.
+func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
+	bin := spt.Chromium(t)
+	srv, asked := fixtureServer(t, full(), "")
+	doc := spt.DumpDOM(t, context.Background(), bin, srv.URL+"/", 5*time.Second)
+	if !strings.Contains(doc, `data-state="ready"`) {
+		t.Fatalf("the page never reached ready:\n%s", doc)
+	}
+	mustContain(t, "roles", mustText(t, doc, "id", "roles"), "capture, sink")
+	mustContain(t, "spec", mustText(t, doc, "id", "spec"), "users-v1/0123456789ab")
+	mustContain(t, "health", mustText(t, doc, "id", "healthz"), "ok")
+	mustContain(t, "ready", mustText(t, doc, "id", "readyz"), "ready")
+
+	p0 := cellsOf(t, doc, "data-tp", "tm.app.users/0")
+	if p0["committed"] != "12,345" || p0["end"] != "13,345" || p0["records_behind"] != "1,000" || p0["state"] != "paused" {
+		t.Errorf("partition 0 row: %v", p0)
+	}
+	mustContain(t, "partition 0 applied", p0["applied"], "1764057600.42", "2025-11-25 08:00:00")
+	p1 := cellsOf(t, doc, "data-tp", "tm.app.users/1")
+	if p1["committed"] != "20,001" || p1["records_behind"] != "1" || p1["state"] != "caught up" {
+		t.Errorf("partition 1 row: %v", p1)
+	}
+	mustContain(t, "lag summary", mustText(t, doc, "id", "lag-summary"), "2 partitions", "1 paused", "1,001 records behind")
+
+	capture := mustText(t, doc, "id", "capture-rows")
+	mustContain(t, "capture", capture, "app.users", "streaming", "1,000")
+	backfill := mustText(t, doc, "id", "backfill-rows")
+	mustContain(t, "backfill", backfill, "40.0 %", "40,000 / ≈100,000", "in progress", "40 chunks, 2,000/s", "about 30 s left")
+
+	plan := mustText(t, doc, "id", "plan-body")
+	mustContain(t, "plan", plan, "plan-3", "current stage canary", "3 stages", "1. canary", "2. half", "3. all",
+		"slice: collections app.users · share 1%", "reads: shadow")
+	g1 := cellsOf(t, doc, "data-gate", "clean reconcile")
+	g2 := cellsOf(t, doc, "data-gate", "lag")
+	if g1["state"] != "passing" || g2["state"] != "failing" || g2["value"] != "7.25" {
+		t.Errorf("gates: %v %v", g1, g2)
+	}
+	mustContain(t, "lag gate", mustText(t, doc, "data-gate", "lag"), "≤ 5", "10 min 0 s")
+	mustContain(t, "trigger", mustText(t, doc, "data-trigger", "divergence"), "divergent_rows > 10 for 1m0s", "rewind", "fired", "1/3 firings")
+
+	rep := mustText(t, doc, "id", "reconcile-body")
+	mustContain(t, "report", rep, "app.users", "12 divergent", "r-0007", "compared 100,000 rows", "in flight 3",
+		"missing 5", "different 7", "took 90 s", "3 of 64 buckets hold divergent keys",
+		"most divergent: bucket 5 (9), bucket 17 (2), bucket 63 (1)")
+	if got := mustText(t, doc, "data-bucket", "5"); got != "9" {
+		t.Errorf("bucket 5 shows %q, want 9", got)
+	}
+	if got := mustText(t, doc, "data-bucket", "6"); got != "·" {
+		t.Errorf("bucket 6 shows %q, want ·", got)
+	}
+
+	keys, rows := spt.Elements(doc, "data-action")
+	if len(keys) != 3 || keys[0] != "POST /v1/rewind" || keys[2] != "daemon.start" {
+		t.Errorf("audit rows newest first: %v", keys)
+	}
+	pause := spt.Cells(rows["POST /v1/pause"])
+	if pause["actor"] != "alice" || pause["reason"] != "INC-42 <b>not bold</b>" || pause["result"] != "ok" {
+		t.Errorf("pause audit row: %v", pause)
+	}
+	if strings.Contains(doc, "<b>not bold</b>") {
+		t.Errorf("an audit reason was inserted as HTML")
+	}
+	mustContain(t, "refused", spt.Cells(rows["POST /v1/rewind"])["result"], "refused")
+
+	allowed := map[string]bool{"/": true, "/ui/app.js": true, "/ui/style.css": true, "/healthz": true, "/readyz": true,
+		"/metrics": true, "/v1/status": true, "/v1/plan": true, "/v1/reports/latest": true, "/v1/audit": true}
+	polled := 0
+	for _, p := range asked() {
+		if !allowed[p] {
+			t.Errorf("the page asked for %s", p)
+		}
+		if p == "/v1/status" {
+			polled++
+		}
+	}
+	if polled < 2 {
+		t.Errorf("the page read /v1/status %d times in 5 s of virtual time; it should poll", polled)
+	}
+}
+
+// TestIntegrationStatusPageNotConfigured: 404 from the plan and report routes
+// reads as "not configured", not as an error.
+func TestIntegrationStatusPageNotConfigured(t *testing.T) {
+	bin := spt.Chromium(t)
+	fx := full()
+	delete(fx, "/v1/plan")
+	delete(fx, "/v1/reports/latest")
+	fx["/v1/status"] = `{"roles": ["sink"], "partitions": [], "paused": null, "backfill": {}}`
+	fx["/v1/audit"] = `[]`
+	srv, _ := fixtureServer(t, fx, "")
+	doc := spt.DumpDOM(t, context.Background(), bin, srv.URL+"/", 3*time.Second)
+	mustContain(t, "plan", mustText(t, doc, "id", "plan-body"), "no plan configured")
+	mustContain(t, "reconcile", mustText(t, doc, "id", "reconcile-body"), "no reconcile round yet")
+	mustContain(t, "lag", mustText(t, doc, "id", "lag-rows"), "no partitions assigned")
+	mustContain(t, "capture", mustText(t, doc, "id", "capture-rows"), "does not run the capture role")
+	mustContain(t, "backfill", mustText(t, doc, "id", "backfill-rows"), "no backfill recorded")
+	mustContain(t, "audit", mustText(t, doc, "id", "audit-rows"), "no audit entries")
+}
+
+// TestIntegrationStatusPageAsksForToken: with read routes behind a token
+// (admin.open_status false) and none given, the page says so and asks for one.
+func TestIntegrationStatusPageAsksForToken(t *testing.T) {
+	bin := spt.Chromium(t)
+	srv, _ := fixtureServer(t, full(), "fixture-token-0123456789")
+	doc := spt.DumpDOM(t, context.Background(), bin, srv.URL+"/", 3*time.Second)
+	if !strings.Contains(doc, `data-state="unauthorized"`) {
+		t.Fatalf("page state is not unauthorized:\n%s", doc)
+	}
+	mustContain(t, "banner", mustText(t, doc, "id", "banner"), "need a token", "admin.open_status is false", "sessionStorage")
+	mustContain(t, "auth", mustText(t, doc, "id", "auth-state"), "token needed")
+	mustContain(t, "lag", mustText(t, doc, "id", "lag-rows"), "HTTP 401")
+}
