@@ -412,10 +412,20 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.cfg.Concurrency)
+	var stopped error
 	for _, b := range batches {
-		g.Go(func() error { return s.writeGroup(gctx, b) })
+		// Take the throttle slot before starting the goroutine: a partition's
+		// backlog then waits here as plain data, not as hundreds of parked
+		// goroutines that every freed slot would have to schedule.
+		if stopped = s.lim.acquire(gctx); stopped != nil {
+			break
+		}
+		g.Go(func() error { return s.writeGroup(gctx, b, true) })
 	}
 	for _, k := range ids {
+		if stopped != nil {
+			break
+		}
 		its := mapped[k]
 		g.Go(func() error {
 			for _, it := range its {
@@ -428,6 +438,10 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 	}
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	if stopped != nil {
+		// Not every group was written: the partition's offset must not move.
+		return stopped
 	}
 	last := recs[len(recs)-1]
 	s.mu.Lock()
@@ -472,8 +486,10 @@ func partitionOf(dst []byte, t *transform.Table, c *Change, id bson.RawValue) ([
 // writeGroup writes one partition's changes. A group the target rejects as
 // invalid is split so that only the offending rows are dead-lettered; one that
 // keeps failing past the retry limit dead-letters every event in it.
-func (s *Sink) writeGroup(ctx context.Context, g *group) error {
-	err := s.retry(ctx, func(ctx context.Context) error { return s.w.Write(ctx, g.table, g.changes) })
+// writeGroup writes one group; held says the caller already took a throttle
+// slot for the first attempt.
+func (s *Sink) writeGroup(ctx context.Context, g *group, held bool) error {
+	err := s.retry(ctx, held, func(ctx context.Context) error { return s.w.Write(ctx, g.table, g.changes) })
 	if err == nil {
 		s.met.batch.Observe(float64(len(g.changes)))
 		for _, c := range g.changes {
@@ -487,7 +503,7 @@ func (s *Sink) writeGroup(ctx context.Context, g *group) error {
 	if len(g.changes) > 1 && isInvalid(err) {
 		for i := range g.changes {
 			one := &group{table: g.table, changes: g.changes[i : i+1], items: g.items[i : i+1]}
-			if err := s.writeGroup(ctx, one); err != nil {
+			if err := s.writeGroup(ctx, one, false); err != nil {
 				return err
 			}
 		}
@@ -508,7 +524,7 @@ func (s *Sink) applyMapped(ctx context.Context, it *item) error {
 			continue
 		}
 		row := it.row(t)
-		err := s.retry(ctx, func(ctx context.Context) error { return s.w.ApplyMapped(ctx, t, &it.ev, row) })
+		err := s.retry(ctx, false, func(ctx context.Context) error { return s.w.ApplyMapped(ctx, t, &it.ev, row) })
 		if err == nil {
 			s.countRow(t, row == nil)
 			continue
@@ -542,12 +558,15 @@ func (s *Sink) giveUp(ctx context.Context, it *item, err error) error {
 
 // retry runs write until it succeeds, is rejected as invalid, or has failed
 // Retries+1 times, waiting with exponential backoff and jitter in between and
-// holding a throttle slot while it runs.
-func (s *Sink) retry(ctx context.Context, write func(context.Context) error) error {
+// holding a throttle slot while it runs. held says the first attempt's slot is
+// already taken.
+func (s *Sink) retry(ctx context.Context, held bool, write func(context.Context) error) error {
 	backoff := s.cfg.RetryBackoff
 	for attempt := 0; ; attempt++ {
-		if err := s.lim.acquire(ctx); err != nil {
-			return err
+		if attempt > 0 || !held {
+			if err := s.lim.acquire(ctx); err != nil {
+				return err
+			}
 		}
 		start := time.Now()
 		err := write(ctx)
