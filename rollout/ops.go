@@ -188,9 +188,9 @@ func (e *Engine) Drill(ctx context.Context, actor, reason, trigger string) (Dril
 
 	// Restore, whatever happened, and check the system is as it was.
 	began = time.Now()
-	err = e.restore(ctx, t.Action, saved)
+	released, err := e.restore(ctx, t.Action, saved)
 	if err == nil {
-		detail, werr := e.waitFor(ctx, func() (bool, string, error) { return e.restored(ctx, t.Action, saved) })
+		detail, werr := e.waitFor(ctx, func() (bool, string, error) { return e.restored(ctx, t.Action, saved, released) })
 		step("restore", werr == nil, detail, began)
 	} else {
 		step("restore", false, err.Error(), began)
@@ -303,8 +303,10 @@ func (e *Engine) routeFileCurrent() (bool, string, error) {
 	return f.Generation == g, fmt.Sprintf("route file at generation %d of %d", f.Generation, g), nil
 }
 
-// restore puts back what action a changed.
-func (e *Engine) restore(ctx context.Context, a Action, saved State) error {
+// restore puts back what action a changed. It returns the partitions it
+// released: those the drill paused, never those a person or an earlier
+// trigger had paused.
+func (e *Engine) restore(ctx context.Context, a Action, saved State) ([]sink.TopicPartition, error) {
 	switch a {
 	case Halt, Rewind:
 		var newly []sink.TopicPartition
@@ -319,51 +321,40 @@ func (e *Engine) restore(ctx context.Context, a Action, saved State) error {
 		}
 		if len(newly) > 0 {
 			if err := e.act.Resume(ctx, newly, "drill restore"); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		e.st.Paused = saved.Paused
-		return e.save(ctx)
+		return newly, e.save(ctx)
 	case Repair:
-		return nil
+		return nil, nil
 	case SoftRollback:
 		e.st.SoftRollback = saved.SoftRollback
-		return e.publish(ctx)
+		return nil, e.publish(ctx)
 	case HardRollback:
 		e.st.Stage, e.st.StageName, e.st.StageSince = saved.Stage, saved.StageName, saved.StageSince
 		e.st.Reverted, e.st.Held = saved.Reverted, saved.Held
 		clear(e.gates)
 		clear(e.trigs)
 		if err := e.applySlice(ctx); err != nil {
-			return err
+			return nil, err
 		}
-		return e.publish(ctx)
+		return nil, e.publish(ctx)
 	}
-	return nil
+	return nil, nil
 }
 
 // restored checks that the system is back where the drill found it.
-func (e *Engine) restored(ctx context.Context, a Action, saved State) (bool, string, error) {
+func (e *Engine) restored(ctx context.Context, a Action, saved State, released []sink.TopicPartition) (bool, string, error) {
 	switch a {
 	case Halt, Rewind:
-		tps, err := e.act.Partitions(ctx, saved.Applied)
-		if err != nil {
-			return false, "", err
-		}
-		was := map[sink.TopicPartition]bool{}
-		for _, tp := range saved.Paused {
-			was[tp] = true
-		}
-		for _, tp := range tps {
-			if was[tp] {
-				continue
-			}
+		for _, tp := range released {
 			p, err := e.act.Paused(ctx, []sink.TopicPartition{tp})
 			if err != nil || p {
 				return false, fmt.Sprintf("%s/%d still paused", tp.Topic, tp.Partition), err
 			}
 		}
-		return true, fmt.Sprintf("%d partitions consuming again", len(tps)-len(saved.Paused)), nil
+		return true, fmt.Sprintf("%d partitions the drill paused consume again", len(released)), nil
 	case Repair:
 		return true, "nothing to restore: repairs only re-emit source documents", nil
 	case SoftRollback:
