@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -83,26 +84,32 @@ tidemark_capture_checkpoint_timestamp_seconds{namespace="app.users"} 1.76405761e
 tidemark_capture_history_lost{namespace="app.users"} 0
 `
 
-// planJSON follows rollout.Config's names (version, stages, slice, gates with
-// signal/max/window, triggers with above/for/action) plus evaluated state.
+// planJSON has the shape of rollout.Status (GET /v1/plan).
 const planJSON = `{
-  "version": "plan-3", "state": "running", "stage": "canary",
-  "stages": [
-    {"name": "canary", "state": "current", "slice": {"collections": ["app.users"], "share": "1%"}, "reads": "shadow", "advance": "auto",
-     "gates": [
-       {"name": "clean reconcile", "signal": "divergent_rows", "max": 0, "window": "10m0s", "state": "passing", "value": 0, "held_for": "4m0s"},
-       {"name": "lag", "signal": "lag_seconds", "max": 5, "window": 600000000000, "state": "failing", "value": 7.25}
-     ],
-     "triggers": [{"name": "divergence", "signal": "divergent_rows", "above": 10, "for": "1m0s", "action": "rewind", "state": "fired", "attempts": 1, "max_attempts": 3}]},
-    {"name": "half", "state": "pending", "slice": {"collections": ["app.users"], "share": "50%"}},
-    {"name": "all", "state": "pending", "slice": {"collections": ["app.users"], "share": "100%"}}
-  ]
+  "plan_version": "plan-3", "dry_run": false, "stage": 0, "stage_name": "canary", "stages": ["canary", "half", "all"],
+  "stage_since": "2026-11-25T07:00:00Z", "advance": "auto", "slice": {"collections": ["app.users"], "share": "1%"}, "reads": "shadow",
+  "complete": false, "soft_rollback": false, "reverted": [], "aborted": false, "paused_by_rollout": null,
+  "gates": [
+    {"name": "clean reconcile", "signal": "divergent_rows", "state": "pass", "observed": "ok", "value": 0, "threshold": "<= 0", "held_for_seconds": 240, "window_seconds": 600},
+    {"name": "lag", "signal": "lag_seconds", "state": "fail", "observed": "breach", "value": 7.25, "threshold": "<= 5", "held_for_seconds": 610, "window_seconds": 600}
+  ],
+  "triggers": [
+    {"name": "divergence", "signal": "divergent_rows", "action": "rewind", "condition": "> 10", "observed": "ok", "value": 0,
+     "held_for_seconds": 0, "for_seconds": 60, "attempts": 1, "max_attempts": 3, "last_fired": "2026-11-25T07:30:00Z", "cooldown_left_seconds": 120, "exhausted": false}
+  ],
+  "route_generation": 4, "evaluated": "2026-11-25T08:00:00Z"
 }`
 
+// reportJSON has the shape of reconcile.Report plus the per-table bucket
+// array the heat-map reads (buckets: [{id, divergent}]).
 func reportJSON() string {
 	var b strings.Builder
-	b.WriteString(`{"id": "r-0007", "scope": "app.users", "start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:01:30Z",
-	  "clean": false, "rows_compared": 100000, "divergent": 12, "in_flight": 3, "by_class": {"missing": 5, "different": 7},
+	b.WriteString(`{"schema_version": 1, "id": "20261125T080000Z-a1b2c3", "status": "divergent", "scope": {"namespace": "app.users"},
+	  "spec_version": "users-v1", "start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:01:30Z", "duration_seconds": 90,
+	  "docs_scanned": 50000, "rows_compared": 100000, "source_errors": 0, "candidates": 20,
+	  "counts": {"missing": 5, "extra": 0, "different": 7, "stale": 0, "in_flight": 3, "resolved": 2},
+	  "sample": [{"table": "ks.users", "class": "missing", "source_id": "42"}],
+	  "tables": [{"table": "ks.users", "rows_source": 50000, "rows_target": 49995, "bucket_mismatches": 3, "missing": 5, "extra": 0, "different": 7, "stale": 0, "in_flight": 3, "resolved": 2,
 	  "buckets": [`)
 	for i := 0; i < 64; i++ {
 		n := 0
@@ -119,7 +126,7 @@ func reportJSON() string {
 		}
 		fmt.Fprintf(&b, `{"id": %d, "divergent": %d}`, i, n)
 	}
-	b.WriteString(`]}`)
+	b.WriteString(`]}]}`)
 	return b.String()
 }
 
@@ -195,24 +202,28 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 	mustContain(t, "backfill", backfill, "40.0 %", "40,000 / ≈100,000", "in progress", "40 chunks, 2,000/s", "about 30 s left")
 
 	plan := mustText(t, doc, "id", "plan-body")
-	mustContain(t, "plan", plan, "plan-3", "current stage canary", "3 stages", "1. canary", "2. half", "3. all",
-		"slice: collections app.users · share 1%", "reads: shadow")
+	mustContain(t, "plan", plan, "plan plan-3", "running", "1. canary", "current", "2. half", "pending", "3. all",
+		"slice: collections app.users · share 1% · reads: shadow · advance: auto")
 	g1 := cellsOf(t, doc, "data-gate", "clean reconcile")
 	g2 := cellsOf(t, doc, "data-gate", "lag")
-	if g1["state"] != "passing" || g2["state"] != "failing" || g2["value"] != "7.25" {
+	if g1["state"] != "pass" || g2["state"] != "fail" || g2["observed"] != "7.25 (breach)" {
 		t.Errorf("gates: %v %v", g1, g2)
 	}
-	mustContain(t, "lag gate", mustText(t, doc, "data-gate", "lag"), "≤ 5", "10 min 0 s")
-	mustContain(t, "trigger", mustText(t, doc, "data-trigger", "divergence"), "divergent_rows > 10 for 1m0s", "rewind", "fired", "1/3 firings")
+	mustContain(t, "lag gate", mustText(t, doc, "data-gate", "lag"), "<= 5", "10 min 10 s / 10 min 0 s")
+	mustContain(t, "trigger", mustText(t, doc, "data-trigger", "divergence"), "divergent_rows > 10 for 60 s", "rewind",
+		"fired, cooling down 2 min 0 s", "1 / 3")
 
 	rep := mustText(t, doc, "id", "reconcile-body")
-	mustContain(t, "report", rep, "app.users", "12 divergent", "r-0007", "compared 100,000 rows", "in flight 3",
-		"missing 5", "different 7", "took 90 s", "3 of 64 buckets hold divergent keys",
-		"most divergent: bucket 5 (9), bucket 17 (2), bucket 63 (1)")
-	if got := mustText(t, doc, "data-bucket", "5"); got != "9" {
+	mustContain(t, "report", rep, "app.users", "12 divergent", "20261125T080000Z-a1b2c3", "scanned 50,000 documents",
+		"compared 100,000 rows", "missing 5", "different 7", "in flight 3", "resolved on re-check 2", "took 90 s",
+		"3 of 64 buckets hold divergent keys", "most divergent: bucket 5 (9), bucket 17 (2), bucket 63 (1)", "missing ks.users 42")
+	if c := cellsOf(t, doc, "data-table", "ks.users"); c["missing"] != "5" || c["bucket_mismatches"] != "3" || c["rows_target"] != "49,995" {
+		t.Errorf("per-table row: %v", c)
+	}
+	if got := mustText(t, doc, "data-bucket", "ks.users/5"); got != "9" {
 		t.Errorf("bucket 5 shows %q, want 9", got)
 	}
-	if got := mustText(t, doc, "data-bucket", "6"); got != "·" {
+	if got := mustText(t, doc, "data-bucket", "ks.users/6"); got != "·" {
 		t.Errorf("bucket 6 shows %q, want ·", got)
 	}
 
@@ -242,6 +253,10 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 	}
 	if polled < 2 {
 		t.Errorf("the page read /v1/status %d times in 5 s of virtual time; it should poll", polled)
+	}
+	// A picture of every section filled, for reviewing the layout.
+	if shot := os.Getenv("TIDEMARK_STATUSPAGE_FIXTURE_SCREENSHOT"); shot != "" {
+		spt.Screenshot(t, context.Background(), bin, srv.URL+"/", shot, 1280, 1400, 5*time.Second)
 	}
 }
 

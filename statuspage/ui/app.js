@@ -21,14 +21,14 @@
       else if (k === "text") e.textContent = v;
       else e.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === undefined || c === null || c === false) continue;
       e.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }
     return e;
   }
   const $ = (id) => document.getElementById(id);
-  function fill(parent, ...nodes) { parent.replaceChildren(...nodes.flat()); }
+  function fill(parent, ...nodes) { parent.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== "" && n !== null && n !== undefined && n !== false)); }
   function emptyRow(cols, text) { return el("tr", {}, el("td", { colspan: cols, class: "empty", text })); }
 
   function fmtInt(n) {
@@ -281,106 +281,116 @@
   }
 
   // ---- rollout plan --------------------------------------------------------
+  // GET /v1/plan answers rollout.Status: the plan's stage names, the current
+  // stage with its slice, and that stage's gates and triggers as evaluated.
 
   function sliceText(s) {
     if (s === undefined || s === null) return "";
     if (typeof s !== "object") return String(s);
-    return Object.entries(s).map(([k, v]) => k + " " + (Array.isArray(v) ? v.join(", ") : typeof v === "object" ? JSON.stringify(v) : v)).join(" · ");
+    return Object.entries(s).map(([k, v]) => k + " " + (Array.isArray(v) ? v.join(", ") : v !== null && typeof v === "object" ? JSON.stringify(v) : v)).join(" · ");
   }
   function valueText(v) {
     if (v === undefined || v === null) return "—";
     if (typeof v === "number") return Number.isInteger(v) ? fmtInt(v) : String(Math.round(v * 10000) / 10000);
     return typeof v === "object" ? JSON.stringify(v) : String(v);
   }
-  function gateState(g) {
-    const s = pick(g, "state", "status", "result");
-    if (s !== undefined) return String(s);
-    if (g.passing === true || g.passed === true || g.ok === true) return "passing";
-    if (g.passing === false || g.passed === false || g.ok === false) return "failing";
-    return "pending";
+  // observedText is the signal's state and, when there is one, its value.
+  function observedText(o) {
+    const v = o.value !== undefined && o.value !== null ? valueText(o.value) : "";
+    const obs = o.observed || "";
+    if (obs === "no-data") return "no data";
+    return v ? v + (obs && obs !== "ok" ? " (" + obs + ")" : "") : obs || "—";
   }
-  // durText reads a duration as Go may encode it: "10m0s", seconds, or
-  // nanoseconds (a bare time.Duration).
-  function durText(v) {
-    if (v === undefined || v === null || v === "") return undefined;
-    if (typeof v === "number") return fmtDuration(v >= 1e6 ? v / 1e9 : v);
-    return String(v);
+  function gateWord(s) {
+    return { pass: "pass", fail: "fail", pending: "pending" }[s] || s || "pending";
   }
-  function boundText(o, lo, hi) {
-    const a = o[lo], b = o[hi];
-    if (a !== undefined && a !== null && b !== undefined && b !== null) return valueText(a) + " … " + valueText(b);
-    if (b !== undefined && b !== null) return (hi === "above" ? "> " : "≤ ") + valueText(b);
-    if (a !== undefined && a !== null) return (lo === "below" ? "< " : "≥ ") + valueText(a);
-    const t = pick(o, "threshold", "limit");
-    return t === undefined ? "—" : valueText(t);
-  }
-  function triggersLine(label, triggers) {
-    return el("p", { class: "kv" }, label, triggers.map((t, j) => {
-      const ts = String(pick(t, "state", "status") || (t.fired ? "fired" : "armed"));
-      const cond = t.signal ? " (" + t.signal + " " + boundText(t, "below", "above") + (durText(t.for) ? " for " + durText(t.for) : "") + ")" : "";
-      const attempts = t.attempts !== undefined ? " · " + t.attempts + (t.max_attempts ? "/" + t.max_attempts : "") + " firings" : "";
-      return el("span", { "data-trigger": pick(t, "name", "signal") || "" }, j ? " · " : "",
-        el("b", { text: pick(t, "name", "signal") || "trigger" }), cond, t.action ? " → " + t.action + " " : " ", badge(ts), attempts);
-    }));
+  function triggerState(t) {
+    if (t.exhausted) return ["exhausted — needs a person", "bad"];
+    if (t.cooldown_left_seconds > 0) return ["fired, cooling down " + fmtDuration(t.cooldown_left_seconds), "bad"];
+    if (t.observed === "breach") return ["breached " + fmtDuration(t.held_for_seconds || 0) + " of " + fmtDuration(t.for_seconds || 0), "warn"];
+    return [t.observed === "no-data" ? "quiet (no data)" : "quiet", "good"];
   }
 
   function renderPlan(res) {
     const box = $("plan-body");
     if (res.status === 404) { fill(box, el("p", { class: "empty", text: "no plan configured" })); return; }
     if (!res.ok) { fill(box, el("p", { class: "empty", text: "cannot read /v1/plan: " + errText(res) })); return; }
-    const plan = res.body && res.body.plan && typeof res.body.plan === "object" ? res.body.plan : res.body;
-    if (!plan || typeof plan !== "object") { fill(box, el("p", { class: "empty", text: "no plan configured" })); return; }
-    const stages = plan.stages || [];
-    const current = pick(plan, "current_stage", "current", "stage");
-    const currentName = current !== null && typeof current === "object" ? pick(current, "name", "id") : current;
-    const pstate = pick(plan, "state", "status");
-    const head = el("p", { class: "kv" },
-      "plan ", el("b", { text: pick(plan, "version", "name", "id") || "unnamed" }),
-      pstate !== undefined ? [" · ", badge(String(pstate))] : "",
-      plan.dry_run ? [" · ", badge("dry run", "warn")] : "",
-      currentName !== undefined ? [" · current stage ", el("b", { text: String(currentName) })] : "",
-      " · ", el("b", { text: String(stages.length) }), " stages");
-    const list = el("ol", { class: "stages" }, stages.map((s, i) => {
-      const name = pick(s, "name", "id") || "stage " + (i + 1);
-      const isCurrent = currentName === name || currentName === i || s.current === true;
-      const state = String(pick(s, "state", "status") || (isCurrent ? "current" : "pending"));
-      const gates = s.gates || [];
-      const triggers = s.triggers || [];
-      const item = el("li", { class: "stage " + (isCurrent ? "current" : tone(state)), "data-stage": name },
-        el("div", { class: "stage-head" },
-          el("span", { class: "name", text: (i + 1) + ". " + name }), badge(state),
-          isCurrent && !/current/i.test(state) ? badge("current", "") : "",
-          s.slice !== undefined ? el("span", { class: "kv", text: "slice: " + sliceText(s.slice) }) : "",
-          s.reads ? el("span", { class: "kv", text: "reads: " + s.reads }) : "",
-          s.advance ? el("span", { class: "kv", text: "advance: " + s.advance }) : ""));
-      if (gates.length) {
+    const p = res.body;
+    if (!p || typeof p !== "object") { fill(box, el("p", { class: "empty", text: "no plan configured" })); return; }
+    const names = Array.isArray(p.stages) ? p.stages.map((x) => (x && typeof x === "object" ? pick(x, "name", "id") : x)) : [];
+    const cur = typeof p.stage === "number" ? p.stage : names.indexOf(p.stage_name);
+    const reverted = new Set(p.reverted || []);
+
+    let state;
+    if (p.aborted) state = badge("aborted", "bad");
+    else if (p.complete) state = badge("complete", "good");
+    else if (p.held) state = badge("held", "warn");
+    else state = badge("running", "good");
+    const head = el("p", { class: "kv", "data-plan": p.plan_version || "" },
+      "plan ", el("b", { text: p.plan_version || "unnamed" }), " ", state,
+      p.dry_run ? [" ", badge("dry run: decisions are only audited", "warn")] : "",
+      p.soft_rollback ? [" ", badge("soft rollback: slice reads go to legacy", "bad")] : "",
+      p.evaluated ? el("span", { text: " · evaluated " + ago(p.evaluated) }) : "");
+    const notes = [];
+    if (p.held) notes.push(el("p", { class: "kv" }, badge("held", "warn"), " " + p.held));
+    if (p.last_error) notes.push(el("p", { class: "kv" }, badge("evaluation error", "bad"), " " + p.last_error));
+    if ((p.paused_by_rollout || []).length) {
+      notes.push(el("p", { class: "kv", text: "partitions paused by the rollout: " + p.paused_by_rollout.map((x) => x.topic + "/" + x.partition).join(", ") }));
+    }
+
+    const list = el("ol", { class: "stages" }, names.map((name, i) => {
+      let st, cls;
+      if (reverted.has(name)) { st = "reverted"; cls = "bad"; }
+      else if (p.complete || i < cur) { st = "done"; cls = "good"; }
+      else if (i === cur) { st = "current"; cls = ""; }
+      else { st = "pending"; cls = "warn"; }
+      const item = el("li", { class: "stage " + (i === cur && !p.complete ? "current" : cls), "data-stage": name },
+        el("div", { class: "stage-head" }, el("span", { class: "name", text: (i + 1) + ". " + name }), badge(st, cls),
+          i === cur && p.stage_since ? el("span", { class: "kv", text: "since " + ago(p.stage_since) }) : ""));
+      if (i !== cur) return item;
+      const facts = [];
+      if (p.slice) facts.push("slice: " + sliceText(p.slice));
+      if (p.reads) facts.push("reads: " + p.reads);
+      if (p.advance) facts.push("advance: " + p.advance);
+      if (facts.length) item.append(el("p", { class: "kv", text: facts.join(" · ") }));
+      const gates = p.gates || [];
+      item.append(gates.length ? el("table", { class: "data" },
+        el("caption", { class: "sr", text: "gates of stage " + name }),
+        el("thead", {}, el("tr", {}, ["gate", "state", "observed", "bound", "held / window"].map((h) => el("th", { scope: "col", text: h })))),
+        el("tbody", {}, gates.map((g) => el("tr", { "data-gate": g.name || g.signal || "" },
+          el("td", {}, g.name || g.signal || "gate", g.signal && g.name !== g.signal ? el("span", { class: "muted", text: " " + g.signal }) : ""),
+          el("td", { "data-col": "state" }, badge(gateWord(g.state))),
+          el("td", { class: "num", "data-col": "observed", text: observedText(g) }),
+          el("td", { class: "num", text: g.threshold || "—" }),
+          el("td", { class: "num", text: fmtDuration(g.held_for_seconds || 0) + " / " + fmtDuration(g.window_seconds || 0) })))))
+        : el("p", { class: "empty", text: "this stage has no gates" }));
+      const trig = p.triggers || [];
+      if (trig.length) {
         item.append(el("table", { class: "data" },
-          el("caption", { class: "sr", text: "gates of stage " + name }),
-          el("thead", {}, el("tr", {}, ["gate", "state", "observed", "bound", "window", "detail"].map((h) => el("th", { scope: "col", text: h })))),
-          el("tbody", {}, gates.map((g) => {
-            const gname = pick(g, "name", "signal", "kind", "type") || "gate";
-            const held = durText(pick(g, "held_for", "held"));
-            const win = durText(pick(g, "window", "hold"));
-            return el("tr", { "data-gate": gname },
-              el("td", {}, gname, g.signal && g.name ? el("span", { class: "muted", text: " " + g.signal }) : ""),
-              el("td", { "data-col": "state" }, badge(gateState(g))),
-              el("td", { class: "num", "data-col": "value", text: valueText(pick(g, "value", "observed", "current", "actual")) }),
-              el("td", { class: "num", text: boundText(g, "min", "max") }),
-              el("td", { text: (win || "—") + (held ? " (held " + held + ")" : "") }),
-              el("td", { class: "muted", text: short(pick(g, "detail", "reason", "message") || "", 80) }));
+          el("caption", { class: "sr", text: "triggers of stage " + name }),
+          el("thead", {}, el("tr", {}, ["trigger", "when", "action", "state", "firings"].map((h) => el("th", { scope: "col", text: h })))),
+          el("tbody", {}, trig.map((t) => {
+            const [ts, tc] = triggerState(t);
+            return el("tr", { "data-trigger": t.name || t.signal || "" },
+              el("td", { text: t.name || t.signal || "trigger" }),
+              el("td", { title: "observed: " + observedText(t), text: (t.signal || "") + " " + (t.condition || "") + " for " + fmtDuration(t.for_seconds || 0) }),
+              el("td", { text: t.action || "" }),
+              el("td", { "data-col": "state" }, badge(ts, tc)),
+              el("td", { class: "num", title: t.last_fired ? "last fired " + fmtTime(t.last_fired) + " UTC" : "",
+                text: (t.attempts || 0) + " / " + (t.max_attempts || "∞") }));
           }))));
       }
-      if (triggers.length) item.append(triggersLine("triggers: ", triggers));
       return item;
     }));
-    fill(box, head, stages.length ? list : el("p", { class: "empty", text: "the plan has no stages" }),
-      (plan.triggers || []).length ? triggersLine("plan-wide triggers: ", plan.triggers) : "",
-      rawDetails("raw plan JSON", plan));
+    fill(box, head, notes, names.length ? list : el("p", { class: "empty", text: "the plan has no stages" }), rawDetails("raw plan JSON", p));
   }
 
   // ---- reconcile -----------------------------------------------------------
+  // GET /v1/reports/latest answers reconcile reports (one, a list, or
+  // {reports: [...]}); a checkpoints.RoundSummary is read as well.
 
-  // Reports may come as one report, a list, {reports: [...]} or {scope: report}.
+  const CLASSES = ["missing", "extra", "different", "stale"];
+
   function reportsOf(body) {
     if (!body || typeof body !== "object") return [];
     if (Array.isArray(body)) return body;
@@ -388,10 +398,26 @@
     if (body.id !== undefined || body.scope !== undefined || body.rows_compared !== undefined) return [body];
     return Object.entries(body).filter(([, v]) => v && typeof v === "object").map(([k, v]) => Object.assign({ scope: k }, v));
   }
-  function bucketsOf(r) {
-    const b = pick(r, "buckets", "bucket_divergence", "heatmap");
+  function scopeText(s) {
+    if (s === undefined || s === null || s === "") return "all";
+    if (typeof s !== "object") return String(s);
+    const parts = [];
+    for (const [k, v] of Object.entries(s)) {
+      if (v === null || v === undefined || v === "" || (Array.isArray(v) && v.length === 0)) continue;
+      parts.push(Array.isArray(v) ? v.join(", ") : typeof v === "object" ? k + " " + JSON.stringify(v) : String(v));
+    }
+    return parts.join(" · ") || "all";
+  }
+  function countsOf(r) {
+    const c = Object.assign({}, r.by_class || {}, r.counts || {});
+    const divergent = r.divergent !== undefined && typeof r.divergent === "number" ? r.divergent : CLASSES.reduce((n, k) => n + (c[k] || 0), 0);
+    const inFlight = r.in_flight !== undefined ? r.in_flight : c.in_flight || 0;
+    return { c, divergent, inFlight };
+  }
+  function bucketsOf(x) {
+    const b = pick(x, "buckets", "bucket_divergence", "heatmap");
     if (!Array.isArray(b)) return null;
-    return b.map((x, i) => typeof x === "number" ? { id: i, divergent: x } : { id: pick(x, "id", "bucket", "index") ?? i, divergent: Number(pick(x, "divergent", "count", "diverged") || 0) });
+    return b.map((v, i) => typeof v === "number" ? { id: i, divergent: v } : { id: pick(v, "id", "bucket", "index") ?? i, divergent: Number(pick(v, "divergent", "count", "diverged") || 0) });
   }
   function heat(n, max) {
     if (n <= 0 || max <= 0) return null;
@@ -399,7 +425,7 @@
     return "hsl(2, 70%, " + Math.round(62 - 30 * f) + "%)";
   }
 
-  function heatMap(r, buckets) {
+  function heatMap(label, buckets) {
     const total = buckets.length;
     const max = buckets.reduce((m, b) => Math.max(m, b.divergent), 0);
     const hot = buckets.filter((b) => b.divergent > 0).sort((a, b) => b.divergent - a.divergent);
@@ -410,7 +436,7 @@
       for (let j = i; j < i + cols; j++) {
         const b = buckets[j];
         if (!b) { tr.append(el("td", { class: "none" })); continue; }
-        const td = el("td", { title: "bucket " + b.id + ": " + b.divergent + " divergent", "data-bucket": b.id, text: b.divergent > 0 ? String(b.divergent) : "·" });
+        const td = el("td", { title: "bucket " + b.id + ": " + b.divergent + " divergent", "data-bucket": label + "/" + b.id, text: b.divergent > 0 ? String(b.divergent) : "·" });
         const c = heat(b.divergent, max);
         if (c) { td.className = "hot"; td.style.background = c; }
         tr.append(td);
@@ -419,10 +445,24 @@
     }
     const caption = hot.length === 0 ? "all " + total + " buckets agree" : hot.length + " of " + total + " buckets hold divergent keys";
     return el("div", { class: "heatwrap" },
-      el("table", { class: "heat" }, el("caption", { class: "kv", text: "Divergence by bucket: " + caption }), el("tbody", {}, rows)),
+      el("table", { class: "heat" }, el("caption", { class: "kv", text: "Divergence by bucket" + (label ? " (" + label + ")" : "") + ": " + caption }), el("tbody", {}, rows)),
       el("div", { class: "legend" },
         el("span", { text: "number = divergent keys in the bucket, darker = more; · = none" }),
         hot.length ? el("span", { text: "most divergent: " + hot.slice(0, 5).map((b) => "bucket " + b.id + " (" + b.divergent + ")").join(", ") }) : ""));
+  }
+
+  function tablesTable(tables) {
+    const cols = [["table", "table"], ["rows_source", "source rows"], ["rows_target", "target rows"], ["bucket_mismatches", "differing buckets"],
+      ["missing", "missing"], ["extra", "extra"], ["different", "different"], ["stale", "stale"], ["in_flight", "in flight"]];
+    return el("table", { class: "data" },
+      el("caption", { class: "sr", text: "per table" }),
+      el("thead", {}, el("tr", {}, cols.map(([, h], i) => el("th", { scope: "col", class: i ? "num" : "", text: h })))),
+      el("tbody", {}, tables.map((t) => el("tr", { "data-table": t.table || "" }, cols.map(([k], i) => {
+        if (i === 0) return el("td", { class: "mono", text: t.table || "" });
+        const v = t[k] || 0;
+        const bad = ["missing", "extra", "different", "stale"].includes(k) && v > 0;
+        return el("td", { class: "num", "data-col": k }, bad ? el("b", { text: fmtInt(v) }) : fmtInt(v));
+      })))));
   }
 
   function renderReconcile(res) {
@@ -432,26 +472,46 @@
     const reports = reportsOf(res.body);
     if (reports.length === 0) { fill(box, el("p", { class: "empty", text: "no reconcile round yet" })); return; }
     fill(box, el("div", { class: "reports" }, reports.map((r) => {
-      const divergent = Number(r.divergent || 0);
-      const clean = r.clean !== undefined ? !!r.clean : divergent === 0;
+      const { c, divergent, inFlight } = countsOf(r);
+      const status = r.status || (r.clean === false || divergent > 0 ? "divergent" : "clean");
+      let verdict;
+      if (status === "clean") verdict = badge("clean", "good");
+      else if (status === "divergent") verdict = badge(fmtInt(divergent) + " divergent", "bad");
+      else verdict = badge(String(status), "warn");
       const start = parseTime(r.start), end = parseTime(r.end);
-      const byClass = r.by_class || {};
+      const secs = r.duration_seconds !== undefined ? r.duration_seconds : start && end ? (end - start) / 1000 : null;
       const facts = el("div", { class: "facts kv" },
+        r.docs_scanned !== undefined ? el("span", {}, "scanned ", el("b", { text: fmtInt(r.docs_scanned) }), " documents") : "",
         el("span", {}, "compared ", el("b", { text: fmtInt(r.rows_compared) }), " rows"),
         el("span", {}, "divergent ", el("b", { text: fmtInt(divergent) })),
-        el("span", {}, "in flight ", el("b", { text: fmtInt(r.in_flight) }), " (re-checked later, not divergence)"),
-        Object.keys(byClass).sort().map((k) => el("span", {}, k + " ", el("b", { text: fmtInt(byClass[k]) }))),
-        el("span", {}, "finished ", el("b", { text: fmtTime(end) }), end ? " (" + ago(end) + ")" : ""),
-        start && end ? el("span", {}, "took ", el("b", { text: fmtDuration((end - start) / 1000) })) : "");
-      const buckets = bucketsOf(r);
-      const sample = pick(r, "sample", "samples", "sample_keys");
-      return el("article", { class: "report", "data-report": r.id || r.scope || "" },
-        el("h3", {}, el("span", { class: "mono", text: r.scope || "all" }), " ",
-          clean ? badge("clean", "good") : badge(fmtInt(divergent) + " divergent", "bad"),
-          r.id ? el("span", { class: "muted mono", text: " " + r.id }) : ""),
-        facts,
-        buckets && buckets.length ? heatMap(r, buckets) : el("p", { class: "empty", text: "this report has no per-bucket figures" }),
-        Array.isArray(sample) && sample.length ? el("p", { class: "kv" }, "sample: ", el("span", { class: "mono", text: sample.slice(0, 8).map((s) => short(s, 60)).join("  ") })) : "");
+        CLASSES.filter((k) => c[k] !== undefined).map((k) => el("span", {}, k + " ", el("b", { text: fmtInt(c[k]) }))),
+        el("span", { title: "keys still on their way at the end of the round: re-checked later, never divergence" }, "in flight ", el("b", { text: fmtInt(inFlight) })),
+        c.resolved !== undefined ? el("span", {}, "resolved on re-check ", el("b", { text: fmtInt(c.resolved) })) : "",
+        r.source_errors ? el("span", {}, "untransformable ", el("b", { text: fmtInt(r.source_errors) })) : "",
+        el("span", {}, "finished ", el("b", { text: end ? ago(end) : "—" }), end ? el("span", { title: fmtTime(end) + " UTC", text: " (" + fmtTime(end) + ")" }) : ""),
+        secs !== null ? el("span", {}, "took ", el("b", { text: fmtDuration(secs) })) : "",
+        r.spec_version ? el("span", {}, "spec ", el("b", { text: r.spec_version })) : "");
+      const parts = [];
+      if (r.error) parts.push(el("p", { class: "kv" }, badge("error", "bad"), " " + r.error));
+      if (r.truncated) parts.push(el("p", { class: "kv" }, badge("truncated", "warn"), " more candidate keys than max_candidates; counts are lower bounds"));
+      const tables = Array.isArray(r.tables) ? r.tables : [];
+      if (tables.length) parts.push(tablesTable(tables));
+      let maps = 0;
+      const top = bucketsOf(r);
+      if (top && top.length) { parts.push(heatMap("", top)); maps++; }
+      for (const t of tables) {
+        const b = bucketsOf(t);
+        if (b && b.length) { parts.push(heatMap(t.table || "", b)); maps++; }
+      }
+      if (!maps) parts.push(el("p", { class: "empty", text: "this report has no per-bucket figures for a heat-map" }));
+      const sample = Array.isArray(r.sample) ? r.sample : [];
+      if (sample.length) {
+        parts.push(el("p", { class: "kv" }, "sample: ", sample.slice(0, 6).map((k, i) => [i ? " · " : "",
+          el("span", { class: "mono", text: typeof k === "object" ? [k.class, k.table, k.source_id || (k.primary_key ? JSON.stringify(k.primary_key) : ""), (k.columns || []).join(",")].filter(Boolean).join(" ") : String(k) })])));
+      }
+      return el("article", { class: "report", "data-report": r.id || "" },
+        el("h3", {}, el("span", { class: "mono", text: scopeText(r.scope) }), " ", verdict, r.id ? el("span", { class: "muted mono", text: " " + r.id }) : ""),
+        facts, parts);
     })));
   }
 
