@@ -1,0 +1,358 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"math"
+	"strconv"
+	"time"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/transform"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+	"golang.org/x/sync/errgroup"
+)
+
+// outcome is what re-checking one candidate concluded.
+type outcome struct {
+	// class is a divergence class, "in_flight", "resolved" (matched after
+	// differing) or "match" (matched at the first point read).
+	class  string
+	sample KeySample
+	ref    KeyRef
+	// src and tgt say which sides hold the row at the end (ID rounds count them).
+	src, tgt bool
+}
+
+// recheckAll re-checks candidates in parallel and tallies the report.
+// fromTree says the candidates come from differing leaves, so a key that
+// matches at once had changed during the scan ("resolved"); in an _id round
+// it simply matches.
+func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree bool) error {
+	rd.cands.Store(int64(len(cands)))
+	rd.rep.Candidates = int64(len(cands))
+	out := make([]outcome, len(cands))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rd.r.cfg.Concurrency)
+	for i, c := range cands {
+		g.Go(func() error {
+			o, err := rd.recheck(gctx, c)
+			if err != nil {
+				return err
+			}
+			out[i] = o
+			rd.candsDone.Add(1)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	var inFlight []KeySample
+	for i, o := range out {
+		tr := &rd.rep.Tables[cands[i].table]
+		if !fromTree {
+			if o.src {
+				tr.RowsSource++
+			}
+			if o.tgt {
+				tr.RowsTarget++
+			}
+		}
+		switch o.class {
+		case "match":
+			if fromTree {
+				tr.Resolved++
+				rd.rep.Counts["resolved"]++
+			}
+			continue
+		case "resolved":
+			tr.Resolved++
+		case "in_flight":
+			tr.InFlight++
+			inFlight = append(inFlight, o.sample)
+		case ClassMissing:
+			tr.Missing++
+		case ClassExtra:
+			tr.Extra++
+		case ClassDifferent:
+			tr.Different++
+		case ClassStale:
+			tr.Stale++
+		}
+		rd.rep.Counts[o.class]++
+		if o.class != "resolved" && o.class != "in_flight" {
+			rd.rep.Divergent = append(rd.rep.Divergent, o.ref)
+			if len(rd.rep.Sample) < rd.r.cfg.SampleSize {
+				rd.rep.Sample = append(rd.rep.Sample, o.sample)
+			}
+		}
+	}
+	for _, s := range inFlight {
+		if len(rd.rep.Sample) >= rd.r.cfg.SampleSize {
+			break
+		}
+		rd.rep.Sample = append(rd.rep.Sample, s)
+	}
+	return nil
+}
+
+// recheck decides one key by point reads on both sides.
+//
+// The source document is read first, then the source's clock (ts): the
+// document's version is at most ts. If the target differs, the key is
+// divergent only once the pipeline has applied everything up to ts on the
+// key's partition and the document has not changed meanwhile (read again
+// after the target). Until then it is in flight, and after InFlightWait it
+// stays in flight: reported, never counted as divergence.
+func (rd *round) recheck(ctx context.Context, c candidate) (outcome, error) {
+	t, tg := rd.tables[c.table], rd.tgts[c.table]
+	keyVals, err := t.DecodeKey(c.key)
+	if err != nil {
+		return outcome{}, err
+	}
+	deadline := time.Now().Add(rd.r.cfg.InFlightWait)
+	first := true
+	for {
+		act, _, found, err := tg.read(ctx, keyVals)
+		if err != nil {
+			return outcome{}, err
+		}
+		id, lagKeys := c.id, [][]byte{c.id}
+		if id == nil {
+			id, lagKeys, err = rd.owner(ctx, t, c.key, act)
+			if err != nil {
+				return outcome{}, err
+			}
+		}
+		doc, err := rd.readDoc(ctx, id)
+		if err != nil {
+			return outcome{}, err
+		}
+		ts, err := rd.src.now(ctx)
+		if err != nil {
+			return outcome{}, err
+		}
+		exp := expected(rd, doc, t, c.key)
+		if !found {
+			act = nil
+		}
+		if sameRow(t, exp, act) {
+			o := outcome{class: "resolved", src: exp != nil, tgt: act != nil}
+			if first {
+				o.class = "match"
+			}
+			return o, nil
+		}
+		first = false
+		caught, err := rd.r.d.Lag.Caught(ctx, rd.scope.Namespace, lagKeys, ts)
+		if err != nil {
+			rd.r.log.Warn("cannot tell the pipeline's progress; keeping the key in flight", "err", err)
+		}
+		if caught {
+			act2, wt, found2, err := tg.read(ctx, keyVals)
+			if err != nil {
+				return outcome{}, err
+			}
+			doc2, err := rd.readDoc(ctx, id)
+			if err != nil {
+				return outcome{}, err
+			}
+			if !found2 {
+				act2 = nil
+			}
+			if bytes.Equal(doc, doc2) {
+				if sameRow(t, exp, act2) {
+					return outcome{class: "resolved", src: exp != nil, tgt: act2 != nil}, nil
+				}
+				return rd.divergent(ctx, t, c.key, keyVals, id, exp, act2, wt), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			o := rd.describe(t, keyVals, id, exp, act)
+			o.class, o.sample.Class = "in_flight", "in_flight"
+			return o, nil
+		}
+		select {
+		case <-ctx.Done():
+			return outcome{}, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (rd *round) readDoc(ctx context.Context, id []byte) (bson.Raw, error) {
+	if id == nil {
+		return nil, nil
+	}
+	v, err := envelope.ParseKey(id)
+	if err != nil {
+		return nil, err
+	}
+	docs, err := rd.src.find(ctx, []bson.RawValue{v})
+	if err != nil {
+		return nil, err
+	}
+	return docs[string(id)], nil
+}
+
+// expected is the row doc maps to in t under key, nil when it maps to none
+// (no document, filtered out, or its row has another key).
+func expected(rd *round, doc bson.Raw, t *transform.Table, key []byte) []any {
+	if doc == nil {
+		return nil
+	}
+	rows, err := rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+	if err != nil {
+		return nil
+	}
+	for _, r := range rows {
+		if r.Table == t && bytes.Equal(r.Key, key) {
+			return r.Values
+		}
+	}
+	return nil
+}
+
+func canonical(t *transform.Table, values []any) []byte {
+	b, err := t.AppendCanonical(nil, values)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+func sameRow(t *transform.Table, a, b []any) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	ca, cb := canonical(t, a), canonical(t, b)
+	return ca != nil && bytes.Equal(ca, cb)
+}
+
+// owner looks for the source document that writes a target row no document
+// of the scan mapped to: the row's values are tried as _ids (text as itself,
+// as an ObjectId and as a number; numbers; UUIDs), and a document counts as
+// the owner only if the transform really maps it to this key. lagKeys are the
+// envelope keys of every _id tried: a change of any of them may be in flight.
+func (rd *round) owner(ctx context.Context, t *transform.Table, key []byte, act []any) (id []byte, lagKeys [][]byte, err error) {
+	var ids []bson.RawValue
+	seen := map[string]bool{}
+	add := func(v any) {
+		t, data, err := bson.MarshalValue(v)
+		if err != nil {
+			return
+		}
+		rv := bson.RawValue{Type: t, Value: data}
+		k := string(envelope.Key(rv))
+		if !seen[k] {
+			seen[k] = true
+			ids = append(ids, rv)
+			lagKeys = append(lagKeys, []byte(k))
+		}
+	}
+	for _, v := range act {
+		switch x := v.(type) {
+		case string:
+			add(x)
+			if oid, err := primitive.ObjectIDFromHex(x); err == nil {
+				add(oid)
+			}
+			if n, err := strconv.ParseInt(x, 10, 64); err == nil {
+				add(n)
+			}
+			if f, err := strconv.ParseFloat(x, 64); err == nil && f != math.Trunc(f) {
+				add(f)
+			}
+		case int32:
+			add(int64(x))
+		case int64:
+			add(x)
+		case gocql.UUID:
+			add(primitive.Binary{Subtype: 4, Data: x[:]})
+		}
+	}
+	docs, err := rd.src.find(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, doc := range docs {
+		if expected(rd, doc, t, key) != nil {
+			return []byte(k), [][]byte{[]byte(k)}, nil
+		}
+	}
+	return nil, lagKeys, nil
+}
+
+// divergent classifies a key the pipeline has caught up with.
+func (rd *round) divergent(ctx context.Context, t *transform.Table, key []byte, keyVals []any, id []byte, exp, act []any, wt int64) outcome {
+	o := rd.describe(t, keyVals, id, exp, act)
+	o.ref = KeyRef{Table: t.QualifiedName(), Key: key, ID: id}
+	switch {
+	case exp == nil:
+		o.class = ClassExtra
+	case act == nil:
+		o.class = ClassMissing
+	default:
+		o.class = ClassDifferent
+		ca := canonical(t, act)
+		for j, c := range t.Columns {
+			mixed := append([]any(nil), act...)
+			mixed[j] = exp[j]
+			if !bytes.Equal(canonical(t, mixed), ca) {
+				o.sample.Columns = append(o.sample.Columns, c.Name)
+			}
+		}
+		if wt > 0 && id != nil {
+			if idv, err := envelope.ParseKey(id); err == nil {
+				if v, ok := rd.src.changedAfter(ctx, idv, envelope.VersionFromMicros(wt)); ok {
+					o.class = ClassStale
+					o.sample.SourceVersion = v.String()
+				}
+			}
+		}
+	}
+	if wt > 0 {
+		o.sample.TargetVersion = envelope.VersionFromMicros(wt).String()
+	}
+	o.sample.Class, o.ref.Class = o.class, o.class
+	return o
+}
+
+func (rd *round) describe(t *transform.Table, keyVals []any, id []byte, exp, act []any) outcome {
+	s := KeySample{Table: t.QualifiedName(), PrimaryKey: map[string]any{}}
+	for i, ci := range append(append([]int{}, t.PartitionKey...), t.ClusteringKey...) {
+		s.PrimaryKey[t.Columns[ci].Name] = jsonValue(keyVals[i])
+	}
+	if id != nil {
+		s.SourceID = idJSON(id)
+	}
+	side := func(vals []any) map[string]any {
+		if vals == nil {
+			return nil
+		}
+		m := make(map[string]any, len(vals))
+		for i, c := range t.Columns {
+			m[c.Name] = jsonValue(vals[i])
+		}
+		return m
+	}
+	s.Source, s.Target = side(exp), side(act)
+	return outcome{sample: s, src: exp != nil, tgt: act != nil}
+}
+
+// idJSON renders an envelope key's _id in relaxed extended JSON.
+func idJSON(key []byte) string {
+	v, err := envelope.ParseKey(key)
+	if err != nil {
+		return hex.EncodeToString(key)
+	}
+	b, err := bson.MarshalExtJSON(bson.D{{Key: "_id", Value: v}}, false, false)
+	if err != nil {
+		return hex.EncodeToString(key)
+	}
+	return string(bytes.TrimSuffix(bytes.TrimPrefix(b, []byte(`{"_id":`)), []byte("}")))
+}

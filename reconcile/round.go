@@ -1,0 +1,714 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/transform"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/bsontype"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+)
+
+// RoundOptions are per-round settings.
+type RoundOptions struct {
+	Actor  string
+	Reason string
+	// OnProgress is called about once a second while the round runs.
+	OnProgress func(Progress)
+	// Fresh discards the scope's saved progress instead of resuming it.
+	Fresh bool
+}
+
+// roundState is a round's resumable progress, kept in checkpoints under
+// reconcile/progress/<scope> while the scan runs.
+type roundState struct {
+	ID           string    `json:"id"`
+	SpecChecksum string    `json:"spec_checksum"`
+	Bits         int       `json:"bits"`
+	Start        time.Time `json:"start"`
+	// LastIDType/LastID is the last source _id whose rows are in Exp.
+	LastIDType byte     `json:"last_id_type,omitempty"`
+	LastID     []byte   `json:"last_id,omitempty"`
+	SourceDone bool     `json:"source_done"`
+	Docs       int64    `json:"docs"`
+	Errors     int64    `json:"errors"`
+	Exp        [][]byte `json:"exp"`
+	Act        [][]byte `json:"act"`
+	SegDone    []int    `json:"seg_done"`
+	SrcRows    []int64  `json:"src_rows"`
+	TgtRows    []int64  `json:"tgt_rows"`
+}
+
+func progressKey(s Scope) string { return checkpoints.PrefixReconcile + "progress/" + s.Key() }
+
+// segBits splits the ring into 2^segBits ranges for the full target scan:
+// each is one paged query, small enough to restart, big enough that the
+// per-query cost vanishes.
+const segBits = 8
+
+type round struct {
+	r      *Reconciler
+	scope  Scope
+	tables []*transform.Table
+	src    *source
+	tgts   []*target
+	st     roundState
+	exp    []*tree
+	act    []*tree
+	rep    *Report
+
+	mu        sync.Mutex // guards st's target part, act and segDone
+	segDone   map[int]bool
+	docs      atomic.Int64
+	srcRows   []atomic.Int64
+	tgtRows   []atomic.Int64
+	docLim    *rate.Limiter
+	rowLim    *rate.Limiter
+	docsTotal int64
+	started   time.Time
+	cands     atomic.Int64
+	candsDone atomic.Int64
+	phase     atomic.Value
+}
+
+func limiter(perSecond float64) *rate.Limiter {
+	if perSecond <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(perSecond), max(1000, int(perSecond)))
+}
+
+func wait(ctx context.Context, l *rate.Limiter, n int) error {
+	if l == nil {
+		return nil
+	}
+	return l.WaitN(ctx, n)
+}
+
+// Round runs one round over scope and returns its report, which is also
+// written to the report folder, summarised in checkpoints and exported as
+// metrics. A round cut short by the time box or ctx returns an incomplete
+// report (and ctx's error when ctx ended) and is resumed by the next round of
+// the same scope.
+func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*Report, error) {
+	if !r.run.TryLock() {
+		return nil, ErrBusy
+	}
+	defer r.run.Unlock()
+	tables, err := r.tables(scope)
+	if err != nil {
+		return nil, err
+	}
+	src, err := newSource(r.d.Mongo, scope.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	rd := &round{r: r, scope: scope, tables: tables, src: src, started: time.Now(),
+		srcRows: make([]atomic.Int64, len(tables)), tgtRows: make([]atomic.Int64, len(tables)),
+		docLim: limiter(r.cfg.DocsPerSecond), rowLim: limiter(r.cfg.RowsPerSecond), segDone: map[int]bool{}}
+	rd.phase.Store("scan")
+	for _, t := range tables {
+		rd.tgts = append(rd.tgts, newTarget(r.d.Cassandra, t))
+	}
+	now := time.Now().UTC()
+	rd.rep = &Report{SchemaVersion: SchemaVersion, ID: newID(now), Scope: scope, SpecVersion: r.d.Mapping.Version(),
+		SpecChecksum: r.d.Mapping.Checksum(), Actor: o.Actor, Reason: o.Reason, Start: now,
+		Counts: map[string]int64{ClassMissing: 0, ClassExtra: 0, ClassDifferent: 0, ClassStale: 0, "in_flight": 0, "resolved": 0},
+		Sample: []KeySample{}}
+	for _, t := range tables {
+		rd.rep.Tables = append(rd.rep.Tables, TableReport{Table: t.QualifiedName()})
+	}
+	if v, err := src.now(ctx); err == nil {
+		rd.rep.SourceVersionStart = v.String()
+	}
+	if rd.rep.LagStart, err = r.d.Lag.Positions(ctx, scope.Namespace); err != nil {
+		r.log.Warn("cannot read the pipeline's positions", "err", err)
+	}
+	r.setProgress(rd.progress())
+	defer r.setProgress(nil)
+	stopTicker := rd.tick(ctx, o.OnProgress)
+
+	tctx, cancel := context.WithTimeout(ctx, r.cfg.TimeBox)
+	defer cancel()
+	var runErr error
+	if len(scope.IDs) > 0 {
+		runErr = rd.byIDs(tctx)
+	} else {
+		runErr = rd.byTree(tctx, o.Fresh)
+	}
+	stopTicker()
+	return rd.finish(ctx, runErr)
+}
+
+func (r *Reconciler) setProgress(p *Progress) {
+	r.mu.Lock()
+	r.progress = p
+	r.mu.Unlock()
+}
+
+func (rd *round) progress() *Progress {
+	p := &Progress{ID: rd.rep.ID, Scope: rd.scope.Key(), Phase: rd.phase.Load().(string), Started: rd.started,
+		DocsDone: rd.docs.Load(), DocsTotal: rd.docsTotal, Candidates: rd.cands.Load(), CandidatesDone: rd.candsDone.Load()}
+	for i := range rd.tables {
+		p.RowsDone += rd.srcRows[i].Load() + rd.tgtRows[i].Load()
+	}
+	el := time.Since(rd.started).Seconds()
+	if el > 0 {
+		p.RowsPerSecond = float64(p.RowsDone) / el
+	}
+	rd.mu.Lock()
+	segs := len(rd.segDone)
+	rd.mu.Unlock()
+	srcFrac := 1.0
+	if rd.docsTotal > 0 && !rd.st.SourceDone {
+		srcFrac = min(1, float64(p.DocsDone)/float64(rd.docsTotal))
+	}
+	tgtFrac := float64(segs) / float64(int(1)<<segBits)
+	switch p.Phase {
+	case "scan":
+		p.Percent = 100 * (srcFrac + tgtFrac) / 2 * 0.9
+	case "narrow":
+		p.Percent = 90
+	case "recheck":
+		p.Percent = 95
+		if p.Candidates > 0 {
+			p.Percent += 5 * float64(p.CandidatesDone) / float64(p.Candidates)
+		}
+	}
+	if p.Percent > 0 && p.Percent < 100 {
+		p.ETASeconds = el * (100 - p.Percent) / p.Percent
+	}
+	return p
+}
+
+func (rd *round) tick(ctx context.Context, fn func(Progress)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-done:
+				return
+			case <-t.C:
+			}
+			p := rd.progress()
+			rd.r.setProgress(p)
+			if fn != nil {
+				fn(*p)
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// byTree is the full round: hash both sides into trees, narrow the differing
+// leaves to keys, re-check the keys.
+func (rd *round) byTree(ctx context.Context, fresh bool) error {
+	r := rd.r
+	key := progressKey(rd.scope)
+	st, ok, err := checkpoints.GetJSON[roundState](ctx, r.d.Store, key)
+	if err != nil {
+		return err
+	}
+	if ok && !fresh && st.SpecChecksum == r.d.Mapping.Checksum() && len(st.Exp) == len(rd.tables) {
+		rd.st = st
+		rd.rep.ResumedFrom = st.ID
+		for i := range rd.tables {
+			e, a := &tree{}, &tree{}
+			if e.UnmarshalBinary(st.Exp[i]) != nil || a.UnmarshalBinary(st.Act[i]) != nil {
+				ok = false
+				break
+			}
+			rd.exp, rd.act = append(rd.exp, e), append(rd.act, a)
+			rd.srcRows[i].Store(st.SrcRows[i])
+			rd.tgtRows[i].Store(st.TgtRows[i])
+		}
+		for _, s := range st.SegDone {
+			rd.segDone[s] = true
+		}
+		rd.docs.Store(st.Docs)
+		r.log.Info("resuming round", "scope", rd.scope.Key(), "from", st.ID, "docs", st.Docs, "segments", len(st.SegDone))
+	}
+	if !ok || fresh || rd.rep.ResumedFrom == "" {
+		rd.exp, rd.act = nil, nil
+		rd.segDone = map[int]bool{}
+		n, _ := rd.src.coll.EstimatedDocumentCount(ctx)
+		bits := r.cfg.BucketBits
+		if bits == 0 {
+			bits = bucketBitsFor(n)
+		}
+		rd.st = roundState{ID: rd.rep.ID, SpecChecksum: r.d.Mapping.Checksum(), Bits: max(bits, segBits), Start: rd.rep.Start,
+			SrcRows: make([]int64, len(rd.tables)), TgtRows: make([]int64, len(rd.tables))}
+		for range rd.tables {
+			rd.exp, rd.act = append(rd.exp, newTree(rd.st.Bits)), append(rd.act, newTree(rd.st.Bits))
+		}
+		for i := range rd.tables {
+			rd.srcRows[i].Store(0)
+			rd.tgtRows[i].Store(0)
+		}
+	}
+	rd.docsTotal, _ = rd.src.coll.EstimatedDocumentCount(ctx)
+	rd.rep.BucketBits = rd.st.Bits
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return rd.scanSource(gctx) })
+	g.Go(func() error { return rd.scanTarget(gctx) })
+	err = g.Wait()
+	if serr := rd.save(context.WithoutCancel(ctx)); serr != nil {
+		r.log.Warn("cannot save round progress", "err", serr)
+	}
+	if err != nil {
+		return err
+	}
+
+	rd.phase.Store("narrow")
+	var mism [][]uint32
+	for i := range rd.tables {
+		leaves, _, err := diff(rd.exp[i], rd.act[i])
+		if err != nil {
+			return err
+		}
+		mism = append(mism, leaves)
+		rd.rep.Tables[i].BucketMismatches = int64(len(leaves))
+	}
+	cands, err := rd.narrow(ctx, mism)
+	if err != nil {
+		return err
+	}
+	rd.phase.Store("recheck")
+	return rd.recheckAll(ctx, cands, true)
+}
+
+// save writes the resumable progress.
+func (rd *round) save(ctx context.Context) error {
+	rd.mu.Lock()
+	st := rd.st
+	st.Exp, st.Act, st.SegDone = nil, nil, nil
+	for s := range rd.segDone {
+		st.SegDone = append(st.SegDone, s)
+	}
+	sort.Ints(st.SegDone)
+	for i := range rd.tables {
+		e, _ := rd.exp[i].MarshalBinary()
+		a, _ := rd.act[i].MarshalBinary()
+		st.Exp, st.Act = append(st.Exp, e), append(st.Act, a)
+		st.TgtRows[i] = rd.tgtRows[i].Load()
+	}
+	rd.mu.Unlock()
+	return checkpoints.PutJSON(ctx, rd.r.d.Store, progressKey(rd.scope), st)
+}
+
+// scanSource hashes every document's expected rows into exp, in _id order,
+// saving progress every few seconds. exp and the source part of st change
+// only here, so a save between documents is consistent.
+func (rd *round) scanSource(ctx context.Context) error {
+	if rd.st.SourceDone {
+		return nil
+	}
+	tidx := map[*transform.Table]int{}
+	for i, t := range rd.tables {
+		tidx[t] = i
+	}
+	var after bson.RawValue
+	if rd.st.LastIDType != 0 {
+		after = bson.RawValue{Type: bsontype.Type(rd.st.LastIDType), Value: rd.st.LastID}
+	}
+	var buf, pk []byte
+	lastSave := time.Now()
+	pending := 0
+	err := rd.src.scan(ctx, nil, after, func(doc bson.Raw) error {
+		if pending++; pending == 256 {
+			if err := wait(ctx, rd.docLim, pending); err != nil {
+				return err
+			}
+			pending = 0
+		}
+		rows, err := rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+		if err != nil {
+			var ce *transform.ConvertError
+			if !errors.As(err, &ce) {
+				return err
+			}
+			rd.mu.Lock()
+			rd.st.Errors++
+			rd.mu.Unlock()
+		}
+		for _, row := range rows {
+			i, ok := tidx[row.Table]
+			if !ok {
+				continue
+			}
+			if pk, err = partitionKeyBytes(pk[:0], row.Table, row.Values); err != nil {
+				return err
+			}
+			tok := tokenOf(pk)
+			if !rd.scope.inRange(tok) {
+				continue
+			}
+			if buf, err = row.Table.AppendCanonical(buf[:0], row.Values); err != nil {
+				return err
+			}
+			rd.exp[i].add(tok, xxhash.Sum64(buf))
+			rd.srcRows[i].Add(1)
+		}
+		id := doc.Lookup("_id")
+		rd.mu.Lock()
+		rd.st.LastIDType, rd.st.LastID = byte(id.Type), append(rd.st.LastID[:0], id.Value...)
+		rd.st.Docs = rd.docs.Add(1)
+		for i := range rd.tables {
+			rd.st.SrcRows[i] = rd.srcRows[i].Load()
+		}
+		rd.mu.Unlock()
+		if time.Since(lastSave) > 10*time.Second {
+			lastSave = time.Now()
+			if err := rd.save(ctx); err != nil {
+				rd.r.log.Warn("cannot save round progress", "err", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	rd.mu.Lock()
+	rd.st.SourceDone = true
+	rd.mu.Unlock()
+	return nil
+}
+
+// scanTarget reads every table in 2^segBits token ranges, Concurrency at a
+// time. A range's hashes go into act only once the range is read whole, so
+// saved progress never holds half a range.
+func (rd *round) scanTarget(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rd.r.cfg.Concurrency)
+	lo, hi := rd.scope.tokenRange()
+	for seg := range 1 << segBits {
+		rd.mu.Lock()
+		done := rd.segDone[seg]
+		rd.mu.Unlock()
+		if done {
+			continue
+		}
+		first, last := bucketFirst(uint32(seg), segBits), bucketLast(uint32(seg), segBits)
+		if last < lo || first > hi {
+			rd.mu.Lock()
+			rd.segDone[seg] = true
+			rd.mu.Unlock()
+			continue
+		}
+		g.Go(func() error {
+			local := make([]*tree, len(rd.tables))
+			counts := make([]int64, len(rd.tables))
+			for i, tg := range rd.tgts {
+				local[i] = newTree(rd.st.Bits)
+				var buf []byte
+				pending := 0
+				err := tg.scanRange(gctx, max(first, lo), min(last, hi), func(tok int64, values []any) error {
+					if pending++; pending == 256 {
+						if err := wait(gctx, rd.rowLim, pending); err != nil {
+							return err
+						}
+						pending = 0
+					}
+					var err error
+					if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
+						return err
+					}
+					b := bucketOf(tok, rd.st.Bits)
+					local[i].leaves[b].Sum += xxhash.Sum64(buf)
+					local[i].leaves[b].N++
+					counts[i]++
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			rd.mu.Lock()
+			for i := range rd.tables {
+				rd.act[i].merge(local[i])
+				rd.tgtRows[i].Add(counts[i])
+			}
+			rd.segDone[seg] = true
+			rd.mu.Unlock()
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// candidate is a key whose two sides differed while narrowing.
+type candidate struct {
+	table int
+	key   []byte
+	// id is the source document's envelope key; nil when no document of the
+	// narrowing scan mapped to the key (an extra row, or one whose document
+	// changed its key).
+	id []byte
+}
+
+type srcEntry struct {
+	h  uint64
+	id []byte
+}
+
+// narrow turns differing leaves into candidate keys: the source is scanned
+// again keeping only rows in those leaves, and the target leaves are read
+// whole. Leaves are taken in chunks so that memory stays bounded by
+// maxNarrowRows rather than by how many leaves differ.
+func (rd *round) narrow(ctx context.Context, mism [][]uint32) ([]candidate, error) {
+	const maxNarrowRows = 200_000
+	type leafRef struct {
+		table int
+		leaf  uint32
+	}
+	var all []leafRef
+	for i, ls := range mism {
+		for _, l := range ls {
+			all = append(all, leafRef{i, l})
+		}
+	}
+	var cands []candidate
+	for len(all) > 0 {
+		var chunk []leafRef
+		rows := 0
+		for len(all) > 0 && (len(chunk) == 0 || rows < maxNarrowRows) {
+			l := all[0]
+			rows += int(rd.exp[l.table].leaves[l.leaf].N + rd.act[l.table].leaves[l.leaf].N)
+			chunk, all = append(chunk, l), all[1:]
+		}
+		want := make([]map[uint32]bool, len(rd.tables))
+		for i := range want {
+			want[i] = map[uint32]bool{}
+		}
+		for _, l := range chunk {
+			want[l.table][l.leaf] = true
+		}
+		src := make([]map[string]srcEntry, len(rd.tables))
+		tgt := make([]map[string]uint64, len(rd.tables))
+		for i := range rd.tables {
+			src[i], tgt[i] = map[string]srcEntry{}, map[string]uint64{}
+		}
+		tidx := map[*transform.Table]int{}
+		for i, t := range rd.tables {
+			tidx[t] = i
+		}
+		var buf, pk []byte
+		err := rd.src.scan(ctx, nil, bson.RawValue{}, func(doc bson.Raw) error {
+			rows, _ := rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+			for _, row := range rows {
+				i, ok := tidx[row.Table]
+				if !ok {
+					continue
+				}
+				var err error
+				if pk, err = partitionKeyBytes(pk[:0], row.Table, row.Values); err != nil {
+					return err
+				}
+				tok := tokenOf(pk)
+				if !want[i][bucketOf(tok, rd.st.Bits)] || !rd.scope.inRange(tok) {
+					continue
+				}
+				if buf, err = row.Table.AppendCanonical(buf[:0], row.Values); err != nil {
+					return err
+				}
+				src[i][string(row.Key)] = srcEntry{h: xxhash.Sum64(buf), id: envelope.Key(doc.Lookup("_id"))}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		var mu sync.Mutex
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(rd.r.cfg.Concurrency)
+		lo, hi := rd.scope.tokenRange()
+		for _, l := range chunk {
+			tg := rd.tgts[l.table]
+			g.Go(func() error {
+				var buf []byte
+				found := map[string]uint64{}
+				err := tg.scanRange(gctx, max(lo, bucketFirst(l.leaf, rd.st.Bits)), min(hi, bucketLast(l.leaf, rd.st.Bits)), func(_ int64, values []any) error {
+					k, err := tg.t.EncodeKey(tg.t.KeyValues(values))
+					if err != nil {
+						return err
+					}
+					if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
+						return err
+					}
+					found[string(k)] = xxhash.Sum64(buf)
+					return nil
+				})
+				mu.Lock()
+				for k, h := range found {
+					tgt[l.table][k] = h
+				}
+				mu.Unlock()
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		for i := range rd.tables {
+			keys := make([]string, 0, len(src[i]))
+			for k := range src[i] {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				if h, ok := tgt[i][k]; !ok || h != src[i][k].h {
+					cands = append(cands, candidate{table: i, key: []byte(k), id: src[i][k].id})
+				}
+			}
+			keys = keys[:0]
+			for k := range tgt[i] {
+				if _, ok := src[i][k]; !ok {
+					keys = append(keys, k)
+				}
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				cands = append(cands, candidate{table: i, key: []byte(k)})
+			}
+		}
+		if len(cands) > rd.r.cfg.MaxCandidates {
+			cands = cands[:rd.r.cfg.MaxCandidates]
+			rd.rep.Truncated = true
+			break
+		}
+	}
+	return cands, nil
+}
+
+// byIDs checks the listed documents' rows directly, without a tree.
+func (rd *round) byIDs(ctx context.Context) error {
+	ids, err := parseIDs(rd.scope.IDs)
+	if err != nil {
+		return err
+	}
+	docs, err := rd.src.find(ctx, ids)
+	if err != nil {
+		return err
+	}
+	rd.docs.Store(int64(len(docs)))
+	var cands []candidate
+	for _, id := range ids {
+		idKey := envelope.Key(id)
+		var rows []transform.Row
+		if doc, ok := docs[string(idKey)]; ok {
+			rows, _ = rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+		}
+		for i, t := range rd.tables {
+			var have []byte
+			for _, row := range rows {
+				if row.Table == t {
+					have = row.Key
+					cands = append(cands, candidate{table: i, key: row.Key, id: idKey})
+				}
+			}
+			if t.KeyFromIDOnly {
+				kv, err := t.KeyForID(id)
+				if err != nil {
+					continue
+				}
+				if k, err := t.EncodeKey(kv); err == nil && !bytes.Equal(k, have) {
+					cands = append(cands, candidate{table: i, key: k, id: idKey})
+				}
+			}
+		}
+	}
+	rd.phase.Store("recheck")
+	return rd.recheckAll(ctx, cands, false)
+}
+
+// finish completes the report and publishes it.
+func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
+	r, rep := rd.r, rd.rep
+	pctx := context.WithoutCancel(ctx)
+	rep.End = time.Now().UTC()
+	rep.DurationSeconds = rep.End.Sub(rep.Start).Seconds()
+	rep.DocsScanned = rd.docs.Load()
+	rep.SourceErrors = rd.st.Errors
+	for i := range rd.tables {
+		if rep.Tables[i].RowsSource == 0 && rep.Tables[i].RowsTarget == 0 {
+			rep.Tables[i].RowsSource, rep.Tables[i].RowsTarget = rd.srcRows[i].Load(), rd.tgtRows[i].Load()
+		}
+		rep.RowsCompared += rep.Tables[i].RowsSource + rep.Tables[i].RowsTarget
+	}
+	if el := time.Since(rd.started).Seconds(); el > 0 {
+		rep.RowsPerSecond = float64(rep.RowsCompared) / el
+		rep.DocsPerSecond = float64(rep.DocsScanned) / el
+	}
+	if v, err := rd.src.now(pctx); err == nil {
+		rep.SourceVersionEnd = v.String()
+	}
+	rep.LagEnd, _ = r.d.Lag.Positions(pctx, rd.scope.Namespace)
+	divergent := rep.Counts[ClassMissing] + rep.Counts[ClassExtra] + rep.Counts[ClassDifferent] + rep.Counts[ClassStale]
+	switch {
+	case runErr != nil:
+		rep.Status = "incomplete"
+		rep.Error = runErr.Error()
+	case divergent > 0:
+		rep.Status = "divergent"
+	default:
+		rep.Status = "clean"
+	}
+	if runErr == nil && len(rd.scope.IDs) == 0 {
+		if err := r.d.Store.Delete(pctx, progressKey(rd.scope)); err != nil {
+			r.log.Warn("cannot clear round progress", "err", err)
+		}
+	}
+	if err := r.reports.Write(rep); err != nil {
+		return rep, err
+	}
+	sum := checkpoints.RoundSummary{ID: rep.ID, Scope: rd.scope.Key(), Start: rep.Start, End: rep.End,
+		Clean: rep.Status == "clean", RowsCompared: rep.RowsCompared, Divergent: divergent, InFlight: rep.Counts["in_flight"],
+		ByClass: map[string]int64{}}
+	for _, c := range []string{ClassMissing, ClassExtra, ClassDifferent, ClassStale} {
+		sum.ByClass[c] = rep.Counts[c]
+	}
+	if err := checkpoints.PutJSON(pctx, r.d.Store, checkpoints.KeyReconcileLatest+rd.scope.Key(), sum); err != nil {
+		return rep, fmt.Errorf("reconcile: record round summary: %w", err)
+	}
+	if rep.Status == "clean" && rd.scope.Table == "" && rd.scope.MinToken == nil && rd.scope.MaxToken == nil && len(rd.scope.IDs) == 0 {
+		// Every record below the start offsets was applied before the scan
+		// read the target, and the scan found nothing divergent: replaying
+		// from these offsets rebuilds a verified state.
+		for _, p := range rep.LagStart {
+			if p.Committed < 0 {
+				continue
+			}
+			m := checkpoints.Mark{Topic: p.Topic, Partition: p.Partition, Offset: p.Committed, VersionT: p.AppliedT,
+				VersionI: p.AppliedI, Wall: rep.Start, Name: rep.ID}
+			if err := checkpoints.PutJSON(pctx, r.d.Store, checkpoints.PartitionKey(checkpoints.PrefixVerified, p.Topic, p.Partition), m); err != nil {
+				return rep, fmt.Errorf("reconcile: record verified mark: %w", err)
+			}
+		}
+	}
+	r.met.observe(rep)
+	r.log.Info("round finished", "id", rep.ID, "scope", rd.scope.Key(), "status", rep.Status, "rows", rep.RowsCompared,
+		"divergent", divergent, "in_flight", rep.Counts["in_flight"], "seconds", rep.DurationSeconds)
+	if runErr != nil && ctx.Err() != nil {
+		return rep, ctx.Err()
+	}
+	return rep, nil
+}

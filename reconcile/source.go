@@ -1,0 +1,121 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/envelope"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+	"go.mongodb.org/mongo-driver/mongo"
+	"go.mongodb.org/mongo-driver/mongo/options"
+)
+
+// source reads one MongoDB collection.
+type source struct {
+	mc   *mongo.Client
+	ns   string
+	coll *mongo.Collection
+}
+
+func newSource(mc *mongo.Client, ns string) (*source, error) {
+	db, coll, ok := cutNamespace(ns)
+	if !ok {
+		return nil, fmt.Errorf("reconcile: namespace %q is not db.collection", ns)
+	}
+	return &source{mc: mc, ns: ns, coll: mc.Database(db).Collection(coll)}, nil
+}
+
+func cutNamespace(ns string) (string, string, bool) {
+	for i := 0; i < len(ns); i++ {
+		if ns[i] == '.' {
+			return ns[:i], ns[i+1:], i > 0 && i < len(ns)-1
+		}
+	}
+	return "", "", false
+}
+
+// scan calls fn for every document matching filter whose _id is above after
+// (none when after is empty), in _id order so that a round can resume after
+// the last _id it finished. doc is only valid during fn.
+func (s *source) scan(ctx context.Context, filter bson.D, after bson.RawValue, fn func(doc bson.Raw) error) error {
+	f := filter
+	if after.Type != 0 {
+		f = append(append(bson.D{}, filter...), bson.E{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}})
+		if len(filter) > 0 {
+			f = bson.D{{Key: "$and", Value: bson.A{filter, bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}}}}}}
+		}
+	}
+	cur, err := s.coll.Find(ctx, f, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetBatchSize(2000))
+	if err != nil {
+		return fmt.Errorf("reconcile: scan %s: %w", s.ns, err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for cur.Next(ctx) {
+		if err := fn(cur.Current); err != nil {
+			return err
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return fmt.Errorf("reconcile: scan %s: %w", s.ns, err)
+	}
+	return nil
+}
+
+// find reads the documents with the given _ids, by envelope key.
+func (s *source) find(ctx context.Context, ids []bson.RawValue) (map[string]bson.Raw, error) {
+	out := map[string]bson.Raw{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	in := make(bson.A, len(ids))
+	for i, id := range ids {
+		in[i] = id
+	}
+	cur, err := s.coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: in}}}})
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: read %s: %w", s.ns, err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for cur.Next(ctx) {
+		doc := append(bson.Raw(nil), cur.Current...)
+		out[string(envelope.Key(doc.Lookup("_id")))] = doc
+	}
+	return out, cur.Err()
+}
+
+// now is a version no older than any change the source has applied so far:
+// the server's clock, rounded up to the next second (cluster times count
+// whole seconds).
+func (s *source) now(ctx context.Context) (envelope.Version, error) {
+	var r struct {
+		LocalTime time.Time `bson:"localTime"`
+	}
+	if err := s.mc.Database("admin").RunCommand(ctx, bson.D{{Key: "isMaster", Value: 1}}).Decode(&r); err != nil {
+		return envelope.Version{}, fmt.Errorf("reconcile: read the source's time: %w", err)
+	}
+	if r.LocalTime.IsZero() {
+		return envelope.Version{}, errors.New("reconcile: the source reported no localTime")
+	}
+	return envelope.Version{T: uint32(r.LocalTime.Unix()) + 1}, nil
+}
+
+// changedAfter reports the newest change of document id in the oplog after
+// version v: the source-derived expectation that tells a stale row (the
+// source moved on, the target did not) from a different one. ok is false when
+// the oplog holds no such change or cannot be read.
+func (s *source) changedAfter(ctx context.Context, id bson.RawValue, v envelope.Version) (envelope.Version, bool) {
+	var e struct {
+		TS primitive.Timestamp `bson:"ts"`
+	}
+	filter := bson.D{{Key: "ns", Value: s.ns}, {Key: "ts", Value: bson.D{{Key: "$gt", Value: primitive.Timestamp{T: v.T, I: v.I}}}},
+		{Key: "$or", Value: bson.A{bson.D{{Key: "o._id", Value: id}}, bson.D{{Key: "o2._id", Value: id}}}}}
+	err := s.mc.Database("local").Collection("oplog.rs").FindOne(ctx, filter,
+		options.FindOne().SetSort(bson.D{{Key: "$natural", Value: -1}}).SetProjection(bson.D{{Key: "ts", Value: 1}})).Decode(&e)
+	if err != nil {
+		return envelope.Version{}, false
+	}
+	return envelope.Version{T: e.TS.T, I: e.TS.I}, true
+}
