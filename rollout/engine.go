@@ -156,6 +156,16 @@ func (e *Engine) Start(ctx context.Context) error {
 		return fmt.Errorf("rollout: %w", err)
 	}
 	now := e.now().UTC()
+	if e.cfg.Follow {
+		if !ok {
+			// The evaluator has not started yet; it will begin with the
+			// first stage, so the sink must not skip those keys meanwhile.
+			st = State{PlanVersion: e.cfg.Version, StageName: e.cfg.Stages[0].Name, StageSince: now}
+		}
+		e.follow(ctx, st)
+		e.refresh(now, nil)
+		return nil
+	}
 	switch {
 	case !ok:
 		st = State{PlanVersion: e.cfg.Version, Stage: 0, StageName: e.cfg.Stages[0].Name, StageSince: now}
@@ -236,6 +246,14 @@ func (e *Engine) Tick(ctx context.Context) error {
 	e.op.Lock()
 	defer e.op.Unlock()
 	now := e.now().UTC()
+	if e.cfg.Follow {
+		st, ok, err := checkpoints.GetJSON[State](ctx, e.store, StateKey)
+		if err == nil && ok {
+			err = e.follow(ctx, st)
+		}
+		e.refresh(now, err)
+		return err
+	}
 	var samples map[string]Sample
 	var sampleErr error
 	if !e.st.Aborted {
@@ -278,6 +296,45 @@ func (e *Engine) Tick(ctx context.Context) error {
 	err := errors.Join(errs...)
 	e.refresh(now, err)
 	return err
+}
+
+// follow adopts the evaluator's state: the sink's slice and the routes.
+func (e *Engine) follow(ctx context.Context, st State) error {
+	var err error
+	if e.st.Applied == nil || !e.st.Applied.Equal(st.Applied) || st.Applied == nil {
+		want := st.Applied
+		if want == nil {
+			want = e.cfg.Stages[0].Slice.Slice()
+		}
+		if err = e.act.ApplySlice(ctx, want); err == nil {
+			e.met.setSlice(want)
+			st.Applied = want
+		}
+	}
+	e.st = st
+	r := st.Routes
+	if r.Generation == 0 {
+		r = e.buildRoutes()
+	}
+	e.routes.Store(&r)
+	e.met.routeGen.Set(float64(r.Generation))
+	if e.cfg.RouteFile != "" {
+		if cur, lerr := LoadRoutes(e.cfg.RouteFile); lerr != nil || cur.Generation != r.Generation {
+			err = errors.Join(err, writeRoutes(e.cfg.RouteFile, &r))
+		}
+	}
+	return err
+}
+
+// CurrentSlice is the slice the plan's evaluator last handed the sink, for
+// other components (reconcile compares only keys inside it). ok is false
+// when no plan has run: every key is in.
+func CurrentSlice(ctx context.Context, store checkpoints.Store) (s Slice, ok bool, err error) {
+	st, ok, err := checkpoints.GetJSON[State](ctx, store, StateKey)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	return st.Applied, true, nil
 }
 
 func (e *Engine) hold(m map[string]*hold, name string) *hold {

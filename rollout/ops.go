@@ -12,6 +12,8 @@ import (
 	"github.com/tidemarkhq/tidemark/sink"
 )
 
+var errFollower = fmt.Errorf("%w: this daemon follows the plan (rollout.follow); send plan commands to the daemon that evaluates it", ErrRefused)
+
 func refused(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
 }
@@ -20,6 +22,9 @@ func refused(format string, a ...any) error {
 // rolled back, at the last stage, and — unless force — while any gate of the
 // current stage does not pass. Advancing clears a hold: a person decided.
 func (e *Engine) Advance(ctx context.Context, actor, reason string, force bool) (Status, error) {
+	if e.cfg.Follow {
+		return e.Status(), errFollower
+	}
 	e.op.Lock()
 	defer e.op.Unlock()
 	now := e.now().UTC()
@@ -51,6 +56,9 @@ func (e *Engine) Advance(ctx context.Context, actor, reason string, force bool) 
 // every read to legacy. The sink keeps writing the slice, so Cassandra stays
 // current for a retry; `plan resume` undoes an abort.
 func (e *Engine) Abort(ctx context.Context, actor, reason string) (Status, error) {
+	if e.cfg.Follow {
+		return e.Status(), errFollower
+	}
 	e.op.Lock()
 	defer e.op.Unlock()
 	if e.st.Aborted {
@@ -66,6 +74,9 @@ func (e *Engine) Abort(ctx context.Context, actor, reason string) (Status, error
 // Rollback is an operator's soft (routes to legacy) or hard (back to the
 // previous stage, this one marked reverted) rollback.
 func (e *Engine) Rollback(ctx context.Context, actor, reason string, hard bool) (Status, error) {
+	if e.cfg.Follow {
+		return e.Status(), errFollower
+	}
 	e.op.Lock()
 	defer e.op.Unlock()
 	a := SoftRollback
@@ -87,6 +98,9 @@ func (e *Engine) Rollback(ctx context.Context, actor, reason string, hard bool) 
 // rollback, releases the partitions the rollout paused, and gives the
 // current stage's triggers their attempts back.
 func (e *Engine) Resume(ctx context.Context, actor, reason string) (Status, error) {
+	if e.cfg.Follow {
+		return e.Status(), errFollower
+	}
 	e.op.Lock()
 	defer e.op.Unlock()
 	before := map[string]any{"held": e.st.Held, "aborted": e.st.Aborted, "soft_rollback": e.st.SoftRollback, "paused": e.st.Paused}
@@ -140,6 +154,9 @@ type DrillStep struct {
 // report goes to the audit log and under DrillKeyPrefix. A drill does not
 // count as a trigger attempt.
 func (e *Engine) Drill(ctx context.Context, actor, reason, trigger string) (DrillReport, error) {
+	if e.cfg.Follow {
+		return DrillReport{}, errFollower
+	}
 	e.op.Lock()
 	defer e.op.Unlock()
 	var t *Trigger

@@ -35,6 +35,11 @@ type Config struct {
 	SignalWindow time.Duration `yaml:"signal_window"`
 	// RouteFile is kept equal to GET /v1/route's table (written atomically).
 	RouteFile string `yaml:"route_file"`
+	// Follow makes this daemon follow the state another daemon's engine
+	// decides: it hands its sink the current slice and serves routes, but
+	// evaluates nothing and refuses plan commands. Run exactly one daemon
+	// without follow per deployment.
+	Follow bool `yaml:"follow"`
 	// DrillTimeout bounds how long a drill waits for the expected effect. Default 2m.
 	DrillTimeout time.Duration `yaml:"drill_timeout"`
 	// Triggers apply to every stage, in addition to each stage's own.
