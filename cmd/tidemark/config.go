@@ -14,6 +14,7 @@ import (
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"github.com/tidemarkhq/tidemark/capture"
+	"github.com/tidemarkhq/tidemark/rollout"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/sink"
@@ -39,6 +40,8 @@ type Config struct {
 	Admin       AdminConfig       `yaml:"admin"`
 	Capture     capture.Config    `yaml:"capture"`
 	Sink        sink.Config       `yaml:"sink"`
+	// Rollout is the plan: stages, gates, triggers (see the rollout package).
+	Rollout rollout.Config `yaml:"rollout"`
 	Reconcile   reconcile.Config  `yaml:"reconcile"`
 	Log         LogConfig         `yaml:"log"`
 }
@@ -233,6 +236,7 @@ func (c *Config) applyDefaults() {
 	}
 	c.Capture = c.Capture.WithDefaults()
 	c.Sink = c.Sink.WithDefaults()
+	c.Rollout = c.Rollout.WithDefaults()
 	c.Reconcile = c.Reconcile.WithDefaults()
 	if c.Reconcile.SinkGroup == "" {
 		c.Reconcile.SinkGroup = c.Sink.Group
@@ -289,6 +293,9 @@ func (c *Config) validate() error {
 	}
 	if c.Sink.TopicPrefix != c.Capture.TopicPrefix {
 		errs = append(errs, errors.New("sink.topic_prefix must equal capture.topic_prefix"))
+	}
+	if err := c.Rollout.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("config has %d problem(s):\n  %w", len(errs), joined(errs))
