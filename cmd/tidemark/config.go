@@ -14,9 +14,9 @@ import (
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"github.com/tidemarkhq/tidemark/capture"
-	"github.com/tidemarkhq/tidemark/rollout"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/reconcile"
+	"github.com/tidemarkhq/tidemark/rollout"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -41,9 +41,9 @@ type Config struct {
 	Capture     capture.Config    `yaml:"capture"`
 	Sink        sink.Config       `yaml:"sink"`
 	// Rollout is the plan: stages, gates, triggers (see the rollout package).
-	Rollout rollout.Config `yaml:"rollout"`
-	Reconcile   reconcile.Config  `yaml:"reconcile"`
-	Log         LogConfig         `yaml:"log"`
+	Rollout   rollout.Config   `yaml:"rollout"`
+	Reconcile reconcile.Config `yaml:"reconcile"`
+	Log       LogConfig        `yaml:"log"`
 }
 
 // TLSConfig names PEM files; empty fields are not used.
