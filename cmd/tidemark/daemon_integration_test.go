@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -217,6 +218,24 @@ sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
 	if !refused || !rewound {
 		t.Fatalf("audit log lacks the refused pause (%v) or the rewind (%v): %+v", refused, rewound, es)
 	}
+	// audit --follow prints entries written after it started.
+	fcmd := exec.CommandContext(ctx, bin, "audit", "--follow", "--json", "--limit", "1", "--addr", addr, "--token-file", filepath.Join(dir, "token"))
+	var fout lockedBuffer
+	fcmd.Stdout, fcmd.Stderr = &fout, &fout
+	if err := fcmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fcmd.Process.Kill(); fcmd.Wait() })
+	if out, err := cli("pause", "--topic", topic, "--partitions", "1", "--reason", "follow me", "--token-file", filepath.Join(dir, "token")); err != nil {
+		t.Fatalf("pause: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(fout.String(), `"reason":"follow me"`); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("audit --follow did not print the pause within 20s:\n%s", fout.String())
+		}
+	}
+	cli("resume", "--topic", topic, "--partitions", "1", "--reason", "follow me", "--token-file", filepath.Join(dir, "token"))
+
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -299,6 +318,24 @@ func readTopic(t *testing.T, ctx context.Context, topic string) []*kgo.Record {
 			seen[r.Partition] = r.Offset
 		})
 	}
+}
+
+// lockedBuffer is a bytes.Buffer a child process writes while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func tailOf(s string, n int) string {

@@ -217,11 +217,12 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cf := newClientFlags("audit", "audit [--since RFC3339] [--actor NAME] [--action ACTION] [--limit N] [--json]", stderr)
+	cf := newClientFlags("audit", "audit [--since RFC3339] [--actor NAME] [--action ACTION] [--limit N] [--json] [--follow]", stderr)
 	since := cf.fs.String("since", "", "only entries at or after this time (RFC3339)")
 	actor := cf.fs.String("actor", "", "only this actor (token name, or auto:<component>)")
 	action := cf.fs.String("action", "", `only this action, e.g. "POST /v1/pause"`)
 	limit := cf.fs.Int("limit", 50, "newest N entries")
+	follow := cf.fs.Bool("follow", false, "keep printing new entries as they are written, until interrupted")
 	if err := cf.fs.Parse(args); err != nil {
 		return err
 	}
@@ -239,15 +240,74 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cl.Do(ctx, "GET", "/v1/audit?"+q.Encode(), nil, &es); err != nil {
 		return err
 	}
-	if *cf.json {
-		return printJSON(stdout, es)
+	print := func(es []checkpoints.AuditEntry, header bool) error {
+		if *cf.json {
+			if *follow {
+				// One object per line, so a follower can be piped to jq.
+				for _, e := range es {
+					b, _ := json.Marshal(e)
+					fmt.Fprintf(stdout, "%s\n", b)
+				}
+				return nil
+			}
+			return printJSON(stdout, es)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		if header {
+			fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tRESULT\tREASON")
+		}
+		for _, e := range es {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Result, e.Reason)
+		}
+		return tw.Flush()
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tRESULT\tREASON")
-	for _, e := range es {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Format(time.RFC3339), e.Actor, e.Action, e.Result, e.Reason)
+	if err := print(es, true); err != nil || !*follow {
+		return err
 	}
-	return tw.Flush()
+	// Entries can share a timestamp, so the ones already printed at the
+	// newest time are remembered and skipped when asked again from it.
+	last, seen := time.Time{}, map[string]bool{}
+	mark := func(es []checkpoints.AuditEntry) {
+		for _, e := range es {
+			if e.Time.After(last) {
+				last, seen = e.Time, map[string]bool{}
+			}
+			if e.Time.Equal(last) {
+				b, _ := json.Marshal(e)
+				seen[string(b)] = true
+			}
+		}
+	}
+	mark(es)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+		if !last.IsZero() {
+			q.Set("since", last.Format(time.RFC3339Nano))
+		}
+		q.Del("limit")
+		var more, fresh []checkpoints.AuditEntry
+		if err := cl.Do(ctx, "GET", "/v1/audit?"+q.Encode(), nil, &more); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			fmt.Fprintf(stderr, "audit: %v (retrying)\n", err)
+			continue
+		}
+		for _, e := range more {
+			b, _ := json.Marshal(e)
+			if !seen[string(b)] {
+				fresh = append(fresh, e)
+			}
+		}
+		mark(fresh)
+		if err := print(fresh, false); err != nil {
+			return err
+		}
+	}
 }
 
 func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
