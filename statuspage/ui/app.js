@@ -172,7 +172,10 @@
       const isPaused = p.paused || paused.has(p.topic + "/" + p.partition);
       const behind = p.records_behind || 0;
       const meter = el("span", { class: "meter" + (isPaused ? " bad" : ""), "aria-hidden": "true" }, el("span"));
-      meter.firstChild.style.width = (maxRecs > 0 ? Math.round((100 * behind) / maxRecs) : 0) + "%";
+      // Log scale against at least 10,000 records: one record (a caught-up
+      // transactional partition's commit marker) stays a sliver, a real
+      // backlog fills the bar.
+      meter.firstChild.style.width = Math.round((100 * Math.log1p(behind)) / Math.log1p(Math.max(maxRecs, 10000))) + "%";
       let state;
       if (isPaused) state = badge("paused", "warn");
       else if (p.committed < 0) state = badge("no offset yet", "");
