@@ -49,6 +49,10 @@ type Report struct {
 	// ResumedFrom names the incomplete round this one continued.
 	ResumedFrom     string  `json:"resumed_from,omitempty"`
 	DurationSeconds float64 `json:"duration_seconds"`
+	// SourceSeconds and TargetSeconds are how long the two full scans took
+	// (they run side by side); the rest is narrowing and re-checks.
+	SourceSeconds float64 `json:"source_scan_seconds"`
+	TargetSeconds float64 `json:"target_scan_seconds"`
 	// SourceVersionStart/End bound the source cluster times the round read at.
 	SourceVersionStart string `json:"source_version_start"`
 	SourceVersionEnd   string `json:"source_version_end"`

@@ -268,8 +268,16 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 	rd.rep.BucketBits = rd.st.Bits
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return rd.scanSource(gctx) })
-	g.Go(func() error { return rd.scanTarget(gctx) })
+	g.Go(func() error {
+		start := time.Now()
+		defer func() { rd.rep.SourceSeconds = time.Since(start).Seconds() }()
+		return rd.scanSource(gctx)
+	})
+	g.Go(func() error {
+		start := time.Now()
+		defer func() { rd.rep.TargetSeconds = time.Since(start).Seconds() }()
+		return rd.scanTarget(gctx)
+	})
 	err = g.Wait()
 	if serr := rd.save(context.WithoutCancel(ctx)); serr != nil {
 		r.log.Warn("cannot save round progress", "err", serr)
@@ -694,10 +702,8 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 		// read the target, and the scan found nothing divergent: replaying
 		// from these offsets rebuilds a verified state.
 		for _, p := range rep.LagStart {
-			if p.Committed < 0 {
-				continue
-			}
-			m := checkpoints.Mark{Topic: p.Topic, Partition: p.Partition, Offset: p.Committed, VersionT: p.AppliedT,
+			// A partition the sink never committed is verified from its start.
+			m := checkpoints.Mark{Topic: p.Topic, Partition: p.Partition, Offset: max(p.Committed, 0), VersionT: p.AppliedT,
 				VersionI: p.AppliedI, Wall: rep.Start, Name: rep.ID}
 			if err := checkpoints.PutJSON(pctx, r.d.Store, checkpoints.PartitionKey(checkpoints.PrefixVerified, p.Topic, p.Partition), m); err != nil {
 				return rep, fmt.Errorf("reconcile: record verified mark: %w", err)

@@ -42,6 +42,9 @@ func cutNamespace(ns string) (string, string, bool) {
 // the last _id it finished. doc is only valid during fn.
 func (s *source) scan(ctx context.Context, filter bson.D, after bson.RawValue, fn func(doc bson.Raw) error) error {
 	f := filter
+	if f == nil {
+		f = bson.D{}
+	}
 	if after.Type != 0 {
 		f = append(append(bson.D{}, filter...), bson.E{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}})
 		if len(filter) > 0 {
