@@ -1,0 +1,293 @@
+//go:build integration
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/bson"
+
+	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/internal/testbed"
+	"github.com/tidemarkhq/tidemark/rollout"
+)
+
+// TestIntegrationRolloutDrills runs the real binary with a two-stage plan
+// against the local stack. The sink writes only the first stage's half of the
+// key space. A drill of the halt trigger pauses every partition of the slice
+// (seen by the consumer), restores them, and is audited; changes made after
+// it still arrive. A soft rollback flips the route endpoint and the route
+// file to legacy within a second and resume flips them back, and a drill of
+// the soft-rollback trigger passes and leaves the routes as they were.
+func TestIntegrationRolloutDrills(t *testing.T) {
+	s := testbed.Cassandra(t)
+	mc := testbed.Mongo(t)
+	testbed.Kafka(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tidemark")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	db := testbed.UniqueName(t, "ro")
+	ns := db + ".users"
+	ks := testbed.UniqueName(t, "ks")
+	m, specText := testbed.UsersMapping(t, s, ns, ks)
+	os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(specText), 0o600)
+	os.WriteFile(filepath.Join(dir, "tokens"), []byte("ci:"+testToken+"\n"), 0o600)
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte(testToken), 0o600)
+	prefix := testbed.UniqueName(t, "ro")
+	addr := "127.0.0.1:17093"
+	routeFile := filepath.Join(dir, "routes.json")
+	cfg := fmt.Sprintf(`roles: [capture, sink]
+spec: %s/spec.yaml
+kafka: {brokers: [%s]}
+mongo: {uri: %q}
+cassandra: {hosts: [%s]}
+checkpoints: {kind: file, dir: %s/state}
+admin: {listen: %q, tokens_file: %s/tokens, open_status: true}
+capture: {topic_prefix: %s, namespaces: [%s], partitions: 3}
+sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
+rollout:
+  version: itest-1
+  every: 500ms
+  route_file: %s
+  drill_timeout: 60s
+  stages:
+    - name: half
+      slice: {collections: [%s], share: 50%%}
+      reads: new
+      triggers:
+        - {name: lag-halt, signal: lag_seconds, above: 3600, for: 1m, action: halt}
+        - {name: reads-back, signal: error_ratio, above: 0.5, for: 1m, action: soft-rollback}
+    - name: all
+      slice: {collections: [%s]}
+      reads: new
+`, dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","), dir, addr, dir,
+		prefix, ns, prefix, routeFile, ns, ns)
+	os.WriteFile(filepath.Join(dir, "tidemark.yaml"), []byte(cfg), 0o600)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	coll := mc.Database(db).Collection("users")
+	t.Cleanup(func() { mc.Database(db).Drop(context.Background()) })
+	// One document before the daemon starts, so the collection exists; its
+	// _id (bucket 4927) is inside the slice, so it does not matter whether the
+	// backfill reaches the sink before the plan hands the sink its slice.
+	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: int64(-1)}, {Key: "email", Value: "seed@x.org"}, {Key: "age", Value: int32(1)}}); err != nil {
+		t.Fatal(err)
+	}
+
+	daemon := exec.CommandContext(ctx, bin, "run", "--config", filepath.Join(dir, "tidemark.yaml"))
+	var logs bytes.Buffer
+	daemon.Stdout, daemon.Stderr = &logs, &logs
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		daemon.Process.Signal(os.Interrupt)
+		daemon.Wait()
+		if t.Failed() {
+			t.Logf("daemon log tail:\n%s", lastBytes(logs.String(), 5000))
+		}
+	})
+	ac, _ := admin.NewClient(addr, tokenFile)
+	for deadline := time.Now().Add(time.Minute); ; {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon not ready within a minute")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cli := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, bin, append(args, "--addr", addr, "--token-file", tokenFile)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	// Only keys in the first stage's half of the key space reach Cassandra.
+	inSlice := func(docs []bson.Raw) []bson.Raw {
+		var out []bson.Raw
+		for _, d := range docs {
+			if rollout.BucketOfID(d.Lookup("_id")) < 5000 {
+				out = append(out, d)
+			}
+		}
+		return out
+	}
+	waitMatch := func(what string) {
+		t.Helper()
+		docs := testbed.SourceDocs(t, ctx, coll)
+		want := testbed.Expected(t, m, ns, inSlice(docs))
+		all := testbed.Expected(t, m, ns, docs)
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			got := testbed.Snapshot(t, s, m, ns)
+			if bytes.Equal(got, want) {
+				if bytes.Equal(got, all) {
+					t.Fatalf("%s: the slice holds every document; the test needs keys outside it", what)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: Cassandra does not hold exactly the slice: got %q want %q", what, testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	insert := func(from, to int) {
+		var docs []any
+		for i := from; i < to; i++ {
+			docs = append(docs, bson.D{{Key: "_id", Value: int64(i)}, {Key: "email", Value: fmt.Sprintf("r%d@x.org", i)}, {Key: "age", Value: int32(i % 80)}})
+		}
+		if _, err := coll.InsertMany(ctx, docs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert(0, 400)
+	waitMatch("first stage")
+
+	out, err := cli("plan", "status")
+	if err != nil || !strings.Contains(out, "stage 1/2 half") || !strings.Contains(out, "lag-halt") {
+		t.Fatalf("plan status: %v\n%s", err, out)
+	}
+
+	// Drill the halt trigger end to end.
+	out, err = cli("plan", "drill", "--trigger", "lag-halt", "--reason", "itest halt drill", "--json")
+	if err != nil {
+		t.Fatalf("halt drill: %v\n%s", err, out)
+	}
+	var rep rollout.DrillReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Result != rollout.Pass || len(rep.Steps) != 3 {
+		t.Fatalf("halt drill report: %v\n%s", err, out)
+	}
+	if !strings.Contains(rep.Steps[1].Detail, "3 partitions of the slice paused: true") {
+		t.Fatalf("the drill did not see the three partitions paused: %+v", rep.Steps[1])
+	}
+	var st Status
+	if err := ac.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Paused) != 0 {
+		t.Fatalf("partitions still paused after the drill: %v", st.Paused)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ac.Do(ctx, "GET", "/v1/status", nil, &st)
+		paused := 0
+		for _, p := range st.Partitions {
+			if p.Paused {
+				paused++
+			}
+		}
+		if paused == 0 && len(st.Partitions) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the consumer did not resume: %+v", st.Partitions)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var es []checkpoints.AuditEntry
+	if err := ac.Do(ctx, "GET", "/v1/audit?action=drill", nil, &es); err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].Actor != "ci" || es[0].Result != "ok" || es[0].Reason != "itest halt drill" || es[0].Target != "lag-halt" {
+		t.Fatalf("drill audit: %+v", es)
+	}
+	// The pipeline runs as before: new changes arrive, still only the slice.
+	insert(400, 600)
+	coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: int64(3)}}, bson.D{{Key: "$set", Value: bson.D{{Key: "email", Value: "after-drill@x.org"}}}})
+	waitMatch("after the halt drill")
+
+	// Soft rollback: the route flips to legacy within a second, and back.
+	var inKey string
+	for i := 0; i < 600; i++ {
+		id := fmt.Sprint(i)
+		var ra RouteAnswer
+		if err := ac.Do(ctx, "GET", "/v1/route?collection="+ns+"&id="+id, nil, &ra); err != nil {
+			t.Fatal(err)
+		}
+		if ra.Route == rollout.New {
+			inKey = id
+			break
+		}
+	}
+	if inKey == "" {
+		t.Fatal("no key routes to the new store in a 50% slice")
+	}
+	route := func() (rollout.Mode, rollout.Mode) {
+		var ra RouteAnswer
+		if err := ac.Do(ctx, "GET", "/v1/route?collection="+ns+"&id="+inKey, nil, &ra); err != nil {
+			t.Fatal(err)
+		}
+		r, err := rollout.LoadRoutes(routeFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		fmt.Sscan(inKey, &n)
+		return ra.Route, r.RouteID(ns, rawInt64(n))
+	}
+	began := time.Now()
+	if out, err := cli("plan", "rollback", "--reason", "itest soft rollback"); err != nil {
+		t.Fatalf("rollback: %v\n%s", err, out)
+	}
+	api, file := route()
+	if api != rollout.Legacy || file != rollout.Legacy || time.Since(began) > time.Second {
+		t.Fatalf("after rollback (%s): endpoint %s, route file %s", time.Since(began), api, file)
+	}
+	if out, err := cli("plan", "resume", "--reason", "itest reads fine again"); err != nil {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	if api, file := route(); api != rollout.New || file != rollout.New {
+		t.Fatalf("after resume: endpoint %s, route file %s", api, file)
+	}
+	out, err = cli("plan", "drill", "--trigger", "reads-back", "--reason", "itest soft drill", "--json")
+	rep = rollout.DrillReport{}
+	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || rep.Result != rollout.Pass {
+		t.Fatalf("soft-rollback drill: %v\n%s", err, out)
+	}
+	if api, file := route(); api != rollout.New || file != rollout.New {
+		t.Fatalf("after the soft-rollback drill: endpoint %s, route file %s", api, file)
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var metrics bytes.Buffer
+	metrics.ReadFrom(resp.Body)
+	for _, want := range []string{`tidemark_rollout_drills_total{action="halt",result="pass"} 1`, `tidemark_rollout_drills_total{action="soft-rollback",result="pass"} 1`,
+		"tidemark_rollout_route_generation 5", `tidemark_rollout_slice_basis_points{collection="` + ns + `"} 5000`} {
+		if !strings.Contains(metrics.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+func rawInt64(n int64) bson.RawValue {
+	typ, b, _ := bson.MarshalValue(n)
+	return bson.RawValue{Type: typ, Value: b}
+}
+
+func lastBytes(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
