@@ -57,8 +57,22 @@ cassandra: {hosts: [%s]}
 checkpoints: {kind: file, dir: %s/state}
 admin: {listen: %q, tokens_file: %s/tokens, open_status: true}
 capture: {topic_prefix: %s, namespaces: [%s], partitions: 3, update_lookup: capture, backfill: {chunk_size: 500}}
-sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
-`, dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","), dir, addr, dir, prefix, ns, prefix)
+sink: {group: %[8]s-g, consistency: ONE, mark_interval: 1s}
+rollout:
+  version: statuspage-plan-1
+  every: 500ms
+  stages:
+    - name: canary
+      slice: {collections: [%[9]s], share: "10%%"}
+      advance: manual
+      gates:
+        - {name: lag, signal: lag_records, max: 100000, window: 2s}
+        - {name: dead letters, signal: dead_letter_rate, max: 0, window: 2s}
+      triggers:
+        - {name: stuck, signal: lag_seconds, above: 3600, for: 1m, action: halt}
+    - {name: half, slice: {collections: [%[9]s], share: "50%%"}, advance: manual}
+    - {name: all, slice: {collections: [%[9]s], share: "100%%"}, advance: manual}
+`, dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","), dir, addr, dir, prefix, ns)
 	os.WriteFile(filepath.Join(dir, "tidemark.yaml"), []byte(cfg), 0o600)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -236,10 +250,40 @@ sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
 	if got := text("id", "capture-rows"); !strings.Contains(got, ns) || !strings.Contains(got, "streaming") {
 		t.Errorf("capture: page shows %q", got)
 	}
-	for _, id := range []string{"plan-body", "reconcile-body"} {
-		if got := text("id", id); strings.Contains(got, "cannot read") {
-			t.Errorf("%s: %q", id, got)
+	if got := text("id", "reconcile-body"); strings.Contains(got, "cannot read") {
+		t.Errorf("reconcile: %q", got)
+	}
+	var plan struct {
+		PlanVersion string   `json:"plan_version"`
+		Stages      []string `json:"stages"`
+		StageName   string   `json:"stage_name"`
+		Gates       []struct {
+			Name string `json:"name"`
+		} `json:"gates"`
+	}
+	if err := ac.Do(ctx, "GET", "/v1/plan", nil, &plan); err != nil {
+		t.Fatal(err)
+	}
+	got := text("id", "plan-body")
+	if !strings.Contains(got, "plan "+plan.PlanVersion) || plan.PlanVersion != "statuspage-plan-1" {
+		t.Errorf("plan: page shows %q, API says version %q", got, plan.PlanVersion)
+	}
+	for i, name := range plan.Stages {
+		want := fmt.Sprintf("%d. %s", i+1, name)
+		if name == plan.StageName {
+			want += " current"
 		}
+		if !strings.Contains(got, want) {
+			t.Errorf("plan: page shows %q, lacking %q", got, want)
+		}
+	}
+	for _, g := range plan.Gates {
+		if _, ok := spt.Element(doc, "data-gate", g.Name); !ok {
+			t.Errorf("plan: the page has no row for gate %q", g.Name)
+		}
+	}
+	if len(plan.Gates) != 2 {
+		t.Errorf("the API lists gates %+v, want the config's two", plan.Gates)
 	}
 
 	_, audit := spt.Elements(doc, "data-action")
