@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -480,5 +481,22 @@ func readJSON(t *testing.T, path string, v any) {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// TestAlertRulesPromtool runs the alert rules' unit tests
+// (prometheus/alerts_test.yml: lag held vs a blip, history lost, a stalled
+// sink vs a paused one, divergence, trigger firings, a target down) with
+// promtool, which parses every expression with Prometheus' own parser and
+// evaluates it over synthetic series. promtool ships with Prometheus (Debian:
+// apt-get install prometheus); without it this test is skipped, saying so.
+func TestAlertRulesPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool not on PATH (apt-get install prometheus): alerts_test.yml not run")
+	}
+	out, err := exec.Command(promtool, "test", "rules", "prometheus/alerts_test.yml").CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 }
