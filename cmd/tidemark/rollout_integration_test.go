@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -290,4 +291,282 @@ func lastBytes(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// TestIntegrationRolloutThreeStages runs a 10% → 50% → 100% plan that
+// advances by itself on a clean pipeline once every gate has held for its
+// window; each widening backfills the newly included keys. Reconcile is not
+// part of this daemon yet, so the test plays it through its contract with
+// rollout: a round summary under checkpoints.KeyReconcileLatest and, after a
+// clean round, verified marks. Divergence injected during the second stage
+// fires the rewind trigger within its hold window; the rewind replays from
+// the verified marks, the next round is clean, and the plan continues to
+// the end. At the last stage, drills of rewind, repair and hard rollback
+// pass and Cassandra still equals the source.
+func TestIntegrationRolloutThreeStages(t *testing.T) {
+	s := testbed.Cassandra(t)
+	mc := testbed.Mongo(t)
+	testbed.Kafka(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tidemark")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	db := testbed.UniqueName(t, "ro3")
+	ns := db + ".users"
+	ks := testbed.UniqueName(t, "ks")
+	m, specText := testbed.UsersMapping(t, s, ns, ks)
+	os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(specText), 0o600)
+	os.WriteFile(filepath.Join(dir, "tokens"), []byte("ci:"+testToken+"\n"), 0o600)
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte(testToken), 0o600)
+	prefix := testbed.UniqueName(t, "ro3")
+	topic := prefix + "." + ns
+	addr := "127.0.0.1:17094"
+	gates := `
+      gates:
+        - {name: lag, signal: lag_seconds, max: 5, window: 3s}
+        - {name: clean, signal: divergent_rows, max: 0, window: 3s}`
+	cfg := strings.NewReplacer("DIR", dir, "BROKERS", strings.Join(testbed.KafkaBrokers(), ","), "MONGO", testbed.MongoURI(),
+		"CASSANDRA", strings.Join(testbed.CassandraHosts(), ","), "ADDR", addr, "PREFIX", prefix, "NS", ns, "GATES", gates).Replace(`roles: [capture, sink]
+spec: DIR/spec.yaml
+kafka: {brokers: [BROKERS]}
+mongo: {uri: "MONGO"}
+cassandra: {hosts: [CASSANDRA]}
+checkpoints: {kind: file, dir: DIR/state}
+admin: {listen: "ADDR", tokens_file: DIR/tokens, open_status: true}
+capture: {topic_prefix: PREFIX, namespaces: [NS], partitions: 3}
+sink: {group: PREFIX-g, consistency: ONE, mark_interval: 1s}
+rollout:
+  version: itest-3
+  every: 250ms
+  drill_timeout: 90s
+  stages:
+    - name: ten
+      slice: {collections: [NS], share: 10%}
+      advance: autoGATES
+    - name: half
+      slice: {collections: [NS], share: 50%}
+      advance: autoGATES
+      triggers:
+        - {name: diverged, signal: divergent_rows, above: 0, for: 2s, action: rewind, cooldown: 1m, max_attempts: 2}
+    - name: all
+      slice: {collections: [NS], share: 100%}
+      reads: newGATES
+      triggers:
+        - {name: replay, signal: divergent_rows, above: 0, for: 1m, action: rewind}
+        - {name: fix, signal: divergent_rows, above: 0, for: 1m, action: repair}
+        - {name: undo, signal: divergent_rows, above: 1000, for: 1m, action: hard-rollback}
+`)
+	os.WriteFile(filepath.Join(dir, "tidemark.yaml"), []byte(cfg), 0o600)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	coll := mc.Database(db).Collection("users")
+	t.Cleanup(func() { mc.Database(db).Drop(context.Background()) })
+	insert := func(from, to int) {
+		var docs []any
+		for i := from; i < to; i++ {
+			docs = append(docs, bson.D{{Key: "_id", Value: int64(i)}, {Key: "email", Value: fmt.Sprintf("s%d@x.org", i)}, {Key: "age", Value: int32(i % 80)}})
+		}
+		if _, err := coll.InsertMany(ctx, docs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Before the daemon starts: the first stage's keys arrive by backfill.
+	// Documents are inserted only once the plan's slice is in place, except
+	// -1, whose bucket (4927) is outside 10%: written early or not, the
+	// widening to 50% includes it anyway.
+	insert(-1, 0)
+
+	store, err := checkpoints.OpenFile(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reconcile stand-in: every 300ms a round summary of the namespace,
+	// clean or divergent, and after a clean one the verified marks.
+	var divergent atomic.Int64
+	rctx, stopRounds := context.WithCancel(ctx)
+	rounds := make(chan struct{})
+	go func() {
+		defer close(rounds)
+		for n := 0; ; n++ {
+			select {
+			case <-rctx.Done():
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			div := divergent.Load()
+			id := fmt.Sprintf("itest-round-%d", n)
+			if div == 0 {
+				marks, _ := store.List(rctx, checkpoints.PrefixMark+topic+"/")
+				for _, b := range marks {
+					var mk checkpoints.Mark
+					if json.Unmarshal(b, &mk) == nil {
+						mk.Name = id
+						checkpoints.PutJSON(rctx, store, checkpoints.PartitionKey(checkpoints.PrefixVerified, mk.Topic, mk.Partition), mk)
+					}
+				}
+			}
+			now := time.Now().UTC()
+			checkpoints.PutJSON(rctx, store, checkpoints.KeyReconcileLatest+ns, checkpoints.RoundSummary{ID: id, Scope: ns,
+				Start: now.Add(-100 * time.Millisecond), End: now, Clean: div == 0, RowsCompared: 1000, Divergent: div})
+		}
+	}()
+	defer func() { stopRounds(); <-rounds }()
+
+	daemon := exec.CommandContext(ctx, bin, "run", "--config", filepath.Join(dir, "tidemark.yaml"))
+	var logs bytes.Buffer
+	daemon.Stdout, daemon.Stderr = &logs, &logs
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		daemon.Process.Signal(os.Interrupt)
+		daemon.Wait()
+		if t.Failed() {
+			t.Logf("daemon log tail:\n%s", lastBytes(logs.String(), 6000))
+		}
+	})
+	ac, _ := admin.NewClient(addr, tokenFile)
+	plan := func() rollout.Status {
+		t.Helper()
+		var st rollout.Status
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			err := ac.Do(ctx, "GET", "/v1/plan", nil, &st)
+			if err == nil {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET /v1/plan: %v", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	waitStage := func(name string, limit time.Duration) rollout.Status {
+		t.Helper()
+		for deadline := time.Now().Add(limit); ; {
+			st := plan()
+			if st.StageName == name {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not at stage %s within %s: %+v", name, limit, st)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitMatch := func(what string, share int) {
+		t.Helper()
+		docs := testbed.SourceDocs(t, ctx, coll)
+		var in []bson.Raw
+		for _, d := range docs {
+			if rollout.BucketOfID(d.Lookup("_id")) < share {
+				in = append(in, d)
+			}
+		}
+		want := testbed.Expected(t, m, ns, in)
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			got := testbed.Snapshot(t, s, m, ns)
+			if bytes.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: Cassandra does not hold exactly the %d bp slice: got %q want %q", what, share, testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+
+	st := waitStage("ten", 30*time.Second)
+	if st.Slice[ns] != "10%" {
+		t.Fatalf("first stage: %+v", st)
+	}
+	// Hold the plan in the first stage while its keys arrive: a divergent
+	// round keeps the clean gate from passing.
+	divergent.Store(1)
+	insert(0, 500)
+	waitMatch("first stage", 1000)
+	divergent.Store(0)
+
+	// Clean rounds: the gates hold 3s and the plan widens to 50%, whose new
+	// keys are backfilled.
+	waitStage("half", 30*time.Second)
+	divergent.Store(1)
+	// Hold here too until the widening's backfill is in, and make records
+	// for the rewind to replay.
+	insert(500, 700)
+	waitMatch("second stage", 5000)
+	fired := time.Now()
+	var fire []checkpoints.AuditEntry
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if err := ac.Do(ctx, "GET", "/v1/audit?action=trigger.fire", nil, &fire); err != nil {
+			t.Fatal(err)
+		}
+		if len(fire) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the divergence trigger did not fire")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	f := fire[0]
+	if f.Actor != rollout.AutoActor || f.Result != "ok" || f.Details["action"] != "rewind" || f.Details["value"] != 1.0 ||
+		f.Details["held_for_seconds"].(float64) < 2 {
+		t.Fatalf("trigger audit: %+v", f)
+	}
+	t.Logf("rewind fired %s after the wait began; details %v", time.Since(fired).Round(time.Millisecond), f.Details[topic])
+	// The rewind replayed and resumed: no partition stays paused, and the
+	// data is still the slice.
+	var ds Status
+	ac.Do(ctx, "GET", "/v1/status", nil, &ds)
+	if len(ds.Paused) != 0 {
+		t.Fatalf("paused after the rewind: %v", ds.Paused)
+	}
+	waitMatch("after the rewind", 5000)
+	if st := plan(); st.StageName != "half" {
+		t.Fatalf("advanced while divergent: %s", st.StageName)
+	}
+	// The next round is clean: the plan continues to the end.
+	divergent.Store(0)
+	st = waitStage("all", 30*time.Second)
+	waitMatch("last stage", 10000)
+	if st.Reads != rollout.New {
+		t.Fatalf("last stage reads: %+v", st)
+	}
+	var adv, pass, backfills []checkpoints.AuditEntry
+	ac.Do(ctx, "GET", "/v1/audit?action=stage.advance", nil, &adv)
+	ac.Do(ctx, "GET", "/v1/audit?action=gate.pass", nil, &pass)
+	ac.Do(ctx, "GET", "/v1/audit?action=slice.backfill", nil, &backfills)
+	if len(adv) != 2 || len(pass) != 2 || len(backfills) != 2 {
+		t.Fatalf("audit: %d advances, %d gate passes, %d backfills", len(adv), len(pass), len(backfills))
+	}
+	for _, p := range pass {
+		gs, _ := p.Details["gates"].([]any)
+		if len(gs) != 2 {
+			t.Fatalf("gate.pass without the gates: %+v", p)
+		}
+		for _, g := range gs {
+			g := g.(map[string]any)
+			if g["state"] != "pass" || g["held_for_seconds"].(float64) < g["window_seconds"].(float64) {
+				t.Fatalf("advanced before a gate held its window: %+v", g)
+			}
+		}
+	}
+
+	// Drills at the last stage; the source keeps changing in between.
+	for i, trig := range []string{"replay", "fix", "undo"} {
+		coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: int64(i)}}, bson.D{{Key: "$set", Value: bson.D{{Key: "email", Value: "drill-" + trig + "@x.org"}}}})
+		cmd := exec.CommandContext(ctx, bin, "plan", "drill", "--trigger", trig, "--reason", "itest drill", "--json", "--addr", addr, "--token-file", tokenFile)
+		out, err := cmd.CombinedOutput()
+		var rep rollout.DrillReport
+		if err != nil || json.Unmarshal(out, &rep) != nil || rep.Result != rollout.Pass {
+			t.Fatalf("drill %s: %v\n%s", trig, err, out)
+		}
+		if st := plan(); st.StageName != "all" || st.Held != "" || len(st.Reverted) != 0 || len(st.Paused) != 0 {
+			t.Fatalf("drill %s left the plan changed: %+v", trig, st)
+		}
+		waitMatch("after the "+trig+" drill", 10000)
+	}
 }
