@@ -4,7 +4,6 @@ package statuspage_test
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -101,34 +100,22 @@ const planJSON = `{
 }`
 
 // reportJSON has the shape of reconcile.Report plus the per-table bucket
-// array the heat-map reads (buckets: [{id, divergent}]).
-func reportJSON() string {
-	var b strings.Builder
-	b.WriteString(`{"schema_version": 1, "id": "20261125T080000Z-a1b2c3", "status": "divergent", "scope": {"namespace": "app.users"},
-	  "spec_version": "users-v1", "start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:01:30Z", "duration_seconds": 90,
-	  "docs_scanned": 50000, "rows_compared": 100000, "source_errors": 0, "candidates": 20,
-	  "counts": {"missing": 5, "extra": 0, "different": 7, "stale": 0, "in_flight": 3, "resolved": 2},
-	  "sample": [{"table": "ks.users", "class": "missing", "source_id": "42"}],
-	  "tables": [{"table": "ks.users", "rows_source": 50000, "rows_target": 49995, "bucket_mismatches": 3, "missing": 5, "extra": 0, "different": 7, "stale": 0, "in_flight": 3, "resolved": 2,
-	  "buckets": [`)
-	for i := 0; i < 64; i++ {
-		n := 0
-		switch i {
-		case 5:
-			n = 9
-		case 17:
-			n = 2
-		case 63:
-			n = 1
-		}
-		if i > 0 {
-			b.WriteString(",")
-		}
-		fmt.Fprintf(&b, `{"id": %d, "divergent": %d}`, i, n)
-	}
-	b.WriteString(`]}]}`)
-	return b.String()
-}
+// list the heat-map reads: buckets: [{id, divergent}], sparse (only leaves
+// with divergent keys), over 2^bucket_bits leaves. The second report has
+// 4,096 leaves, shown as 256 cells of sixteen, and a table with none.
+const reportJSON = `[{"schema_version": 1, "id": "20261125T080000Z-a1b2c3", "status": "divergent", "scope": {"namespace": "app.users"},
+  "spec_version": "users-v1", "start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:01:30Z", "duration_seconds": 90,
+  "docs_scanned": 50000, "rows_compared": 100000, "source_errors": 0, "candidates": 20, "bucket_bits": 6,
+  "counts": {"missing": 5, "extra": 0, "different": 7, "stale": 0, "in_flight": 3, "resolved": 2},
+  "sample": [{"table": "ks.users", "class": "missing", "source_id": "42"}],
+  "tables": [{"table": "ks.users", "rows_source": 50000, "rows_target": 49995, "bucket_mismatches": 3, "missing": 5, "extra": 0,
+    "different": 7, "stale": 0, "in_flight": 3, "resolved": 2,
+    "buckets": [{"id": 5, "divergent": 9}, {"id": 17, "divergent": 2}, {"id": 63, "divergent": 1}]}]},
+ {"schema_version": 1, "id": "20261125T070000Z-d4e5f6", "status": "divergent", "scope": {"namespace": "app.orders", "table": "ks.orders"},
+  "start": "2026-11-25T07:00:00Z", "end": "2026-11-25T07:00:10Z", "duration_seconds": 10, "rows_compared": 2000, "bucket_bits": 12,
+  "counts": {"missing": 0, "extra": 0, "different": 3, "stale": 0, "in_flight": 0},
+  "tables": [{"table": "ks.orders", "rows_source": 1000, "rows_target": 1000, "different": 3, "buckets": [{"id": 4001, "divergent": 3}]},
+    {"table": "ks.orders_by_day", "rows_source": 1000, "rows_target": 1000, "buckets": []}]}]`
 
 const auditJSON = `[
   {"time": "2026-11-25T08:00:00Z", "actor": "auto:daemon", "action": "daemon.start", "result": "ok", "details": {"roles": ["capture","sink"]}},
@@ -139,7 +126,7 @@ const auditJSON = `[
 func full() fixtures {
 	return fixtures{
 		"/healthz": "ok\n", "/readyz": "ready\n", "/v1/status": statusJSON, "/metrics": metricsText,
-		"/v1/plan": planJSON, "/v1/reports/latest": reportJSON(), "/v1/audit": auditJSON,
+		"/v1/plan": planJSON, "/v1/reports/latest": reportJSON, "/v1/audit": auditJSON,
 	}
 }
 
@@ -216,7 +203,9 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 	rep := mustText(t, doc, "id", "reconcile-body")
 	mustContain(t, "report", rep, "app.users", "12 divergent", "20261125T080000Z-a1b2c3", "scanned 50,000 documents",
 		"compared 100,000 rows", "missing 5", "different 7", "in flight 3", "resolved on re-check 2", "took 90 s",
-		"3 of 64 buckets hold divergent keys", "most divergent: bucket 5 (9), bucket 17 (2), bucket 63 (1)", "missing ks.users 42")
+		"3 of 64 cells hold divergent keys", "most divergent: bucket 5 (9), bucket 17 (2), bucket 63 (1)", "missing ks.users 42",
+		"app.orders → ks.orders", "3 divergent", "1 of 256 cells hold divergent keys (each cell sums 16 buckets)",
+		"most divergent: buckets 4000–4015 (3)")
 	if c := cellsOf(t, doc, "data-table", "ks.users"); c["missing"] != "5" || c["bucket_mismatches"] != "3" || c["rows_target"] != "49,995" {
 		t.Errorf("per-table row: %v", c)
 	}
@@ -225,6 +214,12 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 	}
 	if got := mustText(t, doc, "data-bucket", "ks.users/6"); got != "·" {
 		t.Errorf("bucket 6 shows %q, want ·", got)
+	}
+	if keys, _ := spt.Elements(doc, "data-bucket"); len(keys) != 64+256 {
+		t.Errorf("the heat-maps have %d cells, want 64 + 256", len(keys))
+	}
+	if got := mustText(t, doc, "data-bucket", "ks.orders/4000"); got != "3" {
+		t.Errorf("ks.orders cell 4000-4015 shows %q, want 3", got)
 	}
 
 	keys, rows := spt.Elements(doc, "data-action")

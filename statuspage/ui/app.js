@@ -401,15 +401,16 @@
     if (body.id !== undefined || body.scope !== undefined || body.rows_compared !== undefined) return [body];
     return Object.entries(body).filter(([, v]) => v && typeof v === "object").map(([k, v]) => Object.assign({ scope: k }, v));
   }
+  // scopeText reads reconcile.Scope: a namespace, optionally one table, a
+  // token range or a list of ids.
   function scopeText(s) {
     if (s === undefined || s === null || s === "") return "all";
     if (typeof s !== "object") return String(s);
-    const parts = [];
-    for (const [k, v] of Object.entries(s)) {
-      if (v === null || v === undefined || v === "" || (Array.isArray(v) && v.length === 0)) continue;
-      parts.push(Array.isArray(v) ? v.join(", ") : typeof v === "object" ? k + " " + JSON.stringify(v) : String(v));
-    }
-    return parts.join(" · ") || "all";
+    let t = s.namespace || "";
+    if (s.table) t += (t ? " → " : "") + s.table;
+    if (s.min_token !== undefined || s.max_token !== undefined) t += " tokens [" + (s.min_token ?? "min") + ", " + (s.max_token ?? "max") + "]";
+    if (Array.isArray(s.ids) && s.ids.length) t += " (" + s.ids.length + " ids)";
+    return t || JSON.stringify(s);
   }
   function countsOf(r) {
     const c = Object.assign({}, r.by_class || {}, r.counts || {});
@@ -417,10 +418,22 @@
     const inFlight = r.in_flight !== undefined ? r.in_flight : c.in_flight || 0;
     return { c, divergent, inFlight };
   }
-  function bucketsOf(x) {
+  // bucketsOf reads a bucket list [{id, divergent}] (or plain counts) into
+  // display cells. A sparse list (only divergent leaves) is spread over all
+  // 2^bits leaves when the report gives bucket_bits; more than MAX_CELLS
+  // leaves are summed into MAX_CELLS cells of consecutive leaves.
+  const MAX_CELLS = 256;
+  function bucketsOf(x, bits) {
     const b = pick(x, "buckets", "bucket_divergence", "heatmap");
     if (!Array.isArray(b)) return null;
-    return b.map((v, i) => typeof v === "number" ? { id: i, divergent: v } : { id: pick(v, "id", "bucket", "index") ?? i, divergent: Number(pick(v, "divergent", "count", "diverged") || 0) });
+    const list = b.map((v, i) => typeof v === "number" ? { id: i, divergent: v } : { id: Number(pick(v, "id", "bucket", "leaf", "index") ?? i), divergent: Number(pick(v, "divergent", "count", "diverged") || 0) });
+    const maxID = list.reduce((m, v) => Math.max(m, v.id), -1);
+    const total = bits > 0 && bits <= 24 ? Math.max(2 ** bits, maxID + 1) : Math.max(list.length, maxID + 1);
+    const per = Math.ceil(total / MAX_CELLS);
+    const cells = [];
+    for (let i = 0; i * per < total; i++) cells.push({ id: i * per, last: Math.min(total, (i + 1) * per) - 1, divergent: 0 });
+    for (const v of list) if (v.id >= 0 && v.id < total) cells[Math.floor(v.id / per)].divergent += v.divergent;
+    return cells;
   }
   function heat(n, max) {
     if (n <= 0 || max <= 0) return null;
@@ -432,26 +445,31 @@
     const total = buckets.length;
     const max = buckets.reduce((m, b) => Math.max(m, b.divergent), 0);
     const hot = buckets.filter((b) => b.divergent > 0).sort((a, b) => b.divergent - a.divergent);
-    const cols = total > 256 ? 32 : 16;
+    const cols = total > 64 ? 32 : 16;
     const rows = [];
     for (let i = 0; i < total; i += cols) {
       const tr = el("tr", {}, el("th", { scope: "row", text: String(buckets[i].id) }));
       for (let j = i; j < i + cols; j++) {
         const b = buckets[j];
         if (!b) { tr.append(el("td", { class: "none" })); continue; }
-        const td = el("td", { title: "bucket " + b.id + ": " + b.divergent + " divergent", "data-bucket": label + "/" + b.id, text: b.divergent > 0 ? String(b.divergent) : "·" });
+        const name = b.last !== undefined && b.last > b.id ? "buckets " + b.id + "–" + b.last : "bucket " + b.id;
+        const td = el("td", { title: name + ": " + b.divergent + " divergent", "data-bucket": label + "/" + b.id, text: b.divergent > 0 ? String(b.divergent) : "·" });
         const c = heat(b.divergent, max);
         if (c) { td.className = "hot"; td.style.background = c; }
         tr.append(td);
       }
       rows.push(tr);
     }
-    const caption = hot.length === 0 ? "all " + total + " buckets agree" : hot.length + " of " + total + " buckets hold divergent keys";
+    const leaves = buckets.length ? (buckets[buckets.length - 1].last ?? buckets[buckets.length - 1].id) + 1 : 0;
+    const grouped = leaves > total ? " (each cell sums " + Math.ceil(leaves / total) + " buckets)" : "";
+    const caption = (hot.length === 0 ? "all " + leaves + " buckets agree" : hot.length + " of " + total + " cells hold divergent keys") + grouped;
+    // A clean map says so in words; a grid of blanks would only take room.
+    if (hot.length === 0) return el("p", { class: "kv heatwrap", text: "Divergence by bucket" + (label ? " (" + label + ")" : "") + ": all " + leaves + " buckets agree" });
     return el("div", { class: "heatwrap" },
       el("table", { class: "heat" }, el("caption", { class: "kv", text: "Divergence by bucket" + (label ? " (" + label + ")" : "") + ": " + caption }), el("tbody", {}, rows)),
       el("div", { class: "legend" },
         el("span", { text: "number = divergent keys in the bucket, darker = more; · = none" }),
-        hot.length ? el("span", { text: "most divergent: " + hot.slice(0, 5).map((b) => "bucket " + b.id + " (" + b.divergent + ")").join(", ") }) : ""));
+        hot.length ? el("span", { text: "most divergent: " + hot.slice(0, 5).map((b) => (b.last > b.id ? "buckets " + b.id + "–" + b.last : "bucket " + b.id) + " (" + b.divergent + ")").join(", ") }) : ""));
   }
 
   function tablesTable(tables) {
@@ -500,10 +518,10 @@
       const tables = Array.isArray(r.tables) ? r.tables : [];
       if (tables.length) parts.push(tablesTable(tables));
       let maps = 0;
-      const top = bucketsOf(r);
+      const top = bucketsOf(r, r.bucket_bits);
       if (top && top.length) { parts.push(heatMap("", top)); maps++; }
       for (const t of tables) {
-        const b = bucketsOf(t);
+        const b = bucketsOf(t, r.bucket_bits);
         if (b && b.length) { parts.push(heatMap(t.table || "", b)); maps++; }
       }
       if (!maps) parts.push(el("p", { class: "empty", text: "this report has no per-bucket figures for a heat-map" }));
