@@ -21,6 +21,7 @@ type PipelineSignals struct {
 	// Gatherer holds the sink's metrics (tidemark_sink_*); nil for none.
 	Gatherer prometheus.Gatherer
 	// Lag is the local sink's partitions; nil when this daemon runs no sink.
+	// A partition at most one record behind (the commit marker) has no lag.
 	Lag func() []sink.PartitionLag
 	// TopicOf names the topic of a namespace.
 	TopicOf func(ns string) string
@@ -106,8 +107,14 @@ func (p *PipelineSignals) lag(slice Slice, now time.Time, out map[string]Sample)
 			continue
 		}
 		n++
-		secs = max(secs, l.SecondsBehind)
 		recs = max(recs, l.RecordsBehind)
+		// A transactional topic ends with a commit marker, so a partition
+		// that applied everything is one offset behind its end; the sink
+		// then still reports the age of its last record, which grows while
+		// the source is idle. That is not lag.
+		if l.RecordsBehind > 1 {
+			secs = max(secs, l.SecondsBehind)
+		}
 	}
 	if n > 0 {
 		out[SignalLagSeconds] = Sample{Value: secs, At: now}

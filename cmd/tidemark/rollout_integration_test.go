@@ -385,7 +385,10 @@ rollout:
 	}
 	// The reconcile stand-in: every 300ms a round summary of the namespace,
 	// clean or divergent, and after a clean one the verified marks.
+	// Rounds are divergent until the first stage's keys are in, so the plan
+	// cannot advance past an empty pipeline.
 	var divergent atomic.Int64
+	divergent.Store(1)
 	rctx, stopRounds := context.WithCancel(ctx)
 	rounds := make(chan struct{})
 	go func() {
@@ -482,9 +485,6 @@ rollout:
 	if st.Slice[ns] != "10%" {
 		t.Fatalf("first stage: %+v", st)
 	}
-	// Hold the plan in the first stage while its keys arrive: a divergent
-	// round keeps the clean gate from passing.
-	divergent.Store(1)
 	insert(0, 500)
 	waitMatch("first stage", 1000)
 	divergent.Store(0)
