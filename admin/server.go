@@ -76,6 +76,11 @@ func NewServer(tokens Tokens, store checkpoints.Store, openStatus bool, log *slo
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// HandlePublic mounts h with no token check, for what holds no data: the
+// status page's own files, and the health probes Kubernetes calls without a
+// token. Never use it for an API route.
+func (s *Server) HandlePublic(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
 // Handle mounts h. Mutating routes require a token and a reason and are audited.
 func (s *Server) Handle(pattern string, h http.Handler, mutating bool) {
 	if !mutating {

@@ -77,9 +77,13 @@ func TestMutatingCallsAreAuthenticatedAndAudited(t *testing.T) {
 func TestClosedStatusNeedsToken(t *testing.T) {
 	srv := NewServer(Tokens{"s3cret-token-0123456789": "alice"}, checkpointstest.New(), false, slog.Default())
 	srv.Handle("GET /v1/status", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, 200, "ok") }), false)
+	srv.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, 200, "ok") }))
 	ts := httptest.NewServer(srv)
 	defer ts.Close()
 	c := &Client{Base: ts.URL, HTTP: http.DefaultClient}
+	if err := c.Do(context.Background(), "GET", "/healthz", nil, nil); err != nil {
+		t.Fatalf("a public route needs no token: %v", err)
+	}
 	if err := c.Do(context.Background(), "GET", "/v1/status", nil, nil); !IsUnauthorized(err) {
 		t.Fatalf("closed status without token: %v", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -252,6 +253,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		s.cl.AllowRebalance()
 		if time.Since(lastIntent) > time.Second {
 			s.applyIntents(ctx)
+			s.refreshEnds(ctx)
 			lastIntent = time.Now()
 		}
 		s.maybeMark(ctx)
@@ -450,8 +452,7 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 		st.epoch = last.LeaderEpoch
 		st.applied = envelope.Max(st.applied, maxV)
 		st.appliedAt = time.Now()
-		s.met.lagRecords.WithLabelValues(tp.Topic, fmt.Sprint(tp.Partition)).Set(float64(max(0, st.end-st.committed)))
-		s.met.lagSeconds.WithLabelValues(tp.Topic, fmt.Sprint(tp.Partition)).Set(max(0, time.Since(st.applied.Time()).Seconds()))
+		s.setLagMetrics(tp, st)
 	}
 	s.mu.Unlock()
 	return nil
@@ -618,6 +619,53 @@ func (s *Sink) deadLetter(ctx context.Context, stage, reason string, r *kgo.Reco
 	return nil
 }
 
+// setLagMetrics exports one partition's lag; s.mu is held.
+func (s *Sink) setLagMetrics(tp TopicPartition, st *partState) {
+	p := strconv.Itoa(int(tp.Partition))
+	behind := max(0, st.end-st.committed)
+	s.met.lagRecords.WithLabelValues(tp.Topic, p).Set(float64(behind))
+	secs := 0.0
+	if behind > 1 && !st.applied.IsZero() { // one offset is the commit marker; see Lag
+		secs = max(0, time.Since(st.applied.Time()).Seconds())
+	}
+	s.met.lagSeconds.WithLabelValues(tp.Topic, p).Set(secs)
+}
+
+// refreshEnds reads the end offsets of the owned partitions. Fetches report
+// them too, but a paused partition is not fetched: without this its lag
+// would freeze at the moment of the pause while Kafka keeps buffering.
+func (s *Sink) refreshEnds(ctx context.Context) {
+	s.mu.Lock()
+	topics := map[string]bool{}
+	for tp := range s.owned {
+		topics[tp.Topic] = true
+	}
+	s.mu.Unlock()
+	if len(topics) == 0 {
+		return
+	}
+	names := make([]string, 0, len(topics))
+	for t := range topics {
+		names = append(names, t)
+	}
+	ends, err := kadm.NewClient(s.cl).ListEndOffsets(ctx, names...)
+	if err != nil {
+		s.log.Debug("cannot list end offsets for lag", "err", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ends.Each(func(o kadm.ListedOffset) {
+		tp := TopicPartition{o.Topic, o.Partition}
+		st := s.parts[tp]
+		if o.Err != nil || st == nil || !s.owned[tp] {
+			return
+		}
+		st.end = max(st.end, o.Offset)
+		s.setLagMetrics(tp, st)
+	})
+}
+
 // Lag reports every partition this process owns.
 func (s *Sink) Lag() []PartitionLag {
 	s.mu.Lock()
@@ -630,7 +678,10 @@ func (s *Sink) Lag() []PartitionLag {
 			if st.committed >= 0 {
 				l.RecordsBehind = max(0, st.end-st.committed)
 			}
-			if !st.applied.IsZero() && l.RecordsBehind > 0 {
+			// Capture writes every batch as a transaction, so a caught-up
+			// partition still ends with one offset, the commit marker, that
+			// holds no record: one offset behind is not behind in time.
+			if !st.applied.IsZero() && l.RecordsBehind > 1 {
 				l.SecondsBehind = time.Since(st.applied.Time()).Seconds()
 			}
 		}

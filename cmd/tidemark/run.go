@@ -198,15 +198,17 @@ func resultOf(err error) string {
 }
 
 func (d *daemon) routes(srv *admin.Server, reg *prometheus.Registry) {
-	srv.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }), false)
-	srv.Handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Probes answer without a token: Kubernetes sends none, and they say
+	// nothing but "ok".
+	srv.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
+	srv.HandlePublic("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-d.ready:
 			w.Write([]byte("ready\n"))
 		default:
 			http.Error(w, "starting", http.StatusServiceUnavailable)
 		}
-	}), false)
+	}))
 	srv.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), false)
 	srv.Handle("GET /v1/status", http.HandlerFunc(d.status), false)
 	srv.Handle("GET /v1/audit", http.HandlerFunc(d.audit), false)
