@@ -514,7 +514,7 @@ func (e *Engine) applySlice(ctx context.Context) error {
 // automatically and every gate passes.
 func (e *Engine) maybeAdvance(ctx context.Context, now time.Time) error {
 	st := e.stage()
-	if st == nil || st.Advance != "auto" || e.st.Held != "" || e.st.SoftRollback || e.st.Stage >= len(e.cfg.Stages)-1 {
+	if st == nil || st.Advance != "auto" || e.st.Held != "" || e.st.SoftRollback || len(e.st.Paused) > 0 || e.st.Stage >= len(e.cfg.Stages)-1 {
 		return nil
 	}
 	next := e.cfg.Stages[e.st.Stage+1]

@@ -288,6 +288,21 @@ func TestTriggerBlipShorterThanWindowDoesNotFire(t *testing.T) {
 	if st := en.e.Status(); len(st.Paused) != 3 {
 		t.Fatalf("status does not list what the rollout paused: %+v", st.Paused)
 	}
+	// Halted stays halted: nothing advances until a person resumes.
+	en.set("lag_seconds", 0)
+	en.set("divergent_rows", 0)
+	en.run(20*time.Minute, 10*time.Second)
+	if st := en.e.Status(); st.StageName != "canary" || len(en.act.PausedNow()) != 3 {
+		t.Fatalf("advanced or resumed by itself after a halt: %+v", st)
+	}
+	if _, err := en.e.Advance(en.ctx, "alice", "go", true); !errors.Is(err, rollout.ErrRefused) {
+		t.Fatalf("advance while halted: %v", err)
+	}
+	en.e.Resume(en.ctx, "alice", "lag understood")
+	en.run(time.Minute, 10*time.Second)
+	if st := en.e.Status(); st.StageName != "tenth" || len(en.act.PausedNow()) != 0 {
+		t.Fatalf("after resume: %+v paused %v", st, en.act.PausedNow())
+	}
 }
 
 func TestTriggerCooldownAndMaxAttemptsThenWaitsForAPerson(t *testing.T) {

@@ -33,6 +33,8 @@ func (e *Engine) Advance(ctx context.Context, actor, reason string, force bool) 
 		return e.Status(), refused("the plan is aborted; `tidemark plan resume` first")
 	case e.st.SoftRollback:
 		return e.Status(), refused("reads are rolled back to legacy; `tidemark plan resume` first")
+	case len(e.st.Paused) > 0:
+		return e.Status(), refused("a trigger halted %d partitions; `tidemark plan resume` releases them first", len(e.st.Paused))
 	case e.st.Stage >= len(e.cfg.Stages)-1:
 		return e.Status(), refused("stage %s is the plan's last", e.st.StageName)
 	}
