@@ -442,6 +442,7 @@ func TestDashboard(t *testing.T) {
 	}
 	ids := map[float64]bool{}
 	rows := map[string]bool{}
+	cells := map[[2]int]any{}
 	b, _ := os.ReadFile("grafana/dashboards/tidemark.json")
 	for _, m := range regexp.MustCompile(`\$\{?(\w+)`).FindAllStringSubmatch(string(b), -1) {
 		if !vars[m[1]] {
@@ -454,8 +455,25 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("panel id %v used twice", id)
 		}
 		ids[id] = true
-		if _, ok := p["gridPos"].(map[string]any); !ok {
+		gp, ok := p["gridPos"].(map[string]any)
+		if !ok {
 			t.Errorf("panel %v has no gridPos", p["title"])
+		}
+		// Grafana moves overlapping panels itself, so an overlap means the
+		// layout on screen is not the one in the file.
+		x, y, w, h := int(num(gp["x"])), int(num(gp["y"])), int(num(gp["w"])), int(num(gp["h"]))
+		if w <= 0 || h <= 0 || x < 0 || x+w > 24 {
+			t.Errorf("panel %v: gridPos %v outside the 24-column grid", p["title"], gp)
+		}
+		for cx := x; cx < x+w; cx++ {
+			for cy := y; cy < y+h; cy++ {
+				if other, ok := cells[[2]int{cx, cy}]; ok {
+					t.Errorf("panel %v overlaps %v", p["title"], other)
+					cx, cy = x+w, y+h
+					continue
+				}
+				cells[[2]int{cx, cy}] = p["title"]
+			}
 		}
 		if p["type"] == "row" {
 			rows[p["title"].(string)] = true
@@ -499,4 +517,9 @@ func TestAlertRulesPromtool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
+}
+
+func num(v any) float64 {
+	f, _ := v.(float64)
+	return f
 }
