@@ -147,6 +147,7 @@ type LogConfig struct {
 
 // envOverrides are the fields settable from the environment.
 var envOverrides = map[string]func(*Config, string){
+	"TIDEMARK_ROLES":             func(c *Config, v string) { c.Roles = splitList(v) },
 	"TIDEMARK_KAFKA_BROKERS":     func(c *Config, v string) { c.Kafka.Brokers = splitList(v) },
 	"TIDEMARK_MONGO_URI":         func(c *Config, v string) { c.Mongo.URI = v },
 	"TIDEMARK_CASSANDRA_HOSTS":   func(c *Config, v string) { c.Cassandra.Hosts = splitList(v) },

@@ -7,7 +7,7 @@ import (
 
 func TestConfigListsEveryProblem(t *testing.T) {
 	bad := `roles: [capture, sink, dancer]
-checkpoints: {kind: kafka}
+checkpoints: {kind: etcd}
 mongo: {uri: "mongodb://admin:hunter2@db:27017"}
 kafka: {sasl: {mechanism: GSSAPI}}
 admin: {tls_cert: /x.pem}
@@ -17,7 +17,7 @@ capture: {namespaces: [nodot]}
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
-	for _, want := range []string{`unknown role "dancer"`, "spec:", `"kafka" is not available`, "tokens_file", "tls_cert and admin.tls_key",
+	for _, want := range []string{`unknown role "dancer"`, "spec:", `"etcd" is not available`, "tokens_file", "tls_cert and admin.tls_key",
 		"GSSAPI", "credentials do not belong", `"nodot" is not db.collection`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q", want)
@@ -36,15 +36,15 @@ func TestConfigEnvOverridesAndDefaults(t *testing.T) {
 admin: {tokens_file: /etc/tidemark/tokens}
 capture: {namespaces: [app.users], topic_prefix: mig}
 `
-	env := map[string]string{"TIDEMARK_KAFKA_BROKERS": "k1:9092, k2:9092", "TIDEMARK_ADMIN_LISTEN": "127.0.0.1:9999"}
+	env := map[string]string{"TIDEMARK_KAFKA_BROKERS": "k1:9092, k2:9092", "TIDEMARK_ADMIN_LISTEN": "127.0.0.1:9999", "TIDEMARK_ROLES": "sink"}
 	c, err := parseConfig([]byte(good), func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(c.Kafka.Brokers, ",") != "k1:9092,k2:9092" || c.Admin.Listen != "127.0.0.1:9999" {
-		t.Fatalf("env overrides not applied: %v %s", c.Kafka.Brokers, c.Admin.Listen)
+	if strings.Join(c.Kafka.Brokers, ",") != "k1:9092,k2:9092" || c.Admin.Listen != "127.0.0.1:9999" || strings.Join(c.Roles, ",") != "sink" {
+		t.Fatalf("env overrides not applied: %v %s %v", c.Kafka.Brokers, c.Admin.Listen, c.Roles)
 	}
-	if c.Sink.TopicPrefix != "mig" || c.Sink.Group != "tidemark-sink" || c.Capture.Partitions != 12 || len(c.Roles) != 2 {
+	if c.Sink.TopicPrefix != "mig" || c.Sink.Group != "tidemark-sink" || c.Capture.Partitions != 12 {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
