@@ -7,9 +7,9 @@ ITIMEOUT  ?= 15m
 CHROMIUM  ?= chromium
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test vet unit integration stack-up stack-down stack-status bench demo build clean browser-deps screenshot
+.PHONY: test vet unit integration stack-up stack-down stack-status bench demo build clean test-deps screenshot
 
-test: vet unit integration
+test: vet test-deps unit integration
 
 build:
 	$(GO) build -o bin/tidemark ./cmd/tidemark
@@ -23,17 +23,19 @@ vet:
 unit:
 	$(GO) test -race -count=1 $(PKGS)
 
-integration: stack-up browser-deps
+integration: stack-up test-deps
 	$(GO) test -tags integration -count=1 -p 1 -run '^TestIntegration' -timeout $(ITIMEOUT) $(PKGS)
 
-# The status page's browser tests drive Debian's headless Chromium; under CI
-# they fail without it, so it is installed here (once, about a minute).
-browser-deps:
-	@command -v $(CHROMIUM) >/dev/null 2>&1 || { echo "installing chromium with apt-get (for the status page's browser tests)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Test tools from Debian, installed once: headless Chromium for the status
+# page's browser tests, promtool (package prometheus) for the alert-rule tests.
+# Under CI those tests fail without them.
+TEST_DEBS := $(if $(shell command -v $(CHROMIUM)),,chromium) $(if $(shell command -v promtool),,prometheus)
+test-deps:
+	@if [ -n "$(strip $(TEST_DEBS))" ]; then echo "installing $(strip $(TEST_DEBS)) with apt-get (test tools)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_DEBS) >/dev/null; fi
 
 # docs/status-page.png, from a real daemon on the local stack.
-screenshot: stack-up browser-deps
+screenshot: stack-up test-deps
 	TIDEMARK_STATUSPAGE_SCREENSHOT=docs/status-page.png $(GO) test -tags integration -count=1 \
 	  -run '^TestIntegrationStatusPageInBrowser$$$$' ./cmd/tidemark/
 
