@@ -67,6 +67,16 @@ type PipelineLag struct {
 	parts   map[string]int // partitions per topic
 	partsAt time.Time
 	quiet   map[string]quietMark
+	// newest caches the oplog's newest change per namespace for a second:
+	// finding it may scan the oplog, and every in-flight re-check asks.
+	newest   map[string]newestEntry
+	newestMu sync.Mutex // serialises the oplog reads themselves
+}
+
+type newestEntry struct {
+	v  envelope.Version
+	ok bool
+	at time.Time
 }
 
 type quietMark struct {
@@ -226,11 +236,33 @@ func (l *PipelineLag) captureCaught(ctx context.Context, ns string, v envelope.V
 	if !captured.Before(v) {
 		return true, nil
 	}
-	newest, ok, err := newestChange(ctx, l.Mongo, ns)
+	newest, ok, err := l.newestChange(ctx, ns)
 	if err != nil {
 		return false, err
 	}
 	return !ok || !captured.Before(newest), nil
+}
+
+func (l *PipelineLag) newestChange(ctx context.Context, ns string) (envelope.Version, bool, error) {
+	l.newestMu.Lock()
+	defer l.newestMu.Unlock()
+	l.mu.Lock()
+	e, hit := l.newest[ns]
+	l.mu.Unlock()
+	if hit && time.Since(e.at) < time.Second {
+		return e.v, e.ok, nil
+	}
+	v, ok, err := newestChange(ctx, l.Mongo, ns)
+	if err != nil {
+		return v, ok, err
+	}
+	l.mu.Lock()
+	if l.newest == nil {
+		l.newest = map[string]newestEntry{}
+	}
+	l.newest[ns] = newestEntry{v: v, ok: ok, at: time.Now()}
+	l.mu.Unlock()
+	return v, ok, nil
 }
 
 // newestChange is the cluster time of the newest oplog entry of ns.

@@ -67,8 +67,36 @@ func (s *source) scan(ctx context.Context, filter bson.D, after bson.RawValue, f
 	return nil
 }
 
-// find reads the documents with the given _ids, by envelope key.
+// retryable reports errors worth another attempt: the connection dropped
+// or timed out (a server pause, an election), not a refused query.
+func retryable(err error) bool {
+	return mongo.IsNetworkError(err) || mongo.IsTimeout(err)
+}
+
+// again runs fn up to three times while it fails with a retryable error.
+func again[T any](ctx context.Context, fn func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for attempt := range 3 {
+		if v, err = fn(); err == nil || !retryable(err) || ctx.Err() != nil {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(time.Duration(attempt+1) * 500 * time.Millisecond):
+		}
+	}
+	return v, err
+}
+
+// find reads the documents with the given _ids, by envelope key. Point
+// reads are retried on dropped connections: a re-check must not end a round.
 func (s *source) find(ctx context.Context, ids []bson.RawValue) (map[string]bson.Raw, error) {
+	return again(ctx, func() (map[string]bson.Raw, error) { return s.findOnce(ctx, ids) })
+}
+
+func (s *source) findOnce(ctx context.Context, ids []bson.RawValue) (map[string]bson.Raw, error) {
 	out := map[string]bson.Raw{}
 	if len(ids) == 0 {
 		return out, nil
@@ -93,6 +121,10 @@ func (s *source) find(ctx context.Context, ids []bson.RawValue) (map[string]bson
 // the server's clock, rounded up to the next second (cluster times count
 // whole seconds).
 func (s *source) now(ctx context.Context) (envelope.Version, error) {
+	return again(ctx, func() (envelope.Version, error) { return s.nowOnce(ctx) })
+}
+
+func (s *source) nowOnce(ctx context.Context) (envelope.Version, error) {
 	var r struct {
 		LocalTime time.Time `bson:"localTime"`
 	}

@@ -1,0 +1,110 @@
+//go:build integration
+
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/mongo/options"
+)
+
+// TestIntegrationRoundUnderLiveLoad: while 1,000 changes per second (updates
+// that move users_by_email keys, inserts, deletes) flow through capture and
+// the sink, a round reports no divergence; the keys that changed under it are
+// counted as in flight or resolved instead.
+func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
+	n := envInt("TIDEMARK_RECONCILE_LIVE_ROWS", 20_000)
+	rateWanted := envInt("TIDEMARK_RECONCILE_LIVE_RATE", 1000)
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	f.load(ctx, n)
+	f.startPipeline(ctx, 4)
+
+	lctx, stopLoad := context.WithCancel(ctx)
+	var changes atomic.Int64
+	var wg sync.WaitGroup
+	var loadErrs atomic.Int64
+	var firstErr sync.Once
+	const writers = 64
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			// Each writer paces itself to its share of the rate; many writers
+			// because one operation can take longer than the gap between two.
+			tick := time.NewTicker(time.Duration(writers) * time.Second / time.Duration(rateWanted))
+			defer tick.Stop()
+			per := 1
+			for i := 0; ; i++ {
+				select {
+				case <-lctx.Done():
+					return
+				case <-tick.C:
+				}
+				for range per {
+					id := int64(rng.IntN(n + n/10))
+					var err error
+					switch rng.IntN(10) {
+					case 0:
+						_, err = f.coll.DeleteOne(lctx, bson.D{{Key: "_id", Value: id}})
+					case 1:
+						_, err = f.coll.ReplaceOne(lctx, bson.D{{Key: "_id", Value: id}}, userDoc(id, i), options.Replace().SetUpsert(true))
+					default:
+						_, err = f.coll.UpdateOne(lctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
+							{Key: "email", Value: fmt.Sprintf("w%d-%d-%d@x.org", w, i, id)}, {Key: "age", Value: int32(i % 90)}}}})
+					}
+					if err != nil {
+						if lctx.Err() == nil {
+							loadErrs.Add(1)
+							firstErr.Do(func() { t.Logf("load: %v", err) })
+						}
+						continue
+					}
+					changes.Add(1)
+				}
+			}
+		}()
+	}
+	// Let the load reach a steady state before the round starts.
+	time.Sleep(2 * time.Second)
+	t.Logf("load before the round: %.0f changes/s", float64(changes.Load())/2)
+	r := f.reconciler(Config{InFlightWait: 20 * time.Second, Concurrency: 16})
+	start, before := time.Now(), changes.Load()
+	rep, err := r.Round(ctx, Scope{Namespace: f.ns}, RoundOptions{Actor: "test", Reason: "live load"})
+	rate := float64(changes.Load()-before) / time.Since(start).Seconds()
+	stopLoad()
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("round under %.0f changes/s: %s in %.1fs (scans %.1fs/%.1fs), %d rows, %d leaf mismatches, %d candidates, counts %v",
+		rate, rep.Status, rep.DurationSeconds, rep.SourceSeconds, rep.TargetSeconds, rep.RowsCompared, rep.Tables[0].BucketMismatches, rep.Candidates, rep.Counts)
+	// The stand-in MongoDB drops every connection when it stalls (a long JVM
+	// pause); a few failed writes are the stand-in's, not reconcile's.
+	if e := loadErrs.Load(); e > changes.Load()/20 {
+		t.Errorf("%d load operations failed (%d succeeded)", e, changes.Load())
+	}
+	if rate < 0.8*float64(rateWanted) {
+		t.Errorf("the load reached only %.0f changes/s (wanted %d)", rate, rateWanted)
+	}
+	for _, c := range []string{ClassMissing, ClassExtra, ClassDifferent, ClassStale} {
+		if rep.Counts[c] != 0 {
+			t.Errorf("%d %s rows reported under live load; sample: %+v", rep.Counts[c], c, rep.Sample)
+		}
+	}
+	if rep.Status != "clean" {
+		t.Errorf("status %s: %s", rep.Status, rep.Error)
+	}
+	if rep.Counts["in_flight"]+rep.Counts["resolved"] == 0 {
+		t.Errorf("no key was counted in flight or resolved, although %d changes happened during the round", changes.Load()-before)
+	}
+}
