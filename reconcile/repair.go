@@ -165,3 +165,31 @@ func (r *Reconciler) awaitServed(ctx context.Context, key string, limit time.Dur
 		}
 	}
 }
+
+// KeysForIDs lists the rows the given documents write, or wrote, in every
+// table of ns: their current rows, and for tables keyed by _id alone the key
+// their _id gives even when the document is gone. ids are relaxed extended
+// JSON (`42`, `"abc"`, `{"$oid": "..."}`). For Repair by _id.
+func (r *Reconciler) KeysForIDs(ctx context.Context, ns string, ids []string) ([]KeyRef, error) {
+	tables, err := r.tables(Scope{Namespace: ns})
+	if err != nil {
+		return nil, err
+	}
+	vals, err := parseIDs(ids)
+	if err != nil {
+		return nil, err
+	}
+	src, err := newSource(r.d.Mongo, ns)
+	if err != nil {
+		return nil, err
+	}
+	docs, err := src.find(ctx, vals)
+	if err != nil {
+		return nil, err
+	}
+	var out []KeyRef
+	for _, c := range candidatesForIDs(r.d.Mapping, ns, tables, vals, docs) {
+		out = append(out, KeyRef{Table: tables[c.table].QualifiedName(), Key: c.key, ID: c.id})
+	}
+	return out, nil
+}

@@ -618,14 +618,21 @@ func (rd *round) byIDs(ctx context.Context) error {
 		return err
 	}
 	rd.docs.Store(int64(len(docs)))
+	rd.phase.Store("recheck")
+	return rd.recheckAll(ctx, candidatesForIDs(rd.r.d.Mapping, rd.scope.Namespace, rd.tables, ids, docs), false)
+}
+
+// candidatesForIDs is every row the documents map to, plus, for tables keyed
+// by _id alone, the key of each _id (a row there without a document is extra).
+func candidatesForIDs(m *transform.Mapping, ns string, tables []*transform.Table, ids []bson.RawValue, docs map[string]bson.Raw) []candidate {
 	var cands []candidate
 	for _, id := range ids {
 		idKey := envelope.Key(id)
 		var rows []transform.Row
 		if doc, ok := docs[string(idKey)]; ok {
-			rows, _ = rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+			rows, _ = m.Apply(ns, doc)
 		}
-		for i, t := range rd.tables {
+		for i, t := range tables {
 			var have []byte
 			for _, row := range rows {
 				if row.Table == t {
@@ -644,8 +651,7 @@ func (rd *round) byIDs(ctx context.Context) error {
 			}
 		}
 	}
-	rd.phase.Store("recheck")
-	return rd.recheckAll(ctx, cands, false)
+	return cands
 }
 
 // finish completes the report and publishes it.
