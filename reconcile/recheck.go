@@ -49,6 +49,17 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		}
 		g.Go(func() error {
 			o, err := rd.recheck(gctx, c)
+			if err != nil && gctx.Err() == nil {
+				// A key that cannot be read now cannot be called divergent:
+				// it stays undecided, like a key in flight, and keeps the
+				// round from recording verified marks.
+				rd.r.log.Warn("cannot re-check a key; counting it in flight", "table", rd.tables[c.table].QualifiedName(), "err", err)
+				o = outcome{class: "in_flight", sample: KeySample{Table: rd.tables[c.table].QualifiedName(), Class: "in_flight"}}
+				if c.id != nil {
+					o.sample.SourceID = idJSON(c.id)
+				}
+				err = nil
+			}
 			if err != nil {
 				return err
 			}
@@ -128,7 +139,10 @@ func (rd *round) quickMatch(ctx context.Context, cands []candidate) ([]bool, err
 		}
 		docs, err := rd.src.find(ctx, ids)
 		if err != nil {
-			return nil, err
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			continue // these keys take the one-by-one path
 		}
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(rd.r.cfg.Concurrency)
@@ -147,10 +161,7 @@ func (rd *round) quickMatch(ctx context.Context, cands []candidate) ([]bool, err
 					return err
 				}
 				act, _, found, err := tg.read(gctx, kv)
-				if err != nil {
-					return err
-				}
-				matched[lo+j] = found && sameRow(tg.t, exp, act)
+				matched[lo+j] = err == nil && found && sameRow(tg.t, exp, act)
 				return nil
 			})
 		}

@@ -703,9 +703,9 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	if err := checkpoints.PutJSON(pctx, r.d.Store, checkpoints.KeyReconcileLatest+rd.scope.Key(), sum); err != nil {
 		return rep, fmt.Errorf("reconcile: record round summary: %w", err)
 	}
-	if rep.Status == "clean" && rd.scope.Table == "" && rd.scope.MinToken == nil && rd.scope.MaxToken == nil && len(rd.scope.IDs) == 0 {
+	if rep.Status == "clean" && rep.Counts["in_flight"] == 0 && rd.scope.Table == "" && rd.scope.MinToken == nil && rd.scope.MaxToken == nil && len(rd.scope.IDs) == 0 {
 		// Every record below the start offsets was applied before the scan
-		// read the target, and the scan found nothing divergent: replaying
+		// read the target, and the scan found nothing divergent or undecided: replaying
 		// from these offsets rebuilds a verified state.
 		for _, p := range rep.LagStart {
 			// A partition the sink never committed is verified from its start.
