@@ -1,0 +1,192 @@
+//go:build integration
+
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/transform"
+	"go.mongodb.org/mongo-driver/bson"
+	"golang.org/x/sync/errgroup"
+)
+
+// TestIntegrationTokensMatchCassandra: the tokens computed for expected rows
+// are the ones Cassandra gives the same partition keys, single and composite.
+func TestIntegrationTokensMatchCassandra(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	m, err := transform.Parse([]byte(fmt.Sprintf(`version: "tok"
+collections:
+  - namespace: %s
+    tables:
+      - {keyspace: %s, table: by_int, partition_key: [k], columns: [{name: k, type: int, from: n}]}
+      - {keyspace: %s, table: by_text, partition_key: [k], columns: [{name: k, type: text, from: s}]}
+      - {keyspace: %s, table: by_pair, partition_key: [a, b], columns: [{name: a, type: text, from: s}, {name: b, type: bigint, from: n}]}
+`, f.ns, f.ks, f.ks, f.ks)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"CREATE TABLE %s.by_int (k int PRIMARY KEY)", "CREATE TABLE %s.by_text (k text PRIMARY KEY)",
+		"CREATE TABLE %s.by_pair (a text, b bigint, PRIMARY KEY ((a, b)))"} {
+		if err := f.s.Query(fmt.Sprintf(q, f.ks)).ExecContext(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 200 {
+		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: i}, {Key: "n", Value: int32(i*7919 - 50000)}, {Key: "s", Value: fmt.Sprintf("k-%d-é€", i*31)}})
+		rows, err := m.Apply(f.ns, doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			pk, err := partitionKeyBytes(nil, r.Table, r.Values)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want int64
+			cols, marks, where := []string{}, []string{}, []string{}
+			for _, c := range r.Table.Columns {
+				cols, marks, where = append(cols, c.Name), append(marks, "?"), append(where, c.Name+" = ?")
+			}
+			ins := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", r.Table.QualifiedName(), strings.Join(cols, ", "), strings.Join(marks, ", "))
+			if err := f.s.Query(ins, r.Values...).ExecContext(ctx); err != nil {
+				t.Fatal(err)
+			}
+			sel := fmt.Sprintf("SELECT token(%s) FROM %s WHERE %s", strings.Join(cols, ", "), r.Table.QualifiedName(), strings.Join(where, " AND "))
+			if err := f.s.Query(sel, r.Values...).ScanContext(ctx, &want); err != nil {
+				t.Fatal(err)
+			}
+			if got := tokenOf(pk); got != want {
+				t.Fatalf("%s %v: token %d, Cassandra says %d", r.Table.Name, r.Values, got, want)
+			}
+		}
+	}
+}
+
+// BenchmarkReconcile compares a clean round over N documents (2N rows in
+// two tables) with simply reading both sides in full in the same run: the
+// MongoDB collection scanned, the Cassandra tables read in the same 256
+// token ranges with the same concurrency, both at once, no transform and no
+// hashing. Reported: rows/s of each, the ratio, and the round's peak heap.
+// N is TIDEMARK_RECONCILE_BENCH_ROWS (default 100,000).
+//
+//	go test -tags integration -run '^$' -bench BenchmarkReconcile -benchtime 1x ./reconcile/
+func BenchmarkReconcile(b *testing.B) {
+	n := envInt("TIDEMARK_RECONCILE_BENCH_ROWS", 100_000)
+	f := newFixture(b)
+	ctx := context.Background()
+	f.load(ctx, n)
+	r := f.reconciler(Config{Concurrency: 8})
+	r.d.Lag = Quiescent{}
+	tables := f.m.Tables(f.ns)
+
+	plain := func() (time.Duration, int64) {
+		start := time.Now()
+		var rows atomic.Int64
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error {
+			cur, err := f.coll.Find(gctx, bson.D{})
+			if err != nil {
+				return err
+			}
+			defer cur.Close(gctx)
+			for cur.Next(gctx) {
+				rows.Add(int64(len(tables))) // one expected row per table, as the round counts
+			}
+			return cur.Err()
+		})
+		g.Go(func() error {
+			sg, sctx := errgroup.WithContext(gctx)
+			sg.SetLimit(8)
+			for seg := range 1 << segBits {
+				sg.Go(func() error {
+					for _, t := range tables {
+						err := newTarget(f.s, t).scanRange(sctx, bucketFirst(uint32(seg), segBits), bucketLast(uint32(seg), segBits),
+							func(int64, []any) error { rows.Add(1); return nil })
+						if err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}
+			return sg.Wait()
+		})
+		if err := g.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start), rows.Load()
+	}
+	round := func() (time.Duration, *Report, uint64) {
+		runtime.GC()
+		var peak atomic.Uint64
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var ms runtime.MemStats
+			t := time.NewTicker(20 * time.Millisecond)
+			defer t.Stop()
+			for {
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > peak.Load() {
+					peak.Store(ms.HeapInuse)
+				}
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+			}
+		}()
+		start := time.Now()
+		rep, err := r.Round(ctx, Scope{Namespace: f.ns}, RoundOptions{Fresh: true})
+		el := time.Since(start)
+		close(stop)
+		wg.Wait()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if rep.Status != "clean" {
+			b.Fatalf("round not clean: %s %v %s", rep.Status, rep.Counts, rep.Error)
+		}
+		return el, rep, peak.Load()
+	}
+
+	b.ResetTimer()
+	for range b.N {
+		// Alternate, and keep the best of two of each, so that neither
+		// profits from the other's warm caches alone.
+		var bestPlain, bestRound time.Duration
+		var plainRows int64
+		var rep *Report
+		var peak uint64
+		for i := range 2 {
+			p, pr := plain()
+			rt, rr, pk := round()
+			if i == 0 || p < bestPlain {
+				bestPlain, plainRows = p, pr
+			}
+			if i == 0 || rt < bestRound {
+				bestRound, rep = rt, rr
+			}
+			peak = max(peak, pk)
+		}
+		ratio := bestRound.Seconds() / bestPlain.Seconds()
+		b.ReportMetric(float64(plainRows)/bestPlain.Seconds(), "plain_rows/s")
+		b.ReportMetric(float64(rep.RowsCompared)/bestRound.Seconds(), "round_rows/s")
+		b.ReportMetric(ratio, "round/plain")
+		b.ReportMetric(float64(peak)/(1<<20), "peak_heap_MB")
+		b.Logf("%d documents, %d rows: plain read %s (%.0f rows/s), clean round %s (%.0f rows/s; scans %.1fs/%.1fs, %d leaves per table) = %.2fx; peak heap in use %.0f MB",
+			n, rep.RowsCompared, bestPlain.Round(time.Millisecond), float64(plainRows)/bestPlain.Seconds(), bestRound.Round(time.Millisecond),
+			float64(rep.RowsCompared)/bestRound.Seconds(), rep.SourceSeconds, rep.TargetSeconds, 1<<rep.BucketBits, ratio, float64(peak)/(1<<20))
+	}
+}
