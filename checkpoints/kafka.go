@@ -252,6 +252,7 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 	if err != nil {
 		return 0, unreachable(err)
 	}
+	var parts, rf int
 	td, ok := details[s.topic]
 	if !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
 		configs := map[string]*string{
@@ -268,10 +269,16 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 		if s.cfg.minISR > 0 {
 			configs["min.insync.replicas"] = kadm.StringPtr(strconv.Itoa(s.cfg.minISR))
 		}
-		_, err := adm.CreateTopic(ctx, s.cfg.partitions, s.cfg.replication, configs, s.topic)
+		resp, err := adm.CreateTopic(ctx, s.cfg.partitions, s.cfg.replication, configs, s.topic)
 		switch {
 		case err == nil:
-			s.cfg.log.Info("checkpoints: created topic", "topic", s.topic, "partitions", s.cfg.partitions, "replication_factor", s.cfg.replication)
+			s.cfg.log.Info("checkpoints: created topic", "topic", s.topic, "partitions", resp.NumPartitions, "replication_factor", resp.ReplicationFactor)
+			if resp.NumPartitions > 0 && resp.ReplicationFactor > 0 {
+				// Brokers since 2.4 say what they created; listing again
+				// would hit the client's metadata cache, which still says
+				// the topic is unknown, for a few seconds.
+				parts, rf = int(resp.NumPartitions), int(resp.ReplicationFactor)
+			}
 		case errors.Is(err, kerr.TopicAlreadyExists):
 			// Another daemon created it at the same moment.
 		case errors.Is(err, kerr.TopicAuthorizationFailed), errors.Is(err, kerr.ClusterAuthorizationFailed):
@@ -282,11 +289,12 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 			return 0, unreachable(err)
 		}
 		// Metadata can lag the creation for a moment.
-		for {
+		for parts == 0 {
 			if details, err = adm.ListTopics(ctx, s.topic); err != nil {
 				return 0, unreachable(err)
 			}
 			if td = details[s.topic]; td.Err == nil && len(td.Partitions) > 0 {
+				parts, rf = len(td.Partitions), len(td.Partitions[0].Replicas)
 				break
 			}
 			select {
@@ -297,6 +305,8 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 		}
 	} else if td.Err != nil {
 		return 0, fmt.Errorf("checkpoints: topic %s: %w; grant this daemon's principal DESCRIBE, READ and WRITE on it", s.topic, td.Err)
+	} else {
+		parts, rf = len(td.Partitions), len(td.Partitions[0].Replicas)
 	}
 	rcs, err := adm.DescribeTopicConfigs(ctx, s.topic)
 	if err != nil {
@@ -318,7 +328,6 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 	if p := cfgs["cleanup.policy"]; p != "compact" {
 		return 0, fmt.Errorf("checkpoints: topic %s has cleanup.policy=%q; it must be exactly \"compact\", or retention will delete checkpoints and audit entries: run kafka-configs.sh --bootstrap-server %s --alter --entity-type topics --entity-name %s --add-config cleanup.policy=compact", s.topic, p, s.brokers, s.topic)
 	}
-	rf := len(td.Partitions[0].Replicas)
 	if rf < 2 {
 		s.cfg.log.Warn("checkpoints: the topic has a single replica; losing that broker's disk loses the daemon's state", "topic", s.topic)
 	} else if isr, _ := strconv.Atoi(cfgs["min.insync.replicas"]); isr < 2 {
@@ -327,10 +336,10 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 	if cfgs["unclean.leader.election.enable"] == "true" {
 		s.cfg.log.Warn("checkpoints: unclean.leader.election.enable=true can drop acknowledged checkpoints", "topic", s.topic)
 	}
-	if n := len(td.Partitions); n != int(s.cfg.partitions) {
-		s.cfg.log.Info("checkpoints: the topic exists with a different partition count than configured; keeping it", "topic", s.topic, "partitions", n, "configured", s.cfg.partitions)
+	if parts != int(s.cfg.partitions) {
+		s.cfg.log.Info("checkpoints: the topic exists with a different partition count than configured; keeping it", "topic", s.topic, "partitions", parts, "configured", s.cfg.partitions)
 	}
-	return len(td.Partitions), nil
+	return parts, nil
 }
 
 // partitioner hashes keys like Kafka's default partitioner, except that sync
@@ -549,15 +558,48 @@ func (s *KafkaStore) Sync(ctx context.Context) error {
 		value := appendFrame(nil, syncKey, kindSync, s.writer, s.seq.Add(1), nil)
 		recs[p] = &kgo.Record{Key: []byte(syncKey), Value: value, Partition: int32(p)}
 	}
-	for _, r := range s.cl.ProduceSync(ctx, recs...) {
-		if r.Err != nil {
-			return s.writeErr("sync", syncKey, r.Err)
-		}
-		if err := s.waitApplied(ctx, r.Record.Partition, r.Record.Offset); err != nil {
-			return s.readErr(r.Record, err)
+	acked, err := s.produce(ctx, recs...)
+	if err != nil {
+		return s.writeErr("sync", syncKey, err)
+	}
+	for _, r := range acked {
+		if err := s.waitApplied(ctx, r.Partition, r.Offset); err != nil {
+			return s.readErr(r, err)
 		}
 	}
 	return nil
+}
+
+// produce returns once Kafka acknowledged every record, or when ctx ends.
+//
+// Not ProduceSync: with an idempotent producer, a record already sent to a
+// broker that then went silent cannot be failed without breaking sequence
+// numbers, so the client retries it until the broker answers, ignoring ctx —
+// and ProduceSync waits for that. Here the caller gets its error when ctx ends;
+// the record may still be written later, in order with every other record of
+// this store, which Put's contract allows.
+func (s *KafkaStore) produce(ctx context.Context, recs ...*kgo.Record) ([]*kgo.Record, error) {
+	type result struct {
+		r   *kgo.Record
+		err error
+	}
+	results := make(chan result, len(recs))
+	for _, r := range recs {
+		s.cl.Produce(ctx, r, func(r *kgo.Record, err error) { results <- result{r, err} })
+	}
+	acked := make([]*kgo.Record, 0, len(recs))
+	for range recs {
+		select {
+		case res := <-results:
+			if res.err != nil {
+				return nil, res.err
+			}
+			acked = append(acked, res.r)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no acknowledgement: %w", ctx.Err())
+		}
+	}
+	return acked, nil
 }
 
 func (s *KafkaStore) checkKey(key string) error {
@@ -575,10 +617,11 @@ func (s *KafkaStore) write(ctx context.Context, op, key string, value []byte) er
 	}
 	ctx, cancel := withTimeout(ctx, s.cfg.timeout)
 	defer cancel()
-	r, err := s.cl.ProduceSync(ctx, &kgo.Record{Key: []byte(key), Value: value}).First()
+	acked, err := s.produce(ctx, &kgo.Record{Key: []byte(key), Value: value})
 	if err != nil {
 		return s.writeErr(op, key, err)
 	}
+	r := acked[0]
 	if err := s.waitApplied(ctx, r.Partition, r.Offset); err != nil {
 		return s.readErr(r, err)
 	}
@@ -777,6 +820,30 @@ func frameSum(key, header, payload []byte) uint64 {
 	d.Write(header)
 	d.Write(payload)
 	return d.Sum64()
+}
+
+// KafkaRecord is one decoded record of the checkpoints topic.
+type KafkaRecord struct {
+	Kind    string // "value", "audit" or "sync"
+	Writer  string // host and random id of the Store instance that wrote it
+	Seq     uint64 // the writer's sequence number
+	Payload []byte // the value given to Put, or the audit entry's JSON
+}
+
+// ParseKafkaRecord checks and decodes the value of a record stored under key,
+// for tools that read the checkpoints topic directly. It fails for a damaged
+// record or one not written by tidemark. A tombstone (nil value) is not a
+// record: callers check for it first.
+func ParseKafkaRecord(key, value []byte) (KafkaRecord, error) {
+	f, err := decodeFrame(key, value)
+	if err != nil {
+		return KafkaRecord{}, err
+	}
+	kind := map[byte]string{kindValue: "value", kindAudit: "audit", kindSync: "sync"}[f.kind]
+	if kind == "" {
+		return KafkaRecord{}, fmt.Errorf("unknown frame kind %q", f.kind)
+	}
+	return KafkaRecord{Kind: kind, Writer: f.writer, Seq: f.seq, Payload: f.payload}, nil
 }
 
 type frame struct {
