@@ -72,6 +72,7 @@ rollout:
       triggers:
         - {name: lag-halt, signal: lag_seconds, above: 3600, for: 1m, action: halt}
         - {name: reads-back, signal: error_ratio, above: 0.5, for: 1m, action: soft-rollback}
+        - {name: diverged-soft, signal: divergent_rows, above: 0, for: 1s, action: soft-rollback}
     - name: all
       slice: {collections: [%s]}
       reads: new
@@ -266,6 +267,46 @@ rollout:
 	if api, file := route(); api != rollout.New || file != rollout.New {
 		t.Fatalf("after the soft-rollback drill: endpoint %s, route file %s", api, file)
 	}
+
+	// A soft-rollback trigger: a divergent reconcile round (written as
+	// reconcile does) fires it after 1s, and the route endpoint and the route
+	// file say legacy within a second of the firing.
+	store, err := checkpoints.OpenFile(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	round := func(div int64) {
+		now := time.Now().UTC()
+		if err := checkpoints.PutJSON(ctx, store, checkpoints.KeyReconcileLatest+ns, checkpoints.RoundSummary{ID: fmt.Sprint("r", div), Scope: ns,
+			Start: now, End: now, Clean: div == 0, RowsCompared: 600, Divergent: div}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round(3)
+	var seen time.Time
+	for deadline := time.Now().Add(20 * time.Second); seen.IsZero(); time.Sleep(20 * time.Millisecond) {
+		if api, file := route(); api == rollout.Legacy && file == rollout.Legacy {
+			seen = time.Now()
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the soft-rollback trigger did not flip the route")
+		}
+	}
+	var fires []checkpoints.AuditEntry
+	if err := ac.Do(ctx, "GET", "/v1/audit?action=trigger.fire", nil, &fires); err != nil || len(fires) != 1 {
+		t.Fatalf("trigger audit: %v %+v", err, fires)
+	}
+	if d := seen.Sub(fires[0].Time); d > time.Second || fires[0].Details["trigger"] != "diverged-soft" || fires[0].Details["value"] != 3.0 {
+		t.Fatalf("route seen legacy %s after the firing: %+v", d, fires[0])
+	}
+	round(0)
+	if out, err := cli("plan", "resume", "--reason", "itest divergence repaired"); err != nil {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	if api, file := route(); api != rollout.New || file != rollout.New {
+		t.Fatalf("after resume: endpoint %s, route file %s", api, file)
+	}
+
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -274,7 +315,7 @@ rollout:
 	var metrics bytes.Buffer
 	metrics.ReadFrom(resp.Body)
 	for _, want := range []string{`tidemark_rollout_drills_total{action="halt",result="pass"} 1`, `tidemark_rollout_drills_total{action="soft-rollback",result="pass"} 1`,
-		"tidemark_rollout_route_generation 5", `tidemark_rollout_slice_basis_points{collection="` + ns + `"} 5000`} {
+		"tidemark_rollout_route_generation 7", `tidemark_rollout_trigger_fires_total{action="soft-rollback",mode="auto",trigger="diverged-soft"} 1`, `tidemark_rollout_slice_basis_points{collection="` + ns + `"} 5000`} {
 		if !strings.Contains(metrics.String(), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -492,6 +533,13 @@ rollout:
 	// Clean rounds: the gates hold 3s and the plan widens to 50%, whose new
 	// keys are backfilled.
 	waitStage("half", 30*time.Second)
+	// A blip shorter than the trigger's 2s window does not fire it (nor,
+	// being shorter than the gate's 3s window, let the plan advance).
+	divergent.Store(1)
+	time.Sleep(800 * time.Millisecond)
+	divergent.Store(0)
+	time.Sleep(1200 * time.Millisecond)
+	steady := time.Now()
 	divergent.Store(1)
 	// Hold here too until the widening's backfill is in, and make records
 	// for the rewind to replay.
@@ -512,6 +560,9 @@ rollout:
 		time.Sleep(100 * time.Millisecond)
 	}
 	f := fire[0]
+	if f.Time.Before(steady.Add(2 * time.Second)) {
+		t.Fatalf("the trigger fired at %s, before the divergence that began at %s held 2s: the blip fired it", f.Time, steady)
+	}
 	if f.Actor != rollout.AutoActor || f.Result != "ok" || f.Details["action"] != "rewind" || f.Details["value"] != 1.0 ||
 		f.Details["held_for_seconds"].(float64) < 2 {
 		t.Fatalf("trigger audit: %+v", f)
