@@ -213,6 +213,10 @@ func OpenKafka(ctx context.Context, topic string, kopts []kgo.Opt, opts ...Kafka
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		// A Put waits for its own record; lingering would only add latency.
 		kgo.ProducerLinger(0),
+		// Every call is bounded by its context; a topic that brokers do not
+		// know yet (just created) or any more (deleted) is retried until then
+		// rather than failed after four metadata refreshes.
+		kgo.UnknownTopicRetries(-1),
 		// Kafka's own murmur2 key hashing, so a record produced by Kafka's
 		// tools for a key lands on the same partition as tidemark's.
 		kgo.RecordPartitioner(partitioner()),
@@ -225,6 +229,10 @@ func OpenKafka(ctx context.Context, topic string, kopts []kgo.Opt, opts ...Kafka
 		return nil, fmt.Errorf("checkpoints: kafka store: %w", err)
 	}
 	s.brokers = brokerList(s.cl)
+	if off, _ := s.cl.OptValue(kgo.DisableIdempotentWrite).(bool); off {
+		s.cl.Close()
+		return nil, errors.New("checkpoints: kafka store: the Kafka options disable idempotent writes; the store needs them so that a retried record is neither duplicated nor reordered")
+	}
 	cctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	go s.consume(cctx)
@@ -308,13 +316,25 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 	} else {
 		parts, rf = len(td.Partitions), len(td.Partitions[0].Replicas)
 	}
-	rcs, err := adm.DescribeTopicConfigs(ctx, s.topic)
-	if err != nil {
-		return 0, unreachable(err)
-	}
-	rc, err := rcs.On(s.topic, nil)
-	if err == nil {
-		err = rc.Err
+	var rc kadm.ResourceConfig
+	for {
+		rcs, err := adm.DescribeTopicConfigs(ctx, s.topic)
+		if err != nil {
+			return 0, unreachable(err)
+		}
+		if rc, err = rcs.On(s.topic, nil); err == nil {
+			err = rc.Err
+		}
+		// A topic just created (here or by another daemon) is unknown to a
+		// broker until the controller's metadata reaches it.
+		if !errors.Is(err, kerr.UnknownTopicOrPartition) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return 0, unreachable(fmt.Errorf("topic created but not yet known to the brokers: %w", ctx.Err()))
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("checkpoints: topic %s: cannot read its configuration: %w; grant DESCRIBE_CONFIGS on it", s.topic, err)
@@ -641,7 +661,7 @@ func (s *KafkaStore) writeErr(op, key string, err error) error {
 	case errors.Is(err, kgo.ErrClientClosed):
 		return ErrClosed
 	default:
-		hint = "check that the brokers are reachable from this host and that the topic's partitions have leaders; until then this daemon cannot save its state"
+		hint = "check that the brokers are reachable from this host, that the topic exists and its partitions have leaders, and that min.insync.replicas replicas are in sync; until then this daemon cannot save its state"
 	}
 	return fmt.Errorf("checkpoints: %s %q: not saved to topic %s on brokers %s: %w; %s", op, key, s.topic, s.brokers, err, hint)
 }

@@ -425,6 +425,9 @@ func TestKafkaErrors(t *testing.T) {
 	}
 
 	kf, kopts := fakeKafka(t)
+	if _, err := checkpoints.OpenKafka(ctx, "cp", append(kopts, kgo.DisableIdempotentWrite()), quiet); err == nil || !strings.Contains(err.Error(), "idempotent") {
+		t.Errorf("non-idempotent producer: %v", err)
+	}
 	s := openKafka(t, kopts, "cp", checkpoints.KafkaTimeout(2*time.Second))
 	for _, k := range []string{"", "_audit/x", "_sync"} {
 		if err := s.Put(ctx, k, []byte("x")); err == nil {
