@@ -509,3 +509,23 @@ func FuzzParseKafkaRecord(f *testing.F) {
 		}
 	})
 }
+
+func ExampleOpenKafka() {
+	kf, _ := kfake.NewCluster(kfake.NumBrokers(1)) // a real daemon passes cfg.kafkaOpts()
+	defer kf.Close()
+	ctx := context.Background()
+	s, err := checkpoints.OpenKafka(ctx, "tidemark.checkpoints", []kgo.Opt{kgo.SeedBrokers(kf.ListenAddrs()...)}, quiet)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Close()
+	key := checkpoints.PartitionKey(checkpoints.PrefixMark, "tidemark.app.users", 3)
+	if err := checkpoints.PutJSON(ctx, s, key, checkpoints.Mark{Offset: 42}); err != nil { // durable once it returns
+		fmt.Println(err)
+		return
+	}
+	m, ok, err := checkpoints.GetJSON[checkpoints.Mark](ctx, s, key)
+	fmt.Println(key, ok, m.Offset, err)
+	// Output: mark/tidemark.app.users/3 true 42 <nil>
+}
