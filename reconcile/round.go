@@ -168,10 +168,10 @@ func (rd *round) progress() *Progress {
 		p.RowsPerSecond = float64(p.RowsDone) / el
 	}
 	rd.mu.Lock()
-	segs := len(rd.segDone)
+	segs, srcDone := len(rd.segDone), rd.st.SourceDone
 	rd.mu.Unlock()
 	srcFrac := 1.0
-	if rd.docsTotal > 0 && !rd.st.SourceDone {
+	if rd.docsTotal > 0 && !srcDone {
 		srcFrac = min(1, float64(p.DocsDone)/float64(rd.docsTotal))
 	}
 	tgtFrac := float64(segs) / float64(int(1)<<segBits)
@@ -247,6 +247,7 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 		r.log.Info("resuming round", "scope", rd.scope.Key(), "from", st.ID, "docs", st.Docs, "segments", len(st.SegDone))
 	}
 	if !ok || fresh || rd.rep.ResumedFrom == "" {
+		rd.rep.ResumedFrom = ""
 		rd.exp, rd.act = nil, nil
 		rd.segDone = map[int]bool{}
 		n, _ := rd.src.coll.EstimatedDocumentCount(ctx)

@@ -88,7 +88,10 @@ func startReconcile(ctx context.Context, d *daemon, srv *admin.Server, g *errgro
 	}
 	conns, err := openReconcileConns(ctx, d.cfg, d.cass, d.mongo)
 	if err != nil {
-		return err
+		// The roles this daemon runs do not need both servers; reconcile
+		// does. Without them it stays off rather than stopping the daemon.
+		d.log.Warn("reconcile is off: cannot reach its servers", "err", err)
+		return nil
 	}
 	g.Go(func() error { <-ctx.Done(); conns.close(); return nil })
 	var applied func(string, int32) envelope.Version
