@@ -113,7 +113,7 @@ reconcile: {report_dir: %s/reports, in_flight_wait: 15s, settle: 1s}
 		t.Fatalf("first round: %v, %s, %d rows, %v", err, rep.Status, rep.RowsCompared, rep.Counts)
 	}
 
-	if err := s.Query("DELETE FROM "+ks+".users WHERE id = '7'").ExecContext(ctx); err != nil {
+	if err := s.Query("DELETE FROM " + ks + ".users WHERE id = '7'").ExecContext(ctx); err != nil {
 		t.Fatal(err)
 	}
 	rep, err = round(append(remote, "--reason", "after the delete")...)
