@@ -158,7 +158,7 @@ func (c *kafkaConfig) validate() error {
 		{c.partitions >= 1, fmt.Sprintf("partitions %d: at least 1", c.partitions)},
 		{c.replication == -1 || c.replication >= 1, fmt.Sprintf("replication factor %d: -1 (broker default) or at least 1", c.replication)},
 		{c.minISR >= 0, fmt.Sprintf("min.insync.replicas %d: 0 (broker default) or at least 1", c.minISR)},
-		{c.replication < 1 || c.minISR <= int(c.replication), fmt.Sprintf("min.insync.replicas %d exceeds the replication factor %d: every Put would fail", c.minISR, c.replication)},
+		{c.replication < 1 || c.minISR <= int(c.replication), fmt.Sprintf("min.insync.replicas %d exceeds the replication factor %d: Kafka would silently cap it", c.minISR, c.replication)},
 		{c.timeout > 0, fmt.Sprintf("timeout %s: must be positive", c.timeout)},
 	} {
 		if !l.ok {

@@ -321,7 +321,7 @@ func (cp CheckpointsConfig) validate() []error {
 			errs = append(errs, fmt.Errorf("checkpoints.replication_factor: %d; -1 (broker default) or at least 1", cp.ReplicationFactor))
 		}
 		if cp.MinInsyncReplicas < 0 || cp.ReplicationFactor > 0 && cp.MinInsyncReplicas > int(cp.ReplicationFactor) {
-			errs = append(errs, fmt.Errorf("checkpoints.min_insync_replicas: %d; 0 (broker default) up to the replication factor, or every write fails", cp.MinInsyncReplicas))
+			errs = append(errs, fmt.Errorf("checkpoints.min_insync_replicas: %d; 0 (broker default) up to the replication factor; Kafka silently caps a higher value", cp.MinInsyncReplicas))
 		}
 	case "file":
 		if cp.Topic != "" || cp.Partitions != 0 || cp.ReplicationFactor != 0 || cp.MinInsyncReplicas != 0 {
