@@ -85,6 +85,11 @@ func (s *Share) UnmarshalText(b []byte) error {
 	if math.Abs(bp-f*100) > 1e-6 {
 		return fmt.Errorf("share %q: the smallest step is 0.01%% (one basis point)", b)
 	}
+	if bp == 0 {
+		// Zero means "not given" (100%) to WithDefaults; an explicit 0% is
+		// a stage that writes nothing, which is no stage.
+		return fmt.Errorf("share %q: must be above 0%%", b)
+	}
 	*s = Share(bp)
 	return nil
 }

@@ -78,7 +78,7 @@ func TestShareParsing(t *testing.T) {
 			t.Errorf("%q marshals as %s", in, b)
 		}
 	}
-	for _, in := range []string{"101%", "-1%", "0.001%", "abc", "NaN"} {
+	for _, in := range []string{"101%", "-1%", "0.001%", "abc", "NaN", "0%", "-0"} {
 		var s rollout.Share
 		if err := s.UnmarshalText([]byte(in)); err == nil {
 			t.Errorf("%q accepted as %v", in, s)
