@@ -338,6 +338,45 @@ func TestKafkaTwoWritersFollowTheLog(t *testing.T) {
 	}
 }
 
+// TestKafkaCrashMidWrites closes a store while it is writing, the way a
+// crashing daemon drops what it had not sent. A restarted store sees a value
+// at least as new as the last Put that returned nil, and never a value that
+// was not written whole.
+func TestKafkaCrashMidWrites(t *testing.T) {
+	ctx := context.Background()
+	_, kopts := fakeKafka(t)
+	s := openKafka(t, kopts, "cp")
+	acked := make(chan int, 1000)
+	go func() {
+		defer close(acked)
+		for i := 0; ; i++ {
+			if err := s.Put(ctx, "capture/app.users", fmt.Appendf(nil, `{"token":%d}`, i)); err != nil {
+				return
+			}
+			acked <- i
+		}
+	}()
+	last := -1
+	for i := range acked {
+		if last = i; i == 50 {
+			s.Close() // the crash
+		}
+	}
+	r := openKafka(t, kopts, "cp")
+	got, ok, err := checkpoints.GetJSON[struct{ Token int }](ctx, r, "capture/app.users")
+	if err != nil || !ok || got.Token < last {
+		t.Fatalf("after the crash: token %d (%v, %v), but Put(%d) had returned nil", got.Token, ok, err, last)
+	}
+	// The other store follows a write as soon as it syncs.
+	must(t, r.Put(ctx, "intent/paused", []byte("yes")))
+	o := openKafka(t, kopts, "cp")
+	must(t, r.Put(ctx, "intent/paused", []byte("no")))
+	must(t, o.Sync(ctx))
+	if v, _ := o.Get(ctx, "intent/paused"); string(v) != "no" {
+		t.Fatalf("after Sync, another store's write is not visible: %q", v)
+	}
+}
+
 // TestKafkaCompactionKeepsEverything compacts the topic and restarts: values,
 // deletes and every audit entry are as before, although older records are gone.
 func TestKafkaCompactionKeepsEverything(t *testing.T) {
