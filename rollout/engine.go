@@ -120,6 +120,8 @@ type Engine struct {
 	// persisted: after a restart every window starts again, which only delays.
 	gates map[string]*hold
 	trigs map[string]*hold
+	// verdicts are the gates' last states, to audit each change once.
+	verdicts map[string]string
 
 	mu     sync.RWMutex // guards status
 	status Status
@@ -133,7 +135,7 @@ func NewEngine(cfg Config, store checkpoints.Store, sig Signals, act Actions, op
 		return nil, errors.New("rollout: no plan (rollout.stages is empty)")
 	}
 	e := &Engine{cfg: cfg, store: store, sig: sig, act: act, log: slog.Default(), now: time.Now, poll: 200 * time.Millisecond,
-		gates: map[string]*hold{}, trigs: map[string]*hold{}}
+		gates: map[string]*hold{}, trigs: map[string]*hold{}, verdicts: map[string]string{}}
 	for _, o := range opts {
 		o(e)
 	}
@@ -275,6 +277,7 @@ func (e *Engine) Tick(ctx context.Context) error {
 			h := e.hold(e.gates, g.Name)
 			s, has := read(g.Signal)
 			h.observe(now, s, has, has && g.ok(s.Value))
+			e.auditVerdict(ctx, g.evaluate(h, now))
 		}
 		for _, t := range e.cfg.triggers(e.st.Stage) {
 			h := e.hold(e.trigs, t.Name)
@@ -485,6 +488,7 @@ func (e *Engine) setStage(i int) {
 	e.st.WouldAdvance = ""
 	clear(e.gates)
 	clear(e.trigs)
+	clear(e.verdicts)
 }
 
 // applySlice hands the sink the current stage's slice and asks for a backfill
@@ -537,6 +541,19 @@ func (e *Engine) maybeAdvance(ctx context.Context, now time.Time) error {
 	}
 	e.audit(ctx, AutoActor, "gate.pass", st.Name, "every gate held for its window", "ok", details)
 	return e.advanceTo(ctx, AutoActor, "every gate held for its window", details)
+}
+
+// auditVerdict records a gate's change of state (pending, pass, fail) with
+// the numbers behind it; a first pending after a restart is no change.
+func (e *Engine) auditVerdict(ctx context.Context, g GateStatus) {
+	prev := e.verdicts[g.Name]
+	e.verdicts[g.Name] = g.State
+	if prev == g.State || (prev == "" && g.State == Pending) {
+		return
+	}
+	e.audit(ctx, AutoActor, "gate.change", e.st.StageName+"/"+g.Name, fmt.Sprintf("%s -> %s", orNoData(prev), g.State), "ok",
+		map[string]any{"gate": g.Name, "signal": g.Signal, "from": prev, "to": g.State, "value": deref(g.Value),
+			"threshold": g.Threshold, "observed": g.Observed, "held_for_seconds": g.HeldFor, "window_seconds": g.Window})
 }
 
 func allPass(gs []GateStatus) bool {

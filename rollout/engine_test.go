@@ -200,6 +200,17 @@ func TestGateBlipNeitherPassesNorFails(t *testing.T) {
 	if g := en.gate("lag"); g.State != rollout.Fail || *g.Value != 6 || g.Threshold != "<= 5" {
 		t.Fatalf("11m breach: %+v", g)
 	}
+	// Each change of state is audited once, with its numbers: pass, back to
+	// pending at the breach, fail.
+	var changes []string
+	for _, e := range en.audits("gate.change") {
+		if e.Details["gate"] == "lag" {
+			changes = append(changes, e.Reason)
+		}
+	}
+	if strings.Join(changes, ", ") != "pending -> pass, pass -> pending, pending -> fail" {
+		t.Fatalf("gate changes audited: %v", changes)
+	}
 }
 
 func TestAutoAdvanceAfterEveryGateHeldAndBackfillOnWidening(t *testing.T) {
