@@ -438,7 +438,7 @@ func (s *KafkaStore) consume(ctx context.Context) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.mu.Lock()
-			s.failed = fmt.Errorf("checkpoints: reader stopped: %v", p)
+			s.failed = fmt.Errorf("checkpoints: the reader of topic %s stopped (%v), so this store no longer follows it: restart the daemon", s.topic, p)
 			s.mu.Unlock()
 			s.cfg.log.Error("checkpoints: reader stopped", "panic", p)
 		}
@@ -448,28 +448,33 @@ func (s *KafkaStore) consume(ctx context.Context) {
 		if fs.IsClientClosed() || ctx.Err() != nil {
 			return
 		}
-		s.mu.Lock()
-		fs.EachError(func(t string, p int32, err error) {
-			// The client retries what can be retried; what reaches here is
-			// worth an operator's attention (authorization, data loss).
-			s.lastErr = fmt.Errorf("partition %d: %w", p, err)
-			s.cfg.log.Warn("checkpoints: reading the topic", "topic", t, "partition", p, "err", err)
-		})
-		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			for _, r := range fp.Records {
-				s.applyLocked(r)
-			}
-			if n := len(fp.Records); n > 0 {
-				s.applied[fp.Partition] = fp.Records[n-1].Offset + 1
-				if int(fp.Partition) >= s.parts {
-					s.parts = int(fp.Partition) + 1
-				}
-			}
-		})
-		close(s.notify)
-		s.notify = make(chan struct{})
-		s.mu.Unlock()
+		s.apply(fs)
 	}
+}
+
+// apply applies one poll's records and wakes the writers waiting for them.
+func (s *KafkaStore) apply(fs kgo.Fetches) {
+	s.mu.Lock()
+	defer s.mu.Unlock() // before consume's recover takes the lock
+	fs.EachError(func(t string, p int32, err error) {
+		// The client retries what can be retried; what reaches here is
+		// worth an operator's attention (authorization, data loss).
+		s.lastErr = fmt.Errorf("partition %d: %w", p, err)
+		s.cfg.log.Warn("checkpoints: reading the topic", "topic", t, "partition", p, "err", err)
+	})
+	fs.EachPartition(func(fp kgo.FetchTopicPartition) {
+		for _, r := range fp.Records {
+			s.applyLocked(r)
+		}
+		if n := len(fp.Records); n > 0 {
+			s.applied[fp.Partition] = fp.Records[n-1].Offset + 1
+			if int(fp.Partition) >= s.parts {
+				s.parts = int(fp.Partition) + 1
+			}
+		}
+	})
+	close(s.notify)
+	s.notify = make(chan struct{})
 }
 
 // applyLocked applies one record. Records of one key arrive in log order, so
@@ -548,7 +553,7 @@ func (s *KafkaStore) waitApplied(ctx context.Context, p int32, off int64) error 
 		select {
 		case <-ch:
 		case <-s.done:
-			return ErrClosed
+			return s.stopped()
 		case <-ctx.Done():
 			if lastErr != nil {
 				return fmt.Errorf("%w (the reader last reported: %v)", ctx.Err(), lastErr)
@@ -632,8 +637,8 @@ func (s *KafkaStore) checkKey(key string) error {
 // write produces one record, then waits until the reader has applied it, so
 // that the caller reads its own write and everything before it in the log.
 func (s *KafkaStore) write(ctx context.Context, op, key string, value []byte) error {
-	if s.isClosed() {
-		return ErrClosed
+	if err := s.stopped(); err != nil {
+		return err
 	}
 	ctx, cancel := withTimeout(ctx, s.cfg.timeout)
 	defer cancel()
@@ -673,13 +678,20 @@ func (s *KafkaStore) readErr(r *kgo.Record, err error) error {
 		r.Key, s.topic, r.Partition, r.Offset, err, s.brokers)
 }
 
-func (s *KafkaStore) isClosed() bool {
+// stopped returns ErrClosed after Close, the reader's failure if it stopped on
+// its own, and nil while the store works.
+func (s *KafkaStore) stopped() error {
 	select {
 	case <-s.done:
-		return true
 	default:
-		return false
+		return nil
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return s.failed
+	}
+	return ErrClosed
 }
 
 // Get returns the newest intact value of key that this store has read: at
@@ -689,8 +701,8 @@ func (s *KafkaStore) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if s.isClosed() {
-		return nil, ErrClosed
+	if err := s.stopped(); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -732,8 +744,8 @@ func (s *KafkaStore) List(ctx context.Context, prefix string) (map[string][]byte
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if s.isClosed() {
-		return nil, ErrClosed
+	if err := s.stopped(); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -765,8 +777,8 @@ func (s *KafkaStore) Audit(ctx context.Context, f AuditFilter) ([]AuditEntry, er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if s.isClosed() {
-		return nil, ErrClosed
+	if err := s.stopped(); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	var out []AuditEntry
