@@ -52,7 +52,7 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 		}
 		return p
 	}
-	const token = "layout-test-token-0123456789"
+	token := layoutToken
 	write("spec.yaml", specText)
 	write("tokens", "ci:"+token+"\n")
 	prefix := testbed.UniqueName(t, "k8s")
@@ -253,11 +253,15 @@ func waitHTTP(t *testing.T, ctx context.Context, what, url, token string) []byte
 }
 
 // waitMetric waits until the unlabelled sample name has value want.
+// layoutToken is the operator token of the test; /metrics needs it like every
+// route but the probes.
+const layoutToken = "layout-test-token-0123456789"
+
 func waitMetric(t *testing.T, ctx context.Context, url, name, want string) {
 	t.Helper()
 	var got string
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, name, url, "")))
+		sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, name, url, layoutToken)))
 		for sc.Scan() {
 			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
 				got = f[1]
@@ -274,7 +278,7 @@ func waitMetric(t *testing.T, ctx context.Context, url, name, want string) {
 func families(t *testing.T, ctx context.Context, url string) []string {
 	t.Helper()
 	var out []string
-	sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, "metrics", url, "")))
+	sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, "metrics", url, layoutToken)))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if f := strings.Fields(sc.Text()); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
