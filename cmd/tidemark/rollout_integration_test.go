@@ -390,7 +390,7 @@ rollout:
       slice: {collections: [NS], share: 50%}
       advance: autoGATES
       triggers:
-        - {name: diverged, signal: divergent_rows, above: 0, for: 2s, action: rewind, cooldown: 1m, max_attempts: 2}
+        - {name: diverged, signal: divergent_rows, above: 5, for: 2s, action: rewind, cooldown: 1m, max_attempts: 2}
     - name: all
       slice: {collections: [NS], share: 100%}
       reads: newGATES
@@ -533,19 +533,19 @@ rollout:
 	// Clean rounds: the gates hold 3s and the plan widens to 50%, whose new
 	// keys are backfilled.
 	waitStage("half", 30*time.Second)
-	// A blip shorter than the trigger's 2s window does not fire it (nor,
-	// being shorter than the gate's 3s window, let the plan advance).
+	// One divergent row per round holds the stage (the clean gate cannot
+	// pass; the trigger wants more than 5) and freezes the verified marks;
+	// the widening's backfill and new documents are then applied past them.
 	divergent.Store(1)
-	time.Sleep(800 * time.Millisecond)
-	divergent.Store(0)
-	time.Sleep(1200 * time.Millisecond)
-	steady := time.Now()
-	divergent.Store(1)
-	// Hold here too until the widening's backfill is in, and make records
-	// for the rewind to replay.
 	insert(500, 700)
 	waitMatch("second stage", 5000)
-	fired := time.Now()
+	// A blip shorter than the trigger's 2s window does not fire it.
+	divergent.Store(10)
+	time.Sleep(800 * time.Millisecond)
+	divergent.Store(1)
+	time.Sleep(2500 * time.Millisecond)
+	steady := time.Now()
+	divergent.Store(10)
 	var fire []checkpoints.AuditEntry
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if err := ac.Do(ctx, "GET", "/v1/audit?action=trigger.fire", nil, &fire); err != nil {
@@ -563,11 +563,14 @@ rollout:
 	if f.Time.Before(steady.Add(2 * time.Second)) {
 		t.Fatalf("the trigger fired at %s, before the divergence that began at %s held 2s: the blip fired it", f.Time, steady)
 	}
-	if f.Actor != rollout.AutoActor || f.Result != "ok" || f.Details["action"] != "rewind" || f.Details["value"] != 1.0 ||
+	if f.Actor != rollout.AutoActor || f.Result != "ok" || f.Details["action"] != "rewind" || f.Details["value"] != 10.0 ||
 		f.Details["held_for_seconds"].(float64) < 2 {
 		t.Fatalf("trigger audit: %+v", f)
 	}
-	t.Logf("rewind fired %s after the wait began; details %v", time.Since(fired).Round(time.Millisecond), f.Details[topic])
+	t.Logf("rewind fired %s after the divergence began; details %v", f.Time.Sub(steady).Round(time.Millisecond), f.Details[topic])
+	if rw, _ := f.Details[topic].(map[string]any); rw == nil || rw["records_to_replay"].(float64) <= 0 {
+		t.Fatalf("the rewind replayed nothing: %+v", f.Details)
+	}
 	// The rewind replayed and resumed: no partition stays paused, and the
 	// data is still the slice.
 	var ds Status
