@@ -13,6 +13,7 @@ import (
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/reconcile"
@@ -104,7 +105,7 @@ type CheckpointsConfig struct {
 }
 
 // openCheckpoints opens the store the config names.
-func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger) (checkpoints.Store, error) {
+func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) (checkpoints.Store, error) {
 	// Return a nil interface, not a nil pointer in one, on failure.
 	if c.Checkpoints.Kind == "file" {
 		s, err := checkpoints.OpenFile(c.Checkpoints.Dir)
@@ -120,7 +121,7 @@ func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger) (checkpo
 	cp := c.Checkpoints
 	s, err := checkpoints.OpenKafka(ctx, cp.Topic, kopts, checkpoints.KafkaPartitions(cp.Partitions),
 		checkpoints.KafkaReplicationFactor(cp.ReplicationFactor), checkpoints.KafkaMinInsyncReplicas(cp.MinInsyncReplicas),
-		checkpoints.KafkaLogger(log.With("stage", "checkpoints")))
+		checkpoints.KafkaLogger(log.With("stage", "checkpoints")), checkpoints.KafkaRegisterer(reg))
 	if err != nil {
 		return nil, err
 	}

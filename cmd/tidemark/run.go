@@ -75,7 +75,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	log := newLogger(cfg.Log)
 	d := &daemon{cfg: cfg, log: log, ready: make(chan struct{})}
-	if d.store, err = cfg.openCheckpoints(ctx, log); err != nil {
+	reg := prometheus.NewRegistry()
+	d.reg = reg
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if d.store, err = cfg.openCheckpoints(ctx, log, reg); err != nil {
 		return err
 	}
 	defer d.store.Close()
@@ -83,9 +86,6 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	reg := prometheus.NewRegistry()
-	d.reg = reg
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	kopts, err := cfg.kafkaOpts()
 	if err != nil {
