@@ -23,6 +23,7 @@ import (
 	"github.com/tidemarkhq/tidemark/transform"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
 	"go.mongodb.org/mongo-driver/mongo"
 	"golang.org/x/sync/errgroup"
 )
@@ -99,6 +100,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	d.adm = kadm.NewClient(kcl)
 
 	g, gctx := errgroup.WithContext(ctx)
+	var roles []func() error
 	if cfg.Spec != "" {
 		if d.mapping, err = transform.Load(cfg.Spec); err != nil {
 			return &exitError{code: 2, err: err}
@@ -117,12 +119,15 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err != nil {
 			return err
 		}
-		if d.sink, err = sink.New(cfg.Sink, sink.Deps{KafkaOpts: kopts, Writer: w, Mapping: d.mapping, Store: d.store,
+		// franz-go's own client metrics (fetches, request latency, buffered
+		// records, broker connections) for the one long-lived consumer.
+		kmet := kprom.NewMetrics("tidemark_kafka", kprom.Registerer(reg), kprom.Subsystem("sink"))
+		if d.sink, err = sink.New(cfg.Sink, sink.Deps{KafkaOpts: append(kopts[:len(kopts):len(kopts)], kgo.WithHooks(kmet)), Writer: w, Mapping: d.mapping, Store: d.store,
 			Logger: log, Registerer: reg}); err != nil {
 			return err
 		}
 		defer d.sink.Close()
-		g.Go(func() error { return d.sink.Run(gctx) })
+		roles = append(roles, func() error { return d.sink.Run(gctx) })
 	}
 	if cfg.hasRole("capture") {
 		mo, err := cfg.mongoOptions()
@@ -141,7 +146,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer cp.Close()
 		d.capture = cp
-		g.Go(func() error { return cp.Run(gctx) })
+		roles = append(roles, func() error { return cp.Run(gctx) })
 	}
 
 	srv := admin.NewServer(tokens, d.store, cfg.Admin.OpenStatus, log)
@@ -150,6 +155,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err := p.start(gctx, d, srv, g); err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
+	}
+	// The roles start only now: a part such as rollout sets the sink's slice,
+	// and a sink started before it would write keys outside the slice.
+	for _, run := range roles {
+		g.Go(run)
 	}
 	ln, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
