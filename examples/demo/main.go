@@ -30,12 +30,13 @@ func (fatal) Fatal(a ...any)            { fmt.Fprintln(os.Stderr, a...); os.Exit
 func (fatal) Fatalf(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...); os.Exit(1) }
 
 func main() {
-	mode := flag.String("mode", "", "seed | workload | verify")
+	mode := flag.String("mode", "", "seed | workload | verify | inject")
 	n := flag.Int("docs", 100_000, "documents to seed")
 	rate := flag.Int("rate", 500, "workload changes per second")
 	dur := flag.Duration("for", 20*time.Second, "workload duration")
 	spec := flag.String("spec", "examples/specs/users.yaml", "mapping spec")
 	wait := flag.Duration("wait", 3*time.Minute, "verify: how long to wait for Cassandra to match")
+	rows := flag.Int("rows", 5, "inject: how many Cassandra rows to corrupt")
 	flag.Parse()
 	ctx := context.Background()
 	mc, err := mongo.Connect(ctx, options.Client().ApplyURI(testbed.MongoURI()))
@@ -50,6 +51,8 @@ func main() {
 		workload(ctx, coll, *n, *rate, *dur)
 	case "verify":
 		verify(ctx, coll, *spec, *wait)
+	case "inject":
+		inject(*rows)
 	default:
 		fatal{}.Fatalf("unknown -mode %q", *mode)
 	}
@@ -180,4 +183,27 @@ func verify(ctx context.Context, coll *mongo.Collection, specPath string, wait t
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// inject corrupts rows behind tidemark's back, as a stray writer would: one
+// column of each gets another value, written a microsecond after the row's
+// own version so that Cassandra keeps it. Reconcile must find exactly these
+// keys, and a repair (a re-emission with a newer source version) must undo it.
+func inject(n int) {
+	s := session()
+	defer s.Close()
+	it := s.Query("SELECT id, WRITETIME(age) FROM app.users LIMIT ?", n).Iter()
+	var id string
+	var wt int64
+	var ids []string
+	for it.Scan(&id, &wt) {
+		if err := s.Query("UPDATE app.users USING TIMESTAMP ? SET age = ? WHERE id = ?", wt+1, -1, id).Exec(); err != nil {
+			fatal{}.Fatal("inject:", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := it.Close(); err != nil {
+		fatal{}.Fatal("inject:", err)
+	}
+	fmt.Printf("corrupted the age column of %d rows of app.users directly in Cassandra: %s\n", len(ids), strings.Join(ids, ", "))
 }
