@@ -71,6 +71,14 @@ type PipelineLag struct {
 	// finding it may scan the oplog, and every in-flight re-check asks.
 	newest   map[string]newestEntry
 	newestMu sync.Mutex // serialises the oplog reads themselves
+	offMu    sync.Mutex
+	offCache map[string]offsetsEntry
+}
+
+type offsetsEntry struct {
+	ends      kadm.ListedOffsets
+	committed kadm.OffsetResponses
+	at        time.Time
 }
 
 type newestEntry struct {
@@ -168,11 +176,7 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 	if ok, err := l.captureCaught(ctx, ns, v); err != nil || !ok {
 		return false, err
 	}
-	ends, err := l.Admin.ListEndOffsets(ctx, topic)
-	if err != nil {
-		return false, err
-	}
-	committed, err := l.Admin.FetchOffsetsForTopics(ctx, l.Group, topic)
+	ends, committed, err := l.offsets(ctx, topic)
 	if err != nil {
 		return false, err
 	}
@@ -190,6 +194,29 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 		}
 	}
 	return true, nil
+}
+
+// offsets are the partitions' ends and the sink group's commits, read at
+// most every 250 ms however many re-checks ask.
+func (l *PipelineLag) offsets(ctx context.Context, topic string) (kadm.ListedOffsets, kadm.OffsetResponses, error) {
+	l.offMu.Lock()
+	defer l.offMu.Unlock()
+	if c, ok := l.offCache[topic]; ok && time.Since(c.at) < 250*time.Millisecond {
+		return c.ends, c.committed, nil
+	}
+	ends, err := l.Admin.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return nil, nil, err
+	}
+	committed, err := l.Admin.FetchOffsetsForTopics(ctx, l.Group, topic)
+	if err != nil {
+		return nil, nil, err
+	}
+	if l.offCache == nil {
+		l.offCache = map[string]offsetsEntry{}
+	}
+	l.offCache[topic] = offsetsEntry{ends: ends, committed: committed, at: time.Now()}
+	return ends, committed, nil
 }
 
 // quietEnough: nothing left, or one offset left that has stayed unconsumed

@@ -13,6 +13,7 @@ import (
 
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/mongo/options"
+	"golang.org/x/time/rate"
 )
 
 // TestIntegrationRoundUnderLiveLoad: while 1,000 changes per second (updates
@@ -33,24 +34,20 @@ func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
 	var wg sync.WaitGroup
 	var loadErrs atomic.Int64
 	var firstErr sync.Once
-	const writers = 64
+	// One shared pace for all writers; many writers because one operation
+	// can take longer than the gap between two.
+	const writers = 128
+	pace := rate.NewLimiter(rate.Limit(rateWanted), 20)
 	for w := range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
-			// Each writer paces itself to its share of the rate; many writers
-			// because one operation can take longer than the gap between two.
-			tick := time.NewTicker(time.Duration(writers) * time.Second / time.Duration(rateWanted))
-			defer tick.Stop()
-			per := 1
 			for i := 0; ; i++ {
-				select {
-				case <-lctx.Done():
+				if pace.Wait(lctx) != nil {
 					return
-				case <-tick.C:
 				}
-				for range per {
+				{
 					id := int64(rng.IntN(n + n/10))
 					var err error
 					switch rng.IntN(10) {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/hex"
 	"math"
+	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
@@ -39,38 +41,71 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 	if err != nil {
 		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(rd.r.cfg.Concurrency)
-	for i, c := range cands {
+	// Keys still differing are re-checked together, pass after pass, until
+	// each is decided or InFlightWait has passed since the first pass: the
+	// wait is shared, not paid per key.
+	var pending []int
+	for i := range cands {
 		if matched[i] {
 			out[i] = outcome{class: "match", src: true, tgt: true}
 			rd.candsDone.Add(1)
-			continue
+		} else {
+			pending = append(pending, i)
 		}
-		g.Go(func() error {
-			o, err := rd.recheck(gctx, c)
-			if err != nil && gctx.Err() == nil {
-				// A key that cannot be read now cannot be called divergent:
-				// it stays undecided, like a key in flight, and keeps the
-				// round from recording verified marks.
-				rd.r.log.Warn("cannot re-check a key; counting it in flight", "table", rd.tables[c.table].QualifiedName(), "err", err)
-				o = outcome{class: "in_flight", sample: KeySample{Table: rd.tables[c.table].QualifiedName(), Class: "in_flight"}}
-				if c.id != nil {
-					o.sample.SourceID = idJSON(c.id)
+	}
+	deadline := time.Now().Add(rd.r.cfg.InFlightWait)
+	for first := true; len(pending) > 0; first = false {
+		var mu sync.Mutex
+		var next []int
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(rd.r.cfg.Concurrency)
+		for _, i := range pending {
+			c := cands[i]
+			g.Go(func() error {
+				o, decided, err := rd.recheckOnce(gctx, c, first)
+				if err != nil && gctx.Err() == nil {
+					// A key that cannot be read now cannot be called divergent:
+					// it stays undecided, like a key in flight, and keeps the
+					// round from recording verified marks.
+					rd.r.log.Warn("cannot re-check a key; counting it in flight", "table", rd.tables[c.table].QualifiedName(), "err", err)
+					o, decided, err = outcome{class: "in_flight", sample: KeySample{Table: rd.tables[c.table].QualifiedName(), Class: "in_flight"}}, false, nil
+					if c.id != nil {
+						o.sample.SourceID = idJSON(c.id)
+					}
 				}
-				err = nil
+				if err != nil {
+					return err
+				}
+				out[i] = o
+				if decided {
+					rd.candsDone.Add(1)
+				} else {
+					mu.Lock()
+					next = append(next, i)
+					mu.Unlock()
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		if len(next) == 0 || time.Now().After(deadline) {
+			for _, i := range next {
+				out[i].class, out[i].sample.Class = "in_flight", "in_flight"
+				rd.candsDone.Add(1)
 			}
-			if err != nil {
-				return err
-			}
-			out[i] = o
-			rd.candsDone.Add(1)
-			return nil
-		})
+			break
+		}
+		sort.Ints(next)
+		pending = next
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
+	rd.outcomes = out
 	var inFlight []KeySample
 	for i, o := range out {
 		tr := &rd.rep.Tables[cands[i].table]
@@ -172,88 +207,75 @@ func (rd *round) quickMatch(ctx context.Context, cands []candidate) ([]bool, err
 	return matched, nil
 }
 
-// recheck decides one key by point reads on both sides.
+// recheckOnce tries to decide one key by point reads on both sides.
 //
 // The source document is read first, then the source's clock (ts): the
 // document's version is at most ts. If the target differs, the key is
 // divergent only once the pipeline has applied everything up to ts on the
 // key's partition and the document has not changed meanwhile (read again
-// after the target). Until then it is in flight, and after InFlightWait it
-// stays in flight: reported, never counted as divergence.
-func (rd *round) recheck(ctx context.Context, c candidate) (outcome, error) {
+// after the target). Otherwise it is undecided (in flight) for now.
+// first says whether this is the key's first point read.
+func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool) (o outcome, decided bool, err error) {
 	t, tg := rd.tables[c.table], rd.tgts[c.table]
 	keyVals, err := t.DecodeKey(c.key)
 	if err != nil {
-		return outcome{}, err
+		return outcome{}, false, err
 	}
-	deadline := time.Now().Add(rd.r.cfg.InFlightWait)
-	first := true
-	for {
-		act, _, found, err := tg.read(ctx, keyVals)
-		if err != nil {
-			return outcome{}, err
-		}
-		id, lagKeys := c.id, [][]byte{c.id}
-		if id == nil {
-			id, lagKeys, err = rd.owner(ctx, t, c.key, act)
-			if err != nil {
-				return outcome{}, err
-			}
-		}
-		doc, err := rd.readDoc(ctx, id)
-		if err != nil {
-			return outcome{}, err
-		}
-		ts, err := rd.src.now(ctx)
-		if err != nil {
-			return outcome{}, err
-		}
-		exp := expected(rd, doc, t, c.key)
-		if !found {
-			act = nil
-		}
-		if sameRow(t, exp, act) {
-			o := outcome{class: "resolved", src: exp != nil, tgt: act != nil}
-			if first {
-				o.class = "match"
-			}
-			return o, nil
-		}
-		first = false
-		caught, err := rd.r.d.Lag.Caught(ctx, rd.scope.Namespace, lagKeys, ts)
-		if err != nil {
-			rd.r.log.Warn("cannot tell the pipeline's progress; keeping the key in flight", "err", err)
-		}
-		if caught {
-			act2, wt, found2, err := tg.read(ctx, keyVals)
-			if err != nil {
-				return outcome{}, err
-			}
-			doc2, err := rd.readDoc(ctx, id)
-			if err != nil {
-				return outcome{}, err
-			}
-			if !found2 {
-				act2 = nil
-			}
-			if bytes.Equal(doc, doc2) {
-				if sameRow(t, exp, act2) {
-					return outcome{class: "resolved", src: exp != nil, tgt: act2 != nil}, nil
-				}
-				return rd.divergent(ctx, t, c.key, keyVals, id, exp, act2, wt), nil
-			}
-		}
-		if time.Now().After(deadline) {
-			o := rd.describe(t, keyVals, id, exp, act)
-			o.class, o.sample.Class = "in_flight", "in_flight"
-			return o, nil
-		}
-		select {
-		case <-ctx.Done():
-			return outcome{}, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+	act, _, found, err := tg.read(ctx, keyVals)
+	if err != nil {
+		return outcome{}, false, err
+	}
+	if !found {
+		act = nil
+	}
+	id, lagKeys := c.id, [][]byte{c.id}
+	if id == nil {
+		if id, lagKeys, err = rd.owner(ctx, t, c.key, act); err != nil {
+			return outcome{}, false, err
 		}
 	}
+	doc, err := rd.readDoc(ctx, id)
+	if err != nil {
+		return outcome{}, false, err
+	}
+	ts, err := rd.src.now(ctx)
+	if err != nil {
+		return outcome{}, false, err
+	}
+	exp := expected(rd, doc, t, c.key)
+	if sameRow(t, exp, act) {
+		o := outcome{class: "resolved", src: exp != nil, tgt: act != nil}
+		if first {
+			o.class = "match"
+		}
+		return o, true, nil
+	}
+	caught, err := rd.r.d.Lag.Caught(ctx, rd.scope.Namespace, lagKeys, ts)
+	if err != nil {
+		rd.r.log.Warn("cannot tell the pipeline's progress; keeping the key in flight", "err", err)
+	}
+	if caught {
+		act2, wt, found2, err := tg.read(ctx, keyVals)
+		if err != nil {
+			return outcome{}, false, err
+		}
+		doc2, err := rd.readDoc(ctx, id)
+		if err != nil {
+			return outcome{}, false, err
+		}
+		if !found2 {
+			act2 = nil
+		}
+		if bytes.Equal(doc, doc2) {
+			if sameRow(t, exp, act2) {
+				return outcome{class: "resolved", src: exp != nil, tgt: act2 != nil}, true, nil
+			}
+			return rd.divergent(ctx, t, c.key, keyVals, id, exp, act2, wt), true, nil
+		}
+	}
+	o = rd.describe(t, keyVals, id, exp, act)
+	o.class, o.sample.Class = "in_flight", "in_flight"
+	return o, false, nil
 }
 
 func (rd *round) readDoc(ctx context.Context, id []byte) (bson.Raw, error) {

@@ -51,6 +51,7 @@ func (r *Reconciler) Repair(ctx context.Context, ns string, keys []KeyRef, o Rep
 		return nil, err
 	}
 	rd := &round{r: r, scope: Scope{Namespace: ns}, tables: tables, src: src, rep: &Report{Counts: map[string]int64{}}}
+	rd.rep.Tables = make([]TableReport, len(tables))
 	tidx := map[string]int{}
 	for i, t := range tables {
 		rd.tgts = append(rd.tgts, newTarget(r.d.Cassandra, t))
@@ -112,16 +113,15 @@ func (r *Reconciler) Repair(ctx context.Context, ns string, keys []KeyRef, o Rep
 			return res, err
 		}
 	}
-	for _, c := range cands {
-		out, err := rd.recheck(ctx, c)
-		if err != nil {
-			return res, err
-		}
-		if out.class == "match" || out.class == "resolved" {
+	if err := rd.recheckAll(ctx, cands, false); err != nil {
+		return res, err
+	}
+	for i, c := range cands {
+		if rd.outcomes[i].class == "match" || rd.outcomes[i].class == "resolved" {
 			res.Fixed++
 			continue
 		}
-		res.Remaining = append(res.Remaining, KeyRef{Table: tables[c.table].QualifiedName(), Key: c.key, ID: c.id, Class: out.class})
+		res.Remaining = append(res.Remaining, KeyRef{Table: tables[c.table].QualifiedName(), Key: c.key, ID: c.id, Class: rd.outcomes[i].class})
 	}
 	if len(res.Remaining) > 0 {
 		result = fmt.Sprintf("partial: %d of %d keys still differ", len(res.Remaining), len(cands))

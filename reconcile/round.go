@@ -77,6 +77,7 @@ type round struct {
 	rowLim    *rate.Limiter
 	docsTotal int64
 	started   time.Time
+	outcomes  []outcome // of the last recheckAll, by candidate
 	cands     atomic.Int64
 	candsDone atomic.Int64
 	phase     atomic.Value
