@@ -23,7 +23,7 @@ func init() {
 	register(&command{Name: "status", Short: "show roles, per-partition lag, paused partitions and backfill progress", Run: statusCmd})
 	register(&command{Name: "pause", Short: "pause a topic or some of its partitions (nothing is lost; Kafka buffers)", Run: pauseCmd(true)})
 	register(&command{Name: "resume", Short: "resume paused partitions", Run: pauseCmd(false)})
-	register(&command{Name: "rewind", Short: "move the sink back (to a time, an offset, or by N records); dry run unless --execute", Run: rewindCmd})
+	register(&command{Name: "rewind", Short: "move the sink back (to a time, an offset, a verified mark, or by N records); dry run unless --execute", Run: rewindCmd})
 	register(&command{Name: "audit", Short: "show the audit log of operator and automatic actions", Run: auditCmd})
 	register(&command{Name: "backfill", Short: "re-emit a namespace, a filter or some _ids from the source (also the history-lost recovery)", Run: backfillCmd})
 }
