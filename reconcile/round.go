@@ -87,7 +87,9 @@ func limiter(perSecond float64) *rate.Limiter {
 	if perSecond <= 0 {
 		return nil
 	}
-	return rate.NewLimiter(rate.Limit(perSecond), max(1000, int(perSecond)))
+	// A tenth of a second of burst: enough for the 256-row steps, small
+	// enough that the cap holds over short windows too.
+	return rate.NewLimiter(rate.Limit(perSecond), max(256, int(perSecond/10)))
 }
 
 func wait(ctx context.Context, l *rate.Limiter, n int) error {
