@@ -345,7 +345,8 @@ func (rd *round) scanSource(ctx context.Context) error {
 	var buf, pk []byte
 	lastSave := time.Now()
 	pending := 0
-	err := rd.src.scan(ctx, nil, after, func(doc bson.Raw) error {
+	var process func(doc bson.Raw) error
+	process = func(doc bson.Raw) error {
 		if pending++; pending == 256 {
 			if err := wait(ctx, rd.docLim, pending); err != nil {
 				return err
@@ -395,8 +396,52 @@ func (rd *round) scanSource(ctx context.Context) error {
 			}
 		}
 		return nil
+	}
+	// The cursor is read on its own goroutine, batches of copied documents
+	// handed over, so that the driver's decoding and the transform overlap.
+	batches := make(chan []bson.Raw, 4)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(batches)
+		var b []bson.Raw
+		var arena []byte
+		flush := func() error {
+			select {
+			case batches <- b:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			b, arena = nil, nil
+			return nil
+		}
+		err := rd.src.scan(gctx, nil, after, func(doc bson.Raw) error {
+			if cap(arena)-len(arena) < len(doc) {
+				arena = make([]byte, 0, max(256<<10, len(doc)))
+			}
+			at := len(arena)
+			arena = append(arena, doc...)
+			b = append(b, arena[at:len(arena):len(arena)])
+			if len(b) == 512 {
+				return flush()
+			}
+			return nil
+		})
+		if err == nil && len(b) > 0 {
+			err = flush()
+		}
+		return err
 	})
-	if err != nil {
+	g.Go(func() error {
+		for b := range batches {
+			for _, doc := range b {
+				if err := process(doc); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	rd.mu.Lock()
