@@ -94,7 +94,7 @@ func BenchmarkReconcile(b *testing.B) {
 		var rows atomic.Int64
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error {
-			opts := options.Find()
+			opts := options.Find().SetBatchSize(2000) // as the round; the stand-in would send everything at once
 			if sorted {
 				opts.SetSort(bson.D{{Key: "_id", Value: 1}})
 			}
