@@ -254,20 +254,28 @@ func (l *PipelineLag) captureCaught(ctx context.Context, ns string, v envelope.V
 	if err != nil || !ok {
 		return false, err
 	}
-	captured := envelope.Version{T: st.T, I: st.I}
+	// Before its first event the stream's position is its start: changes
+	// before it are the backfill's business, not a stream position. Compared
+	// strictly against the start itself (not a version just below it): the
+	// stand-in's ordinals run past a million within one second.
+	captured, inclusive := envelope.Version{T: st.T, I: st.I}, true
 	if st.Token == nil {
-		// The stream has not produced yet: changes before its start are the
-		// backfill's, which is not a stream position.
-		captured = envelope.Below(envelope.Version{T: st.StartT, I: st.StartI})
+		captured, inclusive = envelope.Version{T: st.StartT, I: st.StartI}, false
 	}
-	if !captured.Before(v) {
+	covers := func(x envelope.Version) bool {
+		if inclusive {
+			return !captured.Before(x)
+		}
+		return x.Before(captured)
+	}
+	if covers(v) {
 		return true, nil
 	}
 	newest, ok, err := l.newestChange(ctx, ns)
 	if err != nil {
 		return false, err
 	}
-	return !ok || !captured.Before(newest), nil
+	return !ok || covers(newest), nil
 }
 
 func (l *PipelineLag) newestChange(ctx context.Context, ns string) (envelope.Version, bool, error) {

@@ -46,8 +46,12 @@ func TestIntegrationRoundFindsEachDivergence(t *testing.T) {
 	mustExec("DELETE FROM "+users+" WHERE id = ?", fmt.Sprint(missing))
 	mustExec("INSERT INTO " + users + " (id, email, name, age, status) VALUES ('extra-1', 'ghost@x.org', 'No One', 40, 'active')")
 	mustExec("UPDATE "+users+" SET age = 999 WHERE id = ?", fmt.Sprint(different))
-	// The source moves on (a change the pipeline never saw); the target holds
-	// the previous values, rewritten at a version below the source's change.
+	// The source moves on (a change the pipeline never saw), in a later second
+	// than the load; the target holds the previous values, rewritten at a
+	// version below the source's change.
+	for sec := time.Now().Unix(); time.Now().Unix() == sec; {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if _, err := f.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: stale}}, bson.D{{Key: "$set", Value: bson.D{{Key: "age", Value: int32(77)}}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -66,8 +66,8 @@ func (r *Reconciler) Repair(ctx context.Context, ns string, keys []KeyRef, o Rep
 		if !ok {
 			return nil, fmt.Errorf("reconcile: repair: table %s is not fed by %s", k.Table, ns)
 		}
-		cands = append(cands, candidate{table: i, key: k.Key, id: k.ID})
 		if k.ID != nil {
+			cands = append(cands, candidate{table: i, key: k.Key, id: k.ID})
 			if !seen[string(k.ID)] {
 				seen[string(k.ID)] = true
 				ids = append(ids, k.ID)
@@ -84,8 +84,11 @@ func (r *Reconciler) Repair(ctx context.Context, ns string, keys []KeyRef, o Rep
 			return nil, err
 		}
 		if !found {
+			// No row and no document named: nothing says what it should be.
+			res.Remaining = append(res.Remaining, KeyRef{Table: k.Table, Key: k.Key, Class: "no_document_known"})
 			continue
 		}
+		cands = append(cands, candidate{table: i, key: k.Key})
 		if owner, _, err := rd.owner(ctx, tg.t, k.Key, act); err != nil {
 			return nil, err
 		} else if owner != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/envelope"
@@ -137,15 +138,18 @@ func (s *source) nowOnce(ctx context.Context) (envelope.Version, error) {
 	return envelope.Version{T: uint32(r.LocalTime.Unix()) + 1}, nil
 }
 
-// changedAfter reports the newest change of document id in the oplog after
-// version v: the source-derived expectation that tells a stale row (the
-// source moved on, the target did not) from a different one. ok is false when
-// the oplog holds no such change or cannot be read.
+// changedAfter reports the newest change of document id in the oplog in a
+// later second than version v: the source-derived expectation that tells a
+// stale row (the source moved on, the target did not) from a different one.
+// Only whole seconds compare: a row's write time is microseconds (the
+// pipeline's T*1e6+I, or a native write's clock) while an oplog ordinal
+// counts operations. ok is false when the oplog holds no such change or
+// cannot be read.
 func (s *source) changedAfter(ctx context.Context, id bson.RawValue, v envelope.Version) (envelope.Version, bool) {
 	var e struct {
 		TS primitive.Timestamp `bson:"ts"`
 	}
-	filter := bson.D{{Key: "ns", Value: s.ns}, {Key: "ts", Value: bson.D{{Key: "$gt", Value: primitive.Timestamp{T: v.T, I: v.I}}}},
+	filter := bson.D{{Key: "ns", Value: s.ns}, {Key: "ts", Value: bson.D{{Key: "$gt", Value: primitive.Timestamp{T: v.T, I: math.MaxUint32}}}},
 		{Key: "$or", Value: bson.A{bson.D{{Key: "o._id", Value: id}}, bson.D{{Key: "o2._id", Value: id}}}}}
 	err := s.mc.Database("local").Collection("oplog.rs").FindOne(ctx, filter,
 		options.FindOne().SetSort(bson.D{{Key: "$natural", Value: -1}}).SetProjection(bson.D{{Key: "ts", Value: 1}})).Decode(&e)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -265,6 +266,9 @@ type RepairRequest struct {
 	Report    string   `json:"report,omitempty"`
 	Namespace string   `json:"namespace,omitempty"`
 	IDs       []string `json:"ids,omitempty"`
+	// Keys are target rows (table and canonical key bytes, as a report's
+	// divergent list or repair's output gives them) of Namespace.
+	Keys []reconcile.KeyRef `json:"keys,omitempty"`
 }
 
 func (h *reconcileHandlers) repair(w http.ResponseWriter, r *http.Request) {
@@ -284,9 +288,20 @@ func (h *reconcileHandlers) repair(w http.ResponseWriter, r *http.Request) {
 func runRepair(ctx context.Context, rec *reconcile.Reconciler, req RepairRequest, actor string) (*reconcile.RepairResult, int, error) {
 	var keys []reconcile.KeyRef
 	ns := req.Namespace
+	given := 0
+	for _, g := range []bool{req.Report != "", len(req.IDs) > 0, len(req.Keys) > 0} {
+		if g {
+			given++
+		}
+	}
 	switch {
-	case req.Report != "" && len(req.IDs) > 0:
-		return nil, 400, errors.New("give a report or _ids, not both")
+	case given > 1:
+		return nil, 400, errors.New("give one of a report, _ids or keys")
+	case len(req.Keys) > 0:
+		if ns == "" {
+			return nil, 400, errors.New("namespace is required with keys")
+		}
+		keys = req.Keys
 	case req.Report != "":
 		rep, err := rec.Reports().Get(req.Report)
 		if err != nil {
@@ -305,7 +320,7 @@ func runRepair(ctx context.Context, rec *reconcile.Reconciler, req RepairRequest
 			return nil, 400, err
 		}
 	default:
-		return nil, 400, errors.New("give a report id or _ids")
+		return nil, 400, errors.New("give a report id, _ids or keys")
 	}
 	if len(keys) == 0 {
 		return &reconcile.RepairResult{Namespace: ns, Remaining: []reconcile.KeyRef{}}, 200, nil
@@ -534,13 +549,17 @@ func printReport(w io.Writer, r *reconcile.Report, asJSON bool) error {
 	return nil
 }
 
-const repairHelp = `usage: tidemark repair --report ID | --namespace NS --ids ID,ID... [--config FILE | --remote] --reason TEXT
+const repairHelp = `usage: tidemark repair --report ID | --namespace NS (--ids ID,ID... | --keys KS.TABLE:HEX,...)
+                       [--config FILE | --remote] --reason TEXT
 
 Re-emits the documents behind divergent keys from the source through
 capture's targeted backfill (a daemon with the capture role serves it),
 removes extra rows that no document maps to (a tombstone at the row's own
 write time, so a newer pipeline write still wins), then re-checks every key.
---report takes a report id or "latest".
+--report takes a report id or "latest". --keys takes target rows as repair
+prints the ones still differing (table:hex of the canonical key); prefer --ids
+when the documents are known, since a key alone names no document to re-emit
+unless the row is there to be traced back to one.
 
 Exit status: 0 every key fixed; 1 some keys still differ; 2 usage or connection error.
 
@@ -552,6 +571,7 @@ func repairCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	report := cf.fs.String("report", "", "repair every divergent key of this report (an id, or latest)")
 	ns := cf.fs.String("namespace", "", "namespace of --ids")
 	ids := cf.fs.String("ids", "", "_ids to re-emit and re-check, comma-separated relaxed extended JSON")
+	keys := cf.fs.String("keys", "", "target rows to repair, comma-separated keyspace.table:HEX (as repair prints them)")
 	remote := cf.fs.Bool("remote", false, "ask the daemon at --addr to repair")
 	reason := cf.fs.String("reason", "", "why (required; goes to the audit log)")
 	cf.fs.Usage = func() { fmt.Fprintln(stderr, repairHelp); cf.fs.PrintDefaults() }
@@ -564,6 +584,16 @@ func repairCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	req := RepairRequest{Reason: *reason, Report: *report, Namespace: *ns}
 	if *ids != "" {
 		req.IDs = strings.Split(*ids, ",")
+	}
+	if *keys != "" {
+		for _, k := range strings.Split(*keys, ",") {
+			table, h, ok := strings.Cut(k, ":")
+			b, err := hex.DecodeString(h)
+			if !ok || err != nil || table == "" {
+				return &exitError{code: 2, err: fmt.Errorf("--keys: %q is not keyspace.table:HEX", k)}
+			}
+			req.Keys = append(req.Keys, reconcile.KeyRef{Table: table, Key: b})
+		}
 	}
 	var res *reconcile.RepairResult
 	if *remote {
@@ -601,7 +631,7 @@ func repairCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "repair %s: %d documents re-emitted, %d extra rows removed, %d keys fixed, %d still differ\n",
 			res.Namespace, res.Reemitted, res.Deleted, res.Fixed, len(res.Remaining))
 		for _, k := range res.Remaining {
-			fmt.Fprintf(stdout, "  %s %s key %x\n", k.Class, k.Table, k.Key)
+			fmt.Fprintf(stdout, "  %s %s:%x\n", k.Class, k.Table, k.Key)
 		}
 	}
 	if len(res.Remaining) > 0 {

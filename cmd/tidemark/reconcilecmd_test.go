@@ -59,6 +59,13 @@ func TestRepairNeedsReasonAndKeys(t *testing.T) {
 	if _, code, err := runRepair(ctx, nil, RepairRequest{Reason: "x", IDs: []string{"1"}}, "t"); err == nil || code != 400 {
 		t.Fatalf("repair of _ids without a namespace: %d %v", code, err)
 	}
+	if _, code, err := runRepair(ctx, nil, RepairRequest{Reason: "x", Keys: []reconcile.KeyRef{{Table: "a.b", Key: []byte{1}}}}, "t"); err == nil || code != 400 {
+		t.Fatalf("repair of keys without a namespace: %d %v", code, err)
+	}
+	err = repairCmd(ctx, []string{"--namespace", "a.b", "--keys", "a.users:zz", "--reason", "x"}, &out, &errb)
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "--keys") {
+		t.Fatalf("bad --keys: %v", err)
+	}
 }
 
 func TestReconcileConfigDefaults(t *testing.T) {
