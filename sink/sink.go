@@ -301,7 +301,7 @@ func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
 			st = &partState{committed: -1}
 			s.parts[tp] = st
 		}
-		st.end = p.HighWatermark
+		st.end = max(st.end, p.HighWatermark)
 		s.mu.Unlock()
 		if len(p.Records) == 0 {
 			return
@@ -412,38 +412,47 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 		}
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(s.cfg.Concurrency)
-	var stopped error
+	// A fixed pool of workers per partition takes the tasks in turn. One
+	// goroutine per task would be simpler, but every new goroutine grows its
+	// stack through gocql's deep call path, and that copying cost more CPU
+	// than the write itself on a machine Cassandra shares.
+	tasks := make([]func(context.Context) error, 0, len(batches)+len(ids))
 	for _, b := range batches {
-		// Take the throttle slot before starting the goroutine: a partition's
-		// backlog then waits here as plain data, not as hundreds of parked
-		// goroutines that every freed slot would have to schedule.
-		if stopped = s.lim.acquire(gctx); stopped != nil {
-			break
-		}
-		g.Go(func() error { return s.writeGroup(gctx, b, true) })
+		tasks = append(tasks, func(ctx context.Context) error { return s.writeGroup(ctx, b) })
 	}
 	for _, k := range ids {
-		if stopped != nil {
-			break
-		}
 		its := mapped[k]
-		g.Go(func() error {
+		tasks = append(tasks, func(ctx context.Context) error {
 			for _, it := range its {
-				if err := s.applyMapped(gctx, it); err != nil {
+				if err := s.applyMapped(ctx, it); err != nil {
 					return err
 				}
 			}
 			return nil
 		})
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	var next atomic.Int64
+	for range min(s.cfg.Concurrency, len(tasks)) {
+		g.Go(func() error {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(tasks) {
+					return nil
+				}
+				if err := tasks[i](gctx); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	// An error, or the end of ctx, leaves tasks unwritten: the partition's
+	// offset must then not move.
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	if stopped != nil {
-		// Not every group was written: the partition's offset must not move.
-		return stopped
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	last := recs[len(recs)-1]
 	s.mu.Lock()
@@ -487,10 +496,8 @@ func partitionOf(dst []byte, t *transform.Table, c *Change, id bson.RawValue) ([
 // writeGroup writes one partition's changes. A group the target rejects as
 // invalid is split so that only the offending rows are dead-lettered; one that
 // keeps failing past the retry limit dead-letters every event in it.
-// writeGroup writes one group; held says the caller already took a throttle
-// slot for the first attempt.
-func (s *Sink) writeGroup(ctx context.Context, g *group, held bool) error {
-	err := s.retry(ctx, held, func(ctx context.Context) error { return s.w.Write(ctx, g.table, g.changes) })
+func (s *Sink) writeGroup(ctx context.Context, g *group) error {
+	err := s.retry(ctx, func(ctx context.Context) error { return s.w.Write(ctx, g.table, g.changes) })
 	if err == nil {
 		s.met.batch.Observe(float64(len(g.changes)))
 		for _, c := range g.changes {
@@ -504,7 +511,7 @@ func (s *Sink) writeGroup(ctx context.Context, g *group, held bool) error {
 	if len(g.changes) > 1 && isInvalid(err) {
 		for i := range g.changes {
 			one := &group{table: g.table, changes: g.changes[i : i+1], items: g.items[i : i+1]}
-			if err := s.writeGroup(ctx, one, false); err != nil {
+			if err := s.writeGroup(ctx, one); err != nil {
 				return err
 			}
 		}
@@ -525,7 +532,7 @@ func (s *Sink) applyMapped(ctx context.Context, it *item) error {
 			continue
 		}
 		row := it.row(t)
-		err := s.retry(ctx, false, func(ctx context.Context) error { return s.w.ApplyMapped(ctx, t, &it.ev, row) })
+		err := s.retry(ctx, func(ctx context.Context) error { return s.w.ApplyMapped(ctx, t, &it.ev, row) })
 		if err == nil {
 			s.countRow(t, row == nil)
 			continue
@@ -559,15 +566,12 @@ func (s *Sink) giveUp(ctx context.Context, it *item, err error) error {
 
 // retry runs write until it succeeds, is rejected as invalid, or has failed
 // Retries+1 times, waiting with exponential backoff and jitter in between and
-// holding a throttle slot while it runs. held says the first attempt's slot is
-// already taken.
-func (s *Sink) retry(ctx context.Context, held bool, write func(context.Context) error) error {
+// holding a throttle slot while it runs.
+func (s *Sink) retry(ctx context.Context, write func(context.Context) error) error {
 	backoff := s.cfg.RetryBackoff
 	for attempt := 0; ; attempt++ {
-		if attempt > 0 || !held {
-			if err := s.lim.acquire(ctx); err != nil {
-				return err
-			}
+		if err := s.lim.acquire(ctx); err != nil {
+			return err
 		}
 		start := time.Now()
 		err := write(ctx)
