@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,8 +132,18 @@ func Mongo(t testing.TB) *mongo.Client {
 		t.Fatalf("MongoDB is not reachable at %s: %v; %s", uri, err, hint)
 	}
 	t.Cleanup(func() { cl.Disconnect(context.Background()) })
+	// make integration runs one package at a time (go test -p 1) and sets
+	// TIDEMARK_TRIM_OPLOG: the first connection of each test binary then
+	// starts it on an empty oplog, so the stand-in, which scans all of its
+	// in-memory oplog for every change-stream read and oplog query, does not
+	// slow down with every package the suite has run before.
+	if os.Getenv("TIDEMARK_TRIM_OPLOG") != "" {
+		trimOnce.Do(func() { TrimOplog(t, cl) })
+	}
 	return cl
 }
+
+var trimOnce sync.Once
 
 // TrimOplog empties the stand-in's oplog. mongo-java-server keeps it in memory
 // and scans all of it on every change stream getMore, so a stack that has run
