@@ -61,6 +61,13 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		g.SetLimit(rd.r.cfg.Concurrency)
 		for _, i := range pending {
 			c := cands[i]
+			if !first && time.Now().After(deadline) {
+				// Out of time for this pass: the key stays as the last pass left it.
+				mu.Lock()
+				next = append(next, i)
+				mu.Unlock()
+				continue
+			}
 			g.Go(func() error {
 				o, decided, err := rd.recheckOnce(gctx, c, first)
 				if err != nil && gctx.Err() == nil {
