@@ -30,7 +30,10 @@ func (fatal) Fatal(a ...any)            { fmt.Fprintln(os.Stderr, a...); os.Exit
 func (fatal) Fatalf(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...); os.Exit(1) }
 
 func main() {
-	mode := flag.String("mode", "", "seed | workload | verify | inject")
+	mode := flag.String("mode", "", "seed | workload | verify | inject | narrate")
+	addr := flag.String("addr", "127.0.0.1:7070", "narrate: the daemon's admin API (token from TIDEMARK_TOKEN)")
+	out := flag.String("out", "demo-outcome.json", "narrate: where to write what happened")
+	limit := flag.Duration("limit", 20*time.Minute, "narrate: give up after this long")
 	n := flag.Int("docs", 100_000, "documents to seed")
 	rate := flag.Int("rate", 500, "workload changes per second")
 	dur := flag.Duration("for", 20*time.Second, "workload duration")
@@ -49,10 +52,12 @@ func main() {
 		seed(ctx, mc, coll, *n)
 	case "workload":
 		workload(ctx, coll, *n, *rate, *dur)
+	case "narrate":
+		narrate(ctx, coll, *addr, *out, *n, *rate, *rows, *limit)
 	case "verify":
 		verify(ctx, coll, *spec, *wait)
 	case "inject":
-		inject(*rows)
+		fmt.Println("corrupted app.users rows directly in Cassandra:", strings.Join(inject(*n, *rows), ", "))
 	default:
 		fatal{}.Fatalf("unknown -mode %q", *mode)
 	}
@@ -115,7 +120,7 @@ func seed(ctx context.Context, mc *mongo.Client, coll *mongo.Collection, n int) 
 	rng := rand.New(rand.NewPCG(7, 7))
 	batch := make([]any, 0, 2000)
 	for i := 0; i < n; i++ {
-		batch = append(batch, user(rng, primitive.NewObjectIDFromTimestamp(time.Unix(1600000000+int64(i), 0)), i))
+		batch = append(batch, user(rng, seededID(i), i))
 		if len(batch) == cap(batch) || i == n-1 {
 			if _, err := coll.InsertMany(ctx, batch); err != nil {
 				fatal{}.Fatal(err)
@@ -133,8 +138,17 @@ func workload(ctx context.Context, coll *mongo.Collection, n, rate int, d time.D
 	end := time.Now().Add(d)
 	var done int
 	for time.Now().Before(end) {
-		<-tick.C
-		id := primitive.NewObjectIDFromTimestamp(time.Unix(1600000000+int64(rng.IntN(n)), 0))
+		select {
+		case <-ctx.Done():
+			fmt.Printf("workload: %d changes\n", done)
+			return
+		case <-tick.C:
+		}
+		i := rng.IntN(n)
+		if reserved(i) {
+			continue // left alone so that an injected divergence stays until repaired
+		}
+		id := seededID(i)
 		var err error
 		switch rng.IntN(10) {
 		case 0:
@@ -145,7 +159,7 @@ func workload(ctx context.Context, coll *mongo.Collection, n, rate int, d time.D
 			_, err = coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
 				{Key: "email", Value: fmt.Sprintf("changed.%d@example.org", done)}, {Key: "age", Value: int32(rng.IntN(90))}}}})
 		}
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			fatal{}.Fatal(err)
 		}
 		done++
@@ -185,25 +199,35 @@ func verify(ctx context.Context, coll *mongo.Collection, specPath string, wait t
 	}
 }
 
+// seededID is the _id of the i-th seeded document.
+func seededID(i int) primitive.ObjectID {
+	return primitive.NewObjectIDFromTimestamp(time.Unix(1600000000+int64(i), 0))
+}
+
+// reserved documents are never touched by the workload: the demo corrupts
+// their rows, and a live update would heal them before reconcile looks.
+func reserved(i int) bool { return i%1000 == 999 }
+
 // inject corrupts rows behind tidemark's back, as a stray writer would: one
-// column of each gets another value, written a microsecond after the row's
-// own version so that Cassandra keeps it. Reconcile must find exactly these
-// keys, and a repair (a re-emission with a newer source version) must undo it.
-func inject(n int) {
+// column of each of up to n reserved documents' rows (those the current slice
+// has written) gets another value, a microsecond after the row's own version
+// so that Cassandra keeps it. Reconcile must find exactly these keys, and a
+// repair (a re-emission with a newer source version) must undo it.
+func inject(docs, n int) []string {
 	s := session()
 	defer s.Close()
-	it := s.Query("SELECT id, WRITETIME(age) FROM app.users LIMIT ?", n).Iter()
-	var id string
-	var wt int64
 	var ids []string
-	for it.Scan(&id, &wt) {
+	for i := 999; i < docs && len(ids) < n; i += 1000 {
+		id := seededID(i).Hex()
+		var age int
+		var wt int64
+		if err := s.Query("SELECT age, WRITETIME(age) FROM app.users WHERE id = ?", id).Scan(&age, &wt); err != nil {
+			continue // not in the slice yet, or unconvertible
+		}
 		if err := s.Query("UPDATE app.users USING TIMESTAMP ? SET age = ? WHERE id = ?", wt+1, -1, id).Exec(); err != nil {
 			fatal{}.Fatal("inject:", err)
 		}
 		ids = append(ids, id)
 	}
-	if err := it.Close(); err != nil {
-		fatal{}.Fatal("inject:", err)
-	}
-	fmt.Printf("corrupted the age column of %d rows of app.users directly in Cassandra: %s\n", len(ids), strings.Join(ids, ", "))
+	return ids
 }
