@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tidemarkhq/tidemark/transform"
+	"go.mongodb.org/mongo-driver/bson"
 )
 
 func TestBucketsTileTheRing(t *testing.T) {
@@ -301,4 +302,13 @@ func TestScopeKey(t *testing.T) {
 	if _, err := parseIDs([]string{"{bad"}); err == nil {
 		t.Error("bad extended JSON accepted")
 	}
+}
+
+func mustRaw(t *testing.T, v any) bson.RawValue {
+	t.Helper()
+	typ, data, err := bson.MarshalValue(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bson.RawValue{Type: typ, Value: data}
 }
