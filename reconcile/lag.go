@@ -127,8 +127,10 @@ func (l *PipelineLag) partitionCount(ctx context.Context, topic string) (int, er
 	return len(t.Partitions), nil
 }
 
-// PartitionOf is the partition capture's producer puts key on: franz-go's
-// default sticky key partitioner (murmur2 of the key, as Kafka's Java client).
+// PartitionOf is the partition capture's producer puts key on. Capture keeps
+// franz-go's default partitioner, which sends a keyed record where
+// StickyKeyPartitioner(nil) does: KafkaHasher(murmur2) of the key, as
+// Kafka's Java client.
 func PartitionOf(topic string, key []byte, partitions int) int32 {
 	return int32(kgo.StickyKeyPartitioner(nil).ForTopic(topic).Partition(&kgo.Record{Key: key}, partitions))
 }
