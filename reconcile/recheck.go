@@ -57,6 +57,7 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 	for first := true; len(pending) > 0; first = false {
 		var mu sync.Mutex
 		var next []int
+		pre := rd.prefetch(ctx, cands, pending)
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(rd.r.cfg.Concurrency)
 		for _, i := range pending {
@@ -69,7 +70,7 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 				continue
 			}
 			g.Go(func() error {
-				o, decided, err := rd.recheckOnce(gctx, c, first)
+				o, decided, err := rd.recheckOnce(gctx, c, first, pre)
 				if err != nil && gctx.Err() == nil {
 					// A key that cannot be read now cannot be called divergent:
 					// it stays undecided, like a key in flight, and keeps the
@@ -222,7 +223,52 @@ func (rd *round) quickMatch(ctx context.Context, cands []candidate) ([]bool, err
 // key's partition and the document has not changed meanwhile (read again
 // after the target). Otherwise it is undecided (in flight) for now.
 // first says whether this is the key's first point read.
-func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool) (o outcome, decided bool, err error) {
+// passDocs are the documents of one re-check pass, read in bulk, and the
+// source's clock read after them: every document's version is at most ts.
+type passDocs struct {
+	docs map[string]bson.Raw
+	ts   envelope.Version
+}
+
+// prefetch reads the documents of the pending keys that name one, 500 per
+// query, then the clock; nil when that fails (each key then reads its own).
+func (rd *round) prefetch(ctx context.Context, cands []candidate, pending []int) *passDocs {
+	p := &passDocs{docs: map[string]bson.Raw{}}
+	var ids []bson.RawValue
+	flush := func() bool {
+		docs, err := rd.src.find(ctx, ids)
+		if err != nil {
+			return false
+		}
+		for k, d := range docs {
+			p.docs[k] = d
+		}
+		ids = ids[:0]
+		return true
+	}
+	for _, i := range pending {
+		if cands[i].id == nil {
+			continue
+		}
+		if v, err := envelope.ParseKey(cands[i].id); err == nil {
+			ids = append(ids, v)
+		}
+		if len(ids) == 500 && !flush() {
+			return nil
+		}
+	}
+	if len(ids) > 0 && !flush() {
+		return nil
+	}
+	ts, err := rd.src.now(ctx)
+	if err != nil {
+		return nil
+	}
+	p.ts = ts
+	return p
+}
+
+func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *passDocs) (o outcome, decided bool, err error) {
 	t, tg := rd.tables[c.table], rd.tgts[c.table]
 	keyVals, err := t.DecodeKey(c.key)
 	if err != nil {
@@ -241,13 +287,17 @@ func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool) (o ou
 			return outcome{}, false, err
 		}
 	}
-	doc, err := rd.readDoc(ctx, id)
-	if err != nil {
-		return outcome{}, false, err
-	}
-	ts, err := rd.src.now(ctx)
-	if err != nil {
-		return outcome{}, false, err
+	var doc bson.Raw
+	var ts envelope.Version
+	if pre != nil && c.id != nil {
+		doc, ts = pre.docs[string(c.id)], pre.ts
+	} else {
+		if doc, err = rd.readDoc(ctx, id); err != nil {
+			return outcome{}, false, err
+		}
+		if ts, err = rd.src.now(ctx); err != nil {
+			return outcome{}, false, err
+		}
 	}
 	exp := expected(rd, doc, t, c.key)
 	if sameRow(t, exp, act) {
