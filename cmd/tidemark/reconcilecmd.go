@@ -104,7 +104,7 @@ func startReconcile(ctx context.Context, d *daemon, srv *admin.Server, g *errgro
 	if err != nil {
 		return err
 	}
-	h := &reconcileHandlers{rec: rec, ctx: ctx, mapping: d.mapping}
+	h := &reconcileHandlers{rec: rec, ctx: ctx, mapping: d.mapping, g: g, log: d.log}
 	srv.Handle("GET /v1/reports", http.HandlerFunc(h.list), false)
 	srv.Handle("GET /v1/reports/{id}", http.HandlerFunc(h.get), false)
 	srv.Handle("GET /v1/reconcile", http.HandlerFunc(h.progress), false)
@@ -145,6 +145,10 @@ type reconcileHandlers struct {
 	rec     *reconcile.Reconciler
 	ctx     context.Context // the daemon's: rounds outlive the request
 	mapping *transform.Mapping
+	// g runs rounds started through the API, so the daemon's shutdown waits
+	// for them to write their reports. They never fail the group.
+	g   *errgroup.Group
+	log interface{ Warn(string, ...any) }
 }
 
 // ReportListing is one entry of GET /v1/reports.
@@ -228,10 +232,14 @@ func (h *reconcileHandlers) start(w http.ResponseWriter, r *http.Request) {
 	}
 	actor := admin.Actor(r.Context())
 	errc := make(chan error, 1)
-	go func() {
+	h.g.Go(func() error {
 		_, err := h.rec.Round(h.ctx, req.Scope, reconcile.RoundOptions{Actor: actor, Reason: req.Reason, Fresh: req.Fresh})
+		if err != nil && h.ctx.Err() == nil {
+			h.log.Warn("round failed", "scope", req.Scope.Key(), "err", err)
+		}
 		errc <- err
-	}()
+		return nil
+	})
 	// Answer with the round's id once it has one (or its early failure).
 	deadline := time.After(30 * time.Second)
 	for {
