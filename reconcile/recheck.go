@@ -356,7 +356,7 @@ func expected(rd *round, doc bson.Raw, t *transform.Table, key []byte) []any {
 	if doc == nil {
 		return nil
 	}
-	rows, err := rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+	rows, err := rd.apply(doc)
 	if err != nil {
 		return nil
 	}

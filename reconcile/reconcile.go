@@ -12,6 +12,7 @@
 package reconcile
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,7 +36,12 @@ type Deps struct {
 	Mapping *transform.Mapping
 	Store   checkpoints.Store
 	// Lag tells in-flight keys from divergent ones; Quiescent when no pipeline runs.
-	Lag        Lag
+	Lag Lag
+	// Slice, when set, is asked at the start of each round which source
+	// documents the pipeline migrates now (a rollout plan's current slice): the
+	// others have no expected rows, since the sink does not write them. It
+	// returns the filter (nil: every document) and a description for the report.
+	Slice      func(ctx context.Context) (in func(namespace string, idKey []byte) bool, desc string, err error)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }

@@ -38,8 +38,11 @@ type Report struct {
 	// Status is clean, divergent (some key is divergent) or incomplete (the
 	// time box or a cancel ended the round before it compared everything; its
 	// progress is kept and the next round of the scope resumes it).
-	Status       string    `json:"status"`
-	Scope        Scope     `json:"scope"`
+	Status string `json:"status"`
+	Scope  Scope  `json:"scope"`
+	// Slice describes the rollout slice the round compared (empty: every
+	// document); documents outside it have no expected rows.
+	Slice        string    `json:"slice,omitempty"`
 	SpecVersion  string    `json:"spec_version"`
 	SpecChecksum string    `json:"spec_checksum"`
 	Actor        string    `json:"actor,omitempty"`

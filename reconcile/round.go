@@ -81,6 +81,19 @@ type round struct {
 	cands     atomic.Int64
 	candsDone atomic.Int64
 	phase     atomic.Value
+	// inSlice filters the source documents; nil admits every one.
+	inSlice func(namespace string, idKey []byte) bool
+}
+
+// apply is the rows doc should have in the target: none when the current
+// slice leaves it out, as the sink does.
+func (rd *round) apply(doc bson.Raw) ([]transform.Row, error) {
+	if rd.inSlice != nil {
+		if id, err := doc.LookupErr("_id"); err == nil && !rd.inSlice(rd.scope.Namespace, envelope.Key(id)) {
+			return nil, nil
+		}
+	}
+	return rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
 }
 
 func limiter(perSecond float64) *rate.Limiter {
@@ -124,9 +137,15 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 	for _, t := range tables {
 		rd.tgts = append(rd.tgts, newTarget(r.d.Cassandra, t))
 	}
+	var sliceDesc string
+	if r.d.Slice != nil {
+		if rd.inSlice, sliceDesc, err = r.d.Slice(ctx); err != nil {
+			return nil, fmt.Errorf("reconcile: read the rollout slice: %w", err)
+		}
+	}
 	now := time.Now().UTC()
 	rd.rep = &Report{SchemaVersion: SchemaVersion, ID: newID(now), Scope: scope, SpecVersion: r.d.Mapping.Version(),
-		SpecChecksum: r.d.Mapping.Checksum(), Actor: o.Actor, Reason: o.Reason, Start: now,
+		SpecChecksum: r.d.Mapping.Checksum(), Actor: o.Actor, Reason: o.Reason, Start: now, Slice: sliceDesc,
 		Counts: map[string]int64{ClassMissing: 0, ClassExtra: 0, ClassDifferent: 0, ClassStale: 0, "in_flight": 0, "resolved": 0},
 		Sample: []KeySample{}}
 	for _, t := range tables {
@@ -353,7 +372,7 @@ func (rd *round) scanSource(ctx context.Context) error {
 			}
 			pending = 0
 		}
-		rows, err := rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+		rows, err := rd.apply(doc)
 		if err != nil {
 			var ce *transform.ConvertError
 			if !errors.As(err, &ce) {
@@ -570,7 +589,7 @@ func (rd *round) narrow(ctx context.Context, mism [][]uint32) ([]candidate, erro
 		}
 		var buf, pk []byte
 		err := rd.src.scan(ctx, nil, bson.RawValue{}, func(doc bson.Raw) error {
-			rows, _ := rd.r.d.Mapping.Apply(rd.scope.Namespace, doc)
+			rows, _ := rd.apply(doc)
 			for _, row := range rows {
 				i, ok := tidx[row.Table]
 				if !ok {

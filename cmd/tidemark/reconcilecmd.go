@@ -16,6 +16,7 @@ import (
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/reconcile"
+	"github.com/tidemarkhq/tidemark/rollout"
 	"github.com/tidemarkhq/tidemark/transform"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -100,7 +101,7 @@ func startReconcile(ctx context.Context, d *daemon, srv *admin.Server, g *errgro
 		applied = d.sink.Applied
 	}
 	rec, err := newReconciler(d.cfg, reconcile.Deps{Mongo: conns.mongo, Cassandra: conns.cass, Mapping: d.mapping, Store: d.store,
-		Logger: d.log, Registerer: d.reg}, d.adm, applied)
+		Logger: d.log, Registerer: d.reg, Slice: rolloutSlice(d.cfg, d.store)}, d.adm, applied)
 	if err != nil {
 		return err
 	}
@@ -475,7 +476,7 @@ func localReconciler(ctx context.Context, cfg *Config) (*localRec, func(), error
 	}
 	done := func() { kcl.Close(); conns.close(); store.Close() }
 	rec, err := newReconciler(cfg, reconcile.Deps{Mongo: conns.mongo, Cassandra: conns.cass, Mapping: m, Store: store,
-		Logger: newLogger(cfg.Log)}, kadm.NewClient(kcl), nil)
+		Logger: newLogger(cfg.Log), Slice: rolloutSlice(cfg, store)}, kadm.NewClient(kcl), nil)
 	if err != nil {
 		done()
 		return nil, nil, err
@@ -646,4 +647,24 @@ func repairCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return &exitError{code: 1, err: errors.New("some keys still differ")}
 	}
 	return nil
+}
+
+// rolloutSlice gives a round the rollout plan's current slice when the config
+// has a plan: the sink writes only those keys, so only they are expected.
+// Without a plan (or before its first evaluation) every document is.
+func rolloutSlice(cfg *Config, store checkpoints.Store) func(context.Context) (func(string, []byte) bool, string, error) {
+	if len(cfg.Rollout.Stages) == 0 {
+		return nil
+	}
+	return func(ctx context.Context) (func(string, []byte) bool, string, error) {
+		sl, ok, err := rollout.CurrentSlice(ctx, store)
+		if err != nil || !ok {
+			return nil, "", err
+		}
+		var parts []string
+		for _, ns := range sl.Namespaces() {
+			parts = append(parts, fmt.Sprintf("%s:%.2f%%", ns, float64(sl[ns])*100/rollout.Buckets))
+		}
+		return sl.Contains, strings.Join(parts, ","), nil
+	}
 }
