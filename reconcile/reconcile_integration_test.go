@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,9 +120,15 @@ func TestIntegrationRoundFindsEachDivergence(t *testing.T) {
 	if rep.Status != "clean" {
 		t.Fatalf("round after repair: %s, sample %+v", rep.Status, rep.Sample)
 	}
+	// One newest mark per partition, and a copy under the round's name.
 	marks, err := f.store.List(ctx, checkpoints.PrefixVerified)
-	if err != nil || len(marks) != 4 {
-		t.Fatalf("verified marks: %d (%v), want one per partition", len(marks), err)
+	if err != nil || len(marks) != 8 {
+		t.Fatalf("verified marks: %d (%v), want two per partition", len(marks), err)
+	}
+	for k := range marks {
+		if strings.Count(k, "/") == 3 && !strings.HasSuffix(k, "/"+rep.ID) {
+			t.Errorf("named mark %s is not named after the clean round %s", k, rep.ID)
+		}
 	}
 	m, _, _ := checkpoints.GetJSON[checkpoints.Mark](ctx, f.store, checkpoints.PartitionKey(checkpoints.PrefixVerified, rep.LagStart[0].Topic, 0))
 	if m.Name != rep.ID {

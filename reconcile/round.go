@@ -3,6 +3,7 @@ package reconcile
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -779,7 +780,13 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 			// A partition the sink never committed is verified from its start.
 			m := checkpoints.Mark{Topic: p.Topic, Partition: p.Partition, Offset: max(p.Committed, 0), VersionT: p.AppliedT,
 				VersionI: p.AppliedI, Wall: rep.Start, Name: rep.ID}
-			if err := checkpoints.PutJSON(pctx, r.d.Store, checkpoints.PartitionKey(checkpoints.PrefixVerified, p.Topic, p.Partition), m); err != nil {
+			key := checkpoints.PartitionKey(checkpoints.PrefixVerified, p.Topic, p.Partition)
+			if err := checkpoints.PutJSON(pctx, r.d.Store, key, m); err != nil {
+				return rep, fmt.Errorf("reconcile: record verified mark: %w", err)
+			}
+			// Named copies let `tidemark rewind --to-mark ID` reach older
+			// verified rounds, not only the newest.
+			if err := keepNamedMark(pctx, r.d.Store, key, m); err != nil {
 				return rep, fmt.Errorf("reconcile: record verified mark: %w", err)
 			}
 		}
@@ -791,4 +798,37 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 		return rep, ctx.Err()
 	}
 	return rep, nil
+}
+
+// namedMarks is how many named verified marks each partition keeps.
+const namedMarks = 20
+
+// keepNamedMark stores m under key/<name> as well and drops the oldest named
+// copies beyond namedMarks.
+func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m checkpoints.Mark) error {
+	if err := checkpoints.PutJSON(ctx, st, key+"/"+m.Name, m); err != nil {
+		return err
+	}
+	all, err := st.List(ctx, key+"/")
+	if err != nil || len(all) <= namedMarks {
+		return err
+	}
+	type named struct {
+		key  string
+		wall time.Time
+	}
+	var ms []named
+	for k, b := range all {
+		var x checkpoints.Mark
+		if json.Unmarshal(b, &x) == nil {
+			ms = append(ms, named{k, x.Wall})
+		}
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].wall.Before(ms[j].wall) })
+	for _, x := range ms[:max(0, len(ms)-namedMarks)] {
+		if err := st.Delete(ctx, x.key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
