@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -199,9 +200,14 @@ func verify(ctx context.Context, coll *mongo.Collection, specPath string, wait t
 	}
 }
 
-// seededID is the _id of the i-th seeded document.
+// seededID is the _id of the i-th seeded document, the same in every process
+// (NewObjectIDFromTimestamp would add random bytes): the workload and the
+// injection must name documents the seed wrote.
 func seededID(i int) primitive.ObjectID {
-	return primitive.NewObjectIDFromTimestamp(time.Unix(1600000000+int64(i), 0))
+	var id primitive.ObjectID
+	binary.BigEndian.PutUint32(id[0:4], uint32(1600000000+i))
+	binary.BigEndian.PutUint32(id[8:12], uint32(i))
+	return id
 }
 
 // reserved documents are never touched by the workload: the demo corrupts

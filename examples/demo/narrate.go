@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -171,11 +172,16 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 			lastLine = line
 		}
 		if ps.Stage == 1 && injectedAt.IsZero() {
-			if err := n.cleanRoundAfter(ctx, time.Now().Add(-time.Hour)); err != nil {
+			// A clean round of the widened slice first: the keys the stage
+			// added are back-filled by then.
+			if err := n.cleanRoundAfter(ctx, ps.StageSince); err != nil {
 				return false, err
 			}
 			injectedAt = time.Now()
 			n.out.Injected = inject(docs, rows)
+			if len(n.out.Injected) == 0 {
+				return false, errors.New("no reserved document has rows in the slice to corrupt")
+			}
 			n.step("injected divergence", "%d rows of app.users corrupted directly in Cassandra (age = -1): %s",
 				len(n.out.Injected), strings.Join(n.out.Injected, ", "))
 			if err := n.divergenceFound(ctx, injectedAt); err != nil {
@@ -229,7 +235,7 @@ func (n *narrator) cleanRoundAfter(ctx context.Context, t time.Time) error {
 		if err := n.ac.Do(ctx, "GET", "/v1/reports/latest", nil, &rep); err != nil {
 			return false, err
 		}
-		return rep.End.After(t) && rep.Status == "clean", nil
+		return rep.Start.After(t) && rep.Status == "clean", nil
 	})
 	if err == nil {
 		n.step("reconcile clean", "round %s compared %d rows (%d in flight under the live load, never counted as divergent): clean",
