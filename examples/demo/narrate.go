@@ -69,6 +69,10 @@ func bar(done, total int64, label string) {
 	fmt.Printf("\r  [%-40s] %3d%%  %s   ", strings.Repeat("#", f), min(done*100/total, 100), label)
 }
 
+// failed ends a wait at once; other errors from a check are retried (the
+// daemon may be busy) until the deadline.
+type failed struct{ error }
+
 // waitFor polls check every period until it reports done, or the deadline.
 func waitFor(ctx context.Context, what string, limit, period time.Duration, check func() (bool, error)) error {
 	deadline := time.Now().Add(limit)
@@ -76,6 +80,10 @@ func waitFor(ctx context.Context, what string, limit, period time.Duration, chec
 		ok, err := check()
 		if ok {
 			return nil
+		}
+		var f failed
+		if errors.As(err, &f) {
+			return f.error
 		}
 		if time.Now().After(deadline) {
 			if err != nil {
@@ -175,23 +183,23 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 			// A clean round of the widened slice first: the keys the stage
 			// added are back-filled by then.
 			if err := n.cleanRoundAfter(ctx, ps.StageSince); err != nil {
-				return false, err
+				return false, failed{err}
 			}
 			injectedAt = time.Now()
 			n.out.Injected = inject(docs, rows)
 			if len(n.out.Injected) == 0 {
-				return false, errors.New("no reserved document has rows in the slice to corrupt")
+				return false, failed{errors.New("no reserved document has rows in the slice to corrupt")}
 			}
 			n.step("injected divergence", "%d rows of app.users corrupted directly in Cassandra (age = -1): %s",
 				len(n.out.Injected), strings.Join(n.out.Injected, ", "))
 			if err := n.divergenceFound(ctx, injectedAt); err != nil {
-				return false, err
+				return false, failed{err}
 			}
 			if err := n.triggerFired(ctx, injectedAt); err != nil {
-				return false, err
+				return false, failed{err}
 			}
 			if err := n.cleanRoundAfter(ctx, time.Now()); err != nil {
-				return false, err
+				return false, failed{err}
 			}
 		}
 		return ps.Complete && !injectedAt.IsZero(), nil
