@@ -216,9 +216,9 @@ func reserved(i int) bool { return i%1000 == 999 }
 
 // inject corrupts rows behind tidemark's back, as a stray writer would: one
 // column of each of up to n reserved documents' rows (those the current slice
-// has written) gets another value, a microsecond after the row's own version
-// so that Cassandra keeps it. Reconcile must find exactly these keys, and a
-// repair (a re-emission with a newer source version) must undo it.
+// has written) gets another value, written now. Reconcile must find exactly
+// these keys, and a repair (a re-emission whose source version is taken
+// after this write) must undo it.
 func inject(docs, n int) []string {
 	s := session()
 	defer s.Close()
@@ -226,11 +226,10 @@ func inject(docs, n int) []string {
 	for i := 999; i < docs && len(ids) < n; i += 1000 {
 		id := seededID(i).Hex()
 		var age int
-		var wt int64
-		if err := s.Query("SELECT age, WRITETIME(age) FROM app.users WHERE id = ?", id).Scan(&age, &wt); err != nil {
+		if err := s.Query("SELECT age FROM app.users WHERE id = ?", id).Scan(&age); err != nil {
 			continue // not in the slice yet, or unconvertible
 		}
-		if err := s.Query("UPDATE app.users USING TIMESTAMP ? SET age = ? WHERE id = ?", wt+1, -1, id).Exec(); err != nil {
+		if err := s.Query("UPDATE app.users USING TIMESTAMP ? SET age = ? WHERE id = ?", time.Now().UnixMicro(), -1, id).Exec(); err != nil {
 			fatal{}.Fatal("inject:", err)
 		}
 		ids = append(ids, id)
