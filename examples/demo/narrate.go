@@ -201,6 +201,28 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 			if err := n.cleanRoundAfter(ctx, time.Now()); err != nil {
 				return false, failed{err}
 			}
+			// The stage waits for a person: advance it as an operator would,
+			// with a reason (refused unless every gate passes).
+			err := waitFor(ctx, "the half stage's gates to pass", 3*time.Minute, time.Second, func() (bool, error) {
+				var st rollout.Status
+				if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &st); err != nil {
+					return false, err
+				}
+				for _, g := range st.Gates {
+					if g.State != "pass" {
+						return false, nil
+					}
+				}
+				return true, nil
+			})
+			if err == nil {
+				var st rollout.Status
+				err = n.ac.Do(ctx, "POST", "/v1/plan/advance", map[string]any{"reason": "demo: the half stage is clean again after the repair"}, &st)
+			}
+			if err != nil {
+				return false, failed{err}
+			}
+			n.step("operator advance", "tidemark plan advance --reason \"the half stage is clean again after the repair\" (audited)")
 		}
 		return ps.Complete && !injectedAt.IsZero(), nil
 	})
