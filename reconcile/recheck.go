@@ -54,6 +54,7 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		}
 	}
 	deadline := time.Now().Add(rd.r.cfg.InFlightWait)
+	pins := make([]pin, len(cands))
 	for first := true; len(pending) > 0; first = false {
 		var mu sync.Mutex
 		var next []int
@@ -70,7 +71,7 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 				continue
 			}
 			g.Go(func() error {
-				o, decided, err := rd.recheckOnce(gctx, c, first, pre)
+				o, decided, err := rd.recheckOnce(gctx, c, first, pre, &pins[i])
 				if err != nil && gctx.Err() == nil {
 					// A key that cannot be read now cannot be called divergent:
 					// it stays undecided, like a key in flight, and keeps the
@@ -97,6 +98,13 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		}
 		if err := g.Wait(); err != nil {
 			return err
+		}
+		if first {
+			// The wait starts once every key has been looked at once: a
+			// first pass over thousands of candidates can itself take
+			// longer than the wait, and a key must get at least one later
+			// look after the pipeline had time to pass it.
+			deadline = time.Now().Add(rd.r.cfg.InFlightWait)
 		}
 		if len(next) == 0 || time.Now().After(deadline) {
 			for _, i := range next {
@@ -268,7 +276,18 @@ func (rd *round) prefetch(ctx context.Context, cands []candidate, pending []int)
 	return p
 }
 
-func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *passDocs) (o outcome, decided bool, err error) {
+// pin is the source document a key was first found differing with, and the
+// source clock read after it. While the document stays the same, later passes
+// wait for the pipeline to pass that clock, not a fresh one: under a steady
+// load the sink is always a moment behind "now", so a target moving with
+// every pass would keep a truly divergent key in flight for ever.
+type pin struct {
+	doc bson.Raw
+	ts  envelope.Version
+	set bool
+}
+
+func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *passDocs, p *pin) (o outcome, decided bool, err error) {
 	t, tg := rd.tables[c.table], rd.tgts[c.table]
 	keyVals, err := t.DecodeKey(c.key)
 	if err != nil {
@@ -298,6 +317,11 @@ func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *
 		if ts, err = rd.src.now(ctx); err != nil {
 			return outcome{}, false, err
 		}
+	}
+	if p.set && bytes.Equal(p.doc, doc) {
+		ts = p.ts
+	} else {
+		*p = pin{doc: doc, ts: ts, set: true}
 	}
 	exp := expected(rd, doc, t, c.key)
 	if sameRow(t, exp, act) {
