@@ -150,7 +150,7 @@ var trimOnce sync.Once
 // the whole test suite measures its own history rather than tidemark. Only for
 // benchmarks, which start their change streams after it: a stream resuming
 // from before the trim would see its history lost.
-func TrimOplog(t testing.TB, cl *mongo.Client) {
+func TrimOplog(t T, cl *mongo.Client) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := cl.Database("local").Collection("oplog.rs").DeleteMany(ctx, bson.D{}); err != nil {
