@@ -123,6 +123,7 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 	}
 	rd.outcomes = out
 	var inFlight []KeySample
+	hot := map[int]map[uint32]int64{} // by table: divergent keys per tree leaf
 	for i, o := range out {
 		tr := &rd.rep.Tables[cands[i].table]
 		if !fromTree {
@@ -156,11 +157,24 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		}
 		rd.rep.Counts[o.class]++
 		if o.class != "resolved" && o.class != "in_flight" {
+			if b, ok := rd.leafOf(cands[i]); ok {
+				if hot[cands[i].table] == nil {
+					hot[cands[i].table] = map[uint32]int64{}
+				}
+				hot[cands[i].table][b]++
+			}
 			rd.rep.Divergent = append(rd.rep.Divergent, o.ref)
 			if len(rd.rep.Sample) < rd.r.cfg.SampleSize {
 				rd.rep.Sample = append(rd.rep.Sample, o.sample)
 			}
 		}
+	}
+	for ti, m := range hot {
+		tr := &rd.rep.Tables[ti]
+		for b, n := range m {
+			tr.Buckets = append(tr.Buckets, BucketCount{ID: b, Divergent: n})
+		}
+		sort.Slice(tr.Buckets, func(i, j int) bool { return tr.Buckets[i].ID < tr.Buckets[j].ID })
 	}
 	for _, s := range inFlight {
 		if len(rd.rep.Sample) >= rd.r.cfg.SampleSize {
@@ -530,4 +544,23 @@ func idJSON(key []byte) string {
 		return hex.EncodeToString(key)
 	}
 	return string(bytes.TrimSuffix(bytes.TrimPrefix(b, []byte(`{"_id":`)), []byte("}")))
+}
+
+// leafOf is the tree leaf (token range) of a candidate's row: where the
+// status page's heat-map puts it.
+func (rd *round) leafOf(c candidate) (uint32, bool) {
+	t := rd.tables[c.table]
+	kv, err := t.DecodeKey(c.key)
+	if err != nil || len(kv) < len(t.PartitionKey) {
+		return 0, false
+	}
+	vals := make([]any, len(t.Columns))
+	for j, ci := range t.PartitionKey {
+		vals[ci] = kv[j]
+	}
+	pk, err := partitionKeyBytes(nil, t, vals)
+	if err != nil {
+		return 0, false
+	}
+	return bucketOf(tokenOf(pk), rd.rep.BucketBits), true
 }

@@ -91,6 +91,19 @@ func TestIntegrationRoundFindsEachDivergence(t *testing.T) {
 			t.Errorf("count %s = %d, want 1", c, rep.Counts[c])
 		}
 	}
+	// The heat-map: every divergent key sits in one leaf of its table.
+	for _, tr := range rep.Tables {
+		var inLeaves int64
+		for _, b := range tr.Buckets {
+			if b.ID >= 1<<rep.BucketBits || b.Divergent <= 0 {
+				t.Errorf("%s: bucket %+v outside the %d-bit tree", tr.Table, b, rep.BucketBits)
+			}
+			inLeaves += b.Divergent
+		}
+		if want := tr.Missing + tr.Extra + tr.Different + tr.Stale; inLeaves != want {
+			t.Errorf("%s: %d divergent keys in the buckets, %d in the counts", tr.Table, inLeaves, want)
+		}
+	}
 	if rep.Counts["in_flight"] != 0 {
 		t.Errorf("in flight %d on an idle pipeline", rep.Counts["in_flight"])
 	}

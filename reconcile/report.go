@@ -104,6 +104,15 @@ type TableReport struct {
 	Stale            int64  `json:"stale"`
 	InFlight         int64  `json:"in_flight"`
 	Resolved         int64  `json:"resolved"`
+	// Buckets lists the tree leaves (token ranges, 2^bucket_bits of them)
+	// holding divergent keys, by leaf number: the status page's heat-map.
+	Buckets []BucketCount `json:"buckets,omitempty"`
+}
+
+// BucketCount is the number of divergent keys in one tree leaf.
+type BucketCount struct {
+	ID        uint32 `json:"id"`
+	Divergent int64  `json:"divergent"`
 }
 
 // KeyRef names one row: its table, primary key (transform's canonical key
