@@ -52,6 +52,7 @@ bench: stack-up
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./transform
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./capture
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./sink
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./reconcile
 
 demo:
 	@deploy/local/demo
