@@ -67,8 +67,9 @@ type PipelineLag struct {
 	parts   map[string]int // partitions per topic
 	partsAt time.Time
 	quiet   map[string]quietMark
-	// newest caches the oplog's newest change per namespace for a second:
-	// finding it may scan the oplog, and every in-flight re-check asks.
+	// newest caches, per namespace, whether the oplog holds a change after
+	// capture's position: finding out may scan the oplog, and every
+	// in-flight re-check asks.
 	newest   map[string]newestEntry
 	newestMu sync.Mutex // serialises the oplog reads themselves
 	offMu    sync.Mutex
@@ -82,9 +83,9 @@ type offsetsEntry struct {
 }
 
 type newestEntry struct {
-	v  envelope.Version
-	ok bool
-	at time.Time
+	after   envelope.Version // capture's position asked about
+	changed bool
+	at      time.Time
 }
 
 type quietMark struct {
@@ -273,52 +274,46 @@ func (l *PipelineLag) captureCaught(ctx context.Context, ns string, v envelope.V
 	if covers(v) {
 		return true, nil
 	}
-	newest, ok, err := l.newestChange(ctx, ns)
-	if err != nil {
-		return false, err
-	}
-	return !ok || covers(newest), nil
+	changed, err := l.changedSince(ctx, ns, captured, inclusive)
+	return !changed, err
 }
 
-func (l *PipelineLag) newestChange(ctx context.Context, ns string) (envelope.Version, bool, error) {
+// changedSince reports whether the oplog holds a change of ns after capture's
+// position (at or after it when !inclusive). It asks for such an entry by
+// cluster time rather than for the newest entry: the stand-in does not return
+// its newest entry for a $natural sort once its oplog has been trimmed, and a
+// stale "newest" made a lagging pipeline look caught up. A "yes" stays true
+// while capture's position does not move; a "no" is kept for 250 ms.
+func (l *PipelineLag) changedSince(ctx context.Context, ns string, pos envelope.Version, inclusive bool) (bool, error) {
 	l.newestMu.Lock()
 	defer l.newestMu.Unlock()
 	l.mu.Lock()
 	e, hit := l.newest[ns]
 	l.mu.Unlock()
-	if hit && time.Since(e.at) < time.Second {
-		return e.v, e.ok, nil
+	if hit && e.after == pos && (e.changed || time.Since(e.at) < 250*time.Millisecond) {
+		return e.changed, nil
 	}
-	v, ok, err := newestChange(ctx, l.Mongo, ns)
-	if err != nil {
-		return v, ok, err
+	if l.Mongo == nil {
+		return true, errors.New("reconcile: no MongoDB client to read the oplog")
+	}
+	op := "$gt"
+	if !inclusive {
+		op = "$gte"
+	}
+	err := l.Mongo.Database("local").Collection("oplog.rs").FindOne(ctx,
+		bson.D{{Key: "ns", Value: ns}, {Key: "ts", Value: bson.D{{Key: op, Value: primitive.Timestamp{T: pos.T, I: pos.I}}}}},
+		options.FindOne().SetProjection(bson.D{{Key: "ts", Value: 1}})).Err()
+	changed := err == nil
+	if err != nil && !errors.Is(err, mongo.ErrNoDocuments) {
+		return true, fmt.Errorf("reconcile: read the oplog: %w", err)
 	}
 	l.mu.Lock()
 	if l.newest == nil {
 		l.newest = map[string]newestEntry{}
 	}
-	l.newest[ns] = newestEntry{v: v, ok: ok, at: time.Now()}
+	l.newest[ns] = newestEntry{after: pos, changed: changed, at: time.Now()}
 	l.mu.Unlock()
-	return v, ok, nil
-}
-
-// newestChange is the cluster time of the newest oplog entry of ns.
-func newestChange(ctx context.Context, mc *mongo.Client, ns string) (envelope.Version, bool, error) {
-	if mc == nil {
-		return envelope.Version{}, false, errors.New("reconcile: no MongoDB client to read the oplog")
-	}
-	var e struct {
-		TS primitive.Timestamp `bson:"ts"`
-	}
-	err := mc.Database("local").Collection("oplog.rs").FindOne(ctx, bson.D{{Key: "ns", Value: ns}},
-		options.FindOne().SetSort(bson.D{{Key: "$natural", Value: -1}}).SetProjection(bson.D{{Key: "ts", Value: 1}})).Decode(&e)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return envelope.Version{}, false, nil
-	}
-	if err != nil {
-		return envelope.Version{}, false, fmt.Errorf("reconcile: read the oplog: %w", err)
-	}
-	return envelope.Version{T: e.TS.T, I: e.TS.I}, true, nil
+	return changed, nil
 }
 
 func (l *PipelineLag) Positions(ctx context.Context, ns string) ([]Position, error) {

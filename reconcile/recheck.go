@@ -332,9 +332,15 @@ func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *
 			return outcome{}, false, err
 		}
 	}
-	if p.set && bytes.Equal(p.doc, doc) {
+	// Only a document that exists is pinned: an absent one (deleted, or a
+	// derived row whose owner could not be found) may be absent because its
+	// change is under way, so it is judged against a fresh clock each pass.
+	switch {
+	case doc == nil:
+		*p = pin{}
+	case p.set && bytes.Equal(p.doc, doc):
 		ts = p.ts
-	} else {
+	default:
 		*p = pin{doc: doc, ts: ts, set: true}
 	}
 	exp := expected(rd, doc, t, c.key)
