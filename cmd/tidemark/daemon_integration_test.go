@@ -32,21 +32,8 @@ const testToken = "itest-token-0123456789abcdef"
 // equal to the transform of the source. Unauthenticated changes are refused
 // and audited as refused.
 func TestIntegrationDaemonRewindWhileRunning(t *testing.T) {
-	s := testbed.Cassandra(t)
-	mc := testbed.Mongo(t)
-	testbed.Kafka(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tidemark")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	db := testbed.UniqueName(t, "dmn")
-	ns := db + ".users"
-	ks := testbed.UniqueName(t, "ks")
-	m, specText := testbed.UsersMapping(t, s, ns, ks)
-	os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(specText), 0o600)
-	os.WriteFile(filepath.Join(dir, "tokens"), []byte("ci:"+testToken+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "token"), []byte(testToken), 0o600)
+	e := newDaemonEnv(t, "dmn")
+	s, mc, dir, bin, db, ns, ks, m := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
 	prefix := testbed.UniqueName(t, "dmn")
 	addr := "127.0.0.1:17071"
 	cfg := fmt.Sprintf(`roles: [capture, sink]

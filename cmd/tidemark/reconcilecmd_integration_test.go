@@ -27,21 +27,8 @@ import (
 // --remote --report` restores it, and a round run by the CLI itself (against
 // the config's servers) is clean again. Reports are listed by the API.
 func TestIntegrationReconcileThroughTheDaemon(t *testing.T) {
-	s := testbed.Cassandra(t)
-	mc := testbed.Mongo(t)
-	testbed.Kafka(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tidemark")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	db := testbed.UniqueName(t, "rcd")
-	ns := db + ".users"
-	ks := testbed.UniqueName(t, "ks")
-	m, specText := testbed.UsersMapping(t, s, ns, ks)
-	os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(specText), 0o600)
-	os.WriteFile(filepath.Join(dir, "tokens"), []byte("ci:"+testToken+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "token"), []byte(testToken), 0o600)
+	e := newDaemonEnv(t, "rcd")
+	s, mc, dir, bin, db, ns, ks, m := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -32,22 +32,9 @@ import (
 // file to legacy within a second and resume flips them back, and a drill of
 // the soft-rollback trigger passes and leaves the routes as they were.
 func TestIntegrationRolloutDrills(t *testing.T) {
-	s := testbed.Cassandra(t)
-	mc := testbed.Mongo(t)
-	testbed.Kafka(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tidemark")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	db := testbed.UniqueName(t, "ro")
-	ns := db + ".users"
-	ks := testbed.UniqueName(t, "ks")
-	m, specText := testbed.UsersMapping(t, s, ns, ks)
-	os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(specText), 0o600)
-	os.WriteFile(filepath.Join(dir, "tokens"), []byte("ci:"+testToken+"\n"), 0o600)
-	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte(testToken), 0o600)
+	e := newDaemonEnv(t, "ro")
+	s, mc, dir, bin, db, ns, _, m := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
+	tokenFile := e.tokenFile
 	prefix := testbed.UniqueName(t, "ro")
 	addr := "127.0.0.1:17093"
 	routeFile := filepath.Join(dir, "routes.json")
@@ -345,22 +332,9 @@ func lastBytes(s string, n int) string {
 // the end. At the last stage, drills of rewind, repair and hard rollback
 // pass and Cassandra still equals the source.
 func TestIntegrationRolloutThreeStages(t *testing.T) {
-	s := testbed.Cassandra(t)
-	mc := testbed.Mongo(t)
-	testbed.Kafka(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tidemark")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	db := testbed.UniqueName(t, "ro3")
-	ns := db + ".users"
-	ks := testbed.UniqueName(t, "ks")
-	m, specText := testbed.UsersMapping(t, s, ns, ks)
-	os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(specText), 0o600)
-	os.WriteFile(filepath.Join(dir, "tokens"), []byte("ci:"+testToken+"\n"), 0o600)
-	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte(testToken), 0o600)
+	e := newDaemonEnv(t, "ro3")
+	s, mc, dir, bin, db, ns, _, m := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
+	tokenFile := e.tokenFile
 	prefix := testbed.UniqueName(t, "ro3")
 	topic := prefix + "." + ns
 	addr := "127.0.0.1:17094"

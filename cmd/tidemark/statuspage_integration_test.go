@@ -32,21 +32,8 @@ import (
 // repository root) it also saves the README's screenshot of that page.
 func TestIntegrationStatusPageInBrowser(t *testing.T) {
 	chromium := spt.Chromium(t)
-	s := testbed.Cassandra(t)
-	mc := testbed.Mongo(t)
-	testbed.Kafka(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tidemark")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	db := testbed.UniqueName(t, "spg")
-	ns := db + ".users"
-	ks := testbed.UniqueName(t, "ks")
-	_, specText := testbed.UsersMapping(t, s, ns, ks)
-	os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(specText), 0o600)
-	os.WriteFile(filepath.Join(dir, "tokens"), []byte("ci:"+testToken+"\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "token"), []byte(testToken), 0o600)
+	e := newDaemonEnv(t, "spg")
+	_, mc, dir, bin, db, ns, _, _ := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
 	prefix := testbed.UniqueName(t, "spg")
 	addr := freeAddr(t)
 	cfg := fmt.Sprintf(`roles: [capture, sink]
