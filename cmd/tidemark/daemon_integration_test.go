@@ -60,19 +60,7 @@ sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
 		t.Fatal(err)
 	}
 
-	daemon := exec.CommandContext(ctx, bin, "run", "--config", filepath.Join(dir, "tidemark.yaml"))
-	var logs bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log tail:\n%s", tailOf(logs.String(), 4000))
-		}
-	})
+	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
 	cli := func(args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, bin, append(args, "--addr", addr)...)
 		out, err := cmd.CombinedOutput()

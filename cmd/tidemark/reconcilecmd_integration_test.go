@@ -61,19 +61,7 @@ reconcile: {report_dir: %s/reports, in_flight_wait: 15s, settle: 1s}
 	if _, err := coll.InsertMany(ctx, docs); err != nil {
 		t.Fatal(err)
 	}
-	daemon := exec.CommandContext(ctx, bin, "run", "--config", cfgPath)
-	var logs bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log tail:\n%s", tailOf(logs.String(), 4000))
-		}
-	})
+	startTidemark(t, ctx, bin, cfgPath)
 	cli := func(args ...string) (string, error) {
 		out, err := exec.CommandContext(ctx, bin, args...).Output()
 		return string(out), err

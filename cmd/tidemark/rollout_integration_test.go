@@ -78,19 +78,7 @@ rollout:
 		t.Fatal(err)
 	}
 
-	daemon := exec.CommandContext(ctx, bin, "run", "--config", filepath.Join(dir, "tidemark.yaml"))
-	var logs bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log tail:\n%s", lastBytes(logs.String(), 5000))
-		}
-	})
+	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
 	ac, _ := admin.NewClient(addr, tokenFile)
 	for deadline := time.Now().Add(time.Minute); ; {
 		resp, err := http.Get("http://" + addr + "/readyz")
@@ -314,13 +302,6 @@ func rawInt64(n int64) bson.RawValue {
 	return bson.RawValue{Type: typ, Value: b}
 }
 
-func lastBytes(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
 // TestIntegrationRolloutThreeStages runs a 10% → 50% → 100% plan that
 // advances by itself on a clean pipeline once every gate has held for its
 // window; each widening backfills the newly included keys. Reconcile is not
@@ -433,19 +414,7 @@ rollout:
 	}()
 	defer func() { stopRounds(); <-rounds }()
 
-	daemon := exec.CommandContext(ctx, bin, "run", "--config", filepath.Join(dir, "tidemark.yaml"))
-	var logs bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log tail:\n%s", lastBytes(logs.String(), 6000))
-		}
-	})
+	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
 	ac, _ := admin.NewClient(addr, tokenFile)
 	plan := func() rollout.Status {
 		t.Helper()

@@ -3,13 +3,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -78,19 +76,7 @@ rollout:
 	}
 	insert(0, 2000)
 
-	daemon := exec.CommandContext(ctx, bin, "run", "--config", filepath.Join(dir, "tidemark.yaml"))
-	var logs bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log tail:\n%s", tailOf(logs.String(), 4000))
-		}
-	})
+	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
 	ac, err := admin.NewClient(addr, filepath.Join(dir, "token"))
 	if err != nil {
 		t.Fatal(err)
