@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -113,7 +112,7 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 			t.Fatal(err)
 		}
 		path := write(role+".yaml", string(out))
-		startDaemon(t, ctx, bin, role, path)
+		testbed.RunDaemon(t, ctx, bin, role+" daemon", path)
 	}
 
 	// The probes: no token, as kubelet sends none.
@@ -195,44 +194,6 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 			t.Error("the sink process does not expose its Kafka client's metrics (tidemark_kafka_sink_*)")
 		}
 	}
-}
-
-func startDaemon(t *testing.T, ctx context.Context, bin, role, config string) {
-	t.Helper()
-	cmd := exec.CommandContext(ctx, bin, "run", "--config", config)
-	var logs lockedBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		if t.Failed() {
-			s := logs.String()
-			if len(s) > 4000 {
-				s = s[len(s)-4000:]
-			}
-			t.Logf("%s daemon log tail:\n%s", role, s)
-		}
-	})
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // waitHTTP waits until url answers 200.

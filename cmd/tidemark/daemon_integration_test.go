@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -60,7 +59,7 @@ sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
 		t.Fatal(err)
 	}
 
-	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
+	testbed.RunDaemon(t, ctx, bin, "daemon", filepath.Join(dir, "tidemark.yaml"))
 	cli := func(args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, bin, append(args, "--addr", addr)...)
 		out, err := cmd.CombinedOutput()
@@ -195,7 +194,7 @@ sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
 	}
 	// audit --follow prints entries written after it started.
 	fcmd := exec.CommandContext(ctx, bin, "audit", "--follow", "--json", "--limit", "1", "--addr", addr, "--token-file", filepath.Join(dir, "token"))
-	var fout lockedBuffer
+	var fout testbed.LockedBuffer
 	fcmd.Stdout, fcmd.Stderr = &fout, &fout
 	if err := fcmd.Start(); err != nil {
 		t.Fatal(err)
@@ -293,29 +292,4 @@ func readTopic(t *testing.T, ctx context.Context, topic string) []*kgo.Record {
 			seen[r.Partition] = r.Offset
 		})
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a child process writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func tailOf(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }

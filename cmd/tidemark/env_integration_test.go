@@ -3,7 +3,6 @@
 package main
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,23 +65,4 @@ func newDaemonEnv(t *testing.T, prefix string) *daemonEnv {
 		}
 	}
 	return e
-}
-
-// startTidemark starts `tidemark run --config config` until the test ends (then
-// SIGINT), printing the end of its log if the test failed.
-func startTidemark(t *testing.T, ctx context.Context, bin, config string) {
-	t.Helper()
-	daemon := exec.CommandContext(ctx, bin, "run", "--config", config)
-	var logs lockedBuffer
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
-		if t.Failed() {
-			t.Logf("daemon log tail:\n%s", tailOf(logs.String(), 5000))
-		}
-	})
 }

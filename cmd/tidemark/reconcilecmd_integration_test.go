@@ -61,7 +61,7 @@ reconcile: {report_dir: %s/reports, in_flight_wait: 15s, settle: 1s}
 	if _, err := coll.InsertMany(ctx, docs); err != nil {
 		t.Fatal(err)
 	}
-	startTidemark(t, ctx, bin, cfgPath)
+	testbed.RunDaemon(t, ctx, bin, "daemon", cfgPath)
 	cli := func(args ...string) (string, error) {
 		out, err := exec.CommandContext(ctx, bin, args...).Output()
 		return string(out), err

@@ -78,7 +78,7 @@ rollout:
 		t.Fatal(err)
 	}
 
-	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
+	testbed.RunDaemon(t, ctx, bin, "daemon", filepath.Join(dir, "tidemark.yaml"))
 	ac, _ := admin.NewClient(addr, tokenFile)
 	for deadline := time.Now().Add(time.Minute); ; {
 		resp, err := http.Get("http://" + addr + "/readyz")
@@ -414,7 +414,7 @@ rollout:
 	}()
 	defer func() { stopRounds(); <-rounds }()
 
-	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
+	testbed.RunDaemon(t, ctx, bin, "daemon", filepath.Join(dir, "tidemark.yaml"))
 	ac, _ := admin.NewClient(addr, tokenFile)
 	plan := func() rollout.Status {
 		t.Helper()

@@ -76,7 +76,7 @@ rollout:
 	}
 	insert(0, 2000)
 
-	startTidemark(t, ctx, bin, filepath.Join(dir, "tidemark.yaml"))
+	testbed.RunDaemon(t, ctx, bin, "daemon", filepath.Join(dir, "tidemark.yaml"))
 	ac, err := admin.NewClient(addr, filepath.Join(dir, "token"))
 	if err != nil {
 		t.Fatal(err)
@@ -157,14 +157,14 @@ rollout:
 		}
 	}
 	if !strings.Contains(doc, `data-state="ready"`) {
-		t.Fatalf("the page did not reach ready:\n%s", tailOf(doc, 6000))
+		t.Fatalf("the page did not reach ready:\n%s", testbed.Tail(doc, 6000))
 	}
 
 	text := func(attr, key string) string {
 		t.Helper()
 		s, ok := spt.Element(doc, attr, key)
 		if !ok {
-			t.Fatalf("the page shows no %s=%q:\n%s", attr, key, tailOf(doc, 6000))
+			t.Fatalf("the page shows no %s=%q:\n%s", attr, key, testbed.Tail(doc, 6000))
 		}
 		return spt.Text(s)
 	}

@@ -31,11 +31,11 @@ func TestIntegrationDemo(t *testing.T) {
 	cmd.Env = append(os.Environ(), "DEMO_DOCS=20000", "DEMO_DIR="+dir, "DEMO_ADDR=127.0.0.1:17075")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("the demo failed: %v\n%s", err, tail(string(out), 6000))
+		t.Fatalf("the demo failed: %v\n%s", err, testbed.Tail(string(out), 6000))
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "outcome.json"))
 	if err != nil {
-		t.Fatalf("no outcome: %v\n%s", err, tail(string(out), 6000))
+		t.Fatalf("no outcome: %v\n%s", err, testbed.Tail(string(out), 6000))
 	}
 	var o Outcome
 	if err := json.Unmarshal(b, &o); err != nil {
@@ -57,13 +57,6 @@ func TestIntegrationDemo(t *testing.T) {
 		t.Errorf("injected %v, a round found %v", injected, found)
 	}
 	if t.Failed() {
-		t.Logf("demo output:\n%s", tail(string(out), 6000))
+		t.Logf("demo output:\n%s", testbed.Tail(string(out), 6000))
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }

@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"sync"
@@ -18,26 +19,53 @@ func ChildMain(m *testing.M, env string, run func(conf string) int) {
 	os.Exit(m.Run())
 }
 
-// lockedBuffer collects a child's stderr while the test may read it.
-type lockedBuffer struct {
+// LockedBuffer collects a child process's output while the test may read it.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) tail(n int) string {
+// String is everything written so far.
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.b.String()
+	return l.b.String()
+}
+
+// Tail is the last n bytes written.
+func (l *LockedBuffer) Tail(n int) string { return Tail(l.String(), n) }
+
+// Tail is the last n bytes of s, for failure messages.
+func Tail(s string, n int) string {
 	if len(s) > n {
-		s = s[len(s)-n:]
+		return s[len(s)-n:]
 	}
 	return s
+}
+
+// RunDaemon runs `bin run --config config` until the test ends (then SIGINT)
+// and prints the end of its log, named name, if the test failed.
+func RunDaemon(t testing.TB, ctx context.Context, bin, name, config string) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, bin, "run", "--config", config)
+	logs := &LockedBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s log tail:\n%s", name, logs.Tail(5000))
+		}
+	})
 }
 
 // StartChild re-executes the test binary as a child process with conf in env.
@@ -46,7 +74,7 @@ func StartChild(t testing.TB, env, conf string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), env+"="+conf)
-	logs := &lockedBuffer{}
+	logs := &LockedBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -55,7 +83,7 @@ func StartChild(t testing.TB, env, conf string) *exec.Cmd {
 		cmd.Process.Kill()
 		cmd.Wait()
 		if t.Failed() {
-			t.Logf("child %d log tail:\n%s", cmd.Process.Pid, logs.tail(3000))
+			t.Logf("child %d log tail:\n%s", cmd.Process.Pid, logs.Tail(3000))
 		}
 	})
 	return cmd

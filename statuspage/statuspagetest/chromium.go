@@ -5,6 +5,7 @@ package statuspagetest
 import (
 	"context"
 	"fmt"
+	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"html"
 	"os"
 	"os/exec"
@@ -66,10 +67,10 @@ func DumpDOM(t testing.TB, ctx context.Context, bin, url string, budget time.Dur
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("chromium --dump-dom %s: %v\n%s", url, err, tail(stderr.String(), 3000))
+		t.Fatalf("chromium --dump-dom %s: %v\n%s", url, err, testbed.Tail(stderr.String(), 3000))
 	}
 	if !strings.Contains(string(out), "<body") {
-		t.Fatalf("chromium --dump-dom %s printed no document:\n%s\n%s", url, tail(string(out), 2000), tail(stderr.String(), 3000))
+		t.Fatalf("chromium --dump-dom %s printed no document:\n%s\n%s", url, testbed.Tail(string(out), 2000), testbed.Tail(stderr.String(), 3000))
 	}
 	return string(out)
 }
@@ -82,18 +83,11 @@ func Screenshot(t testing.TB, ctx context.Context, bin, url, path string, width,
 	a := append(args(t.TempDir(), budget), "--hide-scrollbars", fmt.Sprintf("--window-size=%d,%d", width, height),
 		"--screenshot="+path, url)
 	if out, err := exec.CommandContext(ctx, bin, a...).CombinedOutput(); err != nil {
-		t.Fatalf("chromium --screenshot: %v\n%s", err, tail(string(out), 3000))
+		t.Fatalf("chromium --screenshot: %v\n%s", err, testbed.Tail(string(out), 3000))
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
 		t.Fatalf("chromium wrote no screenshot at %s: %v", path, err)
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
 
 // Elements returns the inner HTML of every element carrying attribute attr,
