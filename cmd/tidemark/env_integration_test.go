@@ -66,3 +66,12 @@ func newDaemonEnv(t *testing.T, prefix string) *daemonEnv {
 	}
 	return e
 }
+
+// TestMain removes the binary newDaemonEnv built once for all the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
+}
