@@ -23,7 +23,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.mongodb.org/mongo-driver/bson"
-	"golang.org/x/sync/errgroup"
 )
 
 // Deps are what the sink needs from the daemon.
@@ -84,6 +83,7 @@ type Sink struct {
 	paused   map[TopicPartition]bool
 	lastMark time.Time
 	topics   []string
+	tasks    chan task
 }
 
 // PausedKey holds the operator's paused partitions, shared by every daemon.
@@ -103,7 +103,7 @@ func New(cfg Config, d Deps) (*Sink, error) {
 	}
 	s := &Sink{cfg: cfg, w: d.Writer, m: d.Mapping, store: d.Store, log: d.Logger.With("stage", "sink"),
 		met: newMetrics(d.Registerer), parts: map[TopicPartition]*partState{}, owned: map[TopicPartition]bool{},
-		paused: map[TopicPartition]bool{}}
+		paused: map[TopicPartition]bool{}, tasks: make(chan task, cfg.MaxInFlight)}
 	s.lim = newThrottle(cfg, s.met)
 	var topics []string
 	for _, ns := range d.Mapping.Namespaces() {
@@ -222,6 +222,12 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err := s.waitForTopics(ctx); err != nil {
 		return nil
 	}
+	pool, stopPool := context.WithCancel(ctx)
+	var pooled sync.WaitGroup
+	pooled.Go(func() { s.runPool(pool) })
+	// Every write has returned by the time apply does; this only waits for
+	// the idle writers to notice the end.
+	defer func() { stopPool(); pooled.Wait() }()
 	s.applyIntents(ctx)
 	lastIntent := time.Now()
 	for {
@@ -290,9 +296,57 @@ func (s *Sink) waitForTopics(ctx context.Context) error {
 	}
 }
 
-// apply writes one poll's records: one worker per partition.
+// task is one write job for the pool: a batch to one Cassandra partition,
+// or the key-map writes of one _id in offset order.
+type task struct {
+	ctx  context.Context
+	run  func(context.Context) error
+	done func(error)
+}
+
+// runPool runs the writers every partition shares until ctx ends. A fixed
+// pool sized to the in-flight bound, rather than workers per partition: the
+// throttle then only makes a writer wait when it has lowered the bound, and
+// the writes of one partition's backlog use every slot the others leave free.
+// Writers are long-lived because a fresh goroutine grows its stack through
+// gocql's deep call path, which cost more CPU than the write on a machine
+// Cassandra shares.
+func (s *Sink) runPool(ctx context.Context) {
+	var wg sync.WaitGroup
+	for range s.cfg.MaxInFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case t := <-s.tasks:
+					t.done(t.run(t.ctx))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// pollResult is what one partition's share of a poll applied.
+type pollResult struct {
+	tp   TopicPartition
+	last *kgo.Record
+	maxV envelope.Version
+}
+
+// apply writes one poll's records. Each partition's records are decoded and
+// grouped by a producer of their own, which hands writes to the shared pool
+// as it goes, at most Concurrency of them at a time; apply returns once every
+// write is acknowledged (or has failed, and then nothing is recorded as
+// applied).
 func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
-	g, gctx := errgroup.WithContext(ctx)
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	var results []*pollResult
 	fs.EachPartition(func(p kgo.FetchTopicPartition) {
 		tp := TopicPartition{p.Topic, p.Partition}
 		s.mu.Lock()
@@ -306,9 +360,36 @@ func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
 		if len(p.Records) == 0 {
 			return
 		}
-		g.Go(func() error { return s.applyPartition(gctx, tp, p.Records) })
+		res := &pollResult{tp: tp, last: p.Records[len(p.Records)-1]}
+		results = append(results, res)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.produce(pctx, cancel, &wg, p.Records, res); err != nil {
+				cancel(err)
+			}
+		}()
 	})
-	return g.Wait()
+	wg.Wait()
+	// An error, or the end of ctx, leaves writes undone: no offset may move.
+	if pctx.Err() != nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return context.Cause(pctx)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range results {
+		if st := s.parts[r.tp]; st != nil {
+			st.committed = r.last.Offset + 1
+			st.epoch = r.last.LeaderEpoch
+			st.applied = envelope.Max(st.applied, r.maxV)
+			st.appliedAt = time.Now()
+			s.setLagMetrics(r.tp, st)
+		}
+	}
+	return nil
 }
 
 type item struct {
@@ -327,102 +408,124 @@ func (it *item) row(t *transform.Table) *transform.Row {
 	return nil
 }
 
-// group is the changes of one poll that fall in one Cassandra partition of
-// one table: written as one unlogged batch.
+// group is the changes of one chunk of a partition's records that fall in one
+// Cassandra partition of one table: written as one unlogged batch.
 type group struct {
 	table   *transform.Table
 	changes []Change
 	items   []*item
 }
 
-func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kgo.Record) error {
-	var maxV envelope.Version
-	slice := s.inSlice.Load()
-	items := make([]*item, 0, len(recs))
-	for _, r := range recs {
-		ev, err := envelope.Decode(r.Value)
-		if err != nil {
-			if err := s.deadLetter(ctx, "sink", "malformed record: "+err.Error(), r, nil); err != nil {
-				return err
-			}
-			continue
-		}
-		maxV = envelope.Max(maxV, ev.Version)
-		if ev.Op == envelope.OpUpdate && ev.Doc == nil {
-			continue // the document was gone at lookup time; its delete follows
-		}
-		if slice != nil && !(*slice)(ev.Namespace, r.Key) {
-			s.met.skipped.Inc()
-			continue
-		}
-		it := &item{rec: r, ev: ev}
-		if ev.Op != envelope.OpDelete {
-			if it.rows, err = s.m.Apply(ev.Namespace, ev.Doc); err != nil {
-				if err := s.deadLetter(ctx, "transform", err.Error(), r, &ev); err != nil {
-					return err
-				}
-				continue
-			}
-		}
-		items = append(items, it)
-	}
+// produceChunk is how many records a producer decodes before handing their
+// writes to the pool, so that writing starts before the whole poll is decoded.
+const produceChunk = 512
 
-	// Tables whose key comes from _id alone are last-write-wins per cell, so
-	// their changes can be written in any order: they are grouped by Cassandra
-	// partition and each group is one write. Tables with a key map are written
-	// per _id in offset order: the key map is written after the row, so an
-	// event cut short by a crash must be replayed before any later event of
-	// its _id, or the row it wrote under its old key would never be deleted.
-	groups := map[string]*group{}
-	var batches []*group
+// produce decodes and transforms one partition's records and submits their
+// writes. Tables whose key comes from _id alone are last-write-wins per cell,
+// so their changes can be written in any order: each chunk's are grouped by
+// Cassandra partition and each group is one write. Tables with a key map are
+// written per _id in offset order, once the whole poll is decoded: the key map
+// is written after the row, so an event cut short by a crash must be replayed
+// before any later event of its _id, or the row it wrote under its old key
+// would never be deleted.
+func (s *Sink) produce(ctx context.Context, fail context.CancelCauseFunc, wg *sync.WaitGroup, recs []*kgo.Record, res *pollResult) error {
+	sem := make(chan struct{}, s.cfg.Concurrency)
+	submit := func(run func(context.Context) error) error {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		wg.Add(1)
+		t := task{ctx: ctx, run: run, done: func(err error) {
+			<-sem
+			if err != nil {
+				fail(err)
+			}
+			wg.Done()
+		}}
+		select {
+		case s.tasks <- t:
+			return nil
+		case <-ctx.Done():
+			t.done(nil)
+			return ctx.Err()
+		}
+	}
+	slice := s.inSlice.Load()
 	mapped := map[string][]*item{}
 	var ids []string
 	var gk []byte
-	for _, it := range items {
-		hasMapped := false
-		for _, t := range s.m.Tables(it.ev.Namespace) {
-			if t.NeedsKeyMap() {
-				hasMapped = true
-				continue
-			}
-			c := Change{Row: it.row(t), Version: it.ev.Version.Micros()}
-			var err error
-			if gk, err = partitionOf(gk[:0], t, &c, it.ev.ID); err != nil {
-				if err := s.deadLetter(ctx, "sink", err.Error(), it.rec, &it.ev); err != nil {
+	for size := produceChunk / 8; len(recs) > 0; size = produceChunk {
+		chunk := recs[:min(size, len(recs))]
+		recs = recs[len(chunk):]
+		groups := map[string]*group{}
+		var batches []*group
+		for _, r := range chunk {
+			ev, err := envelope.Decode(r.Value)
+			if err != nil {
+				if err := s.deadLetter(ctx, "sink", "malformed record: "+err.Error(), r, nil); err != nil {
 					return err
 				}
-				it.dead.Store(true)
-				break
+				continue
 			}
-			g := groups[string(gk)]
-			if g == nil {
-				g = &group{table: t}
-				groups[string(gk)] = g
-				batches = append(batches, g)
+			res.maxV = envelope.Max(res.maxV, ev.Version)
+			if ev.Op == envelope.OpUpdate && ev.Doc == nil {
+				continue // the document was gone at lookup time; its delete follows
 			}
-			g.changes = append(g.changes, c)
-			g.items = append(g.items, it)
+			if slice != nil && !(*slice)(ev.Namespace, r.Key) {
+				s.met.skipped.Inc()
+				continue
+			}
+			it := &item{rec: r, ev: ev}
+			if ev.Op != envelope.OpDelete {
+				if it.rows, err = s.m.Apply(ev.Namespace, ev.Doc); err != nil {
+					if err := s.deadLetter(ctx, "transform", err.Error(), r, &ev); err != nil {
+						return err
+					}
+					continue
+				}
+			}
+			hasMapped := false
+			for _, t := range s.m.Tables(ev.Namespace) {
+				if t.NeedsKeyMap() {
+					hasMapped = true
+					continue
+				}
+				c := Change{Row: it.row(t), Version: ev.Version.Micros()}
+				if gk, err = partitionOf(gk[:0], t, &c, ev.ID); err != nil {
+					if err := s.deadLetter(ctx, "sink", err.Error(), r, &it.ev); err != nil {
+						return err
+					}
+					it.dead.Store(true)
+					break
+				}
+				g := groups[string(gk)]
+				if g == nil {
+					g = &group{table: t}
+					groups[string(gk)] = g
+					batches = append(batches, g)
+				}
+				g.changes = append(g.changes, c)
+				g.items = append(g.items, it)
+			}
+			if hasMapped && !it.dead.Load() {
+				k := string(r.Key)
+				if _, ok := mapped[k]; !ok {
+					ids = append(ids, k)
+				}
+				mapped[k] = append(mapped[k], it)
+			}
 		}
-		if hasMapped && !it.dead.Load() {
-			k := string(it.rec.Key)
-			if _, ok := mapped[k]; !ok {
-				ids = append(ids, k)
+		for _, g := range batches {
+			if err := submit(func(ctx context.Context) error { return s.writeGroup(ctx, g) }); err != nil {
+				return err
 			}
-			mapped[k] = append(mapped[k], it)
 		}
-	}
-
-	// A fixed pool of workers per partition takes the tasks in turn. One
-	// goroutine per task would be simpler, but every new goroutine grows its
-	// stack through gocql's deep call path, and that copying cost more CPU
-	// than the write itself on a machine Cassandra shares.
-	tasks := make([]func(context.Context) error, 0, len(batches)+len(ids))
-	for _, b := range batches {
-		tasks = append(tasks, func(ctx context.Context) error { return s.writeGroup(ctx, b) })
 	}
 	for _, k := range ids {
 		its := mapped[k]
-		tasks = append(tasks, func(ctx context.Context) error {
+		err := submit(func(ctx context.Context) error {
 			for _, it := range its {
 				if err := s.applyMapped(ctx, it); err != nil {
 					return err
@@ -430,40 +533,10 @@ func (s *Sink) applyPartition(ctx context.Context, tp TopicPartition, recs []*kg
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	var next atomic.Int64
-	for range min(s.cfg.Concurrency, len(tasks)) {
-		g.Go(func() error {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(tasks) {
-					return nil
-				}
-				if err := tasks[i](gctx); err != nil {
-					return err
-				}
-			}
-		})
-	}
-	// An error, or the end of ctx, leaves tasks unwritten: the partition's
-	// offset must then not move.
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	last := recs[len(recs)-1]
-	s.mu.Lock()
-	if st := s.parts[tp]; st != nil {
-		st.committed = last.Offset + 1
-		st.epoch = last.LeaderEpoch
-		st.applied = envelope.Max(st.applied, maxV)
-		st.appliedAt = time.Now()
-		s.setLagMetrics(tp, st)
-	}
-	s.mu.Unlock()
 	return nil
 }
 
