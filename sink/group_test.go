@@ -141,3 +141,104 @@ collections:
 		}
 	}
 }
+
+// blockingWriter holds every write until its context ends, like a Cassandra
+// that stopped answering.
+type blockingWriter struct{ started chan struct{} }
+
+func (w *blockingWriter) Write(ctx context.Context, _ *transform.Table, _ []Change) error {
+	select {
+	case w.started <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (w *blockingWriter) ApplyMapped(ctx context.Context, t *transform.Table, _ *envelope.Event, _ *transform.Row) error {
+	return w.Write(ctx, t, nil)
+}
+
+// TestSinkStopsWithWritesQueued stops the sink while every writer is stuck
+// and more writes wait in the queue: Run must return, and nothing may be
+// recorded as applied.
+func TestSinkStopsWithWritesQueued(t *testing.T) {
+	const partitions, perPartition = 4, 50
+	m, err := transform.Parse([]byte(`
+version: "t1"
+collections:
+  - namespace: app.items
+    tables:
+      - keyspace: app
+        table: items
+        partition_key: [id]
+        columns:
+          - {name: id, type: bigint, from: _id}
+          - {name: v, type: int, from: v}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, "tidemark.app.items"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prod, err := kgo.NewClient(brokers, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	var recs []*kgo.Record
+	for i := range partitions * perPartition {
+		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: int64(i)}, {Key: "v", Value: int32(i)}})
+		ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.items", ID: bson.Raw(doc).Lookup("_id"),
+			Version: envelope.Version{T: 100, I: uint32(i + 1)}, Doc: doc}
+		b, err := envelope.Encode(nil, &ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, &kgo.Record{Topic: "tidemark.app.items", Partition: int32(i % partitions), Key: ev.Key(), Value: b})
+	}
+	if err := prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	w := &blockingWriter{started: make(chan struct{}, 1)}
+	// Which of a worker's two ready cases Go picks is random: repeat.
+	for i := range 5 {
+		// Sixteen writes may be outstanding but only four run: the rest queue.
+		sk, err := New(Config{Group: fmt.Sprintf("g%d", i), Concurrency: 4, MaxInFlight: 4}, Deps{KafkaOpts: []kgo.Opt{brokers},
+			Writer: w, Mapping: m, Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { sk.Run(sctx); close(done) }()
+		select {
+		case <-w.started:
+		case <-ctx.Done():
+			t.Fatal("no write started")
+		}
+		// Give the producers time to fill the queue behind the stuck writers.
+		for deadline := time.Now().Add(2 * time.Second); len(sk.tasks) < cap(sk.tasks) && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		stop()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			// Not closed: leaving the group would wait for the stuck poll.
+			t.Fatal("Run did not return after its context ended with writes queued")
+		}
+		sk.Close()
+		for _, l := range sk.Lag() {
+			if l.Committed > 0 {
+				t.Fatalf("partition %d recorded %d as applied though no write was acknowledged", l.Partition, l.Committed)
+			}
+		}
+	}
+}

@@ -222,11 +222,12 @@ func (s *Sink) Run(ctx context.Context) error {
 	if err := s.waitForTopics(ctx); err != nil {
 		return nil
 	}
-	pool, stopPool := context.WithCancel(ctx)
+	// The writers outlive ctx: apply waits for every task it queued, and a
+	// task queued as ctx ends must still be taken (it returns at once), or
+	// apply would wait forever. They stop once Run no longer applies.
+	pool, stopPool := context.WithCancel(context.WithoutCancel(ctx))
 	var pooled sync.WaitGroup
 	pooled.Go(func() { s.runPool(pool) })
-	// Every write has returned by the time apply does; this only waits for
-	// the idle writers to notice the end.
 	defer func() { stopPool(); pooled.Wait() }()
 	s.applyIntents(ctx)
 	lastIntent := time.Now()
