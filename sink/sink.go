@@ -298,11 +298,25 @@ func (s *Sink) waitForTopics(ctx context.Context) error {
 }
 
 // task is one write job for the pool: a batch to one Cassandra partition,
-// or the key-map writes of one _id in offset order.
+// or the key-map writes of one _id in offset order. It holds no closures:
+// there is one per row, and every allocation on this path is paid twice, once
+// to make it and once more in garbage collection, on the cores Cassandra uses.
 type task struct {
-	ctx  context.Context
-	run  func(context.Context) error
-	done func(error)
+	p   *producer
+	g   *group
+	its []*item
+}
+
+func (t task) run() error {
+	if t.g != nil {
+		return t.p.s.writeGroup(t.p.ctx, t.g)
+	}
+	for _, it := range t.its {
+		if err := t.p.s.applyMapped(t.p.ctx, it); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // runPool runs the writers every partition shares until ctx ends. A fixed
@@ -323,7 +337,7 @@ func (s *Sink) runPool(ctx context.Context) {
 				case <-ctx.Done():
 					return
 				case t := <-s.tasks:
-					t.done(t.run(t.ctx))
+					t.p.done(t.run())
 				}
 			}
 		}()
@@ -364,9 +378,10 @@ func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
 		res := &pollResult{tp: tp, last: p.Records[len(p.Records)-1]}
 		results = append(results, res)
 		wg.Add(1)
+		pr := &producer{s: s, ctx: pctx, fail: cancel, wg: &wg, sem: make(chan struct{}, s.cfg.Concurrency)}
 		go func() {
 			defer wg.Done()
-			if err := s.produce(pctx, cancel, &wg, p.Records, res); err != nil {
+			if err := pr.produce(p.Records, res); err != nil {
 				cancel(err)
 			}
 		}()
@@ -417,6 +432,41 @@ type group struct {
 	items   []*item
 }
 
+// producer decodes one partition's share of a poll and hands its writes to
+// the pool, at most Concurrency of them queued or running at a time.
+type producer struct {
+	s    *Sink
+	ctx  context.Context
+	fail context.CancelCauseFunc
+	wg   *sync.WaitGroup
+	sem  chan struct{}
+}
+
+func (pr *producer) submit(t task) error {
+	select {
+	case pr.sem <- struct{}{}:
+	case <-pr.ctx.Done():
+		return pr.ctx.Err()
+	}
+	pr.wg.Add(1)
+	select {
+	case pr.s.tasks <- t:
+		return nil
+	case <-pr.ctx.Done():
+		pr.done(nil)
+		return pr.ctx.Err()
+	}
+}
+
+// done ends a task; an error stops the rest of the poll.
+func (pr *producer) done(err error) {
+	<-pr.sem
+	if err != nil {
+		pr.fail(err)
+	}
+	pr.wg.Done()
+}
+
 // produceChunk is how many records a producer decodes before handing their
 // writes to the pool, so that writing starts before the whole poll is decoded.
 const produceChunk = 512
@@ -429,30 +479,8 @@ const produceChunk = 512
 // is written after the row, so an event cut short by a crash must be replayed
 // before any later event of its _id, or the row it wrote under its old key
 // would never be deleted.
-func (s *Sink) produce(ctx context.Context, fail context.CancelCauseFunc, wg *sync.WaitGroup, recs []*kgo.Record, res *pollResult) error {
-	sem := make(chan struct{}, s.cfg.Concurrency)
-	submit := func(run func(context.Context) error) error {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		wg.Add(1)
-		t := task{ctx: ctx, run: run, done: func(err error) {
-			<-sem
-			if err != nil {
-				fail(err)
-			}
-			wg.Done()
-		}}
-		select {
-		case s.tasks <- t:
-			return nil
-		case <-ctx.Done():
-			t.done(nil)
-			return ctx.Err()
-		}
-	}
+func (pr *producer) produce(recs []*kgo.Record, res *pollResult) error {
+	s, ctx := pr.s, pr.ctx
 	slice := s.inSlice.Load()
 	mapped := map[string][]*item{}
 	var ids []string
@@ -462,7 +490,15 @@ func (s *Sink) produce(ctx context.Context, fail context.CancelCauseFunc, wg *sy
 		recs = recs[len(chunk):]
 		groups := map[string]*group{}
 		var batches []*group
-		for _, r := range chunk {
+		// One allocation per chunk instead of several per record: most
+		// groups hold one change.
+		items := make([]item, len(chunk))
+		// A topic holds one namespace.
+		tables := len(s.m.Tables(strings.TrimPrefix(chunk[0].Topic, s.cfg.TopicPrefix+".")))
+		slab := make([]group, 0, len(chunk)*tables)
+		changes := make([]Change, 0, len(chunk)*tables)
+		members := make([]*item, 0, len(chunk)*tables)
+		for k, r := range chunk {
 			ev, err := envelope.Decode(r.Value)
 			if err != nil {
 				if err := s.deadLetter(ctx, "sink", "malformed record: "+err.Error(), r, nil); err != nil {
@@ -478,7 +514,8 @@ func (s *Sink) produce(ctx context.Context, fail context.CancelCauseFunc, wg *sy
 				s.met.skipped.Inc()
 				continue
 			}
-			it := &item{rec: r, ev: ev}
+			it := &items[k]
+			it.rec, it.ev = r, ev
 			if ev.Op != envelope.OpDelete {
 				if it.rows, err = s.m.Apply(ev.Namespace, ev.Doc); err != nil {
 					if err := s.deadLetter(ctx, "transform", err.Error(), r, &ev); err != nil {
@@ -502,39 +539,41 @@ func (s *Sink) produce(ctx context.Context, fail context.CancelCauseFunc, wg *sy
 					break
 				}
 				g := groups[string(gk)]
-				if g == nil {
-					g = &group{table: t}
+				switch {
+				case g == nil && len(slab) < cap(slab):
+					// Full-capacity slices: a second change copies
+					// them out instead of writing over the next group's.
+					n := len(changes)
+					changes, members = append(changes, c), append(members, it)
+					slab = append(slab, group{table: t, changes: changes[n : n+1 : n+1], items: members[n : n+1 : n+1]})
+					g = &slab[len(slab)-1]
 					groups[string(gk)] = g
 					batches = append(batches, g)
+				case g == nil:
+					g = &group{table: t, changes: []Change{c}, items: []*item{it}}
+					groups[string(gk)] = g
+					batches = append(batches, g)
+				default:
+					g.changes = append(g.changes, c)
+					g.items = append(g.items, it)
 				}
-				g.changes = append(g.changes, c)
-				g.items = append(g.items, it)
 			}
 			if hasMapped && !it.dead.Load() {
-				k := string(r.Key)
-				if _, ok := mapped[k]; !ok {
-					ids = append(ids, k)
+				id := string(r.Key)
+				if _, ok := mapped[id]; !ok {
+					ids = append(ids, id)
 				}
-				mapped[k] = append(mapped[k], it)
+				mapped[id] = append(mapped[id], it)
 			}
 		}
 		for _, g := range batches {
-			if err := submit(func(ctx context.Context) error { return s.writeGroup(ctx, g) }); err != nil {
+			if err := pr.submit(task{p: pr, g: g}); err != nil {
 				return err
 			}
 		}
 	}
 	for _, k := range ids {
-		its := mapped[k]
-		err := submit(func(ctx context.Context) error {
-			for _, it := range its {
-				if err := s.applyMapped(ctx, it); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		if err := pr.submit(task{p: pr, its: mapped[k]}); err != nil {
 			return err
 		}
 	}
