@@ -5,10 +5,13 @@
 // every write below them. Replays and rewinds are therefore harmless.
 //
 // Each poll's records are split by partition, one worker per partition. A
-// worker groups the changes to tables keyed by _id alone by Cassandra
-// partition and writes each group as one unlogged batch, groups concurrently;
-// tables with a key map are written per _id in offset order. Offsets are
-// committed, asynchronously, only up to what Cassandra acknowledged.
+// worker decodes its records in chunks, groups the changes to tables keyed by
+// _id alone by Cassandra partition (each group is one unlogged batch) and
+// queues tables with a key map per _id in offset order; the writes go to a
+// pool of max_in_flight writers every partition shares, at most concurrency
+// of a partition's at a time. A poll is done when every write of it is
+// acknowledged. Offsets are committed, asynchronously, only up to what
+// Cassandra acknowledged.
 // Rebalances are blocked while a poll is being applied, and the revoke
 // callback commits synchronously, so a partition never changes owner with
 // writes in flight or acknowledged writes uncommitted.
@@ -25,9 +28,10 @@ type Config struct {
 	Group string `yaml:"group"`
 	// TopicPrefix must match capture's. Default "tidemark".
 	TopicPrefix string `yaml:"topic_prefix"`
-	// Concurrency bounds concurrent Cassandra writes per partition worker. Default 16.
+	// Concurrency bounds the writes of one partition queued or in flight at once. Default 16.
 	Concurrency int `yaml:"concurrency"`
-	// MaxInFlight bounds concurrent writes across all workers. Default 128.
+	// MaxInFlight is the number of writers every partition shares, the
+	// bound on concurrent writes in total (the throttle may lower it). Default 128.
 	MaxInFlight int `yaml:"max_in_flight"`
 	// Consistency overrides every table's write consistency (e.g. ONE on a
 	// single-node test cluster). Empty keeps each table's own, default LOCAL_QUORUM.
