@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -240,5 +241,154 @@ collections:
 				t.Fatalf("partition %d recorded %d as applied though no write was acknowledged", l.Partition, l.Committed)
 			}
 		}
+	}
+}
+
+// slowingWriter answers in 5 ms, or, while slow, in 2 ms per write in
+// flight: a Cassandra that drowns when pushed harder.
+type slowingWriter struct {
+	slow     atomic.Bool
+	inflight atomic.Int64
+	peak     atomic.Int64 // since the last reset
+	mu       sync.Mutex
+	seen     map[int64]bool
+}
+
+func (w *slowingWriter) Write(ctx context.Context, _ *transform.Table, cs []Change) error {
+	n := w.inflight.Add(1)
+	defer w.inflight.Add(-1)
+	for p := w.peak.Load(); n > p && !w.peak.CompareAndSwap(p, n); p = w.peak.Load() {
+	}
+	d := 5 * time.Millisecond
+	if w.slow.Load() {
+		d = time.Duration(n) * 2 * time.Millisecond
+	}
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range cs {
+		w.seen[c.Row.Values[0].(int64)] = true
+	}
+	return nil
+}
+
+func (w *slowingWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Event, *transform.Row) error {
+	return fmt.Errorf("no key-map table in this spec")
+}
+
+// TestSinkThrottlesSlowTarget runs the whole sink against a target that slows
+// down under load: the sink must lower its writes in flight far below
+// max_in_flight while the target is slow, raise them again once it recovers,
+// and still write every record.
+func TestSinkThrottlesSlowTarget(t *testing.T) {
+	const partitions, n = 4, 6000
+	m, err := transform.Parse([]byte(`
+version: "t1"
+collections:
+  - namespace: app.items
+    tables:
+      - keyspace: app
+        table: items
+        partition_key: [id]
+        columns:
+          - {name: id, type: bigint, from: _id}
+          - {name: v, type: int, from: v}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, "tidemark.app.items"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	prod, err := kgo.NewClient(brokers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	var recs []*kgo.Record
+	for i := range n {
+		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: int64(i)}, {Key: "v", Value: int32(i)}})
+		ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.items", ID: bson.Raw(doc).Lookup("_id"),
+			Version: envelope.Version{T: 100, I: uint32(i + 1)}, Doc: doc}
+		b, err := envelope.Encode(nil, &ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, &kgo.Record{Topic: "tidemark.app.items", Key: ev.Key(), Value: b})
+	}
+	if err := prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	w := &slowingWriter{seen: map[int64]bool{}}
+	w.slow.Store(true)
+	sk, err := New(Config{Group: "g", Concurrency: 64, MaxInFlight: 64,
+		Throttle: ThrottleConfig{P99: 20 * time.Millisecond, Window: 100 * time.Millisecond}},
+		Deps{KafkaOpts: []kgo.Opt{brokers}, Writer: w, Mapping: m, Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { sk.Run(sctx); close(done) }()
+	defer func() { stop(); <-done }()
+
+	// Slow: the first window sees up to 64 in flight; the throttle must then
+	// settle where p99 stays near 20 ms (about 10 in flight).
+	for deadline := time.Now().Add(10 * time.Second); sk.lim.Limit() > 16; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("slow target: limit stayed at %d of 64", sk.lim.Limit())
+		}
+	}
+	w.peak.Store(0)
+	seen := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.seen)
+	}
+	// Over the next 200 writes nothing may exceed the lowered bound.
+	for from, deadline := seen(), time.Now().Add(10*time.Second); seen() < from+200; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow target took no 200 writes in 10 s")
+		}
+	}
+	slowPeak, slowLimit := w.peak.Load(), sk.lim.Limit()
+	if slowPeak > 16 || slowLimit > 16 {
+		t.Fatalf("slow target: %d writes in flight at once, limit %d; want at most 16 of the 64 allowed", slowPeak, slowLimit)
+	}
+	// Recovered: the limit grows back (by a tenth per window).
+	w.slow.Store(false)
+	for deadline := time.Now().Add(5 * time.Second); sk.lim.Limit() < 2*slowLimit+4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("recovered target: limit %d did not grow back from %d", sk.lim.Limit(), slowLimit)
+		}
+	}
+	for {
+		applied := int64(0)
+		for _, l := range sk.Lag() {
+			applied += max(0, l.Committed)
+		}
+		if applied == n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d of %d records applied", applied, n)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.seen) != n {
+		t.Fatalf("%d distinct rows written, want %d", len(w.seen), n)
 	}
 }
