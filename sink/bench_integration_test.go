@@ -3,12 +3,16 @@
 package sink
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,12 +168,17 @@ func BenchmarkSink(b *testing.B) {
 	const rounds = 5
 	var baselines, rates, ratios []float64
 	var baseCPU, sinkCPU time.Duration
+	var kaf, cas [2]time.Duration
 	for i := range rounds {
+		k0, s0 := serverCPU("kafka"), serverCPU("cassandra")
 		c0 := cpuTime()
 		// Labelled so that a -cpuprofile can be split by side (-tagfocus).
 		pprof.Do(ctx, pprof.Labels("side", "plain"), func(context.Context) { baselines = append(baselines, plainLoop()) })
 		c1 := cpuTime()
+		k1, s1 := serverCPU("kafka"), serverCPU("cassandra")
 		pprof.Do(ctx, pprof.Labels("side", "sink"), func(context.Context) { rates = append(rates, sinkPass()) })
+		k2, s2 := serverCPU("kafka"), serverCPU("cassandra")
+		kaf[0], kaf[1], cas[0], cas[1] = kaf[0]+k1-k0, kaf[1]+k2-k1, cas[0]+s1-s0, cas[1]+s2-s1
 		baseCPU, sinkCPU = baseCPU+c1-c0, sinkCPU+cpuTime()-c1
 		if i > 0 {
 			ratios = append(ratios, 2*rates[i-1]/(baselines[i-1]+baselines[i]))
@@ -180,6 +189,11 @@ func BenchmarkSink(b *testing.B) {
 	b.Logf("sink passes %.0f rows/s, plain loop passes %.0f rows/s, ratios %.3f", rates, baselines, ratios)
 	// Client CPU is taken from the same two cores Cassandra runs on.
 	b.Logf("client CPU per row: sink %.1fµs, plain loop %.1fµs", float64(sinkCPU.Microseconds())/(rounds*n), float64(baseCPU.Microseconds())/(rounds*n))
+	if kaf[1] > 0 {
+		per := func(d time.Duration) float64 { return float64(d.Microseconds()) / (rounds * n) }
+		b.Logf("server CPU per row: Cassandra %.1fµs during sink passes, %.1fµs during plain passes; Kafka %.1fµs, %.1fµs",
+			per(cas[1]), per(cas[0]), per(kaf[1]), per(kaf[0]))
+	}
 	b.ReportMetric(median(rates), "sink_rows/s")
 	b.ReportMetric(median(baselines), "baseline_gocql_loop_rows/s")
 	b.ReportMetric(100*median(ratios), "sink_%_of_baseline")
@@ -190,6 +204,28 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// serverCPU is the CPU time used so far by a server of the local stack
+// (deploy/local/stack keeps its pid), or 0 when the stack is elsewhere.
+func serverCPU(name string) time.Duration {
+	pid, err := os.ReadFile(filepath.Join("..", ".stack", name+".pid"))
+	if err != nil {
+		return 0
+	}
+	stat, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(pid)), "stat"))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which ends with ")": utime and stime
+	// are the 12th and 13th, in clock ticks (100 per second on Linux).
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
 }
 
 func median(xs []float64) float64 {
