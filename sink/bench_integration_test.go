@@ -97,8 +97,9 @@ func BenchmarkSink(b *testing.B) {
 	// so that neither warm-up nor compaction flatters the sink.
 	table := m.Tables(ns)[0]
 	stmt := newStatements(table).insert
+	var plainCPU, sinkCPU cpuTimes
 	plainLoop := func() float64 {
-		start := time.Now()
+		start, used := time.Now(), cpuNow()
 		var wg sync.WaitGroup
 		next := make(chan int, benchInFlight)
 		var failed sync.Once
@@ -119,6 +120,7 @@ func BenchmarkSink(b *testing.B) {
 		}
 		close(next)
 		wg.Wait()
+		used.add(&plainCPU)
 		return float64(n) / time.Since(start).Seconds()
 	}
 	w, err := NewCassandraWriter(ctx, s, m, "ONE")
@@ -146,7 +148,7 @@ func BenchmarkSink(b *testing.B) {
 				b.Fatal("the sink fetched nothing in a minute")
 			}
 		}
-		start := time.Now()
+		start, used := time.Now(), cpuNow()
 		for applied := int64(0); applied < n; {
 			if time.Since(start) > 5*time.Minute {
 				b.Fatalf("sink applied %d of %d records in 5 minutes", applied, n)
@@ -157,6 +159,7 @@ func BenchmarkSink(b *testing.B) {
 				applied += max(0, l.Committed)
 			}
 		}
+		used.add(&sinkCPU)
 		return float64(n) / time.Since(start).Seconds()
 	}
 	// On two shared cores one pass of either swings by a quarter and the
@@ -167,19 +170,10 @@ func BenchmarkSink(b *testing.B) {
 	b.ResetTimer()
 	const rounds = 5
 	var baselines, rates, ratios []float64
-	var baseCPU, sinkCPU time.Duration
-	var kaf, cas [2]time.Duration
 	for i := range rounds {
-		k0, s0 := serverCPU("kafka"), serverCPU("cassandra")
-		c0 := cpuTime()
 		// Labelled so that a -cpuprofile can be split by side (-tagfocus).
 		pprof.Do(ctx, pprof.Labels("side", "plain"), func(context.Context) { baselines = append(baselines, plainLoop()) })
-		c1 := cpuTime()
-		k1, s1 := serverCPU("kafka"), serverCPU("cassandra")
 		pprof.Do(ctx, pprof.Labels("side", "sink"), func(context.Context) { rates = append(rates, sinkPass()) })
-		k2, s2 := serverCPU("kafka"), serverCPU("cassandra")
-		kaf[0], kaf[1], cas[0], cas[1] = kaf[0]+k1-k0, kaf[1]+k2-k1, cas[0]+s1-s0, cas[1]+s2-s1
-		baseCPU, sinkCPU = baseCPU+c1-c0, sinkCPU+cpuTime()-c1
 		if i > 0 {
 			ratios = append(ratios, 2*rates[i-1]/(baselines[i-1]+baselines[i]))
 		}
@@ -187,13 +181,13 @@ func BenchmarkSink(b *testing.B) {
 	baselines = append(baselines, plainLoop())
 	ratios = append(ratios, 2*rates[rounds-1]/(baselines[rounds-1]+baselines[rounds]))
 	b.Logf("sink passes %.0f rows/s, plain loop passes %.0f rows/s, ratios %.3f", rates, baselines, ratios)
-	// Client CPU is taken from the same two cores Cassandra runs on.
-	b.Logf("client CPU per row: sink %.1fµs, plain loop %.1fµs", float64(sinkCPU.Microseconds())/(rounds*n), float64(baseCPU.Microseconds())/(rounds*n))
-	if kaf[1] > 0 {
-		per := func(d time.Duration) float64 { return float64(d.Microseconds()) / (rounds * n) }
-		b.Logf("server CPU per row: Cassandra %.1fµs during sink passes, %.1fµs during plain passes; Kafka %.1fµs, %.1fµs",
-			per(cas[1]), per(cas[0]), per(kaf[1]), per(kaf[0]))
-	}
+	// The client and the servers share two cores: the stack is CPU-bound, and
+	// the ratio follows the CPU each side costs per row, its own and the
+	// servers'. Measured over the timed part of each pass only.
+	per := func(d time.Duration, passes int) float64 { return float64(d.Microseconds()) / float64(passes*n) }
+	b.Logf("CPU per row, sink passes: client %.1fµs, Cassandra %.1fµs, Kafka %.1fµs; plain passes: client %.1fµs, Cassandra %.1fµs, Kafka %.1fµs",
+		per(sinkCPU.client, rounds), per(sinkCPU.cassandra, rounds), per(sinkCPU.kafka, rounds),
+		per(plainCPU.client, rounds+1), per(plainCPU.cassandra, rounds+1), per(plainCPU.kafka, rounds+1))
 	b.ReportMetric(median(rates), "sink_rows/s")
 	b.ReportMetric(median(baselines), "baseline_gocql_loop_rows/s")
 	b.ReportMetric(100*median(ratios), "sink_%_of_baseline")
@@ -204,6 +198,22 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuTimes is CPU time used by this process and the stack's servers (zero
+// for a server whose pid is not found).
+type cpuTimes struct{ client, kafka, cassandra time.Duration }
+
+func cpuNow() cpuTimes {
+	return cpuTimes{cpuTime(), serverCPU("kafka"), serverCPU("cassandra")}
+}
+
+// add adds the time used since t to sum.
+func (t cpuTimes) add(sum *cpuTimes) {
+	now := cpuNow()
+	sum.client += now.client - t.client
+	sum.kafka += now.kafka - t.kafka
+	sum.cassandra += now.cassandra - t.cassandra
 }
 
 // serverCPU is the CPU time used so far by a server of the local stack
