@@ -27,6 +27,11 @@ type Writer interface {
 	ApplyMapped(ctx context.Context, t *transform.Table, ev *envelope.Event, row *transform.Row) error
 }
 
+// ErrRejected marks a write the target refused as invalid: retrying cannot
+// help, so the record goes to the dead-letter topic at once. A batch refused
+// so is split and its rows written one by one, so only the offending rows go.
+var ErrRejected = errors.New("rejected by the target")
+
 // Change is one upsert or delete of one row, stamped with its source version.
 type Change struct {
 	// Row is the upserted row; nil for a delete.
@@ -107,6 +112,23 @@ func (w *CassandraWriter) consistencyOf(t *transform.Table) gocql.Consistency {
 	return gocql.LocalQuorum
 }
 
+// classify marks the errors Cassandra or gocql return for a write that can
+// never succeed as it is: an invalid request (a value the column refuses, an
+// empty partition key), a syntax error, or a value gocql cannot marshal.
+// Cassandra's own messages do not say "invalid" ("Key may not be empty"), so
+// the error code decides, not the text.
+func classify(err error) error {
+	var re gocql.RequestError
+	var me gocql.MarshalError
+	switch {
+	case errors.As(err, &re) && (re.Code() == gocql.ErrCodeInvalid || re.Code() == gocql.ErrCodeSyntax):
+		return fmt.Errorf("%w (code %#x): %w", ErrRejected, re.Code(), err)
+	case errors.As(err, &me):
+		return fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	return err
+}
+
 func (w *CassandraWriter) query(t *transform.Table, stmt string, args ...any) *gocql.Query {
 	return w.s.Query(stmt, args...).Idempotent(true).Consistency(w.consistencyOf(t))
 }
@@ -124,7 +146,7 @@ func (w *CassandraWriter) Write(ctx context.Context, t *transform.Table, cs []Ch
 	if len(cs) == 1 {
 		stmt, args := w.args(t, cs[0])
 		if err := w.query(t, stmt, args...).ExecContext(ctx); err != nil {
-			return fmt.Errorf("sink: write %s: %w", t.QualifiedName(), err)
+			return fmt.Errorf("sink: write %s: %w", t.QualifiedName(), classify(err))
 		}
 		return nil
 	}
@@ -134,7 +156,7 @@ func (w *CassandraWriter) Write(ctx context.Context, t *transform.Table, cs []Ch
 		b.Entries = append(b.Entries, gocql.BatchEntry{Stmt: stmt, Args: args, Idempotent: true})
 	}
 	if err := b.ExecContext(ctx); err != nil {
-		return fmt.Errorf("sink: write batch of %d to %s: %w", len(cs), t.QualifiedName(), err)
+		return fmt.Errorf("sink: write batch of %d to %s: %w", len(cs), t.QualifiedName(), classify(err))
 	}
 	return nil
 }
@@ -175,7 +197,7 @@ func (w *CassandraWriter) ApplyMapped(ctx context.Context, t *transform.Table, e
 	}
 	q := fmt.Sprintf("INSERT INTO %s.%s (tbl, id, key, version) VALUES (?, ?, ?, ?) USING TIMESTAMP ?", t.Keyspace, KeyMapTable)
 	if err := w.query(t, q, t.Name, id, newKey, ts, ts).ExecContext(ctx); err != nil {
-		return fmt.Errorf("sink: write key map of %s: %w", t.QualifiedName(), err)
+		return fmt.Errorf("sink: write key map of %s: %w", t.QualifiedName(), classify(err))
 	}
 	return nil
 }

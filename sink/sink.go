@@ -706,11 +706,7 @@ func (s *Sink) retry(ctx context.Context, write func(context.Context) error) err
 // isInvalid reports errors that retrying cannot fix (the row is rejected).
 func isInvalid(err error) bool {
 	var ce *transform.ConvertError
-	if errors.As(err, &ce) {
-		return true
-	}
-	msg := err.Error()
-	return strings.Contains(msg, "Invalid") || strings.Contains(msg, "marshal")
+	return errors.Is(err, ErrRejected) || errors.As(err, &ce)
 }
 
 // deadLetter keeps a record that cannot be applied. If the dead-letter topic

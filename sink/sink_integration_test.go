@@ -6,7 +6,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,8 +65,9 @@ func bsonValue(t *testing.T, v any) bson.RawValue {
 }
 
 // runUntilCaughtUp runs a sink with a fresh group (so it reads the topic from
-// the start) until it has applied every record, then stops it.
-func runUntilCaughtUp(t *testing.T, m *transform.Mapping, s *gocql.Session, prefix string, want int64) {
+// the start) until it has applied every record, then stops it. reg, when not
+// nil, receives the sink's metrics.
+func runUntilCaughtUp(t *testing.T, m *transform.Mapping, s *gocql.Session, prefix string, want int64, reg prometheus.Registerer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -73,7 +77,7 @@ func runUntilCaughtUp(t *testing.T, m *transform.Mapping, s *gocql.Session, pref
 	}
 	sk, err := New(Config{Group: testbed.UniqueName(t, "g"), TopicPrefix: prefix},
 		Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Writer: w, Mapping: m,
-			Store: checkpointstest.New(), Logger: slog.Default()})
+			Store: checkpointstest.New(), Logger: slog.Default(), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +162,7 @@ func TestIntegrationSinkReplayIsIdempotent(t *testing.T) {
 	}
 	want := testbed.Expected(t, m, ns, finalDocs)
 	for pass := 1; pass <= 3; pass++ {
-		runUntilCaughtUp(t, m, s, prefix, int64(len(evs)))
+		runUntilCaughtUp(t, m, s, prefix, int64(len(evs)), nil)
 		got := testbed.Snapshot(t, s, m, ns)
 		if !bytes.Equal(got, want) {
 			gl, wl := bytes.Count(got, []byte{'\n'}), bytes.Count(want, []byte{'\n'})
@@ -169,5 +173,81 @@ func TestIntegrationSinkReplayIsIdempotent(t *testing.T) {
 	var stale int
 	if err := s.Query("SELECT count(*) FROM "+ks+".users_by_email WHERE email = ? ", "stale2@example.com").Scan(&stale); err != nil || stale != 0 {
 		t.Fatalf("older out-of-order version left a zombie row: %d %v", stale, err)
+	}
+}
+
+// TestIntegrationSinkDeadLettersWhatCassandraRejects writes users among which
+// one has an empty email, the partition key of users_by_email: Cassandra
+// refuses that row ("Key may not be empty"). The record must go to the
+// dead-letter topic at once, without retries, and every other row, including
+// the same user's users row, must be written.
+func TestIntegrationSinkDeadLettersWhatCassandraRejects(t *testing.T) {
+	s := testbed.Cassandra(t)
+	adm := testbed.KafkaAdmin(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	prefix := testbed.UniqueName(t, "sink")
+	ns := "shop.users"
+	topic := prefix + "." + ns
+	testbed.CreateTopic(t, adm, topic, 1)
+	ks := testbed.UniqueName(t, "ks")
+	m, _ := testbed.UsersMapping(t, s, ns, ks)
+	const n, bad = 20, 7
+	var evs []event
+	var docs []bson.Raw
+	for i := int64(0); i < n; i++ {
+		email := fmt.Sprintf("u%d@example.com", i)
+		if i == bad {
+			email = ""
+		}
+		d := userDoc(i, email, 1, true)
+		evs = append(evs, event{envelope.OpInsert, i, envelope.Version{T: 1000, I: uint32(i)}, d})
+		raw, _ := bson.Marshal(d)
+		docs = append(docs, raw)
+	}
+	prod, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	produce(t, ctx, prod, topic, ns, evs)
+	reg := prometheus.NewRegistry()
+	runUntilCaughtUp(t, m, s, prefix, n, reg)
+
+	rd, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...), kgo.ConsumeTopics(envelope.DeadLetterTopic(prefix)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	fs := rd.PollFetches(ctx)
+	if err := fs.Err0(); err != nil {
+		t.Fatal(err)
+	}
+	var dead []envelope.DeadLetter
+	fs.EachRecord(func(r *kgo.Record) {
+		d, err := envelope.DecodeDeadLetter(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead = append(dead, d)
+	})
+	if len(dead) != 1 || dead[0].Offset != bad || dead[0].Stage != "sink" ||
+		!strings.Contains(dead[0].Reason, "rejected") || !strings.Contains(dead[0].Reason, "Key may not be empty") {
+		t.Fatalf("dead letters %+v; want one, for offset %d, saying Cassandra rejected it", dead, bad)
+	}
+	if got := counterValue(t, reg, "tidemark_sink_retries_total", ""); got != 0 {
+		t.Fatalf("%v retries: a write Cassandra rejects as invalid must not be retried", got)
+	}
+	// Everything else is there: the expected rows minus the refused one.
+	rows := bytes.Split(testbed.Expected(t, m, ns, docs), []byte{'\n'})
+	refused := bytes.Split(testbed.Expected(t, m, ns, docs[bad:bad+1]), []byte{'\n'})
+	if len(refused) != 2 {
+		t.Fatalf("the bad document maps to %d rows, want 2", len(refused))
+	}
+	gone := refused[slices.IndexFunc(refused, func(r []byte) bool { return bytes.HasPrefix(r, []byte("users_by_email|")) })]
+	want := bytes.Join(slices.DeleteFunc(rows, func(r []byte) bool { return bytes.Equal(r, gone) }), []byte{'\n'})
+	if got := testbed.Snapshot(t, s, m, ns); !bytes.Equal(got, want) {
+		t.Fatalf("Cassandra differs from the transform of the source less the refused row; first difference:\n got %q\nwant %q",
+			testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
 	}
 }
