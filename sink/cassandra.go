@@ -32,6 +32,12 @@ type Writer interface {
 // so is split and its rows written one by one, so only the offending rows go.
 var ErrRejected = errors.New("rejected by the target")
 
+// ErrTargetBroken marks an error that no row causes and no retry fixes: a
+// table, keyspace or column is gone, or the sink may not write. The sink stops
+// with nothing past the failed write committed, rather than dead-letter every
+// record; it resumes there once the target is fixed.
+var ErrTargetBroken = errors.New("the target refuses every write")
+
 // Change is one upsert or delete of one row, stamped with its source version.
 type Change struct {
 	// Row is the upserted row; nil for a delete.
@@ -113,20 +119,39 @@ func (w *CassandraWriter) consistencyOf(t *transform.Table) gocql.Consistency {
 }
 
 // classify marks the errors Cassandra or gocql return for a write that can
-// never succeed as it is: an invalid request (a value the column refuses, an
-// empty partition key), a syntax error, or a value gocql cannot marshal.
-// Cassandra's own messages do not say "invalid" ("Key may not be empty"), so
-// the error code decides, not the text.
+// never succeed as it is. Cassandra gives one code (invalid request) both to a
+// row it refuses ("Key may not be empty") and to a table, keyspace or column
+// that is gone, so the message tells those apart: a refused row is
+// dead-lettered, a missing table would otherwise dead-letter every record.
 func classify(err error) error {
 	var re gocql.RequestError
 	var me gocql.MarshalError
 	switch {
-	case errors.As(err, &re) && (re.Code() == gocql.ErrCodeInvalid || re.Code() == gocql.ErrCodeSyntax):
-		return fmt.Errorf("%w (code %#x): %w", ErrRejected, re.Code(), err)
+	case errors.As(err, &re):
+		switch re.Code() {
+		case gocql.ErrCodeUnauthorized, gocql.ErrCodeCredentials, gocql.ErrCodeConfig:
+			return fmt.Errorf("%w (code %#x): %w", ErrTargetBroken, re.Code(), err)
+		case gocql.ErrCodeInvalid, gocql.ErrCodeSyntax:
+			if schemaGone(re.Message()) {
+				return fmt.Errorf("%w (code %#x): %w", ErrTargetBroken, re.Code(), err)
+			}
+			return fmt.Errorf("%w (code %#x): %w", ErrRejected, re.Code(), err)
+		}
 	case errors.As(err, &me):
 		return fmt.Errorf("%w: %w", ErrRejected, err)
 	}
 	return err
+}
+
+// schemaGone recognises Cassandra's messages (4.x and 5.0) for a table,
+// keyspace or column that does not exist.
+func schemaGone(msg string) bool {
+	for _, s := range []string{"does not exist", "Undefined column name", "unconfigured table", "Unknown identifier"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *CassandraWriter) query(t *transform.Table, stmt string, args ...any) *gocql.Query {

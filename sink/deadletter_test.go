@@ -261,3 +261,81 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) fl
 	t.Fatalf("no series %s{%s}", name, label)
 	return 0
 }
+
+// brokenWriter stands in for a target whose table was dropped.
+type brokenWriter struct{}
+
+func (brokenWriter) Write(context.Context, *transform.Table, []Change) error {
+	return fmt.Errorf("sink: write app.items: %w: table items does not exist", ErrTargetBroken)
+}
+
+func (brokenWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Event, *transform.Row) error {
+	return errors.New("no key-map table in this spec")
+}
+
+// TestSinkStopsWhenTheTargetIsBroken: when no write can succeed (the table is
+// gone), the sink stops with the cause instead of dead-lettering every
+// record, and records nothing as applied.
+func TestSinkStopsWhenTheTargetIsBroken(t *testing.T) {
+	m, err := transform.Parse([]byte(`
+version: "t1"
+collections:
+  - namespace: app.items
+    tables:
+      - keyspace: app
+        table: items
+        partition_key: [id]
+        columns:
+          - {name: id, type: bigint, from: _id}
+          - {name: v, type: int, from: v}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "tidemark.app.items"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl, err := kgo.NewClient(brokers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := range 10 {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "tidemark.app.items", Value: itemRecord(t, int64(i), int32(i))}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	sk, err := New(Config{Group: "g", RetryBackoff: time.Millisecond}, Deps{KafkaOpts: []kgo.Opt{brokers}, Writer: brokenWriter{}, Mapping: m,
+		Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	err = sk.Run(ctx)
+	if !errors.Is(err, ErrTargetBroken) || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("Run returned %v, want the broken target's error", err)
+	}
+	for _, l := range sk.Lag() {
+		if l.Committed > 0 {
+			t.Fatalf("partition %d recorded %d as applied though no write succeeded", l.Partition, l.Committed)
+		}
+	}
+	if got := counterValue(t, reg, "tidemark_sink_retries_total", ""); got != 0 {
+		t.Fatalf("%v retries of a write no retry can fix", got)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "tidemark_sink_dead_letters_total" && len(mf.GetMetric()) > 0 {
+			t.Fatalf("records were dead-lettered: %v", mf.GetMetric())
+		}
+	}
+}

@@ -621,6 +621,9 @@ func (s *Sink) writeGroup(ctx context.Context, g *group) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if errors.Is(err, ErrTargetBroken) {
+		return err
+	}
 	if len(g.changes) > 1 && isInvalid(err) {
 		for i := range g.changes {
 			one := &group{table: g.table, changes: g.changes[i : i+1], items: g.items[i : i+1]}
@@ -652,6 +655,9 @@ func (s *Sink) applyMapped(ctx context.Context, it *item) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, ErrTargetBroken) {
+			return err
 		}
 		if err := s.giveUp(ctx, it, err); err != nil {
 			return err
@@ -689,7 +695,7 @@ func (s *Sink) retry(ctx context.Context, write func(context.Context) error) err
 		start := time.Now()
 		err := write(ctx)
 		s.lim.release(time.Since(start), err)
-		if err == nil || ctx.Err() != nil || isInvalid(err) || attempt >= s.cfg.Retries {
+		if err == nil || ctx.Err() != nil || isInvalid(err) || errors.Is(err, ErrTargetBroken) || attempt >= s.cfg.Retries {
 			return err
 		}
 		s.met.retries.Inc()

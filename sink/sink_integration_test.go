@@ -5,8 +5,8 @@ package sink
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"slices"
 	"strings"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
@@ -69,15 +71,21 @@ func bsonValue(t *testing.T, v any) bson.RawValue {
 // nil, receives the sink's metrics.
 func runUntilCaughtUp(t *testing.T, m *transform.Mapping, s *gocql.Session, prefix string, want int64, reg prometheus.Registerer) {
 	t.Helper()
+	runUntilCaughtUpGroup(t, m, s, prefix, testbed.UniqueName(t, "g"), checkpointstest.New(), want, reg)
+}
+
+// runUntilCaughtUpGroup is runUntilCaughtUp for a given group and store.
+func runUntilCaughtUpGroup(t *testing.T, m *transform.Mapping, s *gocql.Session, prefix, group string, store checkpoints.Store, want int64, reg prometheus.Registerer) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	w, err := NewCassandraWriter(ctx, s, m, "ONE")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sk, err := New(Config{Group: testbed.UniqueName(t, "g"), TopicPrefix: prefix},
+	sk, err := New(Config{Group: group, TopicPrefix: prefix},
 		Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Writer: w, Mapping: m,
-			Store: checkpointstest.New(), Logger: slog.Default(), Registerer: reg})
+			Store: store, Logger: slog.Default(), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,6 +256,84 @@ func TestIntegrationSinkDeadLettersWhatCassandraRejects(t *testing.T) {
 	want := bytes.Join(slices.DeleteFunc(rows, func(r []byte) bool { return bytes.Equal(r, gone) }), []byte{'\n'})
 	if got := testbed.Snapshot(t, s, m, ns); !bytes.Equal(got, want) {
 		t.Fatalf("Cassandra differs from the transform of the source less the refused row; first difference:\n got %q\nwant %q",
+			testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
+	}
+}
+
+// TestIntegrationSinkStopsWhenATableIsGone drops users_by_email before the
+// sink runs: Cassandra answers every write to it with "table ... does not
+// exist". The sink must stop with that cause, commit nothing and dead-letter
+// nothing; once the table is back, a new sink writes everything.
+func TestIntegrationSinkStopsWhenATableIsGone(t *testing.T) {
+	s := testbed.Cassandra(t)
+	adm := testbed.KafkaAdmin(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	prefix := testbed.UniqueName(t, "sink")
+	ns := "shop.users"
+	topic := prefix + "." + ns
+	testbed.CreateTopic(t, adm, topic, 1)
+	ks := testbed.UniqueName(t, "ks")
+	m, _ := testbed.UsersMapping(t, s, ns, ks)
+	const n = 20
+	var evs []event
+	var docs []bson.Raw
+	for i := int64(0); i < n; i++ {
+		d := userDoc(i, fmt.Sprintf("u%d@example.com", i), 1, true)
+		evs = append(evs, event{envelope.OpInsert, i, envelope.Version{T: 1000, I: uint32(i)}, d})
+		raw, _ := bson.Marshal(d)
+		docs = append(docs, raw)
+	}
+	prod, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	produce(t, ctx, prod, topic, ns, evs)
+	if err := s.Query("DROP TABLE " + ks + ".users_by_email").Exec(); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewCassandraWriter(ctx, s, m, "ONE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	group := testbed.UniqueName(t, "g")
+	store := checkpointstest.New()
+	sk, err := New(Config{Group: group, TopicPrefix: prefix},
+		Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Writer: w, Mapping: m, Store: store,
+			Logger: slog.Default(), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = sk.Run(ctx)
+	lag := sk.Lag()
+	sk.Close()
+	if !errors.Is(err, ErrTargetBroken) || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("Run returned %v; want it to stop on the missing table", err)
+	}
+	for _, l := range lag {
+		if l.Committed > 0 {
+			t.Fatalf("partition %d recorded %d as applied with a table missing", l.Partition, l.Committed)
+		}
+	}
+	if got := counterValue(t, reg, "tidemark_sink_retries_total", ""); got != 0 {
+		t.Fatalf("%v retries of writes to a missing table", got)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "tidemark_sink_dead_letters_total" && len(mf.GetMetric()) > 0 {
+			t.Fatalf("records were dead-lettered because a table was missing: %v", mf.GetMetric())
+		}
+	}
+	// Put the table back: the same group resumes and nothing was lost.
+	testbed.UsersSchema(t, s, ks)
+	runUntilCaughtUpGroup(t, m, s, prefix, group, store, n, nil)
+	if got, want := testbed.Snapshot(t, s, m, ns), testbed.Expected(t, m, ns, docs); !bytes.Equal(got, want) {
+		t.Fatalf("after the table came back Cassandra differs from the source; first difference:\n got %q\nwant %q",
 			testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
 	}
 }
