@@ -48,48 +48,67 @@ func singleTableMapping(b *testing.B, s *gocql.Session, ns, ks string) *transfor
 	return m
 }
 
-// BenchmarkSink measures rows/s from a Kafka topic into the local Cassandra
-// through the sink (fetch, decode, transform, throttle, write, commit), next
-// to the practical ceiling: a plain gocql loop with the same concurrency
-// writing the same, already transformed rows with the same statement, in the
-// same run.
-func BenchmarkSink(b *testing.B) {
-	const n, partitions = 20_000, 6
-	s := testbed.Cassandra(b)
-	brokers := testbed.Kafka(b)
-	ctx := context.Background()
-	ns := testbed.UniqueName(b, "bench") + ".users"
-	ks := testbed.UniqueName(b, "ks")
-	m := singleTableMapping(b, s, ns, ks)
-	prefix := testbed.UniqueName(b, "bench")
-	topic := prefix + "." + ns
-	testbed.CreateTopic(b, testbed.KafkaAdmin(b), topic, partitions)
+// benchTopic is a 6-partition capture topic holding the inserts of n users,
+// and a keyspace with the users table (singleTableMapping).
+type benchTopic struct {
+	s          *gocql.Session
+	brokers    []string
+	m          *transform.Mapping
+	ns, prefix string
+	docs       []bson.Raw
+	versions   []envelope.Version
+}
 
+func newBenchTopic(b *testing.B, n int) *benchTopic {
+	b.Helper()
+	bt := &benchTopic{s: testbed.Cassandra(b), brokers: testbed.Kafka(b), ns: testbed.UniqueName(b, "bench") + ".users", prefix: testbed.UniqueName(b, "bench")}
+	bt.m = singleTableMapping(b, bt.s, bt.ns, testbed.UniqueName(b, "ks"))
+	topic := bt.prefix + "." + bt.ns
+	testbed.CreateTopic(b, testbed.KafkaAdmin(b), topic, 6)
 	recs := make([]*kgo.Record, n)
-	rows := make([]transform.Row, n)
-	versions := make([]int64, n)
 	for i := range recs {
-		doc, _ := bson.Marshal(userDoc(int64(i), fmt.Sprintf("u%d@x.org", i), i, true))
-		ev := envelope.Event{Op: envelope.OpInsert, Namespace: ns, ID: bson.Raw(doc).Lookup("_id"),
+		doc, err := bson.Marshal(userDoc(int64(i), fmt.Sprintf("u%d@x.org", i), i, true))
+		if err != nil {
+			b.Fatal(err)
+		}
+		ev := envelope.Event{Op: envelope.OpInsert, Namespace: bt.ns, ID: bson.Raw(doc).Lookup("_id"),
 			Version: envelope.Version{T: 1_700_000_000, I: uint32(i + 1)}, Doc: doc}
 		v, err := envelope.Encode(nil, &ev)
 		if err != nil {
 			b.Fatal(err)
 		}
 		recs[i] = &kgo.Record{Topic: topic, Key: ev.Key(), Value: v}
-		r, err := m.Apply(ns, doc)
-		if err != nil || len(r) != 1 {
-			b.Fatalf("transform: %v", err)
-		}
-		rows[i], versions[i] = r[0], ev.Version.Micros()
+		bt.docs, bt.versions = append(bt.docs, doc), append(bt.versions, ev.Version)
 	}
-	pcl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	pcl, err := kgo.NewClient(kgo.SeedBrokers(bt.brokers...))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer pcl.Close()
-	if err := pcl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+	if err := pcl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
 		b.Fatal(err)
+	}
+	return bt
+}
+
+// BenchmarkSink measures rows/s from a Kafka topic into the local Cassandra
+// through the sink (fetch, decode, transform, throttle, write, commit), next
+// to the practical ceiling: a plain gocql loop with the same concurrency
+// writing the same, already transformed rows with the same statement, in the
+// same run.
+func BenchmarkSink(b *testing.B) {
+	const n = 20_000
+	bt := newBenchTopic(b, n)
+	s, brokers, m, ns, prefix := bt.s, bt.brokers, bt.m, bt.ns, bt.prefix
+	ctx := context.Background()
+	rows := make([]transform.Row, n)
+	versions := make([]int64, n)
+	for i, doc := range bt.docs {
+		r, err := m.Apply(ns, doc)
+		if err != nil || len(r) != 1 {
+			b.Fatalf("transform: %v", err)
+		}
+		rows[i], versions[i] = r[0], bt.versions[i].Micros()
 	}
 
 	// Baseline: the same INSERT the sink prepares, from benchInFlight

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -12,16 +11,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/transform"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.mongodb.org/mongo-driver/bson"
 )
 
 // pickyWriter refuses some ids as invalid, times out on others for ever,
-// and keeps what it accepted.
+// and keeps what it accepted. Rows are [bucket, id, v].
 type pickyWriter struct {
 	rejected, timesOut map[int64]bool
 	mu                 sync.Mutex
@@ -30,20 +26,18 @@ type pickyWriter struct {
 }
 
 func (w *pickyWriter) Write(_ context.Context, _ *transform.Table, cs []Change) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for _, c := range cs {
 		id := c.Row.Values[1].(int64)
 		if w.rejected[id] {
-			w.mu.Lock()
 			w.refused = append(w.refused, len(cs))
-			w.mu.Unlock()
 			return fmt.Errorf("sink: write: %w: Key may not be empty", ErrRejected)
 		}
 		if w.timesOut[id] {
 			return errors.New("sink: write: Operation timed out - received only 0 responses")
 		}
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	for _, c := range cs {
 		w.written[c.Row.Values[1].(int64)] = true
 	}
@@ -54,112 +48,23 @@ func (w *pickyWriter) ApplyMapped(context.Context, *transform.Table, *envelope.E
 	return errors.New("no key-map table in this spec")
 }
 
-// deadLetterFixture runs a sink with a picky writer over records made by
-// value(i) for i in [0, n), on one partition, until it has applied them all.
-func deadLetterFixture(t *testing.T, buckets, n int, value func(t *testing.T, i int) []byte, w *pickyWriter) (*prometheus.Registry, []envelope.DeadLetter, []*kgo.Record) {
+// runPicky runs a sink with w over recs on one partition of a table with
+// buckets Cassandra partitions until it has moved past every record, and
+// returns its metrics and the dead letters, by offset.
+func runPicky(t *testing.T, buckets int, recs []*kgo.Record, w *pickyWriter) (*prometheus.Registry, []envelope.DeadLetter) {
 	t.Helper()
-	m, err := transform.Parse(fmt.Appendf(nil, `
-version: "t1"
-collections:
-  - namespace: app.items
-    tables:
-      - keyspace: app
-        table: items
-        partition_key: [bucket]
-        clustering_key: [id]
-        columns:
-          - {name: bucket, type: int, compute: hash_bucket, args: [_id], buckets: %d}
-          - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-`, buckets))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "tidemark.app.items"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
+	brokers := kfakeTopic(t, 1, recs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cl, err := kgo.NewClient(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	var recs []*kgo.Record
-	for i := range n {
-		recs = append(recs, &kgo.Record{Topic: "tidemark.app.items", Key: fmt.Appendf(nil, "k%d", i), Value: value(t, i)})
-	}
-	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
-	sk, err := New(Config{Group: "g", Retries: 2, RetryBackoff: time.Millisecond},
-		Deps{KafkaOpts: []kgo.Opt{brokers}, Writer: w, Mapping: m, Store: checkpointstest.New(),
-			Logger: slog.New(slog.DiscardHandler), Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sk := newItemsSink(t, brokers, Config{Group: "g", Retries: 2, RetryBackoff: time.Millisecond}, w, itemsMapping(t, buckets), reg)
 	defer sk.Close()
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { sk.Run(sctx); close(done) }()
-	defer func() { stop(); <-done }()
-	for {
-		if l := sk.Lag(); len(l) == 1 && l[0].Committed == int64(n) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the sink did not move past every record: %+v", sk.Lag())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	// Every dead letter was produced before its offset counted as applied,
-	// so a reader started now sees them all.
-	rd, err := kgo.NewClient(brokers, kgo.ConsumeTopics(envelope.DeadLetterTopic("tidemark")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	var dead []envelope.DeadLetter
-	for {
-		fs := rd.PollFetches(ctx)
-		if err := fs.Err0(); err != nil {
-			t.Fatal(err)
-		}
-		fs.EachRecord(func(r *kgo.Record) {
-			d, err := envelope.DecodeDeadLetter(r.Value)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dead = append(dead, d)
-		})
-		hw := int64(-1)
-		fs.EachPartition(func(p kgo.FetchTopicPartition) { hw = p.HighWatermark })
-		if hw >= 0 && int64(len(dead)) >= hw {
-			break
-		}
-	}
+	stop := runSink(ctx, sk)
+	defer stop()
+	waitApplied(t, ctx, sk, int64(len(recs)))
+	dead := readDeadLetters(t, ctx, brokers, "tidemark")
 	slices.SortFunc(dead, func(a, b envelope.DeadLetter) int { return int(a.Offset - b.Offset) })
-	return reg, dead, recs
-}
-
-func itemRecord(t *testing.T, id int64, v any) []byte {
-	t.Helper()
-	doc, err := bson.Marshal(bson.D{{Key: "_id", Value: id}, {Key: "v", Value: v}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.items", ID: bson.Raw(doc).Lookup("_id"),
-		Version: envelope.Version{T: 100, I: uint32(id + 1)}, Doc: doc}
-	b, err := envelope.Encode(nil, &ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return reg, dead
 }
 
 // TestSinkDeadLettersAndMovesOn feeds a malformed record, a document the
@@ -168,17 +73,21 @@ func itemRecord(t *testing.T, id int64, v any) []byte {
 // with its stage, a reason and its offset, exactly once; every good row is
 // written; the partition moves past all of them; and the counters agree.
 func TestSinkDeadLettersAndMovesOn(t *testing.T) {
-	w := &pickyWriter{rejected: map[int64]bool{7: true}, timesOut: map[int64]bool{8: true}, written: map[int64]bool{}}
-	// One bucket per row would batch nothing: 1,000 buckets keep these ten apart.
-	reg, dead, recs := deadLetterFixture(t, 1000, 10, func(t *testing.T, i int) []byte {
+	var recs []*kgo.Record
+	for i := range 10 {
+		r := itemRecord(t, int64(i), int32(i), uint32(i+1))
 		switch i {
 		case 3:
-			return []byte("not an envelope")
+			r.Value = []byte("not an envelope")
 		case 5:
-			return itemRecord(t, int64(i), "five") // v must be an int
+			r = itemRecord(t, int64(i), "five", uint32(i+1)) // v must be an int
 		}
-		return itemRecord(t, int64(i), int32(i))
-	}, w)
+		r.Key = fmt.Appendf(nil, "k%d", i)
+		recs = append(recs, r)
+	}
+	w := &pickyWriter{rejected: map[int64]bool{7: true}, timesOut: map[int64]bool{8: true}, written: map[int64]bool{}}
+	// With 1,000 buckets these ten rows are written one by one.
+	reg, dead := runPicky(t, 1000, recs, w)
 
 	want := []struct {
 		offset       int64
@@ -190,7 +99,7 @@ func TestSinkDeadLettersAndMovesOn(t *testing.T) {
 		{8, "sink", "timed out"},
 	}
 	if len(dead) != len(want) {
-		t.Fatalf("%d dead letters, want %d: %+v; written %v", len(dead), len(want), dead, w.written)
+		t.Fatalf("%d dead letters, want %d: %+v", len(dead), len(want), dead)
 	}
 	for i, wl := range want {
 		d := dead[i]
@@ -198,7 +107,7 @@ func TestSinkDeadLettersAndMovesOn(t *testing.T) {
 			t.Errorf("dead letter %d: offset %d, stage %q, reason %q; want offset %d, stage %q, a reason naming %q",
 				i, d.Offset, d.Stage, d.Reason, wl.offset, wl.stage, wl.cause)
 		}
-		if d.Topic != "tidemark.app.items" || string(d.Record) != string(recs[wl.offset].Value) || string(d.Key) != string(recs[wl.offset].Key) {
+		if d.Topic != itemsTopic || string(d.Record) != string(recs[wl.offset].Value) || string(d.Key) != string(recs[wl.offset].Key) {
 			t.Errorf("dead letter %d does not carry the original record: topic %q key %q", i, d.Topic, d.Key)
 		}
 	}
@@ -226,8 +135,12 @@ func TestSinkDeadLettersAndMovesOn(t *testing.T) {
 // 49 good rows of the same Cassandra partition: only that row may go to the
 // dead-letter topic.
 func TestSinkSplitsRejectedBatch(t *testing.T) {
+	var recs []*kgo.Record
+	for i := range 50 {
+		recs = append(recs, itemRecord(t, int64(i), int32(i), uint32(i+1)))
+	}
 	w := &pickyWriter{rejected: map[int64]bool{13: true}, written: map[int64]bool{}}
-	_, dead, _ := deadLetterFixture(t, 1, 50, func(t *testing.T, i int) []byte { return itemRecord(t, int64(i), int32(i)) }, w)
+	_, dead := runPicky(t, 1, recs, w)
 	if len(dead) != 1 || dead[0].Offset != 13 || !strings.Contains(dead[0].Reason, "rejected") {
 		t.Fatalf("dead letters %+v, want only offset 13, rejected", dead)
 	}
@@ -238,28 +151,6 @@ func TestSinkSplitsRejectedBatch(t *testing.T) {
 	if !slices.Equal(w.refused, []int{50, 1}) {
 		t.Fatalf("writes refused, by size: %v; want the batch of 50, then row 13 alone", w.refused)
 	}
-}
-
-// counterValue reads one series of a registered counter (label value "" for
-// an unlabelled counter).
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label == "" || (len(m.GetLabel()) > 0 && m.GetLabel()[0].GetValue() == label) {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no series %s{%s}", name, label)
-	return 0
 }
 
 // brokenWriter stands in for a target whose table was dropped.
@@ -277,65 +168,16 @@ func (brokenWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Eve
 // gone), the sink stops with the cause instead of dead-lettering every
 // record, and records nothing as applied.
 func TestSinkStopsWhenTheTargetIsBroken(t *testing.T) {
-	m, err := transform.Parse([]byte(`
-version: "t1"
-collections:
-  - namespace: app.items
-    tables:
-      - keyspace: app
-        table: items
-        partition_key: [id]
-        columns:
-          - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-`))
-	if err != nil {
-		t.Fatal(err)
+	var recs []*kgo.Record
+	for i := range 10 {
+		recs = append(recs, itemRecord(t, int64(i), int32(i), uint32(i+1)))
 	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "tidemark.app.items"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
+	brokers := kfakeTopic(t, 1, recs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cl, err := kgo.NewClient(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	for i := range 10 {
-		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "tidemark.app.items", Value: itemRecord(t, int64(i), int32(i))}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	reg := prometheus.NewRegistry()
-	sk, err := New(Config{Group: "g", RetryBackoff: time.Millisecond}, Deps{KafkaOpts: []kgo.Opt{brokers}, Writer: brokenWriter{}, Mapping: m,
-		Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler), Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sk := newItemsSink(t, brokers, Config{Group: "g", RetryBackoff: time.Millisecond}, brokenWriter{}, itemsMapping(t, 0), reg)
 	defer sk.Close()
-	err = sk.Run(ctx)
-	if !errors.Is(err, ErrTargetBroken) || !strings.Contains(err.Error(), "does not exist") {
-		t.Fatalf("Run returned %v, want the broken target's error", err)
-	}
-	for _, l := range sk.Lag() {
-		if l.Committed > 0 {
-			t.Fatalf("partition %d recorded %d as applied though no write succeeded", l.Partition, l.Committed)
-		}
-	}
-	if got := counterValue(t, reg, "tidemark_sink_retries_total", ""); got != 0 {
-		t.Fatalf("%v retries of a write no retry can fix", got)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "tidemark_sink_dead_letters_total" && len(mf.GetMetric()) > 0 {
-			t.Fatalf("records were dead-lettered: %v", mf.GetMetric())
-		}
-	}
+	err := sk.Run(ctx)
+	checkStoppedOnBrokenTarget(t, err, sk.Lag(), reg)
 }

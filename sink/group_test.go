@@ -3,25 +3,22 @@ package sink
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/transform"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.mongodb.org/mongo-driver/bson"
 )
 
 // recordingWriter keeps every batch it is given, as the target would hold it.
+// col is the row value holding the id.
 type recordingWriter struct {
+	col     int
 	mu      sync.Mutex
 	batches [][]Change
-	rows    map[string]int64 // id -> version of the newest upsert
+	rows    map[int64]int64 // id -> version of the newest upsert
 }
 
 func (w *recordingWriter) Write(_ context.Context, t *transform.Table, cs []Change) error {
@@ -29,7 +26,7 @@ func (w *recordingWriter) Write(_ context.Context, t *transform.Table, cs []Chan
 	defer w.mu.Unlock()
 	w.batches = append(w.batches, cs)
 	for _, c := range cs {
-		id := fmt.Sprint(c.Row.Values[1])
+		id := c.Row.Values[w.col].(int64)
 		if c.Version > w.rows[id] {
 			w.rows[id] = c.Version
 		}
@@ -47,73 +44,19 @@ func (w *recordingWriter) ApplyMapped(context.Context, *transform.Table, *envelo
 // than rows), and that every document's newest version was written.
 func TestSinkBatchesByCassandraPartition(t *testing.T) {
 	const n = 200
-	m, err := transform.Parse([]byte(`
-version: "t1"
-collections:
-  - namespace: app.items
-    tables:
-      - keyspace: app
-        table: items_by_bucket
-        partition_key: [bucket]
-        clustering_key: [id]
-        columns:
-          - {name: bucket, type: int, compute: hash_bucket, args: [_id], buckets: 2}
-          - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-`))
-	if err != nil {
-		t.Fatal(err)
+	var recs []*kgo.Record
+	for i := range n {
+		recs = append(recs, itemRecord(t, int64(i%150), int32(i), uint32(i+1)))
 	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "tidemark.app.items"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
+	brokers := kfakeTopic(t, 1, recs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prod, err := kgo.NewClient(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
-	var recs []*kgo.Record
-	for i := 0; i < n; i++ {
-		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: int64(i % 150)}, {Key: "v", Value: int32(i)}})
-		ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.items", ID: bson.Raw(doc).Lookup("_id"),
-			Version: envelope.Version{T: 100, I: uint32(i + 1)}, Doc: doc}
-		b, err := envelope.Encode(nil, &ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, &kgo.Record{Topic: "tidemark.app.items", Key: ev.Key(), Value: b})
-	}
-	if err := prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
-	w := &recordingWriter{rows: map[string]int64{}}
-	sk, err := New(Config{Group: "g"}, Deps{KafkaOpts: []kgo.Opt{brokers}, Writer: w, Mapping: m,
-		Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := &recordingWriter{col: 1, rows: map[int64]int64{}}
+	sk := newItemsSink(t, brokers, Config{Group: "g"}, w, itemsMapping(t, 2), nil)
 	defer sk.Close()
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { sk.Run(sctx); close(done) }()
-	for {
-		l := sk.Lag()
-		if len(l) == 1 && l[0].Committed == n {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("sink did not apply %d records: %+v", n, l)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	stop := runSink(ctx, sk)
+	waitApplied(t, ctx, sk, n)
 	stop()
-	<-done
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -132,12 +75,12 @@ collections:
 	if len(w.batches) > n/10 {
 		t.Fatalf("%d writes for %d rows in two partitions: rows were not grouped", len(w.batches), n)
 	}
-	for i := 0; i < 150; i++ {
+	for i := range 150 {
 		newest := i + 1
 		if i < n-150 {
 			newest = i + 150 + 1
 		}
-		if got, want := w.rows[fmt.Sprint(int64(i))], (envelope.Version{T: 100, I: uint32(newest)}).Micros(); got != want {
+		if got, want := w.rows[int64(i)], (envelope.Version{T: 100, I: uint32(newest)}).Micros(); got != want {
 			t.Fatalf("id %d: newest version written %d, want %d", i, got, want)
 		}
 	}
@@ -165,57 +108,21 @@ func (w *blockingWriter) ApplyMapped(ctx context.Context, t *transform.Table, _ 
 // recorded as applied.
 func TestSinkStopsWithWritesQueued(t *testing.T) {
 	const partitions, perPartition = 4, 50
-	m, err := transform.Parse([]byte(`
-version: "t1"
-collections:
-  - namespace: app.items
-    tables:
-      - keyspace: app
-        table: items
-        partition_key: [id]
-        columns:
-          - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, "tidemark.app.items"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	prod, err := kgo.NewClient(brokers, kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
 	var recs []*kgo.Record
 	for i := range partitions * perPartition {
-		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: int64(i)}, {Key: "v", Value: int32(i)}})
-		ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.items", ID: bson.Raw(doc).Lookup("_id"),
-			Version: envelope.Version{T: 100, I: uint32(i + 1)}, Doc: doc}
-		b, err := envelope.Encode(nil, &ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, &kgo.Record{Topic: "tidemark.app.items", Partition: int32(i % partitions), Key: ev.Key(), Value: b})
+		r := itemRecord(t, int64(i), int32(i), uint32(i+1))
+		r.Partition = int32(i % partitions)
+		recs = append(recs, r)
 	}
-	if err := prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
+	brokers := kfakeTopic(t, partitions, recs)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := itemsMapping(t, 0)
 	w := &blockingWriter{started: make(chan struct{}, 1)}
 	// Which of a worker's two ready cases Go picks is random: repeat.
 	for i := range 5 {
 		// Sixteen writes may be outstanding but only four run: the rest queue.
-		sk, err := New(Config{Group: fmt.Sprintf("g%d", i), Concurrency: 4, MaxInFlight: 4}, Deps{KafkaOpts: []kgo.Opt{brokers},
-			Writer: w, Mapping: m, Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		sk := newItemsSink(t, brokers, Config{Group: fmt.Sprintf("g%d", i), Concurrency: 4, MaxInFlight: 4}, w, m, nil)
 		sctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { sk.Run(sctx); close(done) }()
@@ -244,29 +151,17 @@ collections:
 	}
 }
 
-// slowingWriter answers in 5 ms, or, while slow, in 2 ms per write in
-// flight: a Cassandra that drowns when pushed harder.
+// slowingWriter is a slowTarget answering in 5 ms when not slow, as a
+// Writer that keeps the ids it wrote.
 type slowingWriter struct {
-	slow     atomic.Bool
-	inflight atomic.Int64
-	peak     atomic.Int64 // since the last reset
-	mu       sync.Mutex
-	seen     map[int64]bool
+	slowTarget
+	mu   sync.Mutex
+	seen map[int64]bool
 }
 
 func (w *slowingWriter) Write(ctx context.Context, _ *transform.Table, cs []Change) error {
-	n := w.inflight.Add(1)
-	defer w.inflight.Add(-1)
-	for p := w.peak.Load(); n > p && !w.peak.CompareAndSwap(p, n); p = w.peak.Load() {
-	}
-	d := 5 * time.Millisecond
-	if w.slow.Load() {
-		d = time.Duration(n) * 2 * time.Millisecond
-	}
-	select {
-	case <-time.After(d):
-	case <-ctx.Done():
-		return ctx.Err()
+	if _, err := w.write(ctx); err != nil {
+		return err
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -286,61 +181,22 @@ func (w *slowingWriter) ApplyMapped(context.Context, *transform.Table, *envelope
 // and still write every record.
 func TestSinkThrottlesSlowTarget(t *testing.T) {
 	const partitions, n = 4, 6000
-	m, err := transform.Parse([]byte(`
-version: "t1"
-collections:
-  - namespace: app.items
-    tables:
-      - keyspace: app
-        table: items
-        partition_key: [id]
-        columns:
-          - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, "tidemark.app.items"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	brokers := kgo.SeedBrokers(c.ListenAddrs()...)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	prod, err := kgo.NewClient(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
 	var recs []*kgo.Record
 	for i := range n {
-		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: int64(i)}, {Key: "v", Value: int32(i)}})
-		ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.items", ID: bson.Raw(doc).Lookup("_id"),
-			Version: envelope.Version{T: 100, I: uint32(i + 1)}, Doc: doc}
-		b, err := envelope.Encode(nil, &ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, &kgo.Record{Topic: "tidemark.app.items", Key: ev.Key(), Value: b})
+		r := itemRecord(t, int64(i), int32(i), uint32(i+1))
+		r.Partition = int32(i % partitions)
+		recs = append(recs, r)
 	}
-	if err := prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
-	w := &slowingWriter{seen: map[int64]bool{}}
+	brokers := kfakeTopic(t, partitions, recs)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w := &slowingWriter{slowTarget: slowTarget{base: 5 * time.Millisecond}, seen: map[int64]bool{}}
 	w.slow.Store(true)
-	sk, err := New(Config{Group: "g", Concurrency: 64, MaxInFlight: 64,
-		Throttle: ThrottleConfig{P99: 20 * time.Millisecond, Window: 100 * time.Millisecond}},
-		Deps{KafkaOpts: []kgo.Opt{brokers}, Writer: w, Mapping: m, Store: checkpointstest.New(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sk := newItemsSink(t, brokers, Config{Group: "g", Concurrency: 64, MaxInFlight: 64,
+		Throttle: ThrottleConfig{P99: 20 * time.Millisecond, Window: 100 * time.Millisecond}}, w, itemsMapping(t, 0), nil)
 	defer sk.Close()
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { sk.Run(sctx); close(done) }()
-	defer func() { stop(); <-done }()
+	stop := runSink(ctx, sk)
+	defer stop()
 
 	// Slow: the first window sees up to 64 in flight; the throttle must then
 	// settle where p99 stays near 20 ms (about 10 in flight).
@@ -372,23 +228,8 @@ collections:
 			t.Fatalf("recovered target: limit %d did not grow back from %d", sk.lim.Limit(), slowLimit)
 		}
 	}
-	for {
-		applied := int64(0)
-		for _, l := range sk.Lag() {
-			applied += max(0, l.Committed)
-		}
-		if applied == n {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%d of %d records applied", applied, n)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.seen) != n {
-		t.Fatalf("%d distinct rows written, want %d", len(w.seen), n)
+	waitApplied(t, ctx, sk, n)
+	if got := seen(); got != n {
+		t.Fatalf("%d distinct rows written, want %d", got, n)
 	}
 }

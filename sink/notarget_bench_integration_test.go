@@ -4,7 +4,6 @@ package sink
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"slices"
 	"testing"
@@ -15,7 +14,6 @@ import (
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/transform"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.mongodb.org/mongo-driver/bson"
 )
 
 // nopWriter acknowledges every write at once.
@@ -31,37 +29,10 @@ func (nopWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Event,
 // decode, transform, grouping, the writer pool, commits) and its CPU per row,
 // the part of BenchmarkSink's cost that is not gocql's or Cassandra's.
 func BenchmarkSinkNoTarget(b *testing.B) {
-	const n, partitions = 100_000, 6
-	s := testbed.Cassandra(b)
-	brokers := testbed.Kafka(b)
+	const n = 100_000
+	bt := newBenchTopic(b, n)
+	brokers, m, prefix := bt.brokers, bt.m, bt.prefix
 	ctx := context.Background()
-	ns := testbed.UniqueName(b, "bench") + ".users"
-	m := singleTableMapping(b, s, ns, testbed.UniqueName(b, "ks"))
-	prefix := testbed.UniqueName(b, "bench")
-	topic := prefix + "." + ns
-	testbed.CreateTopic(b, testbed.KafkaAdmin(b), topic, partitions)
-	recs := make([]*kgo.Record, n)
-	for i := range recs {
-		doc, err := bson.Marshal(userDoc(int64(i), fmt.Sprintf("u%d@x.org", i), i, true))
-		if err != nil {
-			b.Fatal(err)
-		}
-		ev := envelope.Event{Op: envelope.OpInsert, Namespace: ns, ID: bson.Raw(doc).Lookup("_id"),
-			Version: envelope.Version{T: 1_700_000_000, I: uint32(i + 1)}, Doc: doc}
-		v, err := envelope.Encode(nil, &ev)
-		if err != nil {
-			b.Fatal(err)
-		}
-		recs[i] = &kgo.Record{Topic: topic, Key: ev.Key(), Value: v}
-	}
-	pcl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pcl.Close()
-	if err := pcl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		b.Fatal(err)
-	}
 	b.ResetTimer()
 	var rates, cpu []float64
 	for range 3 {

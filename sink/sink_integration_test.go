@@ -5,7 +5,6 @@ package sink
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -184,61 +183,60 @@ func TestIntegrationSinkReplayIsIdempotent(t *testing.T) {
 	}
 }
 
-// TestIntegrationSinkDeadLettersWhatCassandraRejects writes users among which
-// one has an empty email, the partition key of users_by_email: Cassandra
-// refuses that row ("Key may not be empty"). The record must go to the
-// dead-letter topic at once, without retries, and every other row, including
-// the same user's users row, must be written.
-func TestIntegrationSinkDeadLettersWhatCassandraRejects(t *testing.T) {
-	s := testbed.Cassandra(t)
-	adm := testbed.KafkaAdmin(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	prefix := testbed.UniqueName(t, "sink")
-	ns := "shop.users"
-	topic := prefix + "." + ns
-	testbed.CreateTopic(t, adm, topic, 1)
-	ks := testbed.UniqueName(t, "ks")
-	m, _ := testbed.UsersMapping(t, s, ns, ks)
-	const n, bad = 20, 7
+// usersFixture is a one-partition topic holding the inserts of n users (the
+// email of user i from email(i)) and a keyspace with the users tables.
+type usersFixture struct {
+	s      *gocql.Session
+	m      *transform.Mapping
+	prefix string
+	ns, ks string
+	docs   []bson.Raw
+}
+
+func newUsersFixture(t *testing.T, ctx context.Context, n int64, email func(i int64) string) *usersFixture {
+	t.Helper()
+	f := &usersFixture{s: testbed.Cassandra(t), prefix: testbed.UniqueName(t, "sink"), ns: "shop.users", ks: testbed.UniqueName(t, "ks")}
+	topic := f.prefix + "." + f.ns
+	testbed.CreateTopic(t, testbed.KafkaAdmin(t), topic, 1)
+	f.m, _ = testbed.UsersMapping(t, f.s, f.ns, f.ks)
 	var evs []event
-	var docs []bson.Raw
-	for i := int64(0); i < n; i++ {
-		email := fmt.Sprintf("u%d@example.com", i)
-		if i == bad {
-			email = ""
-		}
-		d := userDoc(i, email, 1, true)
+	for i := range n {
+		d := userDoc(i, email(i), 1, true)
 		evs = append(evs, event{envelope.OpInsert, i, envelope.Version{T: 1000, I: uint32(i)}, d})
-		raw, _ := bson.Marshal(d)
-		docs = append(docs, raw)
+		raw, err := bson.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.docs = append(f.docs, raw)
 	}
 	prod, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer prod.Close()
-	produce(t, ctx, prod, topic, ns, evs)
-	reg := prometheus.NewRegistry()
-	runUntilCaughtUp(t, m, s, prefix, n, reg)
+	produce(t, ctx, prod, topic, f.ns, evs)
+	return f
+}
 
-	rd, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...), kgo.ConsumeTopics(envelope.DeadLetterTopic(prefix)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	fs := rd.PollFetches(ctx)
-	if err := fs.Err0(); err != nil {
-		t.Fatal(err)
-	}
-	var dead []envelope.DeadLetter
-	fs.EachRecord(func(r *kgo.Record) {
-		d, err := envelope.DecodeDeadLetter(r.Value)
-		if err != nil {
-			t.Fatal(err)
+// TestIntegrationSinkDeadLettersWhatCassandraRejects writes users among which
+// one has an empty email, the partition key of users_by_email: Cassandra
+// refuses that row ("Key may not be empty"). The record must go to the
+// dead-letter topic at once, without retries, and every other row, including
+// the same user's users row, must be written.
+func TestIntegrationSinkDeadLettersWhatCassandraRejects(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const n, bad = 20, 7
+	f := newUsersFixture(t, ctx, n, func(i int64) string {
+		if i == bad {
+			return ""
 		}
-		dead = append(dead, d)
+		return fmt.Sprintf("u%d@example.com", i)
 	})
+	s, m, ns, docs := f.s, f.m, f.ns, f.docs
+	reg := prometheus.NewRegistry()
+	runUntilCaughtUp(t, m, s, f.prefix, n, reg)
+	dead := readDeadLetters(t, ctx, kgo.SeedBrokers(testbed.KafkaBrokers()...), f.prefix)
 	if len(dead) != 1 || dead[0].Offset != bad || dead[0].Stage != "sink" ||
 		!strings.Contains(dead[0].Reason, "rejected") || !strings.Contains(dead[0].Reason, "Key may not be empty") {
 		t.Fatalf("dead letters %+v; want one, for offset %d, saying Cassandra rejected it", dead, bad)
@@ -265,31 +263,11 @@ func TestIntegrationSinkDeadLettersWhatCassandraRejects(t *testing.T) {
 // exist". The sink must stop with that cause, commit nothing and dead-letter
 // nothing; once the table is back, a new sink writes everything.
 func TestIntegrationSinkStopsWhenATableIsGone(t *testing.T) {
-	s := testbed.Cassandra(t)
-	adm := testbed.KafkaAdmin(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	prefix := testbed.UniqueName(t, "sink")
-	ns := "shop.users"
-	topic := prefix + "." + ns
-	testbed.CreateTopic(t, adm, topic, 1)
-	ks := testbed.UniqueName(t, "ks")
-	m, _ := testbed.UsersMapping(t, s, ns, ks)
 	const n = 20
-	var evs []event
-	var docs []bson.Raw
-	for i := int64(0); i < n; i++ {
-		d := userDoc(i, fmt.Sprintf("u%d@example.com", i), 1, true)
-		evs = append(evs, event{envelope.OpInsert, i, envelope.Version{T: 1000, I: uint32(i)}, d})
-		raw, _ := bson.Marshal(d)
-		docs = append(docs, raw)
-	}
-	prod, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
-	produce(t, ctx, prod, topic, ns, evs)
+	f := newUsersFixture(t, ctx, n, func(i int64) string { return fmt.Sprintf("u%d@example.com", i) })
+	s, m, prefix, ns, ks, docs := f.s, f.m, f.prefix, f.ns, f.ks, f.docs
 	if err := s.Query("DROP TABLE " + ks + ".users_by_email").Exec(); err != nil {
 		t.Fatal(err)
 	}
@@ -309,26 +287,7 @@ func TestIntegrationSinkStopsWhenATableIsGone(t *testing.T) {
 	err = sk.Run(ctx)
 	lag := sk.Lag()
 	sk.Close()
-	if !errors.Is(err, ErrTargetBroken) || !strings.Contains(err.Error(), "does not exist") {
-		t.Fatalf("Run returned %v; want it to stop on the missing table", err)
-	}
-	for _, l := range lag {
-		if l.Committed > 0 {
-			t.Fatalf("partition %d recorded %d as applied with a table missing", l.Partition, l.Committed)
-		}
-	}
-	if got := counterValue(t, reg, "tidemark_sink_retries_total", ""); got != 0 {
-		t.Fatalf("%v retries of writes to a missing table", got)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "tidemark_sink_dead_letters_total" && len(mf.GetMetric()) > 0 {
-			t.Fatalf("records were dead-lettered because a table was missing: %v", mf.GetMetric())
-		}
-	}
+	checkStoppedOnBrokenTarget(t, err, lag, reg)
 	// Put the table back: the same group resumes and nothing was lost.
 	testbed.UsersSchema(t, s, ks)
 	runUntilCaughtUpGroup(t, m, s, prefix, group, store, n, nil)

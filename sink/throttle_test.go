@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"sync"
@@ -12,24 +13,30 @@ import (
 )
 
 // slowTarget stands in for a Cassandra whose latency grows with concurrency,
-// as an overloaded cluster's does.
+// as an overloaded cluster's does: each write takes base (200 µs if zero),
+// or, while slow, 2 ms per write in flight.
 type slowTarget struct {
+	base     time.Duration
 	inflight atomic.Int64
-	peak     atomic.Int64
+	peak     atomic.Int64 // since the last reset
 	slow     atomic.Bool
 }
 
-func (s *slowTarget) write() (time.Duration, error) {
+func (s *slowTarget) write(ctx context.Context) (time.Duration, error) {
 	n := s.inflight.Add(1)
 	defer s.inflight.Add(-1)
 	for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
 	}
-	d := 200 * time.Microsecond
+	d := cmp.Or(s.base, 200*time.Microsecond)
 	if s.slow.Load() {
 		d = time.Duration(n) * 2 * time.Millisecond
 	}
-	time.Sleep(d)
-	return d, nil
+	select {
+	case <-time.After(d):
+		return d, nil
+	case <-ctx.Done():
+		return d, ctx.Err()
+	}
 }
 
 func TestThrottleBacksOffAndRecovers(t *testing.T) {
@@ -45,7 +52,7 @@ func TestThrottleBacksOffAndRecovers(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for th.acquire(ctx) == nil {
-					lat, err := target.write()
+					lat, err := target.write(context.Background())
 					th.release(lat, err)
 				}
 			}()
