@@ -93,38 +93,78 @@ func Decode(b []byte) (Event, error) {
 	if err := Validate(raw); err != nil {
 		return e, err
 	}
-	v, err := raw.LookupErr("v")
-	if err != nil || v.Type != bsontype.Int32 || v.Int32() != FormatVersion {
+	// One pass over the top-level elements: a lookup per field walked the
+	// envelope six times, which cost the sink more than validating it.
+	const (
+		fv = iota
+		fop
+		fns
+		fid
+		fver
+		fdoc
+	)
+	var f [6]bsoncore.Value
+	var has [6]bool
+	rest := b[4 : len(b)-1]
+	for len(rest) > 0 {
+		el, r, ok := bsoncore.ReadElement(rest)
+		if !ok {
+			return e, fmt.Errorf("%w: unreadable element", ErrMalformed)
+		}
+		rest = r
+		var i int
+		switch string(el.KeyBytes()) {
+		case "v":
+			i = fv
+		case "op":
+			i = fop
+		case "ns":
+			i = fns
+		case "id":
+			i = fid
+		case "ver":
+			i = fver
+		case "doc":
+			i = fdoc
+		default:
+			continue
+		}
+		// The first of a repeated key wins, as a lookup would have it.
+		if !has[i] {
+			has[i], f[i] = true, el.Value()
+		}
+	}
+	v, op, ns, id, ver, doc := f[fv], f[fop], f[fns], f[fid], f[fver], f[fdoc]
+	if !has[fv] || v.Type != bsontype.Int32 || v.Int32() != FormatVersion {
 		return e, fmt.Errorf("%w: missing or unsupported format version", ErrMalformed)
 	}
-	op, ok := raw.Lookup("op").StringValueOK()
-	if !ok || !Op(op).Valid() {
-		return e, fmt.Errorf("%w: op %q", ErrMalformed, op)
+	ops, ok := op.StringValueOK()
+	if !ok || !Op(ops).Valid() {
+		return e, fmt.Errorf("%w: op %q", ErrMalformed, ops)
 	}
-	e.Op = Op(op)
-	if e.Namespace, ok = raw.Lookup("ns").StringValueOK(); !ok {
+	e.Op = Op(ops)
+	if e.Namespace, ok = ns.StringValueOK(); !ok {
 		return e, fmt.Errorf("%w: missing ns", ErrMalformed)
 	}
-	id, err := raw.LookupErr("id")
-	if err != nil {
+	if !has[fid] {
 		return e, fmt.Errorf("%w: missing id", ErrMalformed)
 	}
 	if id.Type == bsontype.Array || id.Type == bsontype.Undefined {
 		// MongoDB forbids both as _id; refusing them keeps Key total and canonical.
 		return e, fmt.Errorf("%w: _id of type %s", ErrMalformed, id.Type)
 	}
-	e.ID = id
-	t, i, ok := raw.Lookup("ver").TimestampOK()
+	e.ID = bson.RawValue{Type: id.Type, Value: id.Data}
+	t, i, ok := ver.TimestampOK()
 	if !ok {
 		return e, fmt.Errorf("%w: missing ver", ErrMalformed)
 	}
 	e.Version = Version{T: t, I: i}
-	if d, err := raw.LookupErr("doc"); err == nil {
-		doc, ok := d.DocumentOK()
+	if has[fdoc] {
+		d, ok := doc.DocumentOK()
 		if !ok {
-			return e, fmt.Errorf("%w: doc is %s, not a document", ErrMalformed, d.Type)
+			return e, fmt.Errorf("%w: doc is %s, not a document", ErrMalformed, doc.Type)
 		}
-		e.Doc = doc
+		e.Doc = bson.Raw(d)
 	}
 	if e.Op == OpDelete && e.Doc != nil {
 		return e, fmt.Errorf("%w: a delete carries a document", ErrMalformed)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/bsontype"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 )
 
@@ -130,8 +131,16 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := Decode(b)
+		ref, refErr := decodeByLookup(b)
+		if (err == nil) != (refErr == nil) {
+			t.Fatalf("Decode: %v; decoding by lookups: %v", err, refErr)
+		}
 		if err != nil {
 			return
+		}
+		if ev.Op != ref.Op || ev.Namespace != ref.Namespace || ev.ID.Type != ref.ID.Type || !bytes.Equal(ev.ID.Value, ref.ID.Value) ||
+			ev.Version != ref.Version || !bytes.Equal(ev.Doc, ref.Doc) {
+			t.Fatalf("Decode gives %+v, decoding by lookups %+v", ev, ref)
 		}
 		// Whatever decodes must re-encode to a record that decodes to the same event.
 		out, err := Encode(nil, &ev)
@@ -158,5 +167,71 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 	}
 	if !got.Truncated || len(got.Record) != MaxDeadLetterRecord || got.Offset != 9 || got.Version != d.Version || got.Time.IsZero() {
 		t.Fatalf("dead letter round trip: %+v", got)
+	}
+}
+
+// decodeByLookup is Decode as it was written first, one lookup per field:
+// slower, and plainly right, so the fuzzer compares the two.
+func decodeByLookup(b []byte) (Event, error) {
+	var e Event
+	raw := bson.Raw(b)
+	if err := Validate(raw); err != nil {
+		return e, err
+	}
+	v, err := raw.LookupErr("v")
+	if err != nil || v.Type != bsontype.Int32 || v.Int32() != FormatVersion {
+		return e, ErrMalformed
+	}
+	op, ok := raw.Lookup("op").StringValueOK()
+	if !ok || !Op(op).Valid() {
+		return e, ErrMalformed
+	}
+	e.Op = Op(op)
+	if e.Namespace, ok = raw.Lookup("ns").StringValueOK(); !ok {
+		return e, ErrMalformed
+	}
+	id, err := raw.LookupErr("id")
+	if err != nil || id.Type == bsontype.Array || id.Type == bsontype.Undefined {
+		return e, ErrMalformed
+	}
+	e.ID = id
+	t, i, ok := raw.Lookup("ver").TimestampOK()
+	if !ok {
+		return e, ErrMalformed
+	}
+	e.Version = Version{T: t, I: i}
+	if d, err := raw.LookupErr("doc"); err == nil {
+		doc, ok := d.DocumentOK()
+		if !ok {
+			return e, ErrMalformed
+		}
+		e.Doc = doc
+	}
+	if e.Op == OpDelete && e.Doc != nil || (e.Op == OpInsert || e.Op == OpReplace || e.Op == OpBackfill) && e.Doc == nil {
+		return e, ErrMalformed
+	}
+	return e, nil
+}
+
+// BenchmarkDecode decodes the envelope of a small user document, as the sink
+// does for every record, next to decodeByLookup.
+func BenchmarkDecode(b *testing.B) {
+	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: int64(42)}, {Key: "email", Value: "u42@x.org"},
+		{Key: "name", Value: bson.D{{Key: "first", Value: "U"}, {Key: "last", Value: "42"}}}, {Key: "age", Value: int32(20)},
+		{Key: "tags", Value: bson.A{"a", "b"}}, {Key: "address", Value: bson.D{{Key: "city", Value: "Paris"}}}})
+	ev := Event{Op: OpInsert, Namespace: "app.users", ID: bson.Raw(doc).Lookup("_id"), Version: Version{T: 1, I: 2}, Doc: doc}
+	rec, err := Encode(nil, &ev)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, decode := range map[string]func([]byte) (Event, error){"one pass": Decode, "by lookup": decodeByLookup} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := decode(rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
