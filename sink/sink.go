@@ -84,6 +84,8 @@ type Sink struct {
 	lastMark time.Time
 	topics   []string
 	tasks    chan task
+	// rowCounters is read-only after New.
+	rowCounters map[*transform.Table]rowCounters
 }
 
 // PausedKey holds the operator's paused partitions, shared by every daemon.
@@ -105,9 +107,13 @@ func New(cfg Config, d Deps) (*Sink, error) {
 		met: newMetrics(d.Registerer), parts: map[TopicPartition]*partState{}, owned: map[TopicPartition]bool{},
 		paused: map[TopicPartition]bool{}, tasks: make(chan task, cfg.MaxInFlight)}
 	s.lim = newThrottle(cfg, s.met)
+	s.rowCounters = map[*transform.Table]rowCounters{}
 	var topics []string
 	for _, ns := range d.Mapping.Namespaces() {
 		topics = append(topics, cfg.TopicPrefix+"."+ns)
+		for _, t := range d.Mapping.Tables(ns) {
+			s.rowCounters[t] = rowCounters{s.met.rows.WithLabelValues(t.QualifiedName(), "upsert"), s.met.rows.WithLabelValues(t.QualifiedName(), "delete")}
+		}
 	}
 	s.topics = topics
 	opts := append([]kgo.Opt{
@@ -667,12 +673,17 @@ func (s *Sink) applyMapped(ctx context.Context, it *item) error {
 }
 
 func (s *Sink) countRow(t *transform.Table, deleted bool) {
-	op := "upsert"
+	c := s.rowCounters[t]
 	if deleted {
-		op = "delete"
+		c.deletes.Inc()
+	} else {
+		c.upserts.Inc()
 	}
-	s.met.rows.WithLabelValues(t.QualifiedName(), op).Inc()
 }
+
+// rowCounters are tidemark_sink_rows_total's series per table, looked up once:
+// finding a series by its label values for every row costs a hash of them.
+type rowCounters struct{ upserts, deletes prometheus.Counter }
 
 // giveUp dead-letters an event that could not be written, once.
 func (s *Sink) giveUp(ctx context.Context, it *item, err error) error {
