@@ -35,16 +35,7 @@ func TestIntegrationDaemonRewindWhileRunning(t *testing.T) {
 	s, mc, dir, bin, db, ns, ks, m := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
 	prefix := testbed.UniqueName(t, "dmn")
 	addr := "127.0.0.1:17071"
-	cfg := fmt.Sprintf(`roles: [capture, sink]
-spec: %s/spec.yaml
-kafka: {brokers: [%s]}
-mongo: {uri: %q}
-cassandra: {hosts: [%s]}
-checkpoints: {kind: file, dir: %s/state}
-admin: {listen: %q, tokens_file: %s/tokens, open_status: true}
-capture: {topic_prefix: %s, namespaces: [%s], partitions: 3, backfill: {chunk_size: 500}}
-sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
-`, dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","), dir, addr, dir, prefix, ns, prefix)
+	cfg := e.config(addr, prefix, ", backfill: {chunk_size: 500}", "")
 	os.WriteFile(filepath.Join(dir, "tidemark.yaml"), []byte(cfg), 0o600)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

@@ -3,9 +3,11 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -65,6 +67,24 @@ func newDaemonEnv(t *testing.T, prefix string) *daemonEnv {
 		}
 	}
 	return e
+}
+
+// config is the daemon config the tests run: both roles on the stack's
+// servers, the spec, checkpoints and tokens in e.dir, the admin API on addr,
+// capture and sink named after prefix. captureOpts go inside capture's
+// braces after its common options; extra is appended as more sections.
+func (e *daemonEnv) config(addr, prefix, captureOpts, extra string) string {
+	return fmt.Sprintf(`roles: [capture, sink]
+spec: %[1]s/spec.yaml
+kafka: {brokers: [%[2]s]}
+mongo: {uri: %[3]q}
+cassandra: {hosts: [%[4]s]}
+checkpoints: {kind: file, dir: %[1]s/state}
+admin: {listen: %[5]q, tokens_file: %[1]s/tokens, open_status: true}
+capture: {topic_prefix: %[6]s, namespaces: [%[7]s], partitions: 3%[8]s}
+sink: {group: %[6]s-g, consistency: ONE, mark_interval: 1s}
+`, e.dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","),
+		addr, prefix, e.ns, captureOpts) + extra
 }
 
 // TestMain removes the binary newDaemonEnv built once for all the tests.

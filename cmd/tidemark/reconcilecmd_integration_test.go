@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -36,17 +35,8 @@ func TestIntegrationReconcileThroughTheDaemon(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	prefix := testbed.UniqueName(t, "rcd")
-	cfg := fmt.Sprintf(`roles: [capture, sink]
-spec: %s/spec.yaml
-kafka: {brokers: [%s]}
-mongo: {uri: %q}
-cassandra: {hosts: [%s]}
-checkpoints: {kind: file, dir: %s/state}
-admin: {listen: %q, tokens_file: %s/tokens, open_status: true}
-capture: {topic_prefix: %s, namespaces: [%s], partitions: 3, backfill: {chunk_size: 500}}
-sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
-reconcile: {report_dir: %s/reports, in_flight_wait: 15s, settle: 1s}
-`, dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","), dir, addr, dir, prefix, ns, prefix, dir)
+	cfg := e.config(addr, prefix, ", backfill: {chunk_size: 500}",
+		fmt.Sprintf("reconcile: {report_dir: %s/reports, in_flight_wait: 15s, settle: 1s}\n", dir))
 	cfgPath := filepath.Join(dir, "tidemark.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 

@@ -38,16 +38,7 @@ func TestIntegrationRolloutDrills(t *testing.T) {
 	prefix := testbed.UniqueName(t, "ro")
 	addr := "127.0.0.1:17093"
 	routeFile := filepath.Join(dir, "routes.json")
-	cfg := fmt.Sprintf(`roles: [capture, sink]
-spec: %s/spec.yaml
-kafka: {brokers: [%s]}
-mongo: {uri: %q}
-cassandra: {hosts: [%s]}
-checkpoints: {kind: file, dir: %s/state}
-admin: {listen: %q, tokens_file: %s/tokens, open_status: true}
-capture: {topic_prefix: %s, namespaces: [%s], partitions: 3}
-sink: {group: %s-g, consistency: ONE, mark_interval: 1s}
-rollout:
+	cfg := e.config(addr, prefix, "", fmt.Sprintf(`rollout:
   version: itest-1
   every: 500ms
   route_file: %s
@@ -63,8 +54,7 @@ rollout:
     - name: all
       slice: {collections: [%s]}
       reads: new
-`, dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","), dir, addr, dir,
-		prefix, ns, prefix, routeFile, ns, ns)
+`, routeFile, ns, ns))
 	os.WriteFile(filepath.Join(dir, "tidemark.yaml"), []byte(cfg), 0o600)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -34,30 +34,21 @@ func TestIntegrationStatusPageInBrowser(t *testing.T) {
 	_, mc, dir, bin, db, ns, _, _ := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
 	prefix := testbed.UniqueName(t, "spg")
 	addr := freeAddr(t)
-	cfg := fmt.Sprintf(`roles: [capture, sink]
-spec: %s/spec.yaml
-kafka: {brokers: [%s]}
-mongo: {uri: %q}
-cassandra: {hosts: [%s]}
-checkpoints: {kind: file, dir: %s/state}
-admin: {listen: %q, tokens_file: %s/tokens, open_status: true}
-capture: {topic_prefix: %s, namespaces: [%s], partitions: 3, update_lookup: capture, backfill: {chunk_size: 500}}
-sink: {group: %[8]s-g, consistency: ONE, mark_interval: 1s}
-rollout:
+	cfg := e.config(addr, prefix, ", update_lookup: capture, backfill: {chunk_size: 500}", fmt.Sprintf(`rollout:
   version: statuspage-plan-1
   every: 500ms
   stages:
     - name: canary
-      slice: {collections: [%[9]s], share: "10%%"}
+      slice: {collections: [%[1]s], share: "10%%"}
       advance: manual
       gates:
         - {name: lag, signal: lag_records, max: 100000, window: 2s}
         - {name: dead letters, signal: dead_letter_rate, max: 0, window: 2s}
       triggers:
         - {name: stuck, signal: lag_seconds, above: 3600, for: 1m, action: halt}
-    - {name: half, slice: {collections: [%[9]s], share: "50%%"}, advance: manual}
-    - {name: all, slice: {collections: [%[9]s], share: "100%%"}, advance: manual}
-`, dir, strings.Join(testbed.KafkaBrokers(), ","), testbed.MongoURI(), strings.Join(testbed.CassandraHosts(), ","), dir, addr, dir, prefix, ns)
+    - {name: half, slice: {collections: [%[1]s], share: "50%%"}, advance: manual}
+    - {name: all, slice: {collections: [%[1]s], share: "100%%"}, advance: manual}
+`, ns))
 	os.WriteFile(filepath.Join(dir, "tidemark.yaml"), []byte(cfg), 0o600)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
