@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -286,28 +287,61 @@ func (n *narrator) roundStartedAfter(ctx context.Context, t time.Time) (reconcil
 	return rep, err
 }
 
-// divergenceFound waits for a round after t that reports the injected keys.
+// divergenceFound waits for the rounds started after t to report the
+// injected keys. It reads every round, not only the latest: rounds run every
+// few seconds, and the one that found the keys may already have fired the
+// repair trigger, so that the next round is clean before this looks. It fails
+// once a complete round has been read and some injected key was never found.
 func (n *narrator) divergenceFound(ctx context.Context, t time.Time) error {
-	rep, err := n.roundStartedAfter(ctx, t)
+	found := map[string]bool{}
+	read := map[string]bool{}
+	var rounds []string
+	var last reconcile.Report
+	err := waitFor(ctx, "a reconcile round after the injection", 5*time.Minute, time.Second, func() (bool, error) {
+		var list []struct {
+			ID     string    `json:"id"`
+			Status string    `json:"status"`
+			Start  time.Time `json:"start"`
+		}
+		if err := n.ac.Do(ctx, "GET", "/v1/reports", nil, &list); err != nil {
+			return false, err
+		}
+		// The listing is newest first.
+		for i := len(list) - 1; i >= 0; i-- {
+			l := list[i]
+			if !l.Start.After(t) || read[l.ID] {
+				continue
+			}
+			if err := n.ac.Do(ctx, "GET", "/v1/reports/"+l.ID, nil, &last); err != nil {
+				return false, err
+			}
+			read[l.ID] = true
+			rounds = append(rounds, l.ID)
+			for _, s := range last.Sample {
+				if id, ok := s.PrimaryKey["id"].(string); ok && s.Class != "in_flight" {
+					found[id] = true
+				}
+			}
+			missing := slices.ContainsFunc(n.out.Injected, func(id string) bool { return !found[id] })
+			if !missing {
+				return true, nil
+			}
+			if last.Status != "incomplete" {
+				return false, failed{fmt.Errorf("round %s (%s) did not report every injected id; rounds read since the injection: %v, ids found %v",
+					last.ID, last.Status, rounds, found)}
+			}
+		}
+		return false, nil
+	})
 	if err != nil {
 		return err
-	}
-	found := map[string]bool{}
-	for _, s := range rep.Sample {
-		if id, ok := s.PrimaryKey["id"].(string); ok && s.Class != "in_flight" {
-			found[id] = true
-		}
 	}
 	for id := range found {
 		n.out.Found = append(n.out.Found, id)
 	}
 	sort.Strings(n.out.Found)
-	n.step("divergence found", "round %s: %s, counts %v; divergent ids %s", rep.ID, rep.Status, rep.Counts, strings.Join(n.out.Found, ", "))
-	for _, id := range n.out.Injected {
-		if !found[id] {
-			return fmt.Errorf("round %s did not report injected id %s", rep.ID, id)
-		}
-	}
+	n.step("divergence found", "rounds %s since the injection; the last: %s, counts %v; divergent ids %s",
+		strings.Join(rounds, ", "), last.Status, last.Counts, strings.Join(n.out.Found, ", "))
 	return nil
 }
 
