@@ -233,7 +233,13 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 	n.out.PlanComplete = true
 	n.step("plan complete", "stage %q reached with every gate passing: %s", ps.StageName, gateLine(ps))
 
-	// 4. One more scheduled round, started after everything: it must be clean.
+	// 4. The workload stops, and one more scheduled round, started after
+	// everything, must be clean: with nothing in flight, every row is
+	// compared as it will stay (the rounds above ran under the load). Under
+	// the load, a round over the whole key space can also outlast the wait on
+	// a slow machine, as the stand-in's change history grows.
+	stopWork()
+	<-workDone
 	rep, err := n.roundStartedAfter(ctx, time.Now())
 	if err != nil {
 		return fmt.Errorf("final reconcile round: %w", err)
