@@ -186,8 +186,9 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 			if err := n.cleanRoundAfter(ctx, ps.StageSince); err != nil {
 				return false, failed{err}
 			}
-			injectedAt = time.Now()
 			n.out.Injected = inject(docs, rows)
+			// Only rounds started once every row is corrupted must find them all.
+			injectedAt = time.Now()
 			if len(n.out.Injected) == 0 {
 				return false, failed{errors.New("no reserved document has rows in the slice to corrupt")}
 			}
