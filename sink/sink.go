@@ -496,14 +496,8 @@ func (pr *producer) produce(recs []*kgo.Record, res *pollResult) error {
 		recs = recs[len(chunk):]
 		groups := map[string]*group{}
 		var batches []*group
-		// One allocation per chunk instead of several per record: most
-		// groups hold one change.
+		// One allocation per chunk instead of one per record.
 		items := make([]item, len(chunk))
-		// A topic holds one namespace.
-		tables := len(s.m.Tables(strings.TrimPrefix(chunk[0].Topic, s.cfg.TopicPrefix+".")))
-		slab := make([]group, 0, len(chunk)*tables)
-		changes := make([]Change, 0, len(chunk)*tables)
-		members := make([]*item, 0, len(chunk)*tables)
 		for k, r := range chunk {
 			ev, err := envelope.Decode(r.Value)
 			if err != nil {
@@ -545,24 +539,13 @@ func (pr *producer) produce(recs []*kgo.Record, res *pollResult) error {
 					break
 				}
 				g := groups[string(gk)]
-				switch {
-				case g == nil && len(slab) < cap(slab):
-					// Full-capacity slices: a second change copies
-					// them out instead of writing over the next group's.
-					n := len(changes)
-					changes, members = append(changes, c), append(members, it)
-					slab = append(slab, group{table: t, changes: changes[n : n+1 : n+1], items: members[n : n+1 : n+1]})
-					g = &slab[len(slab)-1]
+				if g == nil {
+					g = &group{table: t}
 					groups[string(gk)] = g
 					batches = append(batches, g)
-				case g == nil:
-					g = &group{table: t, changes: []Change{c}, items: []*item{it}}
-					groups[string(gk)] = g
-					batches = append(batches, g)
-				default:
-					g.changes = append(g.changes, c)
-					g.items = append(g.items, it)
 				}
+				g.changes = append(g.changes, c)
+				g.items = append(g.items, it)
 			}
 			if hasMapped && !it.dead.Load() {
 				id := string(r.Key)
