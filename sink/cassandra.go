@@ -167,7 +167,17 @@ func (w *CassandraWriter) args(t *transform.Table, c Change) (string, []any) {
 
 // Write applies cs, which share one partition of t. Every statement carries
 // its own USING TIMESTAMP, so the batch's order does not matter.
+//
+// A write once sent is left to finish, or to time out after the session's
+// request timeout, rather than abandoned when ctx ends: it is idempotent and
+// nothing is committed past an unfinished poll either way. Tying it to ctx
+// would make gocql register each request's own context with the poll's,
+// which every writer shares, and contend for it on every write.
 func (w *CassandraWriter) Write(ctx context.Context, t *transform.Table, cs []Change) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ctx = context.WithoutCancel(ctx)
 	if len(cs) == 1 {
 		stmt, args := w.args(t, cs[0])
 		if err := w.query(t, stmt, args...).ExecContext(ctx); err != nil {

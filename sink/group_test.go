@@ -233,3 +233,82 @@ func TestSinkThrottlesSlowTarget(t *testing.T) {
 		t.Fatalf("%d distinct rows written, want %d", got, n)
 	}
 }
+
+// tablesWriter keeps, per table, the newest version written for each id.
+type tablesWriter struct {
+	mu   sync.Mutex
+	rows map[string]map[int64]int64
+}
+
+func (w *tablesWriter) Write(_ context.Context, t *transform.Table, cs []Change) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	byID := w.rows[t.Name]
+	if byID == nil {
+		byID = map[int64]int64{}
+		w.rows[t.Name] = byID
+	}
+	for _, c := range cs {
+		id := c.Row.Values[0].(int64)
+		byID[id] = max(byID[id], c.Version)
+	}
+	return nil
+}
+
+func (w *tablesWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Event, *transform.Row) error {
+	return fmt.Errorf("no key-map table in this spec")
+}
+
+// TestSinkWritesEveryTableOfANamespace maps each document to two tables, so
+// that a chunk holds twice as many writes as records, and checks that every
+// document reached both tables at its version.
+func TestSinkWritesEveryTableOfANamespace(t *testing.T) {
+	const n = 700 // more than a first chunk and a full one
+	var recs []*kgo.Record
+	for i := range n {
+		recs = append(recs, itemRecord(t, int64(i), int32(i), uint32(i+1)))
+	}
+	brokers := kfakeTopic(t, 1, recs)
+	m, err := transform.Parse([]byte(`
+version: "t1"
+collections:
+  - namespace: app.items
+    tables:
+      - keyspace: app
+        table: items
+        partition_key: [id]
+        columns:
+          - {name: id, type: bigint, from: _id}
+          - {name: v, type: int, from: v}
+      - keyspace: app
+        table: items_copy
+        partition_key: [id]
+        columns:
+          - {name: id, type: bigint, from: _id}
+          - {name: v, type: int, from: v}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	w := &tablesWriter{rows: map[string]map[int64]int64{}}
+	sk := newItemsSink(t, brokers, Config{Group: "g"}, w, m, nil)
+	defer sk.Close()
+	stop := runSink(ctx, sk)
+	waitApplied(t, ctx, sk, n)
+	stop()
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, table := range []string{"items", "items_copy"} {
+		if got := len(w.rows[table]); got != n {
+			t.Fatalf("%s holds %d ids, want %d", table, got, n)
+		}
+		for i := range n {
+			if got, want := w.rows[table][int64(i)], (envelope.Version{T: 100, I: uint32(i + 1)}).Micros(); got != want {
+				t.Fatalf("%s id %d: version %d, want %d", table, i, got, want)
+			}
+		}
+	}
+}

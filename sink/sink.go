@@ -83,7 +83,9 @@ type Sink struct {
 	paused   map[TopicPartition]bool
 	lastMark time.Time
 	topics   []string
-	tasks    chan task
+	// tasks is the writers' queue; Run closes it as it returns.
+	tasks chan task
+	ran   atomic.Bool
 	// rowCounters is read-only after New.
 	rowCounters map[*transform.Table]rowCounters
 }
@@ -219,8 +221,11 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 func (s *Sink) Close() { s.cl.Close() }
 
 // Run consumes until ctx ends or a record can be neither written nor
-// dead-lettered; then nothing past it is committed.
+// dead-lettered; then nothing past it is committed. A Sink runs once.
 func (s *Sink) Run(ctx context.Context) error {
+	if s.ran.Swap(true) {
+		return errors.New("sink: Run called twice")
+	}
 	dlq := envelope.DeadLetterTopic(s.cfg.TopicPrefix)
 	if _, err := kadm.NewClient(s.cl).CreateTopic(ctx, -1, -1, nil, dlq); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		s.log.Warn("cannot create the dead-letter topic; dead letters will fail until it exists", "topic", dlq, "err", err)
@@ -230,11 +235,11 @@ func (s *Sink) Run(ctx context.Context) error {
 	}
 	// The writers outlive ctx: apply waits for every task it queued, and a
 	// task queued as ctx ends must still be taken (it returns at once), or
-	// apply would wait forever. They stop once Run no longer applies.
-	pool, stopPool := context.WithCancel(context.WithoutCancel(ctx))
+	// apply would wait forever. Once Run no longer applies nothing sends, so
+	// closing the queue stops them.
 	var pooled sync.WaitGroup
-	pooled.Go(func() { s.runPool(pool) })
-	defer func() { stopPool(); pooled.Wait() }()
+	pooled.Go(func() { s.runPool(s.tasks) })
+	defer func() { close(s.tasks); pooled.Wait() }()
 	s.applyIntents(ctx)
 	lastIntent := time.Now()
 	for {
@@ -250,7 +255,7 @@ func (s *Sink) Run(ctx context.Context) error {
 				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
-		if err := s.apply(ctx, fs); err != nil {
+		if err := s.apply(ctx, fs, s.tasks); err != nil {
 			s.cl.AllowRebalance()
 			if ctx.Err() != nil {
 				return nil
@@ -332,21 +337,17 @@ func (t task) run() error {
 // Writers are long-lived because a fresh goroutine grows its stack through
 // gocql's deep call path, which cost more CPU than the write on a machine
 // Cassandra shares.
-func (s *Sink) runPool(ctx context.Context) {
+//
+// A writer waits on the queue alone: a select that also watched a context
+// would lock that context's channel, which every writer shares, once per write.
+func (s *Sink) runPool(tasks <-chan task) {
 	var wg sync.WaitGroup
 	for range s.cfg.MaxInFlight {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case t := <-s.tasks:
-					t.p.done(t.run())
-				}
+		wg.Go(func() {
+			for t := range tasks {
+				t.p.done(t.run())
 			}
-		}()
+		})
 	}
 	wg.Wait()
 }
@@ -363,7 +364,7 @@ type pollResult struct {
 // as it goes, at most Concurrency of them at a time; apply returns once every
 // write is acknowledged (or has failed, and then nothing is recorded as
 // applied).
-func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
+func (s *Sink) apply(ctx context.Context, fs kgo.Fetches, tasks chan<- task) error {
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -384,7 +385,7 @@ func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
 		res := &pollResult{tp: tp, last: p.Records[len(p.Records)-1]}
 		results = append(results, res)
 		wg.Add(1)
-		pr := &producer{s: s, ctx: pctx, fail: cancel, wg: &wg, sem: make(chan struct{}, s.cfg.Concurrency)}
+		pr := &producer{s: s, ctx: pctx, fail: cancel, wg: &wg, sem: make(chan struct{}, s.cfg.Concurrency), tasks: tasks}
 		go func() {
 			defer wg.Done()
 			if err := pr.produce(p.Records, res); err != nil {
@@ -436,27 +437,47 @@ type group struct {
 	table   *transform.Table
 	changes []Change
 	items   []*item
+	// Most groups hold one row: its change and item live here, which saves
+	// two allocations per row.
+	change0 [1]Change
+	item0   [1]*item
 }
 
 // producer decodes one partition's share of a poll and hands its writes to
 // the pool, at most Concurrency of them queued or running at a time.
 type producer struct {
-	s    *Sink
-	ctx  context.Context
-	fail context.CancelCauseFunc
-	wg   *sync.WaitGroup
-	sem  chan struct{}
+	s     *Sink
+	ctx   context.Context
+	fail  context.CancelCauseFunc
+	wg    *sync.WaitGroup
+	sem   chan struct{}
+	tasks chan<- task
 }
 
+// submit queues t. Each step first tries without blocking: a select that can
+// block also locks the poll's context channel, which every producer and every
+// gocql call of the poll shares.
 func (pr *producer) submit(t task) error {
+	if err := pr.ctx.Err(); err != nil {
+		return err
+	}
 	select {
 	case pr.sem <- struct{}{}:
-	case <-pr.ctx.Done():
-		return pr.ctx.Err()
+	default:
+		select {
+		case pr.sem <- struct{}{}:
+		case <-pr.ctx.Done():
+			return pr.ctx.Err()
+		}
 	}
 	pr.wg.Add(1)
 	select {
-	case pr.s.tasks <- t:
+	case pr.tasks <- t:
+		return nil
+	default:
+	}
+	select {
+	case pr.tasks <- t:
 		return nil
 	case <-pr.ctx.Done():
 		pr.done(nil)
@@ -494,10 +515,13 @@ func (pr *producer) produce(recs []*kgo.Record, res *pollResult) error {
 	for size := produceChunk / 8; len(recs) > 0; size = produceChunk {
 		chunk := recs[:min(size, len(recs))]
 		recs = recs[len(chunk):]
-		groups := map[string]*group{}
+		groups := make(map[string]*group, len(chunk))
 		var batches []*group
-		// One allocation per chunk instead of one per record.
+		// One allocation per chunk instead of one per record; a namespace
+		// with several tables without key map can need more groups than
+		// records, and then another slab.
 		items := make([]item, len(chunk))
+		slab := make([]group, 0, len(chunk))
 		for k, r := range chunk {
 			ev, err := envelope.Decode(r.Value)
 			if err != nil {
@@ -540,7 +564,12 @@ func (pr *producer) produce(recs []*kgo.Record, res *pollResult) error {
 				}
 				g := groups[string(gk)]
 				if g == nil {
-					g = &group{table: t}
+					if len(slab) == cap(slab) {
+						slab = make([]group, 0, len(chunk))
+					}
+					slab = append(slab, group{table: t})
+					g = &slab[len(slab)-1]
+					g.changes, g.items = g.change0[:0], g.item0[:0]
 					groups[string(gk)] = g
 					batches = append(batches, g)
 				}
