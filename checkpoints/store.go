@@ -144,4 +144,15 @@ type RoundSummary struct {
 	Divergent    int64            `json:"divergent"`
 	InFlight     int64            `json:"in_flight"`
 	ByClass      map[string]int64 `json:"by_class,omitempty"` // missing, extra, different, stale
+	// IDs are the record keys (envelope.Key) of the documents behind the
+	// divergent rows, and IDsComplete says they are all of them: the round
+	// finished, was not truncated, traced every divergent row to a document,
+	// and found at most SummaryIDsMax. Rollout's repair re-emits only these.
+	IDs         [][]byte `json:"ids,omitempty"`
+	IDsComplete bool     `json:"ids_complete,omitempty"`
 }
+
+// SummaryIDsMax bounds RoundSummary.IDs: a summary is one stored value, and
+// past a few hundred documents re-emitting the collection costs about as
+// much as finding them.
+const SummaryIDsMax = 1000

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/mongo/options"
 	"golang.org/x/time/rate"
@@ -135,6 +137,24 @@ func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
 	}
 	if rep.Status != "divergent" {
 		t.Errorf("status %s, want divergent (the corrupted rows): %s", rep.Status, rep.Error)
+	}
+	// The summary rollout's repair reads names exactly the corrupted
+	// documents, and says that is all of them.
+	sum, _, err := checkpoints.GetJSON[checkpoints.RoundSummary](ctx, f.store, checkpoints.KeyReconcileLatest+f.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, k := range sum.IDs {
+		id, err := envelope.ParseKey(k)
+		if err != nil {
+			t.Fatalf("summary id %x: %v", k, err)
+		}
+		listed = append(listed, fmt.Sprint(id.Int64()))
+	}
+	sort.Strings(listed)
+	if sum.ID != rep.ID || !sum.IDsComplete || strings.Join(listed, ",") != strings.Join(corrupted, ",") {
+		t.Errorf("round summary %s lists documents %v (complete %v), want exactly the corrupted %v", sum.ID, listed, sum.IDsComplete, corrupted)
 	}
 	if rep.Counts["in_flight"]+rep.Counts["resolved"] == 0 {
 		t.Errorf("no key was counted in flight or resolved, although %d changes happened during the round", changes.Load()-before)

@@ -114,6 +114,9 @@ func TestIntegrationRoundFindsEachDivergence(t *testing.T) {
 	if !ok || sum.Clean || sum.Divergent != 4 {
 		t.Fatalf("round summary %+v", sum)
 	}
+	if sum.IDsComplete {
+		t.Errorf("the summary claims its %d documents are every divergent one, though the extra row has no document", len(sum.IDs))
+	}
 
 	res, err := r.Repair(ctx, f.ns, rep.Divergent, RepairOptions{Actor: "test", Reason: "fix injected divergence"})
 	if err != nil {

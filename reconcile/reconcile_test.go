@@ -3,12 +3,14 @@ package reconcile
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/transform"
 	"go.mongodb.org/mongo-driver/bson"
 )
@@ -311,4 +313,44 @@ func mustRaw(t *testing.T, v any) bson.RawValue {
 		t.Fatal(err)
 	}
 	return bson.RawValue{Type: typ, Value: data}
+}
+
+// TestDivergentIDs checks which rounds hand rollout a complete list of the
+// documents to re-emit: each document once, and no list when the round did
+// not finish, was truncated, found a row no document maps to, or found more
+// documents than a summary holds.
+func TestDivergentIDs(t *testing.T) {
+	ref := func(id string) KeyRef {
+		k := KeyRef{Table: "app.users", Key: []byte("k" + id), Class: ClassDifferent}
+		if id != "" {
+			k.ID = []byte(id)
+		}
+		return k
+	}
+	many := &Report{Status: "divergent"}
+	for i := range checkpoints.SummaryIDsMax + 1 {
+		many.Divergent = append(many.Divergent, ref(fmt.Sprint(i)))
+	}
+	for _, c := range []struct {
+		name     string
+		rep      *Report
+		ids      []string
+		complete bool
+	}{
+		{"clean", &Report{Status: "clean"}, nil, true},
+		{"two tables, one document", &Report{Status: "divergent", Divergent: []KeyRef{ref("a"), ref("b"), ref("a")}}, []string{"a", "b"}, true},
+		{"incomplete", &Report{Status: "incomplete", Divergent: []KeyRef{ref("a")}}, nil, false},
+		{"truncated", &Report{Status: "divergent", Truncated: true, Divergent: []KeyRef{ref("a")}}, nil, false},
+		{"extra row without document", &Report{Status: "divergent", Divergent: []KeyRef{ref("a"), ref("")}}, nil, false},
+		{"too many", many, nil, false},
+	} {
+		ids, complete := divergentIDs(c.rep)
+		var got []string
+		for _, id := range ids {
+			got = append(got, string(id))
+		}
+		if complete != c.complete || !slices.Equal(got, c.ids) {
+			t.Errorf("%s: got %v complete=%v, want %v complete=%v", c.name, got, complete, c.ids, c.complete)
+		}
+	}
 }

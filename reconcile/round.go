@@ -769,6 +769,7 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	for _, c := range []string{ClassMissing, ClassExtra, ClassDifferent, ClassStale} {
 		sum.ByClass[c] = rep.Counts[c]
 	}
+	sum.IDs, sum.IDsComplete = divergentIDs(rep)
 	if err := checkpoints.PutJSON(pctx, r.d.Store, checkpoints.KeyReconcileLatest+rd.scope.Key(), sum); err != nil {
 		return rep, fmt.Errorf("reconcile: record round summary: %w", err)
 	}
@@ -831,4 +832,27 @@ func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m chec
 		}
 	}
 	return nil
+}
+
+// divergentIDs lists the documents behind a finished round's divergent rows
+// once each, and whether that is all of them (see RoundSummary.IDs).
+func divergentIDs(rep *Report) ([][]byte, bool) {
+	if rep.Status == "incomplete" || rep.Truncated {
+		return nil, false
+	}
+	var ids [][]byte
+	seen := map[string]bool{}
+	for _, k := range rep.Divergent {
+		if k.ID == nil {
+			return nil, false // an extra row that no document maps to
+		}
+		if !seen[string(k.ID)] {
+			if len(ids) == checkpoints.SummaryIDsMax {
+				return nil, false
+			}
+			seen[string(k.ID)] = true
+			ids = append(ids, k.ID)
+		}
+	}
+	return ids, true
 }

@@ -25,8 +25,9 @@ type Actions interface {
 	// returns request ids once the requests are durable.
 	Backfill(ctx context.Context, namespaces []string, reason string) ([]string, error)
 	// Repair asks for the slice's divergent keys to be re-emitted from the
-	// source and returns request ids once the requests are durable.
-	Repair(ctx context.Context, slice Slice, reason string) ([]string, error)
+	// source and returns request ids once the requests are durable, with
+	// what each namespace's request covers (for the audit log).
+	Repair(ctx context.Context, slice Slice, reason string) ([]string, map[string]any, error)
 	// Requests counts the ids still waiting for the capture role.
 	Requests(ctx context.Context, ids []string) (int, error)
 	// Partitions lists the partitions that hold the slice's keys.

@@ -457,8 +457,8 @@ func (e *Engine) do(ctx context.Context, a Action, reason string) (map[string]an
 		}
 		return res, err
 	case Repair:
-		ids, err := e.act.Repair(ctx, e.st.Applied, reason)
-		return map[string]any{"requests": ids}, err
+		ids, scope, err := e.act.Repair(ctx, e.st.Applied, reason)
+		return map[string]any{"requests": ids, "reemit": scope}, err
 	case SoftRollback:
 		e.st.SoftRollback = true
 		return map[string]any{"routes": "legacy"}, e.publish(ctx)

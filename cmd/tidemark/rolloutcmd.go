@@ -144,7 +144,7 @@ func (a *daemonActions) ApplySlice(_ context.Context, s rollout.Slice) error {
 	return nil
 }
 
-func (a *daemonActions) enqueue(ctx context.Context, nss []string, reason string) ([]string, error) {
+func (a *daemonActions) Backfill(ctx context.Context, nss []string, reason string) ([]string, error) {
 	var ids []string
 	for _, ns := range nss {
 		id, err := capture.Enqueue(ctx, a.d.store, capture.Request{Namespace: ns, Reason: reason, Actor: rollout.AutoActor})
@@ -156,14 +156,39 @@ func (a *daemonActions) enqueue(ctx context.Context, nss []string, reason string
 	return ids, nil
 }
 
-func (a *daemonActions) Backfill(ctx context.Context, nss []string, reason string) ([]string, error) {
-	return a.enqueue(ctx, nss, reason)
-}
-
-// Repair re-emits the slice's collections: the round summary does not carry
-// the divergent keys, and re-emitting is harmless (versions decide).
-func (a *daemonActions) Repair(ctx context.Context, s rollout.Slice, reason string) ([]string, error) {
-	return a.enqueue(ctx, s.Namespaces(), reason)
+// Repair re-emits, per namespace of the slice, the documents behind the
+// latest round's divergent rows when its summary lists all of them, and the
+// whole collection otherwise (no finished round, too many documents, or a
+// row no document maps to). Re-emitting is harmless either way: versions
+// decide.
+func (a *daemonActions) Repair(ctx context.Context, s rollout.Slice, reason string) ([]string, map[string]any, error) {
+	var ids []string
+	scope := map[string]any{}
+	for _, ns := range s.Namespaces() {
+		sum, ok, err := checkpoints.GetJSON[checkpoints.RoundSummary](ctx, a.d.store, checkpoints.KeyReconcileLatest+ns)
+		if err != nil {
+			return ids, scope, err
+		}
+		req := capture.Request{Namespace: ns, Reason: reason, Actor: rollout.AutoActor}
+		switch {
+		case ok && sum.IDsComplete && len(sum.IDs) == 0:
+			scope[ns] = fmt.Sprintf("nothing: round %s found no divergent row", sum.ID)
+			continue
+		case ok && sum.IDsComplete:
+			req.Keys = sum.IDs
+			scope[ns] = fmt.Sprintf("%d documents found divergent by round %s", len(sum.IDs), sum.ID)
+		case ok:
+			scope[ns] = fmt.Sprintf("the collection: round %s did not list every divergent document", sum.ID)
+		default:
+			scope[ns] = "the collection: no finished round"
+		}
+		id, err := capture.Enqueue(ctx, a.d.store, req)
+		if err != nil {
+			return ids, scope, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, scope, nil
 }
 
 func (a *daemonActions) Requests(ctx context.Context, ids []string) (int, error) {

@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
 	"github.com/tidemarkhq/tidemark/envelope"
@@ -193,4 +194,61 @@ func sameSet(a, b string) bool {
 		}
 	}
 	return true
+}
+
+// TestRolloutRepairReemitsWhatTheRoundFound checks what the rollout repair
+// action asks capture to re-emit for each namespace of the slice: only the
+// documents of a round summary that lists all of them, nothing after a clean
+// round, and the whole collection when the summary is partial or missing.
+func TestRolloutRepairReemitsWhatTheRoundFound(t *testing.T) {
+	ctx := context.Background()
+	store := checkpointstest.New()
+	key := func(id int64) []byte {
+		typ, b, _ := bson.MarshalValue(id)
+		return envelope.Key(bson.RawValue{Type: typ, Value: b})
+	}
+	put := func(ns string, sum checkpoints.RoundSummary) {
+		if err := checkpoints.PutJSON(ctx, store, checkpoints.KeyReconcileLatest+ns, sum); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("app.found", checkpoints.RoundSummary{ID: "r1", Divergent: 3, IDs: [][]byte{key(7), key(9)}, IDsComplete: true})
+	put("app.clean", checkpoints.RoundSummary{ID: "r2", Clean: true, IDsComplete: true})
+	put("app.partial", checkpoints.RoundSummary{ID: "r3", Divergent: 5000})
+	a := &daemonActions{d: &daemon{store: store}}
+	slice := rollout.Slice{"app.found": 10000, "app.clean": 10000, "app.partial": 10000, "app.unreconciled": 5000}
+	ids, scope, err := a.Repair(ctx, slice, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 3 {
+		t.Fatalf("%d requests, want 3 (none for the clean namespace): %v", len(ids), scope)
+	}
+	got := map[string]capture.Request{}
+	for _, id := range ids {
+		r, ok, err := checkpoints.GetJSON[capture.Request](ctx, store, id)
+		if err != nil || !ok {
+			t.Fatalf("request %s: %v %v", id, ok, err)
+		}
+		if r.Actor != rollout.AutoActor || r.Reason != "test" {
+			t.Errorf("request %s: actor %q reason %q", id, r.Actor, r.Reason)
+		}
+		got[r.Namespace] = r
+	}
+	if r := got["app.found"]; len(r.Keys) != 2 || !bytes.Equal(r.Keys[0], key(7)) || !bytes.Equal(r.Keys[1], key(9)) {
+		t.Errorf("app.found: re-emits %d keys, want the round's two documents", len(r.Keys))
+	}
+	for _, ns := range []string{"app.partial", "app.unreconciled"} {
+		if r, ok := got[ns]; !ok || len(r.Keys) != 0 || r.Filter != "" {
+			t.Errorf("%s: want the whole collection re-emitted, got %+v (present %v)", ns, r, ok)
+		}
+	}
+	if _, ok := got["app.clean"]; ok {
+		t.Error("app.clean: a clean round's namespace was re-emitted")
+	}
+	for ns, want := range map[string]string{"app.found": "2 documents", "app.clean": "nothing", "app.partial": "the collection", "app.unreconciled": "no finished round"} {
+		if s, _ := scope[ns].(string); !strings.Contains(s, want) {
+			t.Errorf("audit scope of %s is %q, want it to say %q", ns, s, want)
+		}
+	}
 }

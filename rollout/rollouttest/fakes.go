@@ -148,11 +148,15 @@ func (a *Actions) enqueue(n int) []string {
 	return ids
 }
 
-func (a *Actions) Repair(_ context.Context, s rollout.Slice, reason string) ([]string, error) {
+func (a *Actions) Repair(_ context.Context, s rollout.Slice, reason string) ([]string, map[string]any, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.record("repair %v", s.Namespaces())
-	return a.enqueue(len(s)), nil
+	scope := map[string]any{}
+	for _, ns := range s.Namespaces() {
+		scope[ns] = "collection"
+	}
+	return a.enqueue(len(s)), scope, nil
 }
 
 // Requests serves every pending request: the capture role of the fake is instant.
