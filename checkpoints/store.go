@@ -84,6 +84,7 @@ const (
 	PrefixIntent    = "intent/"    // intent/paused, intent/rewind/...: operator intent
 	PrefixRollout   = "rollout/"   // rollout/state
 	PrefixReconcile = "reconcile/" // reconcile/<round>: resumable round progress
+	PrefixLeader    = "leader/"    // leader/current: the elected leader (election.enabled)
 )
 
 // PartitionKey is the key of a per-partition record under prefix.

@@ -81,6 +81,9 @@ type Status struct {
 	RouteGen     int64                 `json:"route_generation"`
 	Evaluated    time.Time             `json:"evaluated,omitzero"`
 	LastError    string                `json:"last_error,omitempty"`
+	// Following is true on a daemon that follows another's evaluation
+	// (rollout.follow, or an election another daemon leads).
+	Following bool `json:"following"`
 }
 
 // Option configures an Engine.
@@ -116,6 +119,9 @@ type Engine struct {
 
 	op sync.Mutex // serialises everything that changes st
 	st State
+	// following is true while another daemon evaluates the plan: set by
+	// rollout.follow, or by SetEvaluating as an election moves the role.
+	following atomic.Bool
 	// gates and trigs follow conditions of the current stage; they are not
 	// persisted: after a restart every window starts again, which only delays.
 	gates map[string]*hold
@@ -145,6 +151,7 @@ func NewEngine(cfg Config, store checkpoints.Store, sig Signals, act Actions, op
 	if cfg.DryRun {
 		e.auto = e.wouldDo
 	}
+	e.following.Store(cfg.Follow)
 	return e, nil
 }
 
@@ -153,12 +160,45 @@ func NewEngine(cfg Config, store checkpoints.Store, sig Signals, act Actions, op
 func (e *Engine) Start(ctx context.Context) error {
 	e.op.Lock()
 	defer e.op.Unlock()
+	return e.start(ctx)
+}
+
+// SetEvaluating makes this engine the plan's evaluator (on) or a follower of
+// the stored state (off), as an election gives or takes the role. A new
+// evaluator reloads the state the previous one stored and starts every gate
+// and trigger window again, as after a restart: that only delays. An engine
+// configured with rollout.follow never evaluates.
+func (e *Engine) SetEvaluating(ctx context.Context, on bool) error {
+	e.op.Lock()
+	defer e.op.Unlock()
+	if !on {
+		if !e.following.Swap(true) {
+			e.log.Info("rollout: following the plan; another daemon evaluates it")
+			e.refresh(e.now().UTC(), nil)
+		}
+		return nil
+	}
+	if e.cfg.Follow || !e.following.Load() {
+		return nil
+	}
+	e.following.Store(false)
+	clear(e.gates)
+	clear(e.trigs)
+	clear(e.verdicts)
+	if err := e.start(ctx); err != nil {
+		e.following.Store(true)
+		return err
+	}
+	return nil
+}
+
+func (e *Engine) start(ctx context.Context) error {
 	st, ok, err := checkpoints.GetJSON[State](ctx, e.store, StateKey)
 	if err != nil {
 		return fmt.Errorf("rollout: %w", err)
 	}
 	now := e.now().UTC()
-	if e.cfg.Follow {
+	if e.following.Load() {
 		if !ok {
 			// The evaluator has not started yet; it will begin with the
 			// first stage, so the sink must not skip those keys meanwhile.
@@ -248,7 +288,7 @@ func (e *Engine) Tick(ctx context.Context) error {
 	e.op.Lock()
 	defer e.op.Unlock()
 	now := e.now().UTC()
-	if e.cfg.Follow {
+	if e.following.Load() {
 		st, ok, err := checkpoints.GetJSON[State](ctx, e.store, StateKey)
 		if err == nil && ok {
 			err = e.follow(ctx, st)
@@ -658,7 +698,8 @@ func (e *Engine) refresh(now time.Time, err error) {
 	s := Status{PlanVersion: e.cfg.Version, DryRun: e.cfg.DryRun, Stage: e.st.Stage, StageName: e.st.StageName,
 		StageSince: e.st.StageSince, SoftRollback: e.st.SoftRollback, Held: e.st.Held,
 		Aborted: e.st.Aborted, Paused: append([]sink.TopicPartition{}, e.st.Paused...), Gates: e.gateStatus(now),
-		Triggers: []TriggerStatus{}, RouteGen: e.st.Routes.Generation, Evaluated: now, Reverted: []string{}, Slice: map[string]any{}}
+		Triggers: []TriggerStatus{}, RouteGen: e.st.Routes.Generation, Evaluated: now, Reverted: []string{}, Slice: map[string]any{},
+		Following: e.following.Load()}
 	for _, st := range e.cfg.Stages {
 		s.Stages = append(s.Stages, st.Name)
 	}

@@ -633,3 +633,75 @@ func TestDrillUnknownTrigger(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 }
+
+// TestEvaluatorRoleMovesBetweenEngines plays an election on two engines
+// sharing one store: only the evaluator takes plan commands and fires
+// triggers, and the engine that takes the role over continues from the state
+// the other stored, its trigger bookkeeping included.
+func TestEvaluatorRoleMovesBetweenEngines(t *testing.T) {
+	en := newEnv(t, nil)
+	a := en.e
+	b, err := rollout.NewEngine(en.cfg, en.store, en.sig, &rollouttest.Actions{}, rollout.WithClock(en.clock.Now),
+		rollout.WithPoll(time.Millisecond), rollout.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetEvaluating(en.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(en.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Advance(en.ctx, "bob", "not the evaluator", true); !errors.Is(err, rollout.ErrRefused) || !b.Status().Following {
+		t.Fatalf("a follower took a plan command: %v (following %v)", err, b.Status().Following)
+	}
+	if _, err := a.Advance(en.ctx, "alice", "go", true); err != nil {
+		t.Fatal(err)
+	}
+	en.set("divergent_rows", 5) // tenth's fix trigger: repair
+	en.run(time.Minute, 10*time.Second)
+	if en.act.Count("repair") != 1 {
+		t.Fatalf("the evaluator did not repair: %v", en.act.Calls)
+	}
+
+	// The role moves: a stops evaluating, b starts.
+	if err := a.SetEvaluating(en.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetEvaluating(en.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Rollback(en.ctx, "alice", "too late", false); !errors.Is(err, rollout.ErrRefused) {
+		t.Fatalf("the former evaluator took a plan command: %v", err)
+	}
+	st := b.Status()
+	if st.StageName != "tenth" || st.Following {
+		t.Fatalf("the new evaluator: stage %s following %v, want tenth and evaluating", st.StageName, st.Following)
+	}
+	var fix rollout.TriggerStatus
+	for _, tr := range st.Triggers {
+		if tr.Name == "fix" {
+			fix = tr
+		}
+	}
+	if fix.Attempts != 1 {
+		t.Fatalf("the new evaluator lost the trigger's attempts: %+v", fix)
+	}
+	// Ticking both, only b acts; the repair's cool-down (10m) carried over.
+	calls := en.act.Count("repair")
+	for end := en.clock.Now().Add(5 * time.Minute); en.clock.Now().Before(end); {
+		en.clock.Add(10 * time.Second)
+		a.Tick(en.ctx)
+		b.Tick(en.ctx)
+	}
+	if en.act.Count("repair") != calls {
+		t.Fatal("the former evaluator fired a trigger")
+	}
+	if _, err := b.Rollback(en.ctx, "bob", "reads back", false); err != nil {
+		t.Fatalf("the new evaluator refused a plan command: %v", err)
+	}
+	a.Tick(en.ctx)
+	if !a.Status().SoftRollback {
+		t.Fatal("the follower did not pick up the new evaluator's state")
+	}
+}

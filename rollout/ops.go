@@ -12,7 +12,7 @@ import (
 	"github.com/tidemarkhq/tidemark/sink"
 )
 
-var errFollower = fmt.Errorf("%w: this daemon follows the plan (rollout.follow); send plan commands to the daemon that evaluates it", ErrRefused)
+var errFollower = fmt.Errorf("%w: this daemon follows the plan (rollout.follow, or another daemon is the elected leader: GET /v1/leader names it); send plan commands to the daemon that evaluates it", ErrRefused)
 
 func refused(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
@@ -22,11 +22,11 @@ func refused(format string, a ...any) error {
 // rolled back, at the last stage, and — unless force — while any gate of the
 // current stage does not pass. Advancing clears a hold: a person decided.
 func (e *Engine) Advance(ctx context.Context, actor, reason string, force bool) (Status, error) {
-	if e.cfg.Follow {
-		return e.Status(), errFollower
-	}
 	e.op.Lock()
 	defer e.op.Unlock()
+	if e.following.Load() {
+		return e.Status(), errFollower
+	}
 	now := e.now().UTC()
 	switch {
 	case e.st.Aborted:
@@ -58,11 +58,11 @@ func (e *Engine) Advance(ctx context.Context, actor, reason string, force bool) 
 // every read to legacy. The sink keeps writing the slice, so Cassandra stays
 // current for a retry; `plan resume` undoes an abort.
 func (e *Engine) Abort(ctx context.Context, actor, reason string) (Status, error) {
-	if e.cfg.Follow {
-		return e.Status(), errFollower
-	}
 	e.op.Lock()
 	defer e.op.Unlock()
+	if e.following.Load() {
+		return e.Status(), errFollower
+	}
 	if e.st.Aborted {
 		return e.Status(), refused("the plan is already aborted")
 	}
@@ -76,11 +76,11 @@ func (e *Engine) Abort(ctx context.Context, actor, reason string) (Status, error
 // Rollback is an operator's soft (routes to legacy) or hard (back to the
 // previous stage, this one marked reverted) rollback.
 func (e *Engine) Rollback(ctx context.Context, actor, reason string, hard bool) (Status, error) {
-	if e.cfg.Follow {
-		return e.Status(), errFollower
-	}
 	e.op.Lock()
 	defer e.op.Unlock()
+	if e.following.Load() {
+		return e.Status(), errFollower
+	}
 	a := SoftRollback
 	switch {
 	case hard && e.st.Stage < 0:
@@ -100,11 +100,11 @@ func (e *Engine) Rollback(ctx context.Context, actor, reason string, hard bool) 
 // rollback, releases the partitions the rollout paused, and gives the
 // current stage's triggers their attempts back.
 func (e *Engine) Resume(ctx context.Context, actor, reason string) (Status, error) {
-	if e.cfg.Follow {
-		return e.Status(), errFollower
-	}
 	e.op.Lock()
 	defer e.op.Unlock()
+	if e.following.Load() {
+		return e.Status(), errFollower
+	}
 	before := map[string]any{"held": e.st.Held, "aborted": e.st.Aborted, "soft_rollback": e.st.SoftRollback, "paused": e.st.Paused}
 	var err error
 	if len(e.st.Paused) > 0 {
@@ -156,11 +156,11 @@ type DrillStep struct {
 // report goes to the audit log and under DrillKeyPrefix. A drill does not
 // count as a trigger attempt.
 func (e *Engine) Drill(ctx context.Context, actor, reason, trigger string) (DrillReport, error) {
-	if e.cfg.Follow {
-		return DrillReport{}, errFollower
-	}
 	e.op.Lock()
 	defer e.op.Unlock()
+	if e.following.Load() {
+		return DrillReport{}, errFollower
+	}
 	var t *Trigger
 	var names []string
 	for _, x := range e.cfg.triggers(e.st.Stage) {

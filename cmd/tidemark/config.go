@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/leader"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/rollout"
 	"github.com/tidemarkhq/tidemark/sink"
@@ -44,7 +45,10 @@ type Config struct {
 	// Rollout is the plan: stages, gates, triggers (see the rollout package).
 	Rollout   rollout.Config   `yaml:"rollout"`
 	Reconcile reconcile.Config `yaml:"reconcile"`
-	Log       LogConfig        `yaml:"log"`
+	// Election makes one daemon of several the leader, which alone runs
+	// scheduled reconcile rounds and evaluates the rollout plan.
+	Election leader.Config `yaml:"election"`
+	Log      LogConfig     `yaml:"log"`
 }
 
 // TLSConfig names PEM files; empty fields are not used.
@@ -246,6 +250,7 @@ func (c *Config) applyDefaults() {
 	if c.Sink.TopicPrefix != c.Capture.TopicPrefix && c.Sink.TopicPrefix == "tidemark" {
 		c.Sink.TopicPrefix = c.Capture.TopicPrefix
 	}
+	c.Election = c.Election.WithDefaults(c.Capture.TopicPrefix)
 }
 
 func (c *Config) hasRole(r string) bool {
@@ -297,6 +302,9 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("sink.topic_prefix must equal capture.topic_prefix"))
 	}
 	if err := c.Rollout.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Election.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

@@ -112,13 +112,21 @@ func startReconcile(ctx context.Context, d *daemon, srv *admin.Server, g *errgro
 	srv.Handle("POST /v1/reconcile", http.HandlerFunc(h.start), true)
 	srv.Handle("POST /v1/repair", http.HandlerFunc(h.repair), true)
 	if every := d.cfg.Reconcile.Interval; every > 0 {
-		g.Go(func() error { return scheduleRounds(ctx, rec, d.mapping, every, d.log.With("stage", "reconcile")) })
+		log := d.log.With("stage", "reconcile")
+		schedule := func(ctx context.Context) error { return scheduleRounds(ctx, rec, d.mapping, every, log) }
+		if d.elector != nil {
+			// A round cut short when the role moves is resumed by the next
+			// leader's round of the same scope.
+			g.Go(func() error { return d.elector.Lead(ctx, schedule) })
+		} else {
+			g.Go(func() error { return schedule(ctx) })
+		}
 	}
 	return nil
 }
 
-// scheduleRounds runs a round of every namespace each interval. Run the
-// schedule on one daemon (interval 0 on the others): rounds are not leased.
+// scheduleRounds runs a round of every namespace each interval. Without an
+// election, run the schedule on one daemon (interval 0 on the others).
 func scheduleRounds(ctx context.Context, rec *reconcile.Reconciler, m *transform.Mapping, every time.Duration, log interface {
 	Warn(string, ...any)
 }) error {

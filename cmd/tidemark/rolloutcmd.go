@@ -58,10 +58,35 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 	if err != nil {
 		return err
 	}
+	if d.elector != nil {
+		// Evaluate only while this daemon leads; follow the stored state
+		// otherwise (rollout.follow keeps a daemon a follower for good).
+		e.SetEvaluating(ctx, false)
+	}
 	if err := e.Start(ctx); err != nil {
 		return err
 	}
 	g.Go(func() error { return e.Run(ctx) })
+	if d.elector != nil {
+		g.Go(func() error {
+			for {
+				leading, changed := d.elector.State()
+				var retry <-chan time.Time
+				if err := e.SetEvaluating(ctx, leading); err != nil && ctx.Err() == nil {
+					// Still a follower (the stored state could not be read):
+					// try again while the role is this daemon's.
+					d.log.Error("rollout: cannot take over the plan's evaluation; retrying", "err", err)
+					retry = time.After(5 * time.Second)
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-changed:
+				case <-retry:
+				}
+			}
+		})
+	}
 	h := &planAPI{e: e}
 	srv.Handle("GET /v1/plan", http.HandlerFunc(h.status), false)
 	srv.Handle("GET /v1/route", http.HandlerFunc(h.route), false)

@@ -19,6 +19,7 @@ import (
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/leader"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/tidemarkhq/tidemark/transform"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -45,6 +46,9 @@ type daemon struct {
 	capture *capture.Capture
 	reg     *prometheus.Registry
 	ready   chan struct{}
+	// elector is nil unless election.enabled: then only the leader runs
+	// scheduled rounds and evaluates the rollout plan.
+	elector *leader.Elector
 }
 
 // daemonPart is a component another file of this command adds through init
@@ -151,6 +155,12 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	srv := admin.NewServer(tokens, d.store, cfg.Admin.OpenStatus, log)
 	d.routes(srv, reg)
+	if cfg.Election.Enabled {
+		d.elector = leader.New(cfg.Election, kopts, log, reg)
+		g.Go(func() error { return d.elector.Run(gctx) })
+		g.Go(func() error { d.recordLeadership(gctx); return nil })
+	}
+	srv.Handle("GET /v1/leader", http.HandlerFunc(d.leaderInfo), false)
 	for _, p := range daemonParts {
 		if err := p.start(gctx, d, srv, g); err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)

@@ -50,8 +50,9 @@ func Tail(s string, n int) string {
 }
 
 // RunDaemon runs `bin run --config config` until the test ends (then SIGINT)
-// and prints the end of its log, named name, if the test failed.
-func RunDaemon(t testing.TB, ctx context.Context, bin, name, config string) {
+// and prints the end of its log, named name, if the test failed. The process
+// is returned for tests that kill it themselves.
+func RunDaemon(t testing.TB, ctx context.Context, bin, name, config string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, bin, "run", "--config", config)
 	logs := &LockedBuffer{}
@@ -66,6 +67,7 @@ func RunDaemon(t testing.TB, ctx context.Context, bin, name, config string) {
 			t.Logf("%s log tail:\n%s", name, logs.Tail(5000))
 		}
 	})
+	return cmd
 }
 
 // StartChild re-executes the test binary as a child process with conf in env.

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/leader"
+)
+
+// leaderKey holds the elected leader's LeaderRecord.
+const leaderKey = checkpoints.PrefixLeader + "current"
+
+// LeaderRecord is what the elected leader stores, so that any daemon can
+// name it (plan commands go to the leader).
+type LeaderRecord struct {
+	Identity string    `json:"identity"` // host/pid
+	Admin    string    `json:"admin"`    // its admin.listen
+	Since    time.Time `json:"since"`
+}
+
+// LeaderInfo is the answer of GET /v1/leader.
+type LeaderInfo struct {
+	Election bool          `json:"election"`
+	Leading  bool          `json:"leading"` // this daemon
+	Leader   *LeaderRecord `json:"leader,omitempty"`
+}
+
+// recordLeadership stores and audits every change of this daemon's role
+// until ctx ends.
+func (d *daemon) recordLeadership(ctx context.Context) {
+	id := leader.Identity()
+	was := false
+	for {
+		leading, changed := d.elector.State()
+		if leading != was {
+			action := "leader.release"
+			if leading {
+				action = "leader.acquire"
+				rec := LeaderRecord{Identity: id, Admin: d.cfg.Admin.Listen, Since: time.Now().UTC()}
+				if err := checkpoints.PutJSON(ctx, d.store, leaderKey, rec); err != nil && ctx.Err() == nil {
+					d.log.Warn("cannot record this daemon as the leader", "err", err)
+				}
+			}
+			// Audited even as the daemon stops: giving up the role is an action too.
+			if err := d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:leader", Action: action, Target: id, Result: "ok",
+				Details: map[string]any{"group": d.cfg.Election.Group, "admin": d.cfg.Admin.Listen}}); err != nil {
+				d.log.Warn("cannot write the audit log", "err", err)
+			}
+			was = leading
+		}
+		select {
+		case <-ctx.Done():
+			if was {
+				// Run gives the role up as it stops; record that here, as
+				// the change may come after this loop has gone.
+				d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:leader", Action: "leader.release", Target: id,
+					Result: "ok", Reason: "daemon stopping", Details: map[string]any{"group": d.cfg.Election.Group}})
+			}
+			return
+		case <-changed:
+		}
+	}
+}
+
+func (d *daemon) leaderInfo(w http.ResponseWriter, r *http.Request) {
+	info := LeaderInfo{Election: d.elector != nil}
+	if d.elector != nil {
+		info.Leading = d.elector.Leading()
+		rec, ok, err := checkpoints.GetJSON[LeaderRecord](r.Context(), d.store, leaderKey)
+		if err != nil {
+			admin.WriteError(w, http.StatusInternalServerError, err)
+			return
+		}
+		if ok {
+			info.Leader = &rec
+		}
+	}
+	admin.WriteJSON(w, http.StatusOK, info)
+}

@@ -1,0 +1,273 @@
+// Package leader elects one daemon, among those sharing a Kafka cluster, to
+// do the work that must happen once: scheduled reconcile rounds and the
+// rollout plan's evaluation.
+//
+// The leader is whichever member of a consumer group is assigned the only
+// partition of a one-partition topic. Kafka's group protocol already gives a
+// partition to one member per generation and hands it on when that member
+// leaves, or stops heartbeating for the session timeout, so tidemark needs no
+// lock service and no compare-and-set in its checkpoints store.
+package leader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Config names the election. Every daemon that should take part uses the
+// same Group and Topic.
+type Config struct {
+	// Enabled turns the election on. Off, every daemon runs its schedule and
+	// evaluates its plan itself (rollout.follow and reconcile.interval decide).
+	Enabled bool `yaml:"enabled"`
+	// Group is the consumer group the daemons join. Default "<prefix>-leader".
+	Group string `yaml:"group"`
+	// Topic is the one-partition topic whose partition makes the leader,
+	// created if missing. Default "<prefix>.leader". Nothing is written to it.
+	Topic string `yaml:"topic"`
+	// SessionTimeout is how long a leader that stopped heartbeating (crashed,
+	// partitioned away) keeps the role before another daemon takes it.
+	// Default 30s; Kafka bounds it by group.min/max.session.timeout.ms.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+}
+
+// WithDefaults fills what is unset; prefix is the capture topic prefix.
+func (c Config) WithDefaults(prefix string) Config {
+	if c.Group == "" {
+		c.Group = prefix + "-leader"
+	}
+	if c.Topic == "" {
+		c.Topic = prefix + ".leader"
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 30 * time.Second
+	}
+	return c
+}
+
+// Validate reports a config that cannot work.
+func (c Config) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	if c.SessionTimeout < 6*time.Second {
+		// Kafka's default group.min.session.timeout.ms.
+		return fmt.Errorf("election.session_timeout: %s is under Kafka's default minimum of 6s", c.SessionTimeout)
+	}
+	return nil
+}
+
+// Elector takes part in the election until its Run returns.
+type Elector struct {
+	cfg   Config
+	opts  []kgo.Opt
+	log   *slog.Logger
+	gauge prometheus.Gauge
+
+	mu      sync.Mutex
+	leading bool
+	since   time.Time
+	changed chan struct{} // closed, and replaced, at every change
+}
+
+// New prepares an elector; kopts connect to Kafka (brokers, TLS, SASL).
+func New(cfg Config, kopts []kgo.Opt, log *slog.Logger, reg prometheus.Registerer) *Elector {
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Elector{cfg: cfg, opts: kopts, log: log.With("stage", "leader"), changed: make(chan struct{}),
+		gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tidemark_leader",
+			Help: "1 while this daemon is the elected leader (runs scheduled reconcile rounds and evaluates the rollout plan), else 0."})}
+	if reg != nil {
+		reg.MustRegister(e.gauge)
+	}
+	return e
+}
+
+// Leading reports whether this daemon is the leader now.
+func (e *Elector) Leading() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.leading
+}
+
+// Changed returns a channel closed at the next change of Leading.
+func (e *Elector) Changed() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.changed
+}
+
+func (e *Elector) set(leading bool, why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.leading == leading {
+		return
+	}
+	e.leading = leading
+	if leading {
+		e.since = time.Now()
+		e.gauge.Set(1)
+		e.log.Info("this daemon is the leader now", "group", e.cfg.Group)
+	} else {
+		e.gauge.Set(0)
+		e.log.Info("this daemon is no longer the leader", "why", why, "led_for", time.Since(e.since).Round(time.Millisecond))
+	}
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+// holds reports whether m includes the election topic's partition.
+func (e *Elector) holds(m map[string][]int32) bool {
+	for _, p := range m[e.cfg.Topic] {
+		if p == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Run joins the election and stays in it until ctx ends; then it gives the
+// role up at once (leaving the group), so another daemon need not wait for
+// the session timeout.
+func (e *Elector) Run(ctx context.Context) error {
+	if err := e.createTopic(ctx); err != nil {
+		return err
+	}
+	hbKey, joinKey, syncKey := kmsg.NewPtrHeartbeatRequest().Key(), kmsg.NewPtrJoinGroupRequest().Key(), kmsg.NewPtrSyncGroupRequest().Key()
+	opts := append(e.opts[:len(e.opts):len(e.opts)],
+		kgo.ConsumerGroup(e.cfg.Group),
+		kgo.ConsumeTopics(e.cfg.Topic),
+		kgo.DisableAutoCommit(),
+		kgo.SessionTimeout(e.cfg.SessionTimeout),
+		// A leader cut off from Kafka must notice before the group gives the
+		// role to another member: heartbeat retries stop well inside the
+		// session timeout, and then the partition is given up.
+		kgo.RetryTimeoutFn(func(key int16) time.Duration {
+			switch key {
+			case hbKey:
+				return e.cfg.SessionTimeout / 3
+			case joinKey, syncKey:
+				return e.cfg.SessionTimeout // franz-go's default for these
+			}
+			return 30 * time.Second
+		}),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if e.holds(m) {
+				e.set(true, "")
+			}
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if e.holds(m) {
+				e.set(false, "revoked in a rebalance")
+			}
+		}),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if e.holds(m) {
+				e.set(false, "group session lost")
+			}
+		}),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return fmt.Errorf("leader: kafka client: %w", err)
+	}
+	defer func() {
+		e.set(false, "stopping")
+		cl.Close() // leaves the group
+	}()
+	for {
+		// Nothing is ever produced to the topic: polling only surfaces
+		// errors, such as a group the broker refuses to let us join.
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		fs.EachError(func(t string, p int32, err error) {
+			e.log.Warn("election: consumer error", "topic", t, "err", err)
+		})
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (e *Elector) createTopic(ctx context.Context) error {
+	cl, err := kgo.NewClient(e.opts...)
+	if err != nil {
+		return fmt.Errorf("leader: kafka client: %w", err)
+	}
+	defer cl.Close()
+	_, err = kadm.NewClient(cl).CreateTopic(ctx, 1, -1, nil, e.cfg.Topic)
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("leader: create topic %s: %w", e.cfg.Topic, err)
+	}
+	return nil
+}
+
+// Lead runs fn while this daemon leads, with a context that ends when it
+// stops leading, and runs it again whenever it leads again. It returns when
+// ctx ends, or with fn's error if fn fails on its own while leading.
+func (e *Elector) Lead(ctx context.Context, fn func(context.Context) error) error {
+	for {
+		for leading, ch := e.State(); !leading; leading, ch = e.State() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-ch:
+			}
+		}
+		lctx, stop := context.WithCancel(ctx)
+		var lost atomic.Bool
+		go func() {
+			for {
+				leading, ch := e.State()
+				if !leading {
+					lost.Store(true)
+					stop()
+					return
+				}
+				select {
+				case <-lctx.Done():
+					return
+				case <-ch:
+				}
+			}
+		}()
+		err := fn(lctx)
+		stop()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil && !lost.Load() {
+			return err
+		}
+	}
+}
+
+// State is Leading and Changed read together, so no change falls between.
+func (e *Elector) State() (bool, <-chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.leading, e.changed
+}
+
+// Identity names this process in the store and in logs: host and pid.
+func Identity() string {
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d", h, os.Getpid())
+}
