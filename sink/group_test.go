@@ -12,30 +12,52 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// recordingWriter keeps every batch it is given, as the target would hold it.
-// col is the row value holding the id.
+// recordingWriter keeps every batch it is given and, per table, the newest
+// version written for each id, as the target would hold it. col is the row
+// value holding the id.
 type recordingWriter struct {
 	col     int
 	mu      sync.Mutex
 	batches [][]Change
-	rows    map[int64]int64 // id -> version of the newest upsert
+	rows    map[string]map[int64]int64 // table -> id -> version of the newest upsert
+}
+
+func newRecordingWriter(col int) *recordingWriter {
+	return &recordingWriter{col: col, rows: map[string]map[int64]int64{}}
 }
 
 func (w *recordingWriter) Write(_ context.Context, t *transform.Table, cs []Change) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.batches = append(w.batches, cs)
+	byID := w.rows[t.Name]
+	if byID == nil {
+		byID = map[int64]int64{}
+		w.rows[t.Name] = byID
+	}
 	for _, c := range cs {
 		id := c.Row.Values[w.col].(int64)
-		if c.Version > w.rows[id] {
-			w.rows[id] = c.Version
-		}
+		byID[id] = max(byID[id], c.Version)
 	}
 	return nil
 }
 
 func (w *recordingWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Event, *transform.Row) error {
 	return fmt.Errorf("no key-map table in this spec")
+}
+
+// writeAll runs a sink over recs, in one partition, into w until every
+// record is applied.
+func writeAll(t *testing.T, recs []*kgo.Record, m *transform.Mapping, w Writer) {
+	t.Helper()
+	brokers := kfakeTopic(t, 1, recs)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sk := newItemsSink(t, brokers, Config{Group: "g"}, w, m, nil)
+	defer sk.Close()
+	stop := runSink(ctx, sk)
+	defer stop()
+	waitApplied(t, ctx, sk, int64(len(recs)))
 }
 
 // TestSinkBatchesByCassandraPartition feeds 200 documents whose rows fall in
@@ -48,15 +70,8 @@ func TestSinkBatchesByCassandraPartition(t *testing.T) {
 	for i := range n {
 		recs = append(recs, itemRecord(t, int64(i%150), int32(i), uint32(i+1)))
 	}
-	brokers := kfakeTopic(t, 1, recs)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	w := &recordingWriter{col: 1, rows: map[int64]int64{}}
-	sk := newItemsSink(t, brokers, Config{Group: "g"}, w, itemsMapping(t, 2), nil)
-	defer sk.Close()
-	stop := runSink(ctx, sk)
-	waitApplied(t, ctx, sk, n)
-	stop()
+	w := newRecordingWriter(1)
+	writeAll(t, recs, itemsMapping(t, 2), w)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -80,7 +95,7 @@ func TestSinkBatchesByCassandraPartition(t *testing.T) {
 		if i < n-150 {
 			newest = i + 150 + 1
 		}
-		if got, want := w.rows[int64(i)], (envelope.Version{T: 100, I: uint32(newest)}).Micros(); got != want {
+		if got, want := w.rows["items"][int64(i)], (envelope.Version{T: 100, I: uint32(newest)}).Micros(); got != want {
 			t.Fatalf("id %d: newest version written %d, want %d", i, got, want)
 		}
 	}
@@ -234,31 +249,6 @@ func TestSinkThrottlesSlowTarget(t *testing.T) {
 	}
 }
 
-// tablesWriter keeps, per table, the newest version written for each id.
-type tablesWriter struct {
-	mu   sync.Mutex
-	rows map[string]map[int64]int64
-}
-
-func (w *tablesWriter) Write(_ context.Context, t *transform.Table, cs []Change) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	byID := w.rows[t.Name]
-	if byID == nil {
-		byID = map[int64]int64{}
-		w.rows[t.Name] = byID
-	}
-	for _, c := range cs {
-		id := c.Row.Values[0].(int64)
-		byID[id] = max(byID[id], c.Version)
-	}
-	return nil
-}
-
-func (w *tablesWriter) ApplyMapped(context.Context, *transform.Table, *envelope.Event, *transform.Row) error {
-	return fmt.Errorf("no key-map table in this spec")
-}
-
 // TestSinkWritesEveryTableOfANamespace maps each document to two tables, so
 // that a chunk holds twice as many writes as records, and checks that every
 // document reached both tables at its version.
@@ -268,36 +258,8 @@ func TestSinkWritesEveryTableOfANamespace(t *testing.T) {
 	for i := range n {
 		recs = append(recs, itemRecord(t, int64(i), int32(i), uint32(i+1)))
 	}
-	brokers := kfakeTopic(t, 1, recs)
-	m, err := transform.Parse([]byte(`
-version: "t1"
-collections:
-  - namespace: app.items
-    tables:
-      - keyspace: app
-        table: items
-        partition_key: [id]
-        columns:
-          - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-      - keyspace: app
-        table: items_copy
-        partition_key: [id]
-        columns:
-          - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	w := &tablesWriter{rows: map[string]map[int64]int64{}}
-	sk := newItemsSink(t, brokers, Config{Group: "g"}, w, m, nil)
-	defer sk.Close()
-	stop := runSink(ctx, sk)
-	waitApplied(t, ctx, sk, n)
-	stop()
+	w := newRecordingWriter(0)
+	writeAll(t, recs, itemsMapping(t, 0, "items_copy"), w)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()

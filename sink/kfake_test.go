@@ -25,25 +25,29 @@ const itemsTopic = "tidemark.app.items"
 // itemsMapping maps app.items {_id, v} to one table keyed by id (row values
 // [id, v]) or, with buckets > 0, keyed by a hash bucket of the id with the id
 // as clustering key, so that rows share Cassandra partitions ([bucket, id, v]).
-func itemsMapping(t testing.TB, buckets int) *transform.Mapping {
+// Tables named in more get the same columns, from the same documents.
+func itemsMapping(t testing.TB, buckets int, more ...string) *transform.Mapping {
 	t.Helper()
 	key, bucket := "partition_key: [id]", ""
 	if buckets > 0 {
 		key = "partition_key: [bucket]\n        clustering_key: [id]"
 		bucket = fmt.Sprintf("\n          - {name: bucket, type: int, compute: hash_bucket, args: [_id], buckets: %d}", buckets)
 	}
-	m, err := transform.Parse(fmt.Appendf(nil, `
+	spec := `
 version: "t1"
 collections:
   - namespace: app.items
-    tables:
+    tables:`
+	for _, table := range append([]string{"items"}, more...) {
+		spec += fmt.Sprintf(`
       - keyspace: app
-        table: items
+        table: %s
         %s
         columns:%s
           - {name: id, type: bigint, from: _id}
-          - {name: v, type: int, from: v}
-`, key, bucket))
+          - {name: v, type: int, from: v}`, table, key, bucket)
+	}
+	m, err := transform.Parse([]byte(spec + "\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
