@@ -212,11 +212,19 @@ func (e *Elector) createTopic(ctx context.Context) error {
 		return fmt.Errorf("leader: kafka client: %w", err)
 	}
 	defer cl.Close()
-	_, err = kadm.NewClient(cl).CreateTopic(ctx, 1, -1, nil, e.cfg.Topic)
-	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
-		return fmt.Errorf("leader: create topic %s: %w", e.cfg.Topic, err)
+	adm := kadm.NewClient(cl)
+	_, err = adm.CreateTopic(ctx, 1, -1, nil, e.cfg.Topic)
+	if err == nil || errors.Is(err, kerr.TopicAlreadyExists) {
+		return nil
 	}
-	return nil
+	// A principal without the right to create topics is refused even for
+	// one that exists: an operator may have created it beforehand.
+	if td, lerr := adm.ListTopics(ctx, e.cfg.Topic); lerr == nil {
+		if d, ok := td[e.cfg.Topic]; ok && d.Err == nil && len(d.Partitions) > 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("leader: create topic %s (or create it with one partition beforehand): %w", e.cfg.Topic, err)
 }
 
 // Lead runs fn while this daemon leads, with a context that ends when it
