@@ -94,6 +94,10 @@ rollout:
 	if infoB.Leading || infoB.Leader == nil || infoB.Leader.Admin != addrA {
 		t.Fatalf("daemon b: %+v, want a follower naming a (%s) as the leader", infoB, addrA)
 	}
+	var st Status
+	if err := acB.Do(ctx, "GET", "/v1/status", nil, &st); err != nil || st.Leader.Leading || st.Leader.Leader == nil || st.Leader.Leader.Admin != addrA {
+		t.Fatalf("daemon b's status names the leader %+v (%v), want a", st.Leader, err)
+	}
 	waitFor("a's plan evaluated", func() bool { return !plan(acA).Following })
 	if !plan(acB).Following {
 		t.Fatal("daemon b evaluates the plan while a leads")

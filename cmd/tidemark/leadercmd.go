@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -66,17 +67,37 @@ func (d *daemon) recordLeadership(ctx context.Context) {
 }
 
 func (d *daemon) leaderInfo(w http.ResponseWriter, r *http.Request) {
-	info := LeaderInfo{Election: d.elector != nil}
-	if d.elector != nil {
-		info.Leading = d.elector.Leading()
-		rec, ok, err := checkpoints.GetJSON[LeaderRecord](r.Context(), d.store, leaderKey)
-		if err != nil {
-			admin.WriteError(w, http.StatusInternalServerError, err)
-			return
-		}
-		if ok {
-			info.Leader = &rec
-		}
+	info, err := d.leaderState(r.Context())
+	if err != nil {
+		admin.WriteError(w, http.StatusInternalServerError, err)
+		return
 	}
 	admin.WriteJSON(w, http.StatusOK, info)
+}
+
+// leaderState is whether this daemon leads and which one does.
+func (d *daemon) leaderState(ctx context.Context) (LeaderInfo, error) {
+	info := LeaderInfo{Election: d.elector != nil}
+	if d.elector == nil {
+		return info, nil
+	}
+	info.Leading = d.elector.Leading()
+	rec, ok, err := checkpoints.GetJSON[LeaderRecord](ctx, d.store, leaderKey)
+	if ok {
+		info.Leader = &rec
+	}
+	return info, err
+}
+
+// String is the leader line of `tidemark status`.
+func (i LeaderInfo) String() string {
+	switch {
+	case !i.Election:
+		return "no election (election.enabled is off)"
+	case i.Leading:
+		return "this daemon"
+	case i.Leader == nil:
+		return "none yet"
+	}
+	return fmt.Sprintf("%s (admin %s, since %s)", i.Leader.Identity, i.Leader.Admin, i.Leader.Since.Format(time.RFC3339))
 }

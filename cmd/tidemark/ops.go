@@ -82,7 +82,8 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *cf.json {
 		return printJSON(stdout, st)
 	}
-	fmt.Fprintf(stdout, "roles: %s   spec: %s\n\n", strings.Join(st.Roles, ","), st.SpecVersion)
+	fmt.Fprintf(stdout, "roles: %s   spec: %s\n", strings.Join(st.Roles, ","), st.SpecVersion)
+	fmt.Fprintf(stdout, "leader: %s\n\n", st.Leader)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TOPIC\tPART\tCOMMITTED\tEND\tBEHIND\tLAG(s)\tAPPLIED VERSION\tPAUSED")
 	for _, p := range st.Partitions {

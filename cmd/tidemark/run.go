@@ -245,6 +245,7 @@ type Status struct {
 	Partitions  []sink.PartitionLag         `json:"partitions"`
 	Paused      []sink.TopicPartition       `json:"paused"`
 	Backfill    map[string]capture.Progress `json:"backfill"`
+	Leader      LeaderInfo                  `json:"leader"`
 }
 
 func (d *daemon) status(w http.ResponseWriter, r *http.Request) {
@@ -253,6 +254,7 @@ func (d *daemon) status(w http.ResponseWriter, r *http.Request) {
 		st.Partitions = d.sink.Lag()
 	}
 	st.Paused, _, _ = checkpoints.GetJSON[[]sink.TopicPartition](r.Context(), d.store, sink.PausedKey)
+	st.Leader, _ = d.leaderState(r.Context())
 	for _, ns := range d.cfg.Capture.Namespaces {
 		if p, ok, _ := capture.BackfillProgress(r.Context(), d.store, ns); ok {
 			st.Backfill[ns] = p
