@@ -255,7 +255,7 @@ func (s *Sink) Run(ctx context.Context) error {
 				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
-		if err := s.apply(ctx, fs, s.tasks); err != nil {
+		if err := s.apply(ctx, fs); err != nil {
 			s.cl.AllowRebalance()
 			if ctx.Err() != nil {
 				return nil
@@ -364,7 +364,7 @@ type pollResult struct {
 // as it goes, at most Concurrency of them at a time; apply returns once every
 // write is acknowledged (or has failed, and then nothing is recorded as
 // applied).
-func (s *Sink) apply(ctx context.Context, fs kgo.Fetches, tasks chan<- task) error {
+func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -385,7 +385,7 @@ func (s *Sink) apply(ctx context.Context, fs kgo.Fetches, tasks chan<- task) err
 		res := &pollResult{tp: tp, last: p.Records[len(p.Records)-1]}
 		results = append(results, res)
 		wg.Add(1)
-		pr := &producer{s: s, ctx: pctx, fail: cancel, wg: &wg, sem: make(chan struct{}, s.cfg.Concurrency), tasks: tasks}
+		pr := &producer{s: s, ctx: pctx, fail: cancel, wg: &wg, sem: make(chan struct{}, s.cfg.Concurrency)}
 		go func() {
 			defer wg.Done()
 			if err := pr.produce(p.Records, res); err != nil {
@@ -446,12 +446,11 @@ type group struct {
 // producer decodes one partition's share of a poll and hands its writes to
 // the pool, at most Concurrency of them queued or running at a time.
 type producer struct {
-	s     *Sink
-	ctx   context.Context
-	fail  context.CancelCauseFunc
-	wg    *sync.WaitGroup
-	sem   chan struct{}
-	tasks chan<- task
+	s    *Sink
+	ctx  context.Context
+	fail context.CancelCauseFunc
+	wg   *sync.WaitGroup
+	sem  chan struct{}
 }
 
 // submit queues t. Each step first tries without blocking: a select that can
@@ -472,12 +471,12 @@ func (pr *producer) submit(t task) error {
 	}
 	pr.wg.Add(1)
 	select {
-	case pr.tasks <- t:
+	case pr.s.tasks <- t:
 		return nil
 	default:
 	}
 	select {
-	case pr.tasks <- t:
+	case pr.s.tasks <- t:
 		return nil
 	case <-pr.ctx.Done():
 		pr.done(nil)
