@@ -48,6 +48,12 @@ func Copy(ctx context.Context, dst, src Store) (CopyResult, error) {
 		}
 		res.Keys++
 	}
+	// The destination may already hold audit entries (a daemon that started
+	// on it and wrote no state yet): the copy adds to them.
+	before, err := dst.Audit(ctx, AuditFilter{})
+	if err != nil {
+		return res, fmt.Errorf("checkpoints: copy: read the destination's audit log: %w", err)
+	}
 	audit, err := src.Audit(ctx, AuditFilter{})
 	if err != nil {
 		return res, fmt.Errorf("checkpoints: copy: read the source's audit log: %w", err)
@@ -67,8 +73,8 @@ func Copy(ctx context.Context, dst, src Store) (CopyResult, error) {
 			return res, fmt.Errorf("checkpoints: copy: %s reads back different from the source", k)
 		}
 	}
-	if n, err := dst.Audit(ctx, AuditFilter{}); err != nil || len(n) != len(audit) {
-		return res, fmt.Errorf("checkpoints: copy: the destination's audit log has %d entries, want %d (%v)", len(n), len(audit), err)
+	if n, err := dst.Audit(ctx, AuditFilter{}); err != nil || len(n) != len(before)+len(audit) {
+		return res, fmt.Errorf("checkpoints: copy: the destination's audit log has %d entries, want %d (%v)", len(n), len(before)+len(audit), err)
 	}
 	return res, nil
 }

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,7 +78,7 @@ type Elector struct {
 	mu      sync.Mutex
 	leading bool
 	since   time.Time
-	changed chan struct{} // closed, and replaced, at every change
+	changed chan struct{} // closed, and replaced, at every change (State)
 }
 
 // New prepares an elector; kopts connect to Kafka (brokers, TLS, SASL).
@@ -101,13 +100,6 @@ func (e *Elector) Leading() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.leading
-}
-
-// Changed returns a channel closed at the next change of Leading.
-func (e *Elector) Changed() <-chan struct{} {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.changed
 }
 
 func (e *Elector) set(leading bool, why string) {
@@ -229,7 +221,7 @@ func (e *Elector) createTopic(ctx context.Context) error {
 
 // Lead runs fn while this daemon leads, with a context that ends when it
 // stops leading, and runs it again whenever it leads again. It returns when
-// ctx ends, or with fn's error if fn fails on its own while leading.
+// ctx ends, or with fn's result if fn returns on its own while leading.
 func (e *Elector) Lead(ctx context.Context, fn func(context.Context) error) error {
 	for {
 		for leading, ch := e.State(); !leading; leading, ch = e.State() {
@@ -261,7 +253,7 @@ func (e *Elector) Lead(ctx context.Context, fn func(context.Context) error) erro
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil && !lost.Load() {
+		if !lost.Load() {
 			return err
 		}
 	}
@@ -272,10 +264,4 @@ func (e *Elector) State() (bool, <-chan struct{}) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.leading, e.changed
-}
-
-// Identity names this process in the store and in logs: host and pid.
-func Identity() string {
-	h, _ := os.Hostname()
-	return fmt.Sprintf("%s/%d", h, os.Getpid())
 }

@@ -68,18 +68,19 @@ func checkpointsCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer dst.Close()
 	res, err := checkpoints.Copy(ctx, dst, src)
-	actor := "cli:" + envOr("USER", "operator")
-	details := map[string]any{"from": *from, "keys": res.Keys, "audit_entries": res.AuditEntries}
-	if err != nil {
-		if errors.Is(err, checkpoints.ErrNotEmpty) {
-			return &exitError{code: 2, err: err}
-		}
-		dst.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: actor, Action: "checkpoints.copy", Target: cfg.Checkpoints.Kind,
-			Reason: *reason, Result: "failed: " + err.Error(), Details: details})
-		return err
+	if errors.Is(err, checkpoints.ErrNotEmpty) {
+		return &exitError{code: 2, err: err}
 	}
-	if err := dst.Append(ctx, checkpoints.AuditEntry{Actor: actor, Action: "checkpoints.copy", Target: cfg.Checkpoints.Kind,
-		Reason: *reason, Result: "ok", Details: details}); err != nil {
+	result := "ok"
+	if err != nil {
+		result = "failed: " + err.Error()
+	}
+	if aerr := dst.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "cli:" + envOr("USER", "operator"), Action: "checkpoints.copy",
+		Target: cfg.Checkpoints.Kind, Reason: *reason, Result: result,
+		Details: map[string]any{"from": *from, "keys": res.Keys, "audit_entries": res.AuditEntries}}); err == nil {
+		err = aerr
+	}
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "copied %d keys and %d audit entries from %s into the %s store\n", res.Keys, res.AuditEntries, *from, cfg.Checkpoints.Kind)

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
-	"github.com/tidemarkhq/tidemark/leader"
 )
 
 // leaderKey holds the elected leader's LeaderRecord.
@@ -32,33 +32,34 @@ type LeaderInfo struct {
 // recordLeadership stores and audits every change of this daemon's role
 // until ctx ends.
 func (d *daemon) recordLeadership(ctx context.Context) {
-	id := leader.Identity()
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s/%d", host, os.Getpid())
+	audit := func(action, reason string) {
+		// Audited even as the daemon stops: giving up the role is an action too.
+		if err := d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:leader", Action: action, Target: id,
+			Result: "ok", Reason: reason, Details: map[string]any{"group": d.cfg.Election.Group, "admin": d.cfg.Admin.Listen}}); err != nil {
+			d.log.Warn("cannot write the audit log", "err", err)
+		}
+	}
 	was := false
 	for {
 		leading, changed := d.elector.State()
-		if leading != was {
-			action := "leader.release"
-			if leading {
-				action = "leader.acquire"
-				rec := LeaderRecord{Identity: id, Admin: d.cfg.Admin.Listen, Since: time.Now().UTC()}
-				if err := checkpoints.PutJSON(ctx, d.store, leaderKey, rec); err != nil && ctx.Err() == nil {
-					d.log.Warn("cannot record this daemon as the leader", "err", err)
-				}
+		if leading && !was {
+			rec := LeaderRecord{Identity: id, Admin: d.cfg.Admin.Listen, Since: time.Now().UTC()}
+			if err := checkpoints.PutJSON(ctx, d.store, leaderKey, rec); err != nil && ctx.Err() == nil {
+				d.log.Warn("cannot record this daemon as the leader", "err", err)
 			}
-			// Audited even as the daemon stops: giving up the role is an action too.
-			if err := d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:leader", Action: action, Target: id, Result: "ok",
-				Details: map[string]any{"group": d.cfg.Election.Group, "admin": d.cfg.Admin.Listen}}); err != nil {
-				d.log.Warn("cannot write the audit log", "err", err)
-			}
-			was = leading
+			audit("leader.acquire", "")
+		} else if !leading && was {
+			audit("leader.release", "")
 		}
+		was = leading
 		select {
 		case <-ctx.Done():
 			if was {
-				// Run gives the role up as it stops; record that here, as
-				// the change may come after this loop has gone.
-				d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:leader", Action: "leader.release", Target: id,
-					Result: "ok", Reason: "daemon stopping", Details: map[string]any{"group": d.cfg.Election.Group}})
+				// The elector gives the role up as it stops, possibly after
+				// this loop has gone: record it here.
+				audit("leader.release", "daemon stopping")
 			}
 			return
 		case <-changed:
