@@ -21,7 +21,8 @@ const checkpointsHelp = `usage: tidemark checkpoints copy --from DIR [--config F
 
 Copies every key (resume tokens, backfill progress, marks, operator intent,
 rollout state) and every audit entry of the file store in DIR into the store
---config names (checkpoints.kind: kafka), which must be empty. Every key is read
+--config names (checkpoints.kind: kafka), which must hold no keys yet (its
+audit entries stay). Every key is read
 back and compared. Stop every daemon first: nothing may write to either store
 while it runs. The copy itself is audited in the destination.
 
