@@ -237,6 +237,7 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 
 	allowed := map[string]bool{"/": true, "/ui/app.js": true, "/ui/style.css": true, "/healthz": true, "/readyz": true,
 		"/metrics": true, "/v1/status": true, "/v1/plan": true, "/v1/reports/latest": true, "/v1/audit": true}
+	// (/v1/trace only on demand: TestIntegrationStatusPageTrace.)
 	polled := 0
 	for _, p := range asked() {
 		if !allowed[p] {
@@ -286,4 +287,47 @@ func TestIntegrationStatusPageAsksForToken(t *testing.T) {
 	mustContain(t, "banner", mustText(t, doc, "id", "banner"), "need a token", "admin.open_status is false", "sessionStorage")
 	mustContain(t, "auth", mustText(t, doc, "id", "auth-state"), "token needed")
 	mustContain(t, "lag", mustText(t, doc, "id", "lag-rows"), "HTTP 401")
+}
+
+// traceJSON has the shape of trace.Journey (GET /v1/trace).
+const traceJSON = `{"namespace": "app.users", "id": "\"u-7\"", "key": "02", "state": "divergent",
+  "summary": "every record of the key in Kafka is applied, yet [ks.users] differ from the source through the transform",
+  "source": {"found": true, "document": "{\"_id\": \"u-7\", \"age\": 77}", "read_at": "1764057600.3"},
+  "kafka": {"topic": "tm.app.users", "partition": 2, "start": 0, "end": 120, "committed": 120, "scanned": 118, "complete": true,
+    "records": [{"offset": 41, "op": "backfill", "version": "1764057000.999999", "timestamp": "2026-11-25T08:00:00Z", "applied": true},
+                {"offset": 117, "op": "update", "version": "1764057600.2", "timestamp": "2026-11-25T08:10:00Z", "applied": true}]},
+  "tables": [{"table": "ks.users", "expected": {"id": "u-7", "age": 77}, "row": {"primary_key": {"id": "u-7"}, "values": {"id": "u-7", "age": 5},
+     "writetime": {"age": 1764057600000003}, "version": "1764057600.3"}, "match": false, "columns": ["age"]},
+    {"table": "ks.users_by_email", "expected": {"email": "a@x"}, "row": {"primary_key": {"email": "a@x"}, "values": {"email": "a@x"}},
+     "key_map": {"primary_key": {"email": "a@x"}, "version": "1764057600.2"}, "match": true}],
+  "verdicts": [{"report": "20261125T081000Z-a1b2c3", "start": "2026-11-25T08:10:00Z", "status": "divergent", "class": "different", "table": "ks.users"},
+    {"report": "20261125T080000Z-d4e5f6", "start": "2026-11-25T08:00:00Z", "status": "clean", "class": "not_reported"}],
+  "at": "2026-11-25T08:11:00Z"}`
+
+// TestIntegrationStatusPageTrace opens the page with a trace in its URL, as
+// a link from a report or an alert would, and checks the journey it shows.
+func TestIntegrationStatusPageTrace(t *testing.T) {
+	bin := spt.Chromium(t)
+	fx := full()
+	fx["/v1/trace"] = traceJSON
+	srv, asked := fixtureServer(t, fx, "")
+	doc := spt.DumpDOM(t, context.Background(), bin, srv.URL+"/?trace_ns=app.users&trace_id=%22u-7%22", 3*time.Second)
+	mustContain(t, "state", mustText(t, doc, "data-trace", "state"), "divergent", "[ks.users] differ")
+	mustContain(t, "source", mustText(t, doc, "data-trace", "source"), "read at 1764057600.3")
+	mustContain(t, "kafka", mustText(t, doc, "data-trace", "kafka"), "offsets 0–120", "sink committed 120", "118 records scanned")
+	if r := cellsOf(t, doc, "data-offset", "117"); r["op"] != "update" || r["version"] != "1764057600.2" || r["applied"] != "applied" {
+		t.Errorf("record 117: %v", r)
+	}
+	mustContain(t, "users", mustText(t, doc, "data-trace-table", "ks.users"), "differs in age")
+	mustContain(t, "users_by_email", mustText(t, doc, "data-trace-table", "ks.users_by_email"), "matches the source")
+	if v := cellsOf(t, doc, "data-verdict", "20261125T081000Z-a1b2c3"); v["class"] != "different" || v["round"] != "divergent" {
+		t.Errorf("verdict: %v", v)
+	}
+	traced := false
+	for _, p := range asked() {
+		traced = traced || p == "/v1/trace"
+	}
+	if !traced {
+		t.Error("the page did not ask for /v1/trace")
+	}
 }

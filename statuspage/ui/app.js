@@ -577,6 +577,60 @@
     }
   }
 
+  // ---- trace ---------------------------------------------------------------
+
+  // renderTrace shows GET /v1/trace: one document's journey. It runs on
+  // demand (the form, or trace_ns/trace_id in the URL), not on every poll:
+  // a trace scans a Kafka partition.
+  function renderTrace(res) {
+    const body = $("trace-body");
+    if (!res.ok) { fill(body, el("p", { class: "empty", text: "cannot trace: " + errText(res) })); return; }
+    const j = res.body;
+    const parts = [el("p", { class: "summary", "data-trace": "state" }, badge(String(j.state || "").replace("_", " ")), " ", j.summary || "")];
+    const src = j.source || {};
+    parts.push(el("h3", { text: "Source" }),
+      el("p", { "data-trace": "source" }, src.found ? "document, read at " + (src.read_at || "—") : "no document (read at " + (src.read_at || "—") + ")"),
+      src.found ? el("pre", { class: "raw", text: src.document }) : "");
+    const k = j.kafka || {};
+    parts.push(el("h3", { text: "Kafka " }, el("span", { class: "muted mono", text: (k.topic || "") + " [" + k.partition + "]" })),
+      el("p", { class: "muted", "data-trace": "kafka" }, "offsets " + fmtInt(k.start) + "–" + fmtInt(k.end) + " · sink committed " +
+        (k.committed < 0 ? "nothing" : fmtInt(k.committed)) + " · " + fmtInt(k.scanned) + " records scanned" + (k.complete ? "" : " (scan incomplete)")),
+      el("table", { class: "data" },
+        el("thead", {}, el("tr", {}, ["offset", "op", "version", "written", "applied"].map((h) => el("th", { scope: "col", text: h })))),
+        el("tbody", {}, (k.records || []).length === 0 ? emptyRow(5, "no record of this key in Kafka") :
+          k.records.map((r) => el("tr", { "data-offset": r.offset },
+            el("td", { class: "num", "data-col": "offset", text: fmtInt(r.offset) }),
+            el("td", { "data-col": "op", text: r.error ? "malformed: " + r.error : r.op }),
+            el("td", { class: "mono", "data-col": "version", text: r.version || "—" }),
+            timeCell(r.timestamp),
+            el("td", { "data-col": "applied" }, badge(r.applied ? "applied" : "pending", r.applied ? "good" : "warn")))))));
+    for (const h of j.tables || []) {
+      const state = h.match ? badge("matches the source", "good") : badge("differs" + ((h.columns || []).length ? " in " + h.columns.join(", ") : ""), "bad");
+      parts.push(el("h3", { "data-trace-table": h.table }, el("span", { class: "mono", text: h.table }), " ", state),
+        el("dl", { class: "kv" },
+          el("dt", { text: "expected" }), el("dd", { class: "mono", text: h.expected ? JSON.stringify(h.expected) : "no row" }),
+          el("dt", { text: "in Cassandra" }), el("dd", { class: "mono", text: h.row ? JSON.stringify(h.row.values) + " · newest write " + (h.row.version || "—") : "no row" }),
+          h.key_map ? [el("dt", { text: "key map" }), el("dd", { class: "mono", text: JSON.stringify(h.key_map.primary_key) + " at " + h.key_map.version })] : "",
+          h.stray ? [el("dt", { text: "old row" }), el("dd", { class: "mono", text: JSON.stringify(h.stray.values) })] : ""));
+    }
+    const vs = j.verdicts || [];
+    parts.push(el("h3", { text: "Reconcile rounds" }), vs.length === 0 ? el("p", { class: "empty", text: "no round of this namespace yet" }) :
+      el("table", { class: "data" },
+        el("thead", {}, el("tr", {}, ["report", "started", "round", "this document", "table"].map((h) => el("th", { scope: "col", text: h })))),
+        el("tbody", {}, vs.map((v) => el("tr", { "data-verdict": v.report },
+          el("td", { class: "mono", "data-col": "report", text: v.report }), timeCell(v.start),
+          el("td", { "data-col": "round" }, badge(v.status)),
+          el("td", { "data-col": "class" }, badge(String(v.class).replace("_", " "))),
+          el("td", { class: "mono", "data-col": "table", text: v.table || "" }))))));
+    for (const p of j.problems || []) parts.push(el("p", { class: "banner", text: "could not read: " + p }));
+    fill(body, parts);
+  }
+
+  async function runTrace(ns, id) {
+    fill($("trace-body"), el("p", { class: "empty", text: "tracing…" }));
+    renderTrace(await get("/v1/trace?namespace=" + encodeURIComponent(ns) + "&id=" + encodeURIComponent(id)));
+  }
+
   async function poll() {
     const [hz, rz, st, plan, rep, audit, metrics] = await Promise.all([
       get("/healthz"), get("/readyz"), get("/v1/status"), get("/v1/plan"),
@@ -621,6 +675,15 @@
       poll();
     });
     $("forget").addEventListener("click", () => { setToken(""); poll(); });
+    $("trace-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      runTrace($("trace-ns").value.trim(), $("trace-id").value.trim());
+    });
+    if (params.get("trace_ns") && params.get("trace_id")) {
+      $("trace-ns").value = params.get("trace_ns");
+      $("trace-id").value = params.get("trace_id");
+      runTrace(params.get("trace_ns"), params.get("trace_id"));
+    }
     loop();
   });
 })();
