@@ -126,7 +126,7 @@ type kafkaConfig struct {
 // topic. Default 1: one total order for every key and the audit log, which is
 // plenty for checkpoint traffic. An existing topic keeps its count. Do not add
 // partitions to a live checkpoints topic: keys hash to new partitions (see the
-// README for the procedure).
+// docs/checkpoints.md for the procedure).
 func KafkaPartitions(n int32) KafkaOption { return func(c *kafkaConfig) { c.partitions = n } }
 
 // KafkaReplicationFactor sets the replication factor used when the store creates
@@ -290,7 +290,7 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 		case errors.Is(err, kerr.TopicAlreadyExists):
 			// Another daemon created it at the same moment.
 		case errors.Is(err, kerr.TopicAuthorizationFailed), errors.Is(err, kerr.ClusterAuthorizationFailed):
-			return 0, fmt.Errorf("checkpoints: topic %s does not exist and this daemon may not create it: %w; create it with cleanup.policy=compact (see the README, \"Checkpoints in Kafka\")", s.topic, err)
+			return 0, fmt.Errorf("checkpoints: topic %s does not exist and this daemon may not create it: %w; create it with cleanup.policy=compact (see docs/checkpoints.md)", s.topic, err)
 		case errors.Is(err, kerr.InvalidReplicationFactor), errors.Is(err, kerr.InvalidConfig), errors.Is(err, kerr.PolicyViolation):
 			return 0, fmt.Errorf("checkpoints: create topic %s: %w; fix checkpoints.replication_factor / min_insync_replicas for this cluster, or create the topic yourself with cleanup.policy=compact", s.topic, err)
 		default:

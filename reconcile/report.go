@@ -31,7 +31,7 @@ const (
 )
 
 // Report is one round's result: the JSON written to the report folder and
-// served by the admin API. See the README for the schema.
+// served by the admin API. docs/reconcile.md describes the schema.
 type Report struct {
 	SchemaVersion int    `json:"schema_version"`
 	ID            string `json:"id"`
