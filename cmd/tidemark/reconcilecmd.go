@@ -294,15 +294,15 @@ func (h *reconcileHandlers) repair(w http.ResponseWriter, r *http.Request) {
 		admin.WriteError(w, 400, err)
 		return
 	}
-	res, code, err := runRepair(r.Context(), h.rec, req, admin.Actor(r.Context()))
+	res, err := runRepair(r.Context(), h.rec, req, admin.Actor(r.Context()))
 	if err != nil {
-		admin.WriteError(w, code, err)
+		admin.WriteError(w, statusOf(err), err)
 		return
 	}
 	admin.WriteJSON(w, 200, res)
 }
 
-func runRepair(ctx context.Context, rec *reconcile.Reconciler, req RepairRequest, actor string) (*reconcile.RepairResult, int, error) {
+func runRepair(ctx context.Context, rec *reconcile.Reconciler, req RepairRequest, actor string) (*reconcile.RepairResult, error) {
 	var keys []reconcile.KeyRef
 	ns := req.Namespace
 	given := 0
@@ -313,40 +313,40 @@ func runRepair(ctx context.Context, rec *reconcile.Reconciler, req RepairRequest
 	}
 	switch {
 	case given > 1:
-		return nil, 400, errors.New("give one of a report, _ids or keys")
+		return nil, invalidf("give one of a report, _ids or keys")
 	case len(req.Keys) > 0:
 		if ns == "" {
-			return nil, 400, errors.New("namespace is required with keys")
+			return nil, invalidf("namespace is required with keys")
 		}
 		keys = req.Keys
 	case req.Report != "":
 		rep, err := rec.Reports().Get(req.Report)
 		if err != nil {
-			return nil, 404, err
+			if errors.Is(err, reconcile.ErrNoReport) {
+				return nil, &kindError{kind: errNotFound, msg: err.Error()}
+			}
+			return nil, err
 		}
 		if rep.Truncated {
-			return nil, 409, fmt.Errorf("report %s is truncated (more divergent keys than reconcile.max_candidates); repair a narrower scope", rep.ID)
+			return nil, conflictf("report %s is truncated (more divergent keys than reconcile.max_candidates); repair a narrower scope", rep.ID)
 		}
 		ns, keys = rep.Scope.Namespace, rep.Divergent
 	case len(req.IDs) > 0:
 		if ns == "" {
-			return nil, 400, errors.New("namespace is required with _ids")
+			return nil, invalidf("namespace is required with _ids")
 		}
 		var err error
 		if keys, err = rec.KeysForIDs(ctx, ns, req.IDs); err != nil {
-			return nil, 400, err
+			return nil, &kindError{kind: errInvalid, msg: err.Error()}
 		}
 	default:
-		return nil, 400, errors.New("give a report id, _ids or keys")
+		return nil, invalidf("give a report id, _ids or keys")
 	}
 	if len(keys) == 0 {
-		return &reconcile.RepairResult{Namespace: ns, Remaining: []reconcile.KeyRef{}}, 200, nil
+		return &reconcile.RepairResult{Namespace: ns, Remaining: []reconcile.KeyRef{}}, nil
 	}
 	res, err := rec.Repair(ctx, ns, keys, reconcile.RepairOptions{Actor: actor, Reason: req.Reason})
-	if err != nil {
-		return res, 500, err
-	}
-	return res, 200, nil
+	return res, err
 }
 
 const reconcileHelp = `usage: tidemark reconcile [--config FILE | --remote] [--namespace NS] [--table KS.TABLE]
@@ -632,9 +632,8 @@ func repairCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return &exitError{code: 2, err: err}
 		}
 		defer done()
-		var code int
-		if res, code, err = runRepair(ctx, rec.Reconciler, req, "cli:"+envOr("USER", "operator")); err != nil {
-			if code < 500 {
+		if res, err = runRepair(ctx, rec.Reconciler, req, "cli:"+envOr("USER", "operator")); err != nil {
+			if statusOf(err) < 500 {
 				return &exitError{code: 2, err: err}
 			}
 			return err

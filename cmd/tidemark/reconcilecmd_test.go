@@ -50,17 +50,17 @@ func TestRepairNeedsReasonAndKeys(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "--reason") {
 		t.Fatalf("repair without a reason: %v", err)
 	}
-	if _, code, err := runRepair(ctx, nil, RepairRequest{Reason: "x"}, "t"); err == nil || code != 400 {
-		t.Fatalf("repair without keys: %d %v", code, err)
+	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x"}, "t"); err == nil || statusOf(err) != 400 {
+		t.Fatalf("repair without keys: %d %v", statusOf(err), err)
 	}
-	if _, code, err := runRepair(ctx, nil, RepairRequest{Reason: "x", Report: "latest", IDs: []string{"1"}}, "t"); err == nil || code != 400 {
-		t.Fatalf("repair with both: %d %v", code, err)
+	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x", Report: "latest", IDs: []string{"1"}}, "t"); err == nil || statusOf(err) != 400 {
+		t.Fatalf("repair with both: %d %v", statusOf(err), err)
 	}
-	if _, code, err := runRepair(ctx, nil, RepairRequest{Reason: "x", IDs: []string{"1"}}, "t"); err == nil || code != 400 {
-		t.Fatalf("repair of _ids without a namespace: %d %v", code, err)
+	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x", IDs: []string{"1"}}, "t"); err == nil || statusOf(err) != 400 {
+		t.Fatalf("repair of _ids without a namespace: %d %v", statusOf(err), err)
 	}
-	if _, code, err := runRepair(ctx, nil, RepairRequest{Reason: "x", Keys: []reconcile.KeyRef{{Table: "a.b", Key: []byte{1}}}}, "t"); err == nil || code != 400 {
-		t.Fatalf("repair of keys without a namespace: %d %v", code, err)
+	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x", Keys: []reconcile.KeyRef{{Table: "a.b", Key: []byte{1}}}}, "t"); err == nil || statusOf(err) != 400 {
+		t.Fatalf("repair of keys without a namespace: %d %v", statusOf(err), err)
 	}
 	err = repairCmd(ctx, []string{"--namespace", "a.b", "--keys", "a.users:zz", "--reason", "x"}, &out, &errb)
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "--keys") {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -70,9 +69,9 @@ func (d *daemon) rewind(w http.ResponseWriter, r *http.Request) {
 		admin.WriteError(w, 400, err)
 		return
 	}
-	plan, code, err := d.planRewind(r.Context(), req)
+	plan, err := d.planRewind(r.Context(), req)
 	if err != nil {
-		admin.WriteError(w, code, err)
+		admin.WriteError(w, statusOf(err), err)
 		return
 	}
 	if !req.Execute {
@@ -111,7 +110,11 @@ func (d *daemon) rewind(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan, int, error) {
+// planRewind works out what a rewind would move, refusing a target outside
+// what the log holds rather than clamping it: an operator who asked for
+// offset -5 or "by a million" meant something else, and "from the start"
+// silently could replay weeks.
+func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan, error) {
 	targets := 0
 	for _, set := range []bool{req.ToTime != nil, req.ToOffset != nil, req.By != nil, req.ToMark != ""} {
 		if set {
@@ -119,29 +122,37 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 		}
 	}
 	if targets != 1 {
-		return nil, 400, errors.New("give exactly one of to_time, to_offset, by, to_mark")
+		return nil, invalidf("give exactly one of to_time, to_offset, by, to_mark")
+	}
+	switch {
+	case req.ToOffset != nil && *req.ToOffset < 0:
+		return nil, invalidf("to_offset %d is negative; offsets start at 0", *req.ToOffset)
+	case req.By != nil && *req.By < 0:
+		return nil, invalidf("by %d is negative; a rewind goes back by a positive number of records", *req.By)
+	case req.ToTime != nil && req.ToTime.UnixMilli() < 0:
+		return nil, invalidf("to_time %s is before 1970; Kafka timestamps start at the Unix epoch", req.ToTime.Format(time.RFC3339))
 	}
 	tps, err := d.partitions(ctx, req.Topic, req.Partitions)
 	if err != nil {
-		return nil, 400, err
+		return nil, err
 	}
 	grace, err := d.minGCGrace(ctx)
 	if err != nil {
-		return nil, 500, err
+		return nil, err
 	}
 	committed, err := d.adm.FetchOffsets(ctx, d.cfg.Sink.Group)
 	if err != nil {
-		return nil, 500, fmt.Errorf("read committed offsets of group %s: %w", d.cfg.Sink.Group, err)
+		return nil, fmt.Errorf("read committed offsets of group %s: %w", d.cfg.Sink.Group, err)
 	}
 	starts, err := d.adm.ListStartOffsets(ctx, req.Topic)
 	if err != nil {
-		return nil, 500, err
+		return nil, err
 	}
 	var atTime map[int32]int64
 	if req.ToTime != nil {
 		lo, err := d.adm.ListOffsetsAfterMilli(ctx, req.ToTime.UnixMilli(), req.Topic)
 		if err != nil {
-			return nil, 500, err
+			return nil, err
 		}
 		atTime = map[int32]int64{}
 		lo.Each(func(o kadm.ListedOffset) { atTime[o.Partition] = o.Offset })
@@ -149,7 +160,7 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 	var marks map[int32]checkpoints.Mark
 	if req.ToMark != "" {
 		if marks, err = verifiedMarks(ctx, d.store, req.Topic, req.ToMark); err != nil {
-			return nil, 500, err
+			return nil, err
 		}
 	}
 	plan := &RewindPlan{ID: fmt.Sprintf("rw-%d", time.Now().UnixNano()), Topic: req.Topic, GCGrace: grace}
@@ -168,26 +179,34 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 		case req.ToMark != "":
 			mk, ok := marks[tp.Partition]
 			if !ok {
-				return nil, 404, fmt.Errorf("partition %d of %s has no verified mark named %q; list them with `tidemark status --json` (verified marks) or run `tidemark reconcile`", tp.Partition, req.Topic, req.ToMark)
+				return nil, notFoundf("partition %d of %s has no verified mark named %q; list them with `tidemark status --json` (verified marks) or run `tidemark reconcile`", tp.Partition, req.Topic, req.ToMark)
 			}
 			target, mark = mk.Offset, mk.Name
 		case req.ToOffset != nil:
 			target = *req.ToOffset
+			if target < start {
+				return nil, invalidf("partition %d: offset %d is no longer in the log, which holds %d to %d; rewind to an offset in that range", tp.Partition, target, start, cur)
+			}
 		case req.By != nil:
 			target = cur - *req.By
+			if target < start {
+				return nil, invalidf("partition %d: by %d goes past the start of the log (offset %d); at most %d records can be replayed there", tp.Partition, *req.By, start, cur-start)
+			}
 		default:
 			target = atTime[tp.Partition]
 		}
+		// A verified mark or a time older than the log's start replays
+		// what the log still holds: both name a moment, not an offset.
 		target = max(target, start)
 		if target > cur {
-			return nil, 400, fmt.Errorf("partition %d: target %d is ahead of the committed offset %d; a rewind only goes back", tp.Partition, target, cur)
+			return nil, invalidf("partition %d: target %d is ahead of the committed offset %d; a rewind only goes back", tp.Partition, target, cur)
 		}
 		plan.Partitions = append(plan.Partitions, PartitionPlan{Partition: tp.Partition, Current: cur, Target: target, Start: start, Replay: cur - target, Mark: mark})
 		plan.Replay += cur - target
 	}
 	sort.Slice(plan.Partitions, func(i, j int) bool { return plan.Partitions[i].Partition < plan.Partitions[j].Partition })
 	if err := d.describeReplay(ctx, plan); err != nil {
-		return nil, 500, err
+		return nil, err
 	}
 	// Whatever the target kind, what matters for resurrection is how old the
 	// oldest replayed write is: Cassandra may already have purged a tombstone
@@ -195,13 +214,13 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 	if grace > 0 {
 		for _, p := range plan.Partitions {
 			if p.FirstTime != nil && time.Since(*p.FirstTime) > time.Duration(grace)*time.Second {
-				return nil, 409, fmt.Errorf("refused: partition %d would replay from offset %d, written %s, further back than the target tables' gc_grace_seconds (%ds); "+
+				return nil, conflictf("refused: partition %d would replay from offset %d, written %s, further back than the target tables' gc_grace_seconds (%ds); "+
 					"tombstones older than that may be purged, and replaying older inserts could resurrect deleted rows. Rewind less far, or re-backfill with `tidemark backfill`",
 					p.Partition, p.Target, p.FirstTime.Format(time.RFC3339), grace)
 			}
 		}
 	}
-	return plan, 200, nil
+	return plan, nil
 }
 
 // verifiedMarks returns, per partition of topic, the verified mark named name

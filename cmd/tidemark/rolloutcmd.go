@@ -309,7 +309,7 @@ func (a *daemonActions) Rewind(ctx context.Context, tps []sink.TopicPartition, r
 	}
 	out := map[string]any{}
 	for topic, parts := range byTopic {
-		plan, _, err := a.d.planRewind(ctx, RewindRequest{Topic: topic, Partitions: parts, ToMark: "latest", Execute: true, Reason: reason})
+		plan, err := a.d.planRewind(ctx, RewindRequest{Topic: topic, Partitions: parts, ToMark: "latest", Execute: true, Reason: reason})
 		if err != nil {
 			return out, fmt.Errorf("rewind %s: %w", topic, err)
 		}

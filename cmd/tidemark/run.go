@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -302,7 +303,7 @@ func (d *daemon) pauseHandler(pause bool) http.HandlerFunc {
 		}
 		tps, err := d.partitions(r.Context(), req.Topic, req.Partitions)
 		if err != nil {
-			admin.WriteError(w, 400, err)
+			admin.WriteError(w, statusOf(err), err)
 			return
 		}
 		now, err := sink.Pause(r.Context(), d.store, tps, pause)
@@ -314,24 +315,34 @@ func (d *daemon) pauseHandler(pause bool) http.HandlerFunc {
 	}
 }
 
-// partitions expands a topic and optional partition list.
+// partitions expands a topic and optional partition list, refusing a
+// partition the topic does not have (a request for it would wait forever for
+// an owner that cannot exist).
 func (d *daemon) partitions(ctx context.Context, topic string, parts []int32) ([]sink.TopicPartition, error) {
 	if topic == "" {
-		return nil, errors.New("topic is required (see `tidemark status` for topics)")
+		return nil, invalidf("topic is required (see `tidemark status` for topics)")
 	}
+	td, err := d.adm.ListTopics(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	t, ok := td[topic]
+	if !ok || t.Err != nil {
+		return nil, notFoundf("topic %s not found (see `tidemark status` for topics)", topic)
+	}
+	have := t.Partitions.Numbers()
 	if len(parts) == 0 {
-		td, err := d.adm.ListTopics(ctx, topic)
-		if err != nil {
-			return nil, err
-		}
-		t, ok := td[topic]
-		if !ok || t.Err != nil {
-			return nil, fmt.Errorf("topic %s not found", topic)
-		}
-		parts = t.Partitions.Numbers()
+		parts = have
+	}
+	exists := make(map[int32]bool, len(have))
+	for _, p := range have {
+		exists[p] = true
 	}
 	out := make([]sink.TopicPartition, len(parts))
 	for i, p := range parts {
+		if !exists[p] {
+			return nil, invalidf("topic %s has no partition %d; it has partitions 0 to %d", topic, p, len(have)-1)
+		}
 		out[i] = sink.TopicPartition{Topic: topic, Partition: p}
 	}
 	return out, nil
@@ -343,8 +354,8 @@ func (d *daemon) backfill(w http.ResponseWriter, r *http.Request) {
 		admin.WriteError(w, 400, err)
 		return
 	}
-	if req.Namespace == "" {
-		admin.WriteError(w, 400, errors.New("namespace is required"))
+	if err := d.checkBackfillNamespace(req.Namespace); err != nil {
+		admin.WriteError(w, statusOf(err), err)
 		return
 	}
 	req.Actor = admin.Actor(r.Context())
@@ -354,4 +365,21 @@ func (d *daemon) backfill(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	admin.WriteJSON(w, 202, map[string]string{"request": id, "status": "queued for the capture role"})
+}
+
+// checkBackfillNamespace refuses a backfill that no capture would ever take
+// from the queue: a namespace outside this daemon's capture namespaces (or,
+// on a daemon without that list, outside its spec).
+func (d *daemon) checkBackfillNamespace(ns string) error {
+	if ns == "" {
+		return invalidf("namespace is required")
+	}
+	known := d.cfg.Capture.Namespaces
+	if len(known) == 0 && d.mapping != nil {
+		known = d.mapping.Namespaces()
+	}
+	if len(known) == 0 || slices.Contains(known, ns) {
+		return nil
+	}
+	return notFoundf("no capture runs for %s: the configured namespaces are %v", ns, known)
 }
