@@ -360,3 +360,56 @@ func TestIntegrationStandinIDRangesMatchUnindexed(t *testing.T) {
 		t.Fatal("min without a hint was accepted; MongoDB refuses it")
 	}
 }
+
+// TestIntegrationStandinClusterTimePerSecond checks the oplog's timestamps
+// count I from 1 within each second, as a replica set's do: tidemark's
+// version T*1e6+I orders only while I stays under a million.
+// (mongo-java-server's own clock never resets I.)
+func TestIntegrationStandinClusterTimePerSecond(t *testing.T) {
+	s := testbed.StartStandin(t)
+	cl := connect(t, s.URI)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	coll := cl.Database("ts").Collection("c")
+	cs, err := coll.Watch(ctx, mongo.Pipeline{}, options.ChangeStream().SetBatchSize(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close(ctx)
+	// Enough writes to span at least two seconds.
+	start := time.Now()
+	n := 0
+	for time.Since(start) < 2500*time.Millisecond {
+		fill(t, ctx, coll, 200)
+		n += 200
+	}
+	var prev primitive.Timestamp
+	seconds := 0
+	for i := 0; i < n; i++ {
+		if !cs.Next(ctx) {
+			t.Fatal(cs.Err())
+		}
+		var ev struct {
+			CT primitive.Timestamp `bson:"clusterTime"`
+		}
+		if err := cs.Decode(&ev); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case i == 0:
+		case ev.CT.T == prev.T && ev.CT.I != prev.I+1:
+			t.Fatalf("event %d at %d.%d follows %d.%d in the same second", i, ev.CT.T, ev.CT.I, prev.T, prev.I)
+		case ev.CT.T > prev.T && ev.CT.I != 1:
+			t.Fatalf("event %d opens second %d with I = %d, want 1", i, ev.CT.T, ev.CT.I)
+		case ev.CT.T < prev.T:
+			t.Fatalf("event %d at %d.%d goes back from %d.%d", i, ev.CT.T, ev.CT.I, prev.T, prev.I)
+		}
+		if i > 0 && ev.CT.T > prev.T {
+			seconds++
+		}
+		prev = ev.CT
+	}
+	if seconds == 0 {
+		t.Fatalf("%d events all in one second; the test needs a second boundary", n)
+	}
+}

@@ -33,6 +33,9 @@ final class OplogCollection extends MemoryCollection {
     // bytes of each slot's BSON, for the byte bound; guarded by the monitor.
     private final Map<Integer, Integer> sizeBySlot = new java.util.HashMap<>();
     private int nextSlot;
+    // T and I of the newest entry's ts; guarded by the monitor.
+    private int lastT;
+    private int lastI;
     // entries kept (ConcurrentSkipListMap.size() counts by walking the map).
     private volatile int entries;
     private Integer lastAdded;
@@ -107,8 +110,18 @@ final class OplogCollection extends MemoryCollection {
         }
     }
 
+    // addDocumentInternal stamps the entry's ts as a replica set does: T the
+    // second, I counting from 1 within it. (mongo-java-server's clock never
+    // resets I, so after a million operations T*1e6+I would stop ordering.)
+    // Entries are added under the monitor, so ts strictly increases.
     @Override
     protected Integer addDocumentInternal(Document document) {
+        int t = ((BsonTimestamp) document.get("ts")).getTime();
+        if (Integer.compareUnsigned(t, lastT) > 0) {
+            lastT = t;
+            lastI = 0;
+        }
+        document.put("ts", new BsonTimestamp(((long) lastT << 32) | (++lastI & 0xffffffffL)));
         int slot = nextSlot++;
         bySlot.put(slot, document);
         entries++;
