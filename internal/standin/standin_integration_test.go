@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"sort"
 	"testing"
 	"time"
@@ -411,5 +412,73 @@ func TestIntegrationStandinClusterTimePerSecond(t *testing.T) {
 	}
 	if seconds == 0 {
 		t.Fatalf("%d events all in one second; the test needs a second boundary", n)
+	}
+}
+
+// TestIntegrationStandinEventShapes checks each operation's event against
+// the shape the MongoDB manual documents for it.
+func TestIntegrationStandinEventShapes(t *testing.T) {
+	s := testbed.StartStandin(t)
+	cl := connect(t, s.URI)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	coll := cl.Database("shapes").Collection("c")
+	cs, err := coll.Watch(ctx, mongo.Pipeline{}, options.ChangeStream().SetFullDocument(options.UpdateLookup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close(ctx)
+	next := func() bson.M {
+		t.Helper()
+		if !cs.Next(ctx) {
+			t.Fatalf("stream ended: %v", cs.Err())
+		}
+		var ev bson.M
+		if err := cs.Decode(&ev); err != nil {
+			t.Fatal(err)
+		}
+		delete(ev, "_id")
+		delete(ev, "clusterTime")
+		return ev
+	}
+	ns := bson.M{"db": "shapes", "coll": "c"}
+	check := func(what string, got, want bson.M) {
+		t.Helper()
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s event:\n got %v\nwant %v", what, got, want)
+		}
+	}
+	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "k"}, {Key: "a", Value: int32(1)}, {Key: "b", Value: int32(2)}}); err != nil {
+		t.Fatal(err)
+	}
+	check("insert", next(), bson.M{"operationType": "insert", "ns": ns, "documentKey": bson.M{"_id": "k"},
+		"fullDocument": bson.M{"_id": "k", "a": int32(1), "b": int32(2)}})
+	if _, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: "k"}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "a", Value: int32(5)}}}, {Key: "$unset", Value: bson.D{{Key: "b", Value: ""}}}}); err != nil {
+		t.Fatal(err)
+	}
+	check("update", next(), bson.M{"operationType": "update", "ns": ns, "documentKey": bson.M{"_id": "k"},
+		"updateDescription": bson.M{"updatedFields": bson.M{"a": int32(5)}, "removedFields": bson.A{"b"}},
+		"fullDocument": bson.M{"_id": "k", "a": int32(5)}})
+	if _, err := coll.ReplaceOne(ctx, bson.D{{Key: "_id", Value: "k"}}, bson.D{{Key: "c", Value: "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	check("replace", next(), bson.M{"operationType": "replace", "ns": ns, "documentKey": bson.M{"_id": "k"},
+		"fullDocument": bson.M{"_id": "k", "c": "x"}})
+	if _, err := coll.DeleteOne(ctx, bson.D{{Key: "_id", Value: "k"}}); err != nil {
+		t.Fatal(err)
+	}
+	check("delete", next(), bson.M{"operationType": "delete", "ns": ns, "documentKey": bson.M{"_id": "k"}})
+	// A drop of another collection of the database is not this stream's.
+	if err := cl.Database("shapes").Collection("other").Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := coll.Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("drop", next(), bson.M{"operationType": "drop", "ns": ns})
+	check("invalidate", next(), bson.M{"operationType": "invalidate"})
+	if cs.Next(ctx) {
+		t.Fatal("an event after invalidate")
 	}
 }
