@@ -54,6 +54,9 @@ func TestIntegrationHistoryLostOnTheStandin(t *testing.T) {
 	if !strings.Contains(cfg, st.URI) {
 		t.Fatalf("config does not name the test's stand-in:\n%s", cfg)
 	}
+	// TIDEMARK_MONGO_URI overrides the config file in the daemon: point it
+	// at this test's stand-in too (newDaemonEnv has read the stack's already).
+	t.Setenv("TIDEMARK_MONGO_URI", st.URI)
 	conf := filepath.Join(e.dir, "tidemark.yaml")
 	os.WriteFile(conf, []byte(cfg), 0o600)
 	waitMatch := func(what string) {
