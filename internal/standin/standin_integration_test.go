@@ -459,7 +459,7 @@ func TestIntegrationStandinEventShapes(t *testing.T) {
 	}
 	check("update", next(), bson.M{"operationType": "update", "ns": ns, "documentKey": bson.M{"_id": "k"},
 		"updateDescription": bson.M{"updatedFields": bson.M{"a": int32(5)}, "removedFields": bson.A{"b"}},
-		"fullDocument": bson.M{"_id": "k", "a": int32(5)}})
+		"fullDocument":      bson.M{"_id": "k", "a": int32(5)}})
 	if _, err := coll.ReplaceOne(ctx, bson.D{{Key: "_id", Value: "k"}}, bson.D{{Key: "c", Value: "x"}}); err != nil {
 		t.Fatal(err)
 	}
