@@ -24,7 +24,7 @@ unit:
 	$(GO) test -race -count=1 $(PKGS)
 
 integration: stack-up test-deps
-	TIDEMARK_TRIM_OPLOG=1 $(GO) test -tags integration -count=1 -p 1 -run '^TestIntegration' -timeout $(ITIMEOUT) $(PKGS)
+	$(GO) test -tags integration -count=1 -p 1 -run '^TestIntegration' -timeout $(ITIMEOUT) $(PKGS)
 
 # Test tools from Debian, installed once: headless Chromium for the status
 # page's browser tests, promtool (package prometheus) for the alert-rule tests.

@@ -26,7 +26,6 @@ func BenchmarkCapture(b *testing.B) {
 	const n = 20_000
 	testbed.Kafka(b)
 	mc := testbed.Mongo(b)
-	testbed.TrimOplog(b, mc)
 	ctx := context.Background()
 	db := testbed.UniqueName(b, "bench")
 	ns := db + ".c"

@@ -302,7 +302,6 @@ func BenchmarkEndToEnd(b *testing.B) {
 	const rate, duration, writers = 2000, 15 * time.Second, 32
 	s := testbed.Cassandra(b)
 	mc := testbed.Mongo(b)
-	testbed.TrimOplog(b, mc)
 	brokers := testbed.Kafka(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

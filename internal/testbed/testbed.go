@@ -11,7 +11,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -132,42 +131,7 @@ func Mongo(t testing.TB) *mongo.Client {
 		t.Fatalf("MongoDB is not reachable at %s: %v; %s", uri, err, hint)
 	}
 	t.Cleanup(func() { cl.Disconnect(context.Background()) })
-	// make integration runs one package at a time (go test -p 1) and sets
-	// TIDEMARK_TRIM_OPLOG: the first connection of each test binary then
-	// starts it on an empty oplog, so the stand-in, which scans all of its
-	// in-memory oplog for every change-stream read and oplog query, does not
-	// slow down with every package the suite has run before.
-	if os.Getenv("TIDEMARK_TRIM_OPLOG") != "" {
-		trimOnce.Do(func() { TrimOplog(t, cl) })
-	}
 	return cl
-}
-
-var trimOnce sync.Once
-
-// TrimOplog empties the stand-in's oplog. mongo-java-server keeps it in memory
-// and scans all of it on every change stream getMore, so a stack that has run
-// the whole test suite measures its own history rather than tidemark. Only for
-// benchmarks, which start their change streams after it: a stream resuming
-// from before the trim would see its history lost.
-func TrimOplog(t T, cl *mongo.Client) {
-	t.Helper()
-	ctx := context.Background()
-	if _, err := cl.Database("local").Collection("oplog.rs").DeleteMany(ctx, bson.D{}); err != nil {
-		t.Fatalf("trim the oplog: %v", err)
-	}
-	// One entry older than any stream opened from now on, so capture's check
-	// for lost history sees the oplog reach back far enough, as it would on
-	// a replica set (whose oplog is never empty).
-	floor := time.Now()
-	if _, err := cl.Database("tidemark_testbed").Collection("oplog_floor").InsertOne(ctx, bson.D{{Key: "at", Value: floor}}); err != nil {
-		t.Fatalf("write the oplog floor: %v", err)
-	}
-	// Cluster times have whole-second T: a stream's T0 read in the floor's
-	// second would not be after it.
-	for time.Now().Unix() <= floor.Unix() {
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var notIdent = regexp.MustCompile(`[^a-z0-9_]+`)
