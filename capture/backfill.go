@@ -228,9 +228,14 @@ type Request struct {
 	// ResetStream restarts the namespace's stream from now: the recovery after
 	// lost history (a full re-backfill must accompany it, so Keys and Filter
 	// must be empty).
-	ResetStream bool   `json:"reset_stream,omitempty"`
-	Reason      string `json:"reason,omitempty"`
-	Actor       string `json:"actor,omitempty"`
+	ResetStream bool `json:"reset_stream,omitempty"`
+	// ResumeAfterInvalidate continues a namespace stopped by an invalidate
+	// (drop, rename) from just after it, with startAfter: documents of a
+	// collection re-created under the name arrive as inserts; rows of the
+	// dropped documents stay until reconcile and repair remove them.
+	ResumeAfterInvalidate bool   `json:"resume_after_invalidate,omitempty"`
+	Reason                string `json:"reason,omitempty"`
+	Actor                 string `json:"actor,omitempty"`
 }
 
 // RequestKeyPrefix is where backfill requests wait in the checkpoints store.
@@ -349,9 +354,12 @@ func (c *Capture) serveRequests(ctx context.Context) error {
 				continue
 			}
 			result := "ok"
-			if r.ResetStream {
+			switch {
+			case r.ResetStream:
 				err = c.resetStream(ctx, r.Namespace)
-			} else {
+			case r.ResumeAfterInvalidate:
+				err = c.resumeAfterInvalidate(ctx, r.Namespace)
+			default:
 				_, err = c.Backfill(ctx, r)
 			}
 			if err != nil {
@@ -361,7 +369,8 @@ func (c *Capture) serveRequests(ctx context.Context) error {
 				result = "failed: " + err.Error()
 			}
 			c.store.Append(ctx, checkpoints.AuditEntry{Actor: orDefault(r.Actor, "auto:capture"), Action: "backfill",
-				Target: r.Namespace, Reason: r.Reason, Result: result, Details: map[string]any{"keys": len(r.Keys), "filter": r.Filter, "reset_stream": r.ResetStream}})
+				Target: r.Namespace, Reason: r.Reason, Result: result, Details: map[string]any{"keys": len(r.Keys), "filter": r.Filter, "reset_stream": r.ResetStream,
+					"resume_after_invalidate": r.ResumeAfterInvalidate}})
 			c.store.Delete(ctx, key)
 		}
 	}
@@ -378,6 +387,36 @@ func (c *Capture) resetStream(ctx context.Context, ns string) error {
 	}
 	c.m.historyLost.WithLabelValues(ns).Set(0)
 	c.m.invalidated.WithLabelValues(ns).Set(0)
+	c.restart(ns)
+	return nil
+}
+
+// resumeAfterInvalidate is the operator's choice to keep capturing a
+// namespace whose stream was invalidated, from just after the invalidate.
+func (c *Capture) resumeAfterInvalidate(ctx context.Context, ns string) error {
+	st, _, err := checkpoints.GetJSON[streamState](ctx, c.store, streamKey(ns))
+	if err != nil {
+		return err
+	}
+	inv := st.Invalidated
+	if inv == nil {
+		return fmt.Errorf("capture %s: the stream is not invalidated; nothing to resume after", ns)
+	}
+	// resumeAfter an invalidate token fails with 260; startAfter starts a
+	// new stream after it. Without an invalidate (the stand-in), resume
+	// after the drop itself.
+	st.Token, st.StartAfter, st.T, st.I, st.AtT, st.AtI = inv.Token, inv.Invalidate, inv.T, inv.I, 0, 0
+	st.Invalidated, st.Stopped, st.Time = nil, "", time.Now().UTC()
+	if err := putState(ctx, c, ns, st); err != nil {
+		return err
+	}
+	c.m.invalidated.WithLabelValues(ns).Set(0)
+	c.restart(ns)
+	return nil
+}
+
+// restart stops the namespace's current run, if any, and lets Run start it again.
+func (c *Capture) restart(ns string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cancel := c.running[ns]; cancel != nil {
@@ -387,7 +426,6 @@ func (c *Capture) resetStream(ctx context.Context, ns string) error {
 	case c.reset[ns] <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
 func orDefault(s, d string) string {

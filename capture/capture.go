@@ -69,8 +69,31 @@ type streamState struct {
 	// Invalidated is set when the stream ended with an invalidate; capture of
 	// the namespace stays stopped until an operator decides (see Invalidation).
 	Invalidated *Invalidation `json:"invalidated,omitempty"`
+	// Stopped is why capture of the namespace stopped (history lost,
+	// invalidated, fenced, unwatchable, backfill failed), for status. The
+	// next checkpoint clears it.
+	Stopped string `json:"stopped,omitempty"`
 	// Time is when this checkpoint was written.
 	Time time.Time `json:"time"`
+}
+
+// StreamStatus is what status shows about one namespace's change stream.
+type StreamStatus struct {
+	// Position is the cluster time the stream resumes from.
+	Position envelope.Version `json:"position"`
+	// Checkpoint is when the position was last written.
+	Checkpoint time.Time `json:"checkpoint"`
+	// Stopped says why capture of the namespace stopped; empty while it runs.
+	Stopped string `json:"stopped,omitempty"`
+}
+
+// Stream returns the status of a namespace's change stream from its checkpoint.
+func Stream(ctx context.Context, s checkpoints.Store, ns string) (StreamStatus, bool, error) {
+	st, ok, err := checkpoints.GetJSON[streamState](ctx, s, streamKey(ns))
+	if err != nil || !ok {
+		return StreamStatus{}, ok, err
+	}
+	return StreamStatus{Position: st.position(), Checkpoint: st.Time, Stopped: st.Stopped}, true, nil
 }
 
 // position is the cluster time the stream would resume from.
@@ -164,6 +187,7 @@ func (c *Capture) Run(ctx context.Context) error {
 					// One namespace stopping must not stop the others; it waits
 					// for the operator's recovery (a reset request).
 					c.log.Error("capture stopped", "namespace", ns, "err", err)
+					c.recordStop(context.WithoutCancel(ctx), ns, err)
 					c.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:capture",
 						Action: "capture.stop", Target: ns, Result: "failed: " + err.Error()})
 				}
@@ -441,4 +465,16 @@ func cut(ns string) (db, coll string, ok bool) {
 
 func putState(ctx context.Context, c *Capture, ns string, st streamState) error {
 	return checkpoints.PutJSON(ctx, c.store, streamKey(ns), st)
+}
+
+// recordStop keeps why a namespace stopped in its checkpoint, for status.
+func (c *Capture) recordStop(ctx context.Context, ns string, cause error) {
+	st, _, err := checkpoints.GetJSON[streamState](ctx, c.store, streamKey(ns))
+	if err != nil {
+		return
+	}
+	st.Stopped = cause.Error()
+	if err := putState(ctx, c, ns, st); err != nil {
+		c.log.Warn("cannot record why capture stopped", "namespace", ns, "err", err)
+	}
 }

@@ -64,7 +64,8 @@ func (e *InvalidatedError) Error() string {
 	what := map[string]string{"drop": "was dropped", "dropDatabase": "was dropped with its database",
 		"rename": "was renamed to " + e.To, "invalidate": "was invalidated"}[e.Op]
 	next := "restart it from now with a full backfill: `tidemark backfill --namespace %[1]s --reset-stream --reason ...`, " +
-		"then delete the rows of documents that no longer exist: `tidemark reconcile` and `tidemark repair --report ID`"
+		"then delete the rows of documents that no longer exist: `tidemark reconcile` and `tidemark repair --report ID`; " +
+		"or continue after the drop: `tidemark backfill --namespace %[1]s --resume-after-invalidate --reason ...`"
 	if e.Op == "rename" {
 		next = "capture the new name by adding " + e.To + " to capture.namespaces (its backfill re-emits every document); " +
 			"to keep capturing %[1]s once it exists again: `tidemark backfill --namespace %[1]s --reset-stream --reason ...`"

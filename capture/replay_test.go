@@ -867,3 +867,139 @@ func containsType(aliases []string, t interface{ String() string }) bool {
 	}
 	return false
 }
+
+// flakyPager serves a sorted list of documents and fails after every
+// failEvery documents of a page, as a cursor killed by an election does.
+type flakyPager struct {
+	docs      []bson.Raw
+	failEvery int
+	fails     int
+	calls     int
+	always    bool // every read fails at once
+}
+
+func (f *flakyPager) page(_ context.Context, last *bson.RawValue, n int, docs []bson.Raw) ([]bson.Raw, error) {
+	f.calls++
+	if f.always {
+		f.fails++
+		return docs, mongo.CommandError{Code: 43, Name: "CursorNotFound"}
+	}
+	start := 0
+	if last != nil {
+		for start < len(f.docs) && !bytes.Equal(envelope.Key(f.docs[start].Lookup("_id")), envelope.Key(*last)) {
+			start++
+		}
+		start++
+	}
+	for i := start; i < len(f.docs) && n > 0; i++ {
+		if f.failEvery > 0 && i > start && (i-start)%f.failEvery == 0 {
+			f.fails++
+			return docs, mongo.CommandError{Code: 43, Name: "CursorNotFound"}
+		}
+		docs = append(docs, f.docs[i])
+		n--
+	}
+	return docs, nil
+}
+
+// A chunk whose cursor dies part-way resumes after the last document read:
+// nothing is lost or read twice. Past the retry budget the error stops the
+// backfill.
+func TestReadChunkResumesAfterCursorLoss(t *testing.T) {
+	var docs []bson.Raw
+	for i := 0; i < 50; i++ {
+		docs = append(docs, mustRaw(doc(int64(i))))
+	}
+	c := &Capture{cfg: Config{Namespaces: []string{rns}, Backfill: BackfillConfig{Retries: 100, RetryBackoff: time.Microsecond}}.WithDefaults(),
+		m: newMetrics(nil), log: slog.New(slog.DiscardHandler)}
+	p := &flakyPager{docs: docs, failEvery: 7}
+	var got []bson.Raw
+	var last *bson.RawValue
+	for {
+		chunk, err := c.readChunk(context.Background(), rns, p, last, 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, chunk...)
+		if len(chunk) < 20 {
+			break
+		}
+		id := chunk[len(chunk)-1].Lookup("_id")
+		last = &id
+	}
+	if len(got) != len(docs) || p.fails == 0 {
+		t.Fatalf("read %d of %d documents with %d cursor losses", len(got), len(docs), p.fails)
+	}
+	for i := range docs {
+		if !bytes.Equal(got[i], docs[i]) {
+			t.Fatalf("document %d is %v, want %v", i, got[i], docs[i])
+		}
+	}
+	if n := testutil.ToFloat64(c.m.backfillErrors.WithLabelValues(rns)); int(n) != p.fails {
+		t.Fatalf("error metric %v, want %d", n, p.fails)
+	}
+
+	c.cfg.Backfill.Retries = 3
+	_, err := c.readChunk(context.Background(), rns, &flakyPager{docs: docs, always: true}, nil, 20)
+	if err == nil || !strings.Contains(err.Error(), "failed 4 times in a row") || !strings.Contains(err.Error(), "CursorNotFound") {
+		t.Fatalf("budget exhausted: %v", err)
+	}
+}
+
+// The operator's choice to continue after a drop reopens with startAfter and
+// the invalidate's token (resumeAfter would fail with 260).
+func TestReplayResumeAfterInvalidateUsesStartAfter(t *testing.T) {
+	inv := ev{op: "invalidate", t: 200, i: 1, seq: 1}
+	src := &replaySource{streams: [][]step{
+		{batch(nil, ev{op: "drop", t: 200, i: 1}, inv)},
+		{batch(nil, ev{op: "insert", t: 210, i: 1, id: "again", doc: doc("again")})},
+	}}
+	r := newReplayRig(t, src, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	putState(ctx, r.c, rns, streamState{StartT: 50})
+	if err := r.c.stream(ctx, rns); !errors.Is(err, ErrInvalidated) {
+		t.Fatalf("got %v", err)
+	}
+	if err := r.c.resumeAfterInvalidate(ctx, rns); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.c.stream(ctx, rns); !errors.Is(err, errScriptDone) {
+		t.Fatalf("after resuming: %v", err)
+	}
+	w := src.watches()
+	if len(w) != 2 || !bytes.Equal(w[1].StartAfter, inv.raw().Lookup("_id").Document()) || w[1].ResumeAfter != nil {
+		t.Fatalf("reopened with %+v", w[len(w)-1])
+	}
+	checkTable(t, events(t, r), want{"again": doc("again")})
+	if err := r.c.resumeAfterInvalidate(ctx, rns); err == nil {
+		t.Fatal("resuming a stream that is not invalidated was accepted")
+	}
+}
+
+// Why a namespace stopped is in its checkpoint, where status reads it.
+func TestReplayStopReasonInStatus(t *testing.T) {
+	src := &replaySource{streams: [][]step{{{err: cmdErr(286, "ChangeStreamHistoryLost")}}}}
+	r := newReplayRig(t, src, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	putState(ctx, r.c, rns, streamState{StartT: 50})
+	done := make(chan error, 1)
+	go func() { done <- r.c.Run(ctx) }()
+	for {
+		s, _, err := Stream(ctx, r.store, rns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(s.Stopped, "--reset-stream") {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("status never showed the stop: %+v", s)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel()
+	<-done
+}

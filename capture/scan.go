@@ -174,10 +174,15 @@ func (s *scanner) page(ctx context.Context, last *bson.RawValue, n int, docs []b
 	return docs, cur.Err()
 }
 
+// pager reads one page of a backfill scan; *scanner is the real one.
+type pager interface {
+	page(ctx context.Context, last *bson.RawValue, n int, docs []bson.Raw) ([]bson.Raw, error)
+}
+
 // readChunk reads the next chunk after last. A failed read (an election
 // kills the cursor, and getMore is not retryable) resumes after the last
 // document read, with backoff, until Backfill.Retries consecutive failures.
-func (c *Capture) readChunk(ctx context.Context, ns string, s *scanner, last *bson.RawValue, n int) ([]bson.Raw, error) {
+func (c *Capture) readChunk(ctx context.Context, ns string, s pager, last *bson.RawValue, n int) ([]bson.Raw, error) {
 	var docs []bson.Raw
 	backoff := c.cfg.Backfill.RetryBackoff
 	for failures := 0; ; {

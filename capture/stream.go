@@ -121,6 +121,7 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 	if st.Invalidated != nil {
 		return st.Invalidated.err(ns)
 	}
+	st.Stopped = ""
 	resumeAt := st.position()
 	// MongoDB reports lost history itself (code 286); the oplog check also
 	// catches servers that silently restart elsewhere, as the stand-in does.
