@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -1002,4 +1003,16 @@ func TestReplayStopReasonInStatus(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// After a NaN _id (lowest of the numbers in MongoDB's order) $gt: NaN would
+// match nothing; the page asks for every number from -Infinity instead.
+func TestAfterFilterAfterNaN(t *testing.T) {
+	typ, v, _ := bson.MarshalValue(math.NaN())
+	f := mustRaw(afterFilter(&bson.RawValue{Type: typ, Value: v}, false))
+	vals, _ := f.Lookup("$or").Array().Values()
+	gte, err := vals[0].Document().LookupErr("_id", "$gte")
+	if err != nil || !math.IsInf(gte.Double(), -1) {
+		t.Fatalf("filter after NaN: %v", f)
+	}
 }

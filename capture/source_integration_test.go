@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"math"
 	"syscall"
 	"testing"
 	"time"
@@ -278,4 +279,72 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 		_, ok := m[string(envelope.Key(rawOf(t, int32(2))))]
 		return ok
 	})
+}
+
+// everyIDType is one document per BSON type an _id can have (arrays,
+// regular expressions and undefined cannot be one), several per bracket.
+func everyIDType() []any {
+	dec, _ := primitive.ParseDecimal128("7.25")
+	ids := []any{
+		primitive.MinKey{}, primitive.Null{},
+		// No NaN: MongoDB sorts it below every number, the stand-in (Java
+		// Double.compare) above +Inf; paging after it is unit-tested instead.
+		math.Inf(-1), int32(-5), int64(-4), -3.5, dec, int32(8), int64(1 << 40), 1e300, math.Inf(1),
+		"", "a", "b",
+		bson.D{{Key: "k", Value: 1}}, bson.D{{Key: "k", Value: 2}},
+		// Two UUIDs, no other binary subtype: the stand-in keeps UUIDs and
+		// other binaries as different Java types that $gt does not compare
+		// (MongoDB compares all BinData by length, subtype, bytes), so a
+		// page ending on one never reaches the other there (docs/mongodb.md).
+		primitive.Binary{Subtype: 4, Data: bytes.Repeat([]byte{7}, 16)}, primitive.Binary{Subtype: 4, Data: bytes.Repeat([]byte{9}, 16)},
+		primitive.NewObjectID(), primitive.NewObjectID(),
+		false, true,
+		primitive.NewDateTimeFromTime(time.Unix(0, 0)), primitive.NewDateTimeFromTime(time.Unix(2_000_000_000, 0)),
+		primitive.Timestamp{T: 1, I: 1}, primitive.Timestamp{T: 2, I: 1},
+		primitive.MaxKey{},
+	}
+	var docs []any
+	for i, id := range ids {
+		docs = append(docs, bson.D{{Key: "_id", Value: id}, {Key: "n", Value: i}})
+	}
+	return docs
+}
+
+// TestIntegrationBackfillEveryIDType backfills one chunk per document, so a
+// chunk boundary falls after every _id type, and expects every document in
+// Kafka.
+func TestIntegrationBackfillEveryIDType(t *testing.T) {
+	testbed.Kafka(t)
+	mc := testbed.Mongo(t)
+	dbName := testbed.UniqueName(t, "every")
+	coll := mc.Database(dbName).Collection("c")
+	t.Cleanup(func() { mc.Database(dbName).Drop(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	docs := everyIDType()
+	for _, d := range docs {
+		if _, err := coll.InsertOne(ctx, d); err != nil {
+			t.Fatalf("insert %v: %v", d, err)
+		}
+	}
+	ns := dbName + ".c"
+	store, _ := checkpoints.OpenFile(t.TempDir())
+	prefix := testbed.UniqueName(t, "every")
+	c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 2, Backfill: BackfillConfig{ChunkSize: 1}},
+		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go c.Run(runCtx)
+	latest := readTopic(t, ctx, Topic(prefix, ns), func(m map[string]envelope.Event) bool {
+		p, _, _ := BackfillProgress(ctx, store, ns)
+		return p.Done && int64(len(m)) >= p.Docs && p.Docs > 0
+	})
+	n := compareWithSource(t, ctx, coll, latest)
+	if n != len(docs) || len(latest) != n {
+		t.Fatalf("%d source documents, %d in Kafka, want %d", n, len(latest), len(docs))
+	}
 }
