@@ -44,9 +44,9 @@ type Config struct {
 	// cheaper against the mongo-java-server stand-in, whose updateLookup
 	// scans the whole collection for every event. Default "server".
 	UpdateLookup string `yaml:"update_lookup"`
-	// IdlePoll is the shortest time between two polls of a change stream
-	// that returned an empty batch; also the server-side maxAwaitTimeMS.
-	// Default 1s.
+	// IdlePoll is the longest wait between two polls of a change stream
+	// whose batches come back empty (the wait grows from 10ms while they
+	// do); also the server-side maxAwaitTimeMS. Default 1s.
 	IdlePoll time.Duration `yaml:"idle_poll"`
 	// IdleCheckpointInterval is how often an idle stream checkpoints its
 	// post-batch resume token, so a quiet collection never falls out of the

@@ -180,6 +180,8 @@ type streamRun struct {
 	frags    []bson.Raw
 	inval    *Invalidation
 	lastCkpt time.Time
+	// empties counts consecutive empty batches.
+	empties int
 	// noPBRT is set once an empty batch left the resume token unchanged:
 	// the server sends no post-batch resume tokens.
 	noPBRT bool
@@ -221,8 +223,14 @@ func (s *streamRun) run(ctx context.Context, cs changeStream) error {
 				}
 			}
 			// The stand-in answers an empty getMore at once, ignoring
-			// maxAwaitTimeMS; never poll faster than IdlePoll.
-			if wait := c.cfg.IdlePoll - time.Since(polled); wait > 0 {
+			// maxAwaitTimeMS. Consecutive empty batches wait 10 ms, 20 ms,
+			// ... up to IdlePoll between polls: a stream that just caught
+			// up polls again soon, an idle one at most once per IdlePoll.
+			// A real server's getMore waits server-side (maxAwaitTimeMS),
+			// so the wait below is already spent there.
+			s.empties++
+			pause := min(c.cfg.IdlePoll, 10*time.Millisecond<<min(s.empties-1, 10))
+			if wait := pause - time.Since(polled); wait > 0 {
 				t := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
@@ -233,6 +241,7 @@ func (s *streamRun) run(ctx context.Context, cs changeStream) error {
 			}
 			continue
 		}
+		s.empties = 0
 		raw := cs.Current()
 		if split, err := raw.LookupErr("splitEvent"); err == nil {
 			s.frags = append(s.frags, append(bson.Raw(nil), raw...))
@@ -309,6 +318,11 @@ func (s *streamRun) flushAll(ctx context.Context) error {
 
 // failed handles an error that ended the stream.
 func (s *streamRun) failed(ctx context.Context, err error) error {
+	if s.inval != nil {
+		// The stream ended after a drop or rename before its invalidate
+		// arrived: it is invalidated all the same.
+		return s.invalidated(ctx, nil)
+	}
 	var se mongo.ServerError
 	if errors.As(err, &se) && se.HasErrorCode(codeTooLarge) {
 		if ferr := s.flushAll(ctx); ferr != nil {
