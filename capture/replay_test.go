@@ -284,39 +284,72 @@ func (r *replayRig) state(t *testing.T) streamState {
 	return st
 }
 
-// consumed is every committed record of a topic. Each Kafka transaction
-// ends with a commit marker, so a partition is read once the record just
-// below its end offset's marker was seen.
+// consumed is every committed record of a topic. It reads uncommitted with
+// the control records and applies the markers itself: a transaction's
+// records count once its commit marker is seen, and are dropped at an abort
+// marker. Markers are written after EndTxn returns (in Kafka as in kfake), so
+// it reads until every partition's end offset was reached and no
+// transaction's outcome is pending.
 func consumed(t *testing.T, brokers []string, topic string) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.KeepControlRecords(),
+		kgo.FetchIsolationLevel(kgo.ReadUncommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
+	// Every partition's end offset, retried while any partition errs (a
+	// listing that skipped one would end the read early).
+	var ends kadm.ListedOffsets
+	for {
+		ends, err = kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+		if err == nil {
+			err = ends.Error()
+		}
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("end offsets of %s: %v", topic, err)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 	need := map[int32]int64{}
 	ends.Each(func(o kadm.ListedOffset) {
 		if o.Offset > 0 {
-			need[o.Partition] = o.Offset - 2
+			need[o.Partition] = o.Offset - 1
 		}
 	})
+	type txnKey struct {
+		p   int32
+		pid int64
+	}
+	open := map[txnKey][]*kgo.Record{}
 	var out []*kgo.Record
-	for len(need) > 0 {
+	for len(need) > 0 || len(open) > 0 {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
-			t.Fatalf("reading %s: still waiting for partitions %v", topic, need)
+			t.Fatalf("reading %s: still waiting for partitions %v and %d open transactions", topic, need, len(open))
 		}
 		fs.EachRecord(func(r *kgo.Record) {
-			out = append(out, r)
 			if o, ok := need[r.Partition]; ok && r.Offset >= o {
 				delete(need, r.Partition)
+			}
+			k := txnKey{r.Partition, r.ProducerID}
+			switch {
+			case r.Attrs.IsControl():
+				// Control record key: version int16, type int16 (0 abort, 1 commit).
+				if len(r.Key) >= 4 && r.Key[3] == 1 {
+					out = append(out, open[k]...)
+				}
+				delete(open, k)
+			case r.Attrs.IsTransactional():
+				open[k] = append(open[k], r)
+			default:
+				out = append(out, r)
 			}
 		})
 	}
