@@ -11,7 +11,7 @@ import (
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/bson"
-	"go.mongodb.org/mongo-driver/mongo/options"
+	"go.mongodb.org/mongo-driver/mongo"
 	"golang.org/x/time/rate"
 )
 
@@ -21,13 +21,16 @@ type Progress struct {
 	T0T       uint32 `json:"t0_t"`
 	T0I       uint32 `json:"t0_i"`
 	// LastKey is envelope.Key of the last _id of the last finished chunk.
-	LastKey   []byte    `json:"last_key,omitempty"`
-	Chunks    int64     `json:"chunks"`
-	Docs      int64     `json:"docs"`
-	Estimated int64     `json:"estimated"`
-	Done      bool      `json:"done"`
-	Started   time.Time `json:"started"`
-	Updated   time.Time `json:"updated"`
+	LastKey   []byte `json:"last_key,omitempty"`
+	Chunks    int64  `json:"chunks"`
+	Docs      int64  `json:"docs"`
+	Estimated int64  `json:"estimated"`
+	Done      bool   `json:"done"`
+	// Error is why the backfill stopped, after its retry budget; cleared when
+	// it runs again.
+	Error   string    `json:"error,omitempty"`
+	Started time.Time `json:"started"`
+	Updated time.Time `json:"updated"`
 }
 
 func backfillKey(ns string) string { return checkpoints.PrefixBackfill + ns }
@@ -51,6 +54,7 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 	if !ok || p.T0T != t0.T || p.T0I != t0.I {
 		p = Progress{Namespace: ns, T0T: t0.T, T0I: t0.I, Started: time.Now().UTC()}
 	}
+	p.Error = ""
 	db, coll, _ := cut(ns)
 	col := c.mongo.Database(db).Collection(coll)
 	if p.Estimated, err = col.EstimatedDocumentCount(ctx); err != nil {
@@ -77,63 +81,58 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 	}
 	inflight := make(chan *chunk, c.cfg.Backfill.Parallelism)
 	scanErr := make(chan error, 1)
+	scan, err := c.newScanner(ctx, col, t0)
+	if err != nil {
+		return err
+	}
 	go func() {
 		defer close(inflight)
-		last := p.LastKey
-		for {
-			filter := bson.D{}
-			if last != nil {
-				id, err := envelope.ParseKey(last)
-				if err != nil {
-					scanErr <- err
-					return
-				}
-				filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: id}}}}
-			}
-			cur, err := col.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
-				SetLimit(int64(c.cfg.Backfill.ChunkSize)).SetBatchSize(int32(c.cfg.Backfill.ChunkSize)))
+		defer scan.close()
+		var last *bson.RawValue
+		if p.LastKey != nil {
+			id, err := envelope.ParseKey(p.LastKey)
 			if err != nil {
-				scanErr <- fmt.Errorf("capture %s: backfill scan: %w", ns, err)
+				scanErr <- err
 				return
 			}
-			var recs []*kgo.Record
-			var lastKey []byte
-			for cur.Next(ctx) {
-				doc := bson.Raw(append([]byte(nil), cur.Current...))
+			last = &id
+		}
+		for {
+			docs, err := c.readChunk(ctx, ns, scan, last, c.cfg.Backfill.ChunkSize)
+			if err != nil {
+				scanErr <- err
+				return
+			}
+			if len(docs) == 0 {
+				return
+			}
+			recs := make([]*kgo.Record, 0, len(docs))
+			for _, doc := range docs {
 				e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
-				lastKey = e.Key()
 				rec, dl, _ := c.toRecord(topic, &e)
 				if dl != nil {
 					rec = dl
 				}
 				recs = append(recs, rec)
 			}
-			err = cur.Err()
-			cur.Close(ctx)
-			if err != nil {
-				scanErr <- fmt.Errorf("capture %s: backfill scan: %w", ns, err)
-				return
-			}
-			if len(recs) == 0 {
-				return
-			}
+			lastID := docs[len(docs)-1].Lookup("_id")
 			if lim != nil {
 				if err := lim.WaitN(ctx, min(len(recs), lim.Burst())); err != nil {
 					scanErr <- err
 					return
 				}
 			}
-			ch := &chunk{n: len(recs), lastKey: lastKey, done: make(chan error, 1)}
+			ch := &chunk{n: len(recs), lastKey: envelope.Key(lastID), done: make(chan error, 1)}
 			go func() { ch.done <- c.produceAll(ctx, recs) }()
 			select {
 			case inflight <- ch:
 			case <-ctx.Done():
 				return
 			}
-			if len(recs) < c.cfg.Backfill.ChunkSize {
+			if len(docs) < c.cfg.Backfill.ChunkSize {
 				return
 			}
-			last = lastKey
+			last = &lastID
 		}
 	}()
 	for ch := range inflight {
@@ -150,6 +149,13 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 	}
 	select {
 	case err := <-scanErr:
+		if ctx.Err() == nil {
+			// The error goes into the progress record, where status shows it.
+			p.Error, p.Updated = err.Error(), time.Now().UTC()
+			if perr := checkpoints.PutJSON(ctx, c.store, backfillKey(ns), p); perr != nil {
+				log.Error("cannot record the backfill error", "err", perr)
+			}
+		}
 		return err
 	default:
 	}
@@ -222,9 +228,14 @@ type Request struct {
 	// ResetStream restarts the namespace's stream from now: the recovery after
 	// lost history (a full re-backfill must accompany it, so Keys and Filter
 	// must be empty).
-	ResetStream bool   `json:"reset_stream,omitempty"`
-	Reason      string `json:"reason,omitempty"`
-	Actor       string `json:"actor,omitempty"`
+	ResetStream bool `json:"reset_stream,omitempty"`
+	// ResumeAfterInvalidate continues a namespace stopped by an invalidate
+	// (drop, rename) from just after it, with startAfter: documents of a
+	// collection re-created under the name arrive as inserts; rows of the
+	// dropped documents stay until reconcile and repair remove them.
+	ResumeAfterInvalidate bool   `json:"resume_after_invalidate,omitempty"`
+	Reason                string `json:"reason,omitempty"`
+	Actor                 string `json:"actor,omitempty"`
 }
 
 // RequestKeyPrefix is where backfill requests wait in the checkpoints store.
@@ -237,19 +248,25 @@ func Enqueue(ctx context.Context, s checkpoints.Store, r Request) (string, error
 }
 
 // Backfill re-emits documents of a namespace with a fresh T0, while the stream
-// continues. T0 is read from the server before the scan, so every change made
-// after the scan read a document has a higher version than what it emits.
+// continues. T0 is the cluster time of a change stream opened before the scan
+// (never a host clock), and the scan reads at or after T0, so every change
+// made after the scan read a document has a higher version than what it emits.
 func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
 	if !c.captures(r.Namespace) {
 		return 0, fmt.Errorf("capture: namespace %s is not captured here", r.Namespace)
 	}
-	t0, err := c.serverTime(ctx)
+	t0, err := c.clusterTime(ctx, r.Namespace)
 	if err != nil {
 		return 0, err
 	}
 	version := envelope.Below(t0)
 	db, coll, _ := cut(r.Namespace)
-	col := c.mongo.Database(db).Collection(coll)
+	scan, err := c.newScanner(ctx, c.mongo.Database(db).Collection(coll), t0)
+	if err != nil {
+		return 0, err
+	}
+	defer scan.close()
+	col := scan.col
 	topic := Topic(c.cfg.TopicPrefix, r.Namespace)
 	filter := bson.D{}
 	want := map[string]bool{}
@@ -269,7 +286,11 @@ func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
 			return 0, fmt.Errorf("capture: backfill filter: %w", err)
 		}
 	}
-	cur, err := col.Find(ctx, filter)
+	sctx := ctx
+	if scan.sess != nil {
+		sctx = mongo.NewSessionContext(ctx, scan.sess)
+	}
+	cur, err := col.Find(sctx, filter)
 	if err != nil {
 		return 0, fmt.Errorf("capture %s: targeted backfill: %w", r.Namespace, err)
 	}
@@ -333,9 +354,12 @@ func (c *Capture) serveRequests(ctx context.Context) error {
 				continue
 			}
 			result := "ok"
-			if r.ResetStream {
+			switch {
+			case r.ResetStream:
 				err = c.resetStream(ctx, r.Namespace)
-			} else {
+			case r.ResumeAfterInvalidate:
+				err = c.resumeAfterInvalidate(ctx, r.Namespace)
+			default:
 				_, err = c.Backfill(ctx, r)
 			}
 			if err != nil {
@@ -345,7 +369,8 @@ func (c *Capture) serveRequests(ctx context.Context) error {
 				result = "failed: " + err.Error()
 			}
 			c.store.Append(ctx, checkpoints.AuditEntry{Actor: orDefault(r.Actor, "auto:capture"), Action: "backfill",
-				Target: r.Namespace, Reason: r.Reason, Result: result, Details: map[string]any{"keys": len(r.Keys), "filter": r.Filter, "reset_stream": r.ResetStream}})
+				Target: r.Namespace, Reason: r.Reason, Result: result, Details: map[string]any{"keys": len(r.Keys), "filter": r.Filter, "reset_stream": r.ResetStream,
+					"resume_after_invalidate": r.ResumeAfterInvalidate}})
 			c.store.Delete(ctx, key)
 		}
 	}
@@ -361,6 +386,37 @@ func (c *Capture) resetStream(ctx context.Context, ns string) error {
 		return err
 	}
 	c.m.historyLost.WithLabelValues(ns).Set(0)
+	c.m.invalidated.WithLabelValues(ns).Set(0)
+	c.restart(ns)
+	return nil
+}
+
+// resumeAfterInvalidate is the operator's choice to keep capturing a
+// namespace whose stream was invalidated, from just after the invalidate.
+func (c *Capture) resumeAfterInvalidate(ctx context.Context, ns string) error {
+	st, _, err := checkpoints.GetJSON[streamState](ctx, c.store, streamKey(ns))
+	if err != nil {
+		return err
+	}
+	inv := st.Invalidated
+	if inv == nil {
+		return fmt.Errorf("capture %s: the stream is not invalidated; nothing to resume after", ns)
+	}
+	// resumeAfter an invalidate token fails with 260; startAfter starts a
+	// new stream after it. Without an invalidate (the stand-in), resume
+	// after the drop itself.
+	st.Token, st.StartAfter, st.T, st.I, st.AtT, st.AtI = inv.Token, inv.Invalidate, inv.T, inv.I, 0, 0
+	st.Invalidated, st.Stopped, st.Time = nil, "", time.Now().UTC()
+	if err := putState(ctx, c, ns, st); err != nil {
+		return err
+	}
+	c.m.invalidated.WithLabelValues(ns).Set(0)
+	c.restart(ns)
+	return nil
+}
+
+// restart stops the namespace's current run, if any, and lets Run start it again.
+func (c *Capture) restart(ns string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cancel := c.running[ns]; cancel != nil {
@@ -370,7 +426,6 @@ func (c *Capture) resetStream(ctx context.Context, ns string) error {
 	case c.reset[ns] <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
 func orDefault(s, d string) string {

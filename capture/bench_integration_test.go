@@ -39,7 +39,7 @@ func BenchmarkCapture(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	t0, err := c.serverTime(ctx)
+	t0, err := c.clusterTime(ctx, ns)
 	if err != nil {
 		b.Fatal(err)
 	}

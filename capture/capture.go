@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,10 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.mongodb.org/mongo-driver/bson"
-	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
-	"go.mongodb.org/mongo-driver/mongo/options"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -49,17 +47,65 @@ func (e *HistoryLostError) Unwrap() []error { return []error{ErrHistoryLost, e.C
 
 // streamState is the checkpoint of one namespace's change stream.
 type streamState struct {
-	// StartT, StartI is the operation time the stream was first opened at (T0
-	// of the initial backfill). Kept until a resume token exists, so a crash
-	// before the first checkpoint reopens at the same T0.
+	// StartT, StartI is T0: the cluster time the stream was first opened at
+	// (and the initial backfill's versions are below). Kept until a resume
+	// token exists, so a crash before the first checkpoint reopens at the
+	// same T0 the backfill versions are derived from.
 	StartT uint32 `json:"start_t"`
 	StartI uint32 `json:"start_i"`
-	// Token is the resume token after the last event Kafka acknowledged.
+	// Token is the resume token after the last event Kafka acknowledged, or
+	// a post-batch resume token past it.
 	Token []byte `json:"token,omitempty"`
-	T     uint32 `json:"t"`
-	I     uint32 `json:"i"`
+	// StartAfter says Token is an invalidate event's: reopen with startAfter
+	// (resumeAfter an invalidate fails with code 260).
+	StartAfter bool   `json:"start_after,omitempty"`
+	T          uint32 `json:"t"`
+	I          uint32 `json:"i"`
+	// AtT, AtI is a later position than Token on servers that send no
+	// post-batch resume token: the newest oplog entry before an empty batch.
+	// The stream reopens with startAtOperationTime there.
+	AtT uint32 `json:"at_t,omitempty"`
+	AtI uint32 `json:"at_i,omitempty"`
+	// Invalidated is set when the stream ended with an invalidate; capture of
+	// the namespace stays stopped until an operator decides (see Invalidation).
+	Invalidated *Invalidation `json:"invalidated,omitempty"`
+	// Stopped is why capture of the namespace stopped (history lost,
+	// invalidated, fenced, unwatchable, backfill failed), for status. The
+	// next checkpoint clears it.
+	Stopped string `json:"stopped,omitempty"`
 	// Time is when this checkpoint was written.
 	Time time.Time `json:"time"`
+}
+
+// StreamStatus is what status shows about one namespace's change stream.
+type StreamStatus struct {
+	// Position is the cluster time the stream resumes from.
+	Position envelope.Version `json:"position"`
+	// Checkpoint is when the position was last written.
+	Checkpoint time.Time `json:"checkpoint"`
+	// Stopped says why capture of the namespace stopped; empty while it runs.
+	Stopped string `json:"stopped,omitempty"`
+}
+
+// Stream returns the status of a namespace's change stream from its checkpoint.
+func Stream(ctx context.Context, s checkpoints.Store, ns string) (StreamStatus, bool, error) {
+	st, ok, err := checkpoints.GetJSON[streamState](ctx, s, streamKey(ns))
+	if err != nil || !ok {
+		return StreamStatus{}, ok, err
+	}
+	return StreamStatus{Position: st.position(), Checkpoint: st.Time, Stopped: st.Stopped}, true, nil
+}
+
+// position is the cluster time the stream would resume from.
+func (st streamState) position() envelope.Version {
+	at := envelope.Version{T: st.AtT, I: st.AtI}
+	if st.Token == nil {
+		if !at.IsZero() {
+			return at
+		}
+		return envelope.Version{T: st.StartT, I: st.StartI}
+	}
+	return envelope.Max(envelope.Version{T: st.T, I: st.I}, at)
 }
 
 func streamKey(ns string) string { return checkpoints.PrefixCapture + ns }
@@ -73,6 +119,7 @@ type Capture struct {
 	store   checkpoints.Store
 	log     *slog.Logger
 	m       *metrics
+	src     source
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
 	reset   map[string]chan struct{}
@@ -92,7 +139,7 @@ func New(cfg Config, mc *mongo.Client, kafkaOpts []kgo.Opt, store checkpoints.St
 	if err != nil {
 		return nil, fmt.Errorf("capture: kafka client: %w", err)
 	}
-	return &Capture{cfg: cfg, mongo: mc, kopts: kafkaOpts, plain: plain, store: store,
+	return &Capture{cfg: cfg, mongo: mc, src: mongoSource{mc}, kopts: kafkaOpts, plain: plain, store: store,
 		log: log.With("stage", "capture"), m: newMetrics(reg), running: map[string]context.CancelFunc{},
 		reset: map[string]chan struct{}{}}, nil
 }
@@ -140,6 +187,7 @@ func (c *Capture) Run(ctx context.Context) error {
 					// One namespace stopping must not stop the others; it waits
 					// for the operator's recovery (a reset request).
 					c.log.Error("capture stopped", "namespace", ns, "err", err)
+					c.recordStop(context.WithoutCancel(ctx), ns, err)
 					c.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:capture",
 						Action: "capture.stop", Target: ns, Result: "failed: " + err.Error()})
 				}
@@ -177,15 +225,22 @@ func (c *Capture) ensureTopics(ctx context.Context) error {
 // restarts the stream after resumable errors with backoff.
 func (c *Capture) runNamespace(ctx context.Context, ns string) error {
 	log := c.log.With("namespace", ns)
+	if err := c.checkWatchable(ctx, ns); err != nil {
+		return err
+	}
 	st, _, err := checkpoints.GetJSON[streamState](ctx, c.store, streamKey(ns))
 	if err != nil {
 		return err
+	}
+	if st.Invalidated != nil {
+		c.m.invalidated.WithLabelValues(ns).Set(1)
+		return st.Invalidated.err(ns)
 	}
 	if st.Token == nil && st.StartT == 0 {
 		// First start: fix T0 durably before anything is emitted, so that a
 		// crash before the first checkpoint reopens the stream at the same T0
 		// the backfill versions are derived from.
-		t0, err := c.serverTime(ctx)
+		t0, err := c.clusterTime(ctx, ns)
 		if err != nil {
 			return err
 		}
@@ -208,12 +263,18 @@ func (c *Capture) runNamespace(ctx context.Context, ns string) error {
 			if gctx.Err() != nil {
 				return nil
 			}
-			if errors.Is(err, ErrHistoryLost) {
+			switch {
+			case errors.Is(err, ErrHistoryLost):
 				c.m.historyLost.WithLabelValues(ns).Set(1)
 				return err
-			}
-			if errors.Is(err, ErrFenced) {
+			case errors.Is(err, ErrInvalidated):
+				c.m.invalidated.WithLabelValues(ns).Set(1)
 				return err
+			case errors.Is(err, ErrFenced), errors.Is(err, ErrUnresumable):
+				return err
+			case errors.Is(err, errSkipped):
+				backoff = 100 * time.Millisecond
+				continue
 			}
 			log.Warn("change stream interrupted; resuming", "err", err, "backoff", backoff)
 			select {
@@ -227,248 +288,37 @@ func (c *Capture) runNamespace(ctx context.Context, ns string) error {
 	return g.Wait()
 }
 
-// serverTime is the source's current time as a version with ordinal 0. Every
-// operation the server applies after this moment has a higher cluster time.
-func (c *Capture) serverTime(ctx context.Context) (envelope.Version, error) {
-	var r struct {
-		LocalTime time.Time `bson:"localTime"`
-	}
-	if err := c.mongo.Database("admin").RunCommand(ctx, bson.D{{Key: "isMaster", Value: 1}}).Decode(&r); err != nil {
-		return envelope.Version{}, fmt.Errorf("capture: read server time: %w", err)
-	}
-	if r.LocalTime.IsZero() {
-		return envelope.Version{}, errors.New("capture: server reported no localTime")
-	}
-	return envelope.Version{T: uint32(r.LocalTime.Unix())}, nil
-}
-
-// oldestHistory is the oldest cluster time in the source's oplog.
-func (c *Capture) oldestHistory(ctx context.Context) (envelope.Version, bool, error) {
-	var e struct {
-		TS primitive.Timestamp `bson:"ts"`
-	}
-	err := c.mongo.Database("local").Collection("oplog.rs").FindOne(ctx, bson.D{},
-		options.FindOne().SetSort(bson.D{{Key: "$natural", Value: 1}}).SetProjection(bson.D{{Key: "ts", Value: 1}})).Decode(&e)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return envelope.Version{}, false, nil
-	}
-	if err != nil {
-		return envelope.Version{}, false, err
-	}
-	return envelope.Version{T: e.TS.T, I: e.TS.I}, true, nil
-}
-
-// changeEvent is the part of a change event capture reads.
-type changeEvent struct {
-	Op          string              `bson:"operationType"`
-	ClusterTime primitive.Timestamp `bson:"clusterTime"`
-	Key         struct {
-		ID bson.RawValue `bson:"_id"`
-	} `bson:"documentKey"`
-	Full bson.Raw `bson:"fullDocument"`
-	NS   struct {
-		DB   string `bson:"db"`
-		Coll string `bson:"coll"`
-	} `bson:"ns"`
-}
-
-// stream runs one change stream until an error. Each server batch becomes one
-// Kafka transaction; the resume token is checkpointed only after the
-// transaction committed, so every earlier event is acknowledged too.
-func (c *Capture) stream(ctx context.Context, ns string) error {
-	st, _, err := checkpoints.GetJSON[streamState](ctx, c.store, streamKey(ns))
-	if err != nil {
-		return err
-	}
-	resumeAt := envelope.Version{T: st.T, I: st.I}
-	if st.Token == nil {
-		resumeAt = envelope.Version{T: st.StartT, I: st.StartI}
-	}
-	// MongoDB reports lost history itself (code 286); the oplog check also
-	// catches servers that silently restart elsewhere, as the stand-in does.
-	if oldest, ok, err := c.oldestHistory(ctx); err != nil {
-		c.log.Warn("cannot read the oplog to check for lost history; relying on the server", "namespace", ns, "err", err)
-	} else if ok && resumeAt.Before(oldest) && !resumeAt.IsZero() {
-		return &HistoryLostError{Namespace: ns, Checkpoint: resumeAt, Oldest: oldest}
-	}
+// checkWatchable refuses namespaces no change stream can watch: views,
+// time-series collections (MongoDB refuses change streams on both) and the
+// system databases and collections. Retrying would never succeed.
+func (c *Capture) checkWatchable(ctx context.Context, ns string) error {
 	db, coll, _ := cut(ns)
-	opts := options.ChangeStream().SetBatchSize(int32(c.cfg.BatchSize))
-	if c.cfg.UpdateLookup == "server" {
-		opts.SetFullDocument(options.UpdateLookup)
+	switch {
+	case db == "admin" || db == "local" || db == "config":
+		return &UnwatchableError{Namespace: ns, Reason: "the " + db + " database cannot be watched"}
+	case strings.HasPrefix(coll, "system."):
+		return &UnwatchableError{Namespace: ns, Reason: "system collections cannot be watched"}
 	}
-	if st.Token != nil {
-		opts.SetResumeAfter(bson.Raw(st.Token))
-	} else {
-		opts.SetStartAtOperationTime(&primitive.Timestamp{T: st.StartT, I: st.StartI})
-	}
-	cs, err := c.mongo.Database(db).Collection(coll).Watch(ctx, mongo.Pipeline{}, opts)
+	typ, ok, err := c.src.collectionType(ctx, ns)
 	if err != nil {
-		return classify(ns, resumeAt, err)
+		return fmt.Errorf("capture %s: list collections: %w", ns, err)
 	}
-	defer cs.Close(context.WithoutCancel(ctx))
-
-	txn, err := kgo.NewClient(append(append(producerOpts(c.cfg), c.kopts...),
-		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second))...)
-	if err != nil {
-		return fmt.Errorf("capture: kafka client: %w", err)
+	if ok && typ != "collection" {
+		return &UnwatchableError{Namespace: ns, Reason: "it is a " + typ + ", and change streams only watch collections"}
 	}
-	defer txn.Close()
-	topic := Topic(c.cfg.TopicPrefix, ns)
-	openedAt, hadToken := resumeAt, st.Token != nil
-	var batch, dead []*kgo.Record
-	var evs []changeEvent
-	for {
-		if !cs.Next(ctx) {
-			return classify(ns, resumeAt, cs.Err())
-		}
-		batch, dead = batch[:0], dead[:0]
-		evs := evs[:0]
-		for {
-			var ev changeEvent
-			if err := cs.Decode(&ev); err != nil {
-				return fmt.Errorf("capture %s: decode change event: %w", ns, err)
-			}
-			evs = append(evs, ev)
-			if cs.RemainingBatchLength() == 0 || len(evs) >= c.cfg.BatchSize {
-				break
-			}
-			if !cs.Next(ctx) {
-				return classify(ns, resumeAt, cs.Err())
-			}
-		}
-		if err := c.completeEvents(ctx, ns, evs); err != nil {
-			return err
-		}
-		var last envelope.Version
-		for i := range evs {
-			ev := &evs[i]
-			v := envelope.Version{T: ev.ClusterTime.T, I: ev.ClusterTime.I}
-			c.m.sourceTime.WithLabelValues(ns).Set(float64(v.T))
-			if hadToken && !openedAt.Before(v) {
-				c.m.duplicates.WithLabelValues(ns).Inc()
-			}
-			if rec, dl, ok := c.record(ns, topic, ev, v); ok {
-				if dl != nil {
-					dead = append(dead, dl)
-				} else {
-					batch = append(batch, rec)
-				}
-			}
-			last = v
-		}
-		if err := c.commit(ctx, txn, batch, dead); err != nil {
-			return err
-		}
-		st.Token, st.T, st.I, st.Time = append([]byte(nil), cs.ResumeToken()...), last.T, last.I, time.Now().UTC()
-		if err := checkpoints.PutJSON(ctx, c.store, streamKey(ns), st); err != nil {
-			return err
-		}
-		resumeAt = last
-		c.m.producedTime.WithLabelValues(ns).Set(float64(last.T))
-		c.m.checkpointTS.WithLabelValues(ns).Set(float64(st.Time.Unix()))
-	}
+	return nil
 }
 
-// completeEvents fills in what the server left out of update events. MongoDB
-// always sends documentKey._id and, with updateLookup, the looked-up document;
-// the mongo-java-server stand-in sends the update operators in documentKey and
-// a partial fullDocument instead. For those events the _id is read from the
-// oplog entry at the event's cluster time and the document is looked up here,
-// which is what updateLookup does. With update_lookup: capture, every update
-// is looked up here. Both are batched: one oplog query and one lookup per
-// server batch.
-func (c *Capture) completeEvents(ctx context.Context, ns string, evs []changeEvent) error {
-	var needID []any
-	byTS := map[primitive.Timestamp]int{}
-	for i := range evs {
-		if (evs[i].Op == "update" || evs[i].Op == "replace") && evs[i].Key.ID.Type == 0 {
-			needID = append(needID, evs[i].ClusterTime)
-			byTS[evs[i].ClusterTime] = i
-		}
-	}
-	if len(needID) > 0 {
-		cur, err := c.mongo.Database("local").Collection("oplog.rs").Find(ctx,
-			bson.D{{Key: "ts", Value: bson.D{{Key: "$in", Value: needID}}}, {Key: "ns", Value: ns}},
-			options.Find().SetProjection(bson.D{{Key: "ts", Value: 1}, {Key: "o2", Value: 1}}))
-		if err != nil {
-			return fmt.Errorf("capture %s: read oplog for update ids: %w", ns, err)
-		}
-		for cur.Next(ctx) {
-			var e struct {
-				TS primitive.Timestamp `bson:"ts"`
-				O2 struct {
-					ID bson.RawValue `bson:"_id"`
-				} `bson:"o2"`
-			}
-			if cur.Decode(&e) == nil {
-				if i, ok := byTS[e.TS]; ok {
-					evs[i].Key.ID = bson.RawValue{Type: e.O2.ID.Type, Value: append([]byte(nil), e.O2.ID.Value...)}
-				}
-			}
-		}
-		cur.Close(ctx)
-	}
-	var ids bson.A
-	for i := range evs {
-		ev := &evs[i]
-		if ev.Op != "update" && ev.Op != "replace" {
-			continue
-		}
-		if ev.Key.ID.Type == 0 {
-			return fmt.Errorf("capture %s: update event at %d.%d has no _id and none in the oplog", ns, ev.ClusterTime.T, ev.ClusterTime.I)
-		}
-		// Without a server lookup, MongoDB sends no document for an update,
-		// and the stand-in sends the update's $set fields: both lack _id.
-		if _, err := ev.Full.LookupErr("_id"); ev.Full == nil && c.cfg.UpdateLookup == "capture" || ev.Full != nil && err != nil {
-			ev.Full = nil
-			ids = append(ids, ev.Key.ID)
-		}
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	db, coll, _ := cut(ns)
-	cur, err := c.mongo.Database(db).Collection(coll).Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
+// clusterTime is T0 for a backfill of ns: a cluster time at or before which
+// a change stream opened now starts. It is never a host clock: nodes and
+// routers disagree about wall time, and a write just after the stream
+// opened could otherwise carry a cluster time below T0 and be skipped.
+func (c *Capture) clusterTime(ctx context.Context, ns string) (envelope.Version, error) {
+	t, err := c.src.startTime(ctx, ns)
 	if err != nil {
-		return fmt.Errorf("capture %s: look up updated documents: %w", ns, err)
+		return envelope.Version{}, fmt.Errorf("capture %s: cluster time: %w", ns, err)
 	}
-	defer cur.Close(ctx)
-	docs := map[string]bson.Raw{}
-	for cur.Next(ctx) {
-		docs[string(envelope.Key(cur.Current.Lookup("_id")))] = append(bson.Raw(nil), cur.Current...)
-	}
-	for i := range evs {
-		if (evs[i].Op == "update" || evs[i].Op == "replace") && evs[i].Full == nil {
-			evs[i].Full = docs[string(envelope.Key(evs[i].Key.ID))] // nil when gone: the delete follows
-		}
-	}
-	return cur.Err()
-}
-
-// record turns a change event into a Kafka record, or a dead letter when it is
-// too large. ok is false for events that carry no document change.
-func (c *Capture) record(ns, topic string, ev *changeEvent, v envelope.Version) (rec, dead *kgo.Record, ok bool) {
-	e := envelope.Event{Namespace: ns, ID: ev.Key.ID, Version: v}
-	switch ev.Op {
-	case "insert":
-		e.Op, e.Doc = envelope.OpInsert, ev.Full
-	case "update":
-		// The lookup returns the document as of now, or nothing when it is
-		// gone: then a delete event follows and this update is a no-op.
-		e.Op, e.Doc = envelope.OpUpdate, ev.Full
-	case "replace":
-		e.Op, e.Doc = envelope.OpReplace, ev.Full
-	case "delete":
-		e.Op = envelope.OpDelete
-	default:
-		c.log.Warn("ignoring change event without a document", "namespace", ns, "op", ev.Op, "version", v)
-		return nil, nil, false
-	}
-	if e.Op == envelope.OpReplace && e.Doc == nil {
-		e.Op = envelope.OpUpdate // a replace whose document is already gone: the delete follows
-	}
-	c.m.events.WithLabelValues(ns, string(e.Op)).Inc()
-	return c.toRecord(topic, &e)
+	return t, nil
 }
 
 func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Record, ok bool) {
@@ -593,8 +443,13 @@ func classify(ns string, at envelope.Version, err error) error {
 		return errors.New("capture: change stream closed")
 	}
 	var se mongo.ServerError
-	if errors.As(err, &se) && (se.HasErrorCode(286) || se.HasErrorCode(260) || se.HasErrorCode(280)) {
+	switch {
+	case errors.As(err, &se) && (se.HasErrorCode(codeHistoryLost) || se.HasErrorCode(codeFatal)):
+		// 286 ChangeStreamHistoryLost; before 4.4 servers say 280
+		// ChangeStreamFatalError when the resume point left the oplog.
 		return &HistoryLostError{Namespace: ns, Checkpoint: at, Cause: err}
+	case errors.As(err, &se) && se.HasErrorCode(codeInvalidResumeToken):
+		return &UnresumableError{Namespace: ns, Checkpoint: at, Cause: err}
 	}
 	return fmt.Errorf("capture %s: change stream: %w", ns, err)
 }
@@ -606,4 +461,20 @@ func cut(ns string) (db, coll string, ok bool) {
 		}
 	}
 	return ns, "", false
+}
+
+func putState(ctx context.Context, c *Capture, ns string, st streamState) error {
+	return checkpoints.PutJSON(ctx, c.store, streamKey(ns), st)
+}
+
+// recordStop keeps why a namespace stopped in its checkpoint, for status.
+func (c *Capture) recordStop(ctx context.Context, ns string, cause error) {
+	st, _, err := checkpoints.GetJSON[streamState](ctx, c.store, streamKey(ns))
+	if err != nil {
+		return
+	}
+	st.Stopped = cause.Error()
+	if err := putState(ctx, c, ns, st); err != nil {
+		c.log.Warn("cannot record why capture stopped", "namespace", ns, "err", err)
+	}
 }

@@ -38,6 +38,9 @@ type childConfig struct {
 	Namespace string `json:"namespace"`
 	Prefix    string `json:"prefix"`
 	StoreDir  string `json:"store_dir"`
+	// ChunkSize and RateLimit of the backfill; 0 keeps 2000 and unlimited.
+	ChunkSize int     `json:"chunk_size,omitempty"`
+	RateLimit float64 `json:"rate_limit,omitempty"`
 }
 
 func TestMain(m *testing.M) { testbed.ChildMain(m, childEnv, runChild) }
@@ -59,8 +62,11 @@ func runChild(conf string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	if cc.ChunkSize == 0 {
+		cc.ChunkSize = 2000
+	}
 	c, err := New(Config{TopicPrefix: cc.Prefix, Namespaces: []string{cc.Namespace}, Partitions: 4,
-		BatchSize: 500, Backfill: BackfillConfig{ChunkSize: 2000}}, mc,
+		BatchSize: 500, Backfill: BackfillConfig{ChunkSize: cc.ChunkSize, RateLimit: cc.RateLimit}}, mc,
 		[]kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.New(slog.NewTextHandler(os.Stderr, nil)), nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Config is the capture section of the daemon config.
@@ -43,6 +44,14 @@ type Config struct {
 	// cheaper against the mongo-java-server stand-in, whose updateLookup
 	// scans the whole collection for every event. Default "server".
 	UpdateLookup string `yaml:"update_lookup"`
+	// IdlePoll is the longest wait between two polls of a change stream
+	// whose batches come back empty (the wait grows from 10ms while they
+	// do); also the server-side maxAwaitTimeMS. Default 1s.
+	IdlePoll time.Duration `yaml:"idle_poll"`
+	// IdleCheckpointInterval is how often an idle stream checkpoints its
+	// post-batch resume token, so a quiet collection never falls out of the
+	// oplog window. Default 10s.
+	IdleCheckpointInterval time.Duration `yaml:"idle_checkpoint_interval"`
 	// Backfill configures the scan of existing documents.
 	Backfill BackfillConfig `yaml:"backfill"`
 }
@@ -59,6 +68,13 @@ type BackfillConfig struct {
 	Parallelism int `yaml:"parallelism"`
 	// RateLimit caps documents per second (0 = unlimited).
 	RateLimit float64 `yaml:"rate_limit"`
+	// Retries is how many consecutive failed reads of one chunk are retried
+	// (resuming after the chunk's last document read) before the backfill
+	// stops with the error in status. Default 8.
+	Retries int `yaml:"retries"`
+	// RetryBackoff is the first wait between retries; it doubles up to 30s.
+	// Default 1s.
+	RetryBackoff time.Duration `yaml:"retry_backoff"`
 }
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -86,6 +102,18 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Backfill.Parallelism == 0 {
 		c.Backfill.Parallelism = 4
+	}
+	if c.IdlePoll == 0 {
+		c.IdlePoll = time.Second
+	}
+	if c.IdleCheckpointInterval == 0 {
+		c.IdleCheckpointInterval = 10 * time.Second
+	}
+	if c.Backfill.Retries == 0 {
+		c.Backfill.Retries = 8
+	}
+	if c.Backfill.RetryBackoff == 0 {
+		c.Backfill.RetryBackoff = time.Second
 	}
 	if c.Backfill.Enabled == nil {
 		t := true
@@ -119,6 +147,15 @@ func (c Config) Validate() error {
 	}
 	if c.Backfill.Parallelism < 0 || c.Backfill.Parallelism > 64 {
 		errs = append(errs, errors.New("capture.backfill.parallelism must be between 1 and 64"))
+	}
+	if c.IdlePoll < 0 || c.IdlePoll > time.Minute {
+		errs = append(errs, errors.New("capture.idle_poll must be between 1ms and 1m"))
+	}
+	if c.IdleCheckpointInterval < 0 {
+		errs = append(errs, errors.New("capture.idle_checkpoint_interval must not be negative"))
+	}
+	if c.Backfill.Retries < 0 || c.Backfill.RetryBackoff < 0 {
+		errs = append(errs, errors.New("capture.backfill.retries and capture.backfill.retry_backoff must not be negative"))
 	}
 	if c.Backfill.RateLimit < 0 {
 		errs = append(errs, errors.New("capture.backfill.rate_limit must not be negative"))

@@ -3,17 +3,19 @@ package capture
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	events        *prometheus.CounterVec
-	duplicates    *prometheus.CounterVec
-	produce       prometheus.Histogram
-	checkpointTS  *prometheus.GaugeVec
-	sourceTime    *prometheus.GaugeVec
-	producedTime  *prometheus.GaugeVec
-	deadLetters   *prometheus.CounterVec
-	historyLost   *prometheus.GaugeVec
-	backfillDocs  *prometheus.CounterVec
-	backfillChunk *prometheus.CounterVec
-	backfillDone  *prometheus.GaugeVec
+	events         *prometheus.CounterVec
+	duplicates     *prometheus.CounterVec
+	produce        prometheus.Histogram
+	checkpointTS   *prometheus.GaugeVec
+	sourceTime     *prometheus.GaugeVec
+	producedTime   *prometheus.GaugeVec
+	deadLetters    *prometheus.CounterVec
+	historyLost    *prometheus.GaugeVec
+	backfillDocs   *prometheus.CounterVec
+	backfillChunk  *prometheus.CounterVec
+	backfillDone   *prometheus.GaugeVec
+	backfillErrors *prometheus.CounterVec
+	invalidated    *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,10 +43,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Backfill chunks completed and checkpointed."}, ns),
 		backfillDone: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tidemark_capture_backfill_progress_ratio",
 			Help: "Share of the estimated documents the current backfill has emitted (1 when done)."}, ns),
+		backfillErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tidemark_capture_backfill_errors_total",
+			Help: "Failed backfill reads (each retried, up to capture.backfill.retries in a row)."}, ns),
+		invalidated: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tidemark_capture_invalidated",
+			Help: "1 while capture of a namespace is stopped because its collection was dropped or renamed."}, ns),
 	}
 	if reg != nil {
 		reg.MustRegister(m.events, m.duplicates, m.produce, m.checkpointTS, m.sourceTime, m.producedTime,
-			m.deadLetters, m.historyLost, m.backfillDocs, m.backfillChunk, m.backfillDone)
+			m.deadLetters, m.historyLost, m.backfillDocs, m.backfillChunk, m.backfillDone,
+			m.backfillErrors, m.invalidated)
 	}
 	return m
 }

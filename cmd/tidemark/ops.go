@@ -98,7 +98,15 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if p.Done {
 			state = "done"
 		}
+		if p.Error != "" {
+			state = "failed: " + p.Error
+		}
 		fmt.Fprintf(stdout, "\nbackfill %s: %s, %d docs in %d chunks (estimated %d)\n", ns, state, p.Docs, p.Chunks, p.Estimated)
+	}
+	for ns, s := range st.Streams {
+		if s.Stopped != "" {
+			fmt.Fprintf(stdout, "\ncapture %s: STOPPED: %s\n", ns, s.Stopped)
+		}
 	}
 	if len(st.Paused) > 0 {
 		fmt.Fprintf(stdout, "\npaused: %v\n", st.Paused)
@@ -312,11 +320,12 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cf := newClientFlags("backfill", "backfill --namespace db.coll [--ids ID,...] [--filter EXTJSON] [--reset-stream] --reason TEXT", stderr)
+	cf := newClientFlags("backfill", "backfill --namespace db.coll [--ids ID,...] [--filter EXTJSON] [--reset-stream | --resume-after-invalidate] --reason TEXT", stderr)
 	ns := cf.fs.String("namespace", "", "db.collection (required)")
 	ids := cf.fs.String("ids", "", "comma-separated _ids in extended JSON values, e.g. '{\"$oid\":\"...\"}',42,\"k\"")
 	filter := cf.fs.String("filter", "", "MongoDB query in extended JSON")
 	reset := cf.fs.Bool("reset-stream", false, "history-lost recovery: restart the stream from now with a full backfill")
+	afterInv := cf.fs.Bool("resume-after-invalidate", false, "after a drop or rename stopped capture: continue after it (docs/mongodb.md)")
 	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
 	if err := cf.fs.Parse(args); err != nil {
 		return err
@@ -324,7 +333,8 @@ func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *ns == "" || *reason == "" {
 		return &exitError{code: 2, err: errors.New("--namespace and --reason are required")}
 	}
-	req := map[string]any{"namespace": *ns, "filter": *filter, "reset_stream": *reset, "reason": *reason}
+	req := map[string]any{"namespace": *ns, "filter": *filter, "reset_stream": *reset, "reason": *reason,
+		"resume_after_invalidate": *afterInv}
 	if *ids != "" {
 		var keys [][]byte
 		for _, s := range splitList(*ids) {

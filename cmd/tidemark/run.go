@@ -246,7 +246,10 @@ type Status struct {
 	Partitions  []sink.PartitionLag         `json:"partitions"`
 	Paused      []sink.TopicPartition       `json:"paused"`
 	Backfill    map[string]capture.Progress `json:"backfill"`
-	Leader      LeaderInfo                  `json:"leader"`
+	// Streams is each captured namespace's change-stream position and, when
+	// capture of it stopped, why.
+	Streams map[string]capture.StreamStatus `json:"streams,omitempty"`
+	Leader  LeaderInfo                      `json:"leader"`
 }
 
 func (d *daemon) status(w http.ResponseWriter, r *http.Request) {
@@ -259,6 +262,12 @@ func (d *daemon) status(w http.ResponseWriter, r *http.Request) {
 	for _, ns := range d.cfg.Capture.Namespaces {
 		if p, ok, _ := capture.BackfillProgress(r.Context(), d.store, ns); ok {
 			st.Backfill[ns] = p
+		}
+		if s, ok, _ := capture.Stream(r.Context(), d.store, ns); ok {
+			if st.Streams == nil {
+				st.Streams = map[string]capture.StreamStatus{}
+			}
+			st.Streams[ns] = s
 		}
 	}
 	admin.WriteJSON(w, 200, st)

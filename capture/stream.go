@@ -1,0 +1,494 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+	"go.mongodb.org/mongo-driver/mongo"
+)
+
+// changeEvent is the part of a change event capture reads.
+type changeEvent struct {
+	Token       bson.Raw            `bson:"_id"`
+	Op          string              `bson:"operationType"`
+	ClusterTime primitive.Timestamp `bson:"clusterTime"`
+	Key         bson.Raw            `bson:"documentKey"`
+	Full        bson.Raw            `bson:"fullDocument"`
+	NS          struct {
+		DB   string `bson:"db"`
+		Coll string `bson:"coll"`
+	} `bson:"ns"`
+	To struct {
+		DB   string `bson:"db"`
+		Coll string `bson:"coll"`
+	} `bson:"to"`
+	// LSID and TxnNumber are set on the events of a multi-document transaction.
+	LSID      bson.Raw `bson:"lsid"`
+	TxnNumber *int64   `bson:"txnNumber"`
+	Split     *struct {
+		Fragment int `bson:"fragment"`
+		Of       int `bson:"of"`
+	} `bson:"splitEvent"`
+
+	// id is documentKey._id, or the stand-in's fallback from the oplog.
+	id bson.RawValue
+}
+
+func (e *changeEvent) version() envelope.Version {
+	return envelope.Version{T: e.ClusterTime.T, I: e.ClusterTime.I}
+}
+
+// group identifies the MongoDB transaction (or single operation) an event
+// belongs to. Every event of one transaction shares its clusterTime, lsid
+// and txnNumber; events outside transactions have a cluster time of their own.
+func (e *changeEvent) group() string {
+	var b []byte
+	b = append(b, byte(e.ClusterTime.T>>24), byte(e.ClusterTime.T>>16), byte(e.ClusterTime.T>>8), byte(e.ClusterTime.T),
+		byte(e.ClusterTime.I>>24), byte(e.ClusterTime.I>>16), byte(e.ClusterTime.I>>8), byte(e.ClusterTime.I))
+	if e.TxnNumber != nil {
+		b = append(b, e.LSID...)
+		b = append(b, byte(*e.TxnNumber>>56), byte(*e.TxnNumber>>48), byte(*e.TxnNumber>>40), byte(*e.TxnNumber>>32),
+			byte(*e.TxnNumber>>24), byte(*e.TxnNumber>>16), byte(*e.TxnNumber>>8), byte(*e.TxnNumber))
+	}
+	return string(b)
+}
+
+func decodeEvent(raw bson.Raw) (changeEvent, error) {
+	var ev changeEvent
+	if err := bson.Unmarshal(raw, &ev); err != nil {
+		return ev, err
+	}
+	ev.Token = append(bson.Raw(nil), ev.Token...)
+	ev.Full = copyRaw(ev.Full)
+	ev.Key = copyRaw(ev.Key)
+	ev.LSID = copyRaw(ev.LSID)
+	if ev.Key != nil {
+		if id, err := ev.Key.LookupErr("_id"); err == nil {
+			ev.id = bson.RawValue{Type: id.Type, Value: append([]byte(nil), id.Value...)}
+		}
+	}
+	return ev, nil
+}
+
+func copyRaw(r bson.Raw) bson.Raw {
+	if r == nil {
+		return nil
+	}
+	return append(bson.Raw(nil), r...)
+}
+
+// mergeFragments joins the fragments $changeStreamSplitLargeEvent cut one
+// event into: each carries some of the top-level fields, the last one's _id
+// is the token to resume after the whole event.
+func mergeFragments(frags []bson.Raw) (bson.Raw, error) {
+	var d bson.D
+	for i, f := range frags {
+		elems, err := f.Elements()
+		if err != nil {
+			return nil, err
+		}
+		for _, el := range elems {
+			switch el.Key() {
+			case "splitEvent":
+				continue
+			case "_id":
+				if i != len(frags)-1 {
+					continue
+				}
+			}
+			d = append(d, bson.E{Key: el.Key(), Value: el.Value()})
+		}
+	}
+	return bson.Marshal(d)
+}
+
+// stream runs one change stream until an error. Events are produced in Kafka
+// transactions that never split a MongoDB transaction; the resume token is
+// checkpointed only after the Kafka transaction committed.
+func (c *Capture) stream(ctx context.Context, ns string) error {
+	st, _, err := checkpoints.GetJSON[streamState](ctx, c.store, streamKey(ns))
+	if err != nil {
+		return err
+	}
+	if st.Invalidated != nil {
+		return st.Invalidated.err(ns)
+	}
+	st.Stopped = ""
+	resumeAt := st.position()
+	// MongoDB reports lost history itself (code 286); the oplog check also
+	// catches servers that silently restart elsewhere, as the stand-in does.
+	if oldest, ok, err := c.src.oldestHistory(ctx); err != nil {
+		c.log.Debug("cannot read the oplog to check for lost history; relying on the server", "namespace", ns, "err", err)
+	} else if ok && resumeAt.Before(oldest) && !resumeAt.IsZero() {
+		return &HistoryLostError{Namespace: ns, Checkpoint: resumeAt, Oldest: oldest}
+	}
+	si, err := c.src.info(ctx)
+	if err != nil {
+		return err
+	}
+	wo := watchOptions{BatchSize: int32(c.cfg.BatchSize), MaxAwait: c.cfg.IdlePoll, UpdateLookup: c.cfg.UpdateLookup == "server",
+		Split: si.splitLargeEvents()}
+	switch {
+	case st.AtT != 0 && (st.Token == nil || envelope.Version{T: st.T, I: st.I}.Before(envelope.Version{T: st.AtT, I: st.AtI})):
+		wo.StartAt = &envelope.Version{T: st.AtT, I: st.AtI}
+	case st.Token != nil && st.StartAfter:
+		wo.StartAfter = bson.Raw(st.Token)
+	case st.Token != nil:
+		wo.ResumeAfter = bson.Raw(st.Token)
+	default:
+		wo.StartAt = &envelope.Version{T: st.StartT, I: st.StartI}
+	}
+	cs, err := c.src.watch(ctx, ns, wo)
+	if err != nil {
+		return classify(ns, resumeAt, err)
+	}
+	defer cs.Close(context.WithoutCancel(ctx))
+
+	txn, err := kgo.NewClient(append(append(producerOpts(c.cfg), c.kopts...),
+		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second))...)
+	if err != nil {
+		return fmt.Errorf("capture: kafka client: %w", err)
+	}
+	defer txn.Close()
+	s := &streamRun{c: c, ns: ns, topic: Topic(c.cfg.TopicPrefix, ns), txn: txn, st: st,
+		openedAt: resumeAt, hadToken: st.Token != nil, lastCkpt: time.Now()}
+	return s.run(ctx, cs)
+}
+
+// streamRun is the state of one opened change stream.
+type streamRun struct {
+	c        *Capture
+	ns       string
+	topic    string
+	txn      *kgo.Client
+	st       streamState
+	openedAt envelope.Version
+	hadToken bool
+	// pending holds events read but not yet in Kafka, in stream order.
+	pending []changeEvent
+	// held is true while the last pending transaction may continue in the
+	// next server batch.
+	held     bool
+	frags    []bson.Raw
+	inval    *Invalidation
+	lastCkpt time.Time
+	// empties counts consecutive empty batches.
+	empties int
+	// noPBRT is set once an empty batch left the resume token unchanged:
+	// the server sends no post-batch resume tokens.
+	noPBRT bool
+}
+
+func (s *streamRun) run(ctx context.Context, cs changeStream) error {
+	c := s.c
+	for {
+		// Before an empty batch the newest oplog entry is a position the
+		// stream has passed once the batch comes back empty; only read on
+		// servers without post-batch resume tokens, and only when due.
+		var before envelope.Version
+		idleDue := len(s.pending) == 0 && s.inval == nil && time.Since(s.lastCkpt) >= c.cfg.IdleCheckpointInterval
+		if idleDue && s.noPBRT {
+			if v, ok, err := c.src.newestHistory(ctx); err == nil && ok {
+				before = v
+			}
+		}
+		polled := time.Now()
+		if !cs.TryNext(ctx) {
+			if err := cs.Err(); err != nil {
+				return s.failed(ctx, err)
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// An empty batch: the server has read to the end of its history,
+			// so any transaction still pending is complete.
+			if s.inval != nil {
+				return s.invalidated(ctx, nil)
+			}
+			if len(s.pending) > 0 {
+				if err := s.flush(ctx, cs.ResumeToken()); err != nil {
+					return err
+				}
+			} else if idleDue {
+				if err := s.idle(ctx, cs.ResumeToken(), before); err != nil {
+					return err
+				}
+			}
+			// The stand-in answers an empty getMore at once, ignoring
+			// maxAwaitTimeMS. Consecutive empty batches wait 10 ms, 20 ms,
+			// ... up to IdlePoll between polls: a stream that just caught
+			// up polls again soon, an idle one at most once per IdlePoll.
+			// A real server's getMore waits server-side (maxAwaitTimeMS),
+			// so the wait below is already spent there.
+			s.empties++
+			pause := min(c.cfg.IdlePoll, 10*time.Millisecond<<min(s.empties-1, 10))
+			if wait := pause - time.Since(polled); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
+			}
+			continue
+		}
+		s.empties = 0
+		raw := cs.Current()
+		if split, err := raw.LookupErr("splitEvent"); err == nil {
+			s.frags = append(s.frags, append(bson.Raw(nil), raw...))
+			frag, _ := split.Document().Lookup("fragment").AsInt64OK()
+			of, _ := split.Document().Lookup("of").AsInt64OK()
+			if frag < of {
+				continue
+			}
+			merged, err := mergeFragments(s.frags)
+			s.frags = s.frags[:0]
+			if err != nil {
+				return fmt.Errorf("capture %s: merge split event: %w", s.ns, err)
+			}
+			raw = merged
+		}
+		ev, err := decodeEvent(raw)
+		if err != nil {
+			return fmt.Errorf("capture %s: decode change event: %w", s.ns, err)
+		}
+		if s.inval != nil {
+			// The invalidate follows a drop or rename; anything else means the
+			// server does not invalidate (the stand-in): stop at the drop.
+			var tok bson.Raw
+			if ev.Op == "invalidate" {
+				tok = ev.Token
+			}
+			return s.invalidated(ctx, tok)
+		}
+		switch ev.Op {
+		case "drop", "rename", "dropDatabase", "invalidate":
+			if err := s.flushAll(ctx); err != nil {
+				return err
+			}
+			s.inval = &Invalidation{Op: ev.Op, T: ev.ClusterTime.T, I: ev.ClusterTime.I, Token: ev.Token}
+			if ev.Op == "rename" {
+				s.inval.To = ev.To.DB + "." + ev.To.Coll
+			}
+			if ev.Op == "invalidate" {
+				return s.invalidated(ctx, ev.Token)
+			}
+			continue
+		}
+		if n := len(s.pending); n > 0 && s.pending[n-1].group() != ev.group() && (s.held || n >= c.cfg.BatchSize) {
+			// The previous transaction is complete: its successor started.
+			if err := s.flush(ctx, s.pending[n-1].Token); err != nil {
+				return err
+			}
+		}
+		s.pending = append(s.pending, ev)
+		s.held = false
+		if cs.RemainingBatchLength() == 0 {
+			tok := cs.ResumeToken()
+			// A post-batch resume token past the last event means the server
+			// read beyond it, so its transaction is complete. Equal tokens mean
+			// the batch was cut by size and the transaction may continue.
+			if ev.TxnNumber == nil || !bytes.Equal(tok, ev.Token) {
+				if err := s.flush(ctx, tok); err != nil {
+					return err
+				}
+			} else {
+				s.held = true
+			}
+		}
+	}
+}
+
+// flushAll produces every pending event, as complete.
+func (s *streamRun) flushAll(ctx context.Context) error {
+	if len(s.pending) == 0 {
+		return nil
+	}
+	return s.flush(ctx, s.pending[len(s.pending)-1].Token)
+}
+
+// failed handles an error that ended the stream.
+func (s *streamRun) failed(ctx context.Context, err error) error {
+	if s.inval != nil {
+		// The stream ended after a drop or rename before its invalidate
+		// arrived: it is invalidated all the same.
+		return s.invalidated(ctx, nil)
+	}
+	var se mongo.ServerError
+	if errors.As(err, &se) && se.HasErrorCode(codeTooLarge) {
+		if ferr := s.flushAll(ctx); ferr != nil {
+			return ferr
+		}
+		return s.c.skipTooLarge(ctx, s.ns, s.txn, &s.st, err)
+	}
+	// Pending events are not in Kafka; the checkpoint is before them, so
+	// the reopened stream replays them.
+	return classify(s.ns, s.st.position(), err)
+}
+
+// flush produces the pending events in one Kafka transaction, then
+// checkpoints tok, the resume token after the last of them.
+func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
+	c := s.c
+	evs := s.pending
+	if err := c.completeEvents(ctx, s.ns, evs); err != nil {
+		return err
+	}
+	evs = coalesce(evs)
+	if err := c.lookupEvents(ctx, s.ns, evs); err != nil {
+		return err
+	}
+	var batch, dead []*kgo.Record
+	last := s.pending[len(s.pending)-1].version()
+	for i := range evs {
+		ev := &evs[i]
+		v := ev.version()
+		c.m.sourceTime.WithLabelValues(s.ns).Set(float64(v.T))
+		if s.hadToken && !s.openedAt.Before(v) {
+			c.m.duplicates.WithLabelValues(s.ns).Inc()
+		}
+		if rec, dl, ok := c.record(s.ns, s.topic, ev, v); ok {
+			if dl != nil {
+				dead = append(dead, dl)
+			} else {
+				batch = append(batch, rec)
+			}
+		}
+	}
+	if err := c.commit(ctx, s.txn, batch, dead); err != nil {
+		return err
+	}
+	s.pending, s.held = s.pending[:0], false
+	if tv, ok := tokenTime(tok); ok && last.Before(tv) {
+		last = tv
+	}
+	return s.checkpoint(ctx, tok, last)
+}
+
+func (s *streamRun) checkpoint(ctx context.Context, tok bson.Raw, at envelope.Version) error {
+	s.st.Token, s.st.StartAfter = append([]byte(nil), tok...), false
+	s.st.T, s.st.I, s.st.AtT, s.st.AtI, s.st.Time = at.T, at.I, 0, 0, time.Now().UTC()
+	if err := checkpoints.PutJSON(ctx, s.c.store, streamKey(s.ns), s.st); err != nil {
+		return err
+	}
+	s.lastCkpt = time.Now()
+	s.c.m.producedTime.WithLabelValues(s.ns).Set(float64(at.T))
+	s.c.m.checkpointTS.WithLabelValues(s.ns).Set(float64(s.st.Time.Unix()))
+	return nil
+}
+
+// idle advances the checkpoint of a stream that returned an empty batch, so
+// that a quiet collection's resume point never falls out of the oplog
+// window. The post-batch resume token is the position; servers without one
+// (before 4.0.7, and the stand-in) advance to before, the newest oplog entry
+// read before the empty batch, when it is known.
+func (s *streamRun) idle(ctx context.Context, tok bson.Raw, before envelope.Version) error {
+	if tok != nil && !bytes.Equal(tok, s.st.Token) {
+		at, ok := tokenTime(tok)
+		if !ok {
+			at = envelope.Version{T: s.st.T, I: s.st.I}
+		}
+		return s.checkpoint(ctx, tok, at)
+	}
+	s.noPBRT = true
+	if before.IsZero() || !(envelope.Version{T: s.st.T, I: s.st.I}).Before(before) {
+		return nil
+	}
+	s.st.AtT, s.st.AtI, s.st.Time = before.T, before.I, time.Now().UTC()
+	if err := checkpoints.PutJSON(ctx, s.c.store, streamKey(s.ns), s.st); err != nil {
+		return err
+	}
+	s.lastCkpt = time.Now()
+	s.c.m.checkpointTS.WithLabelValues(s.ns).Set(float64(s.st.Time.Unix()))
+	return nil
+}
+
+// invalidated records that the namespace's stream ended with an invalidate
+// (drop, rename, dropDatabase) and stops it. tok is the invalidate event's
+// token when the server sent one: resuming needs startAfter with it.
+func (s *streamRun) invalidated(ctx context.Context, tok bson.Raw) error {
+	inv := s.inval
+	if tok != nil {
+		inv.Token, inv.Invalidate = tok, true
+	}
+	inv.Time = time.Now().UTC()
+	s.st.Invalidated = inv
+	if err := checkpoints.PutJSON(ctx, s.c.store, streamKey(s.ns), s.st); err != nil {
+		return err
+	}
+	return inv.err(s.ns)
+}
+
+// coalesce keeps one event per _id per transaction: the state at its end.
+// Every event of a transaction carries the transaction's clusterTime, so two
+// records for one _id would carry equal versions and Cassandra would break
+// the tie by value (or let a delete win), not by order. Within one
+// documentKey the last event is the final state. A shard-key change arrives
+// as a delete under the old documentKey and an insert under the new one, in
+// either order (they come from two shards): the document exists at the end,
+// so an event that leaves a document wins over a delete of another
+// documentKey.
+func coalesce(evs []changeEvent) []changeEvent {
+	type perKey struct {
+		lastByDocKey map[string]int
+		order        []string
+	}
+	out := evs[:0:0]
+	for start := 0; start < len(evs); {
+		end := start + 1
+		for end < len(evs) && evs[end].group() == evs[start].group() {
+			end++
+		}
+		if end-start == 1 {
+			out = append(out, evs[start])
+			start = end
+			continue
+		}
+		ids := map[string]*perKey{}
+		for i := start; i < end; i++ {
+			k := string(envelope.Key(evs[i].id))
+			p := ids[k]
+			if p == nil {
+				p = &perKey{lastByDocKey: map[string]int{}}
+				ids[k] = p
+			}
+			dk := string(evs[i].Key)
+			if _, ok := p.lastByDocKey[dk]; !ok {
+				p.order = append(p.order, dk)
+			}
+			p.lastByDocKey[dk] = i
+		}
+		keep := map[int]bool{}
+		for _, p := range ids {
+			final := -1
+			for _, dk := range p.order {
+				i := p.lastByDocKey[dk]
+				if final < 0 {
+					final = i
+					continue
+				}
+				fDel, iDel := evs[final].Op == "delete", evs[i].Op == "delete"
+				if fDel && !iDel || fDel == iDel && i > final {
+					final = i
+				}
+			}
+			keep[final] = true
+		}
+		for i := start; i < end; i++ {
+			if keep[i] {
+				out = append(out, evs[i])
+			}
+		}
+		start = end
+	}
+	return out
+}
