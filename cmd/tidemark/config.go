@@ -307,6 +307,7 @@ func (c *Config) validate() error {
 	if err := c.Election.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.checkValues()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("config has %d problem(s):\n  %w", len(errs), joined(errs))
 	}
