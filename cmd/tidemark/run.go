@@ -87,7 +87,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer d.store.Close()
-	tokens, err := admin.LoadTokens(cfg.Admin.TokensFile)
+	srv, err := newAdminServer(cfg, d.store, log, reg)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -153,14 +153,12 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		roles = append(roles, func() error { return cp.Run(gctx) })
 	}
 
-	srv := admin.NewServer(tokens, d.store, cfg.Admin.OpenStatus, log)
 	d.routes(srv, reg)
 	if cfg.Election.Enabled {
 		d.elector = leader.New(cfg.Election, kopts, log, reg)
 		g.Go(func() error { return d.elector.Run(gctx) })
 		g.Go(func() error { d.recordLeadership(gctx); return nil })
 	}
-	srv.Handle("GET /v1/leader", http.HandlerFunc(d.leaderInfo), false)
 	for _, p := range daemonParts {
 		if err := p.start(gctx, d, srv, g); err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
@@ -236,6 +234,7 @@ func (d *daemon) routes(srv *admin.Server, reg *prometheus.Registry) {
 	srv.Handle("POST /v1/resume", d.pauseHandler(false), true)
 	srv.Handle("POST /v1/rewind", http.HandlerFunc(d.rewind), true)
 	srv.Handle("POST /v1/backfill", http.HandlerFunc(d.backfill), true)
+	srv.Handle("GET /v1/leader", http.HandlerFunc(d.leaderInfo), false)
 }
 
 // Status is GET /v1/status.
