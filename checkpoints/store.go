@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 )
 
@@ -198,6 +199,13 @@ func Update(ctx context.Context, s Store, key string, fn func(old []byte, found 
 		}
 		if _, err = s.CompareAndSwap(ctx, key, ver, nv); !errors.Is(err, ErrConflict) {
 			return err
+		}
+		// Someone else's write landed first. A random pause spreads the
+		// retries of many writers that all lost to the same one.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(rand.Int64N(int64(attempt+1) * int64(2*time.Millisecond)))):
 		}
 	}
 	return fmt.Errorf("%w: %s changed %d times while being updated; try again", ErrConflict, key, updateAttempts)

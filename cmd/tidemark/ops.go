@@ -24,7 +24,7 @@ func init() {
 	register(&command{Name: "pause", Short: "pause a topic or some of its partitions (nothing is lost; Kafka buffers)", Run: pauseCmd(true)})
 	register(&command{Name: "resume", Short: "resume paused partitions", Run: pauseCmd(false)})
 	register(&command{Name: "rewind", Short: "move the sink back (to a time, an offset, a verified mark, or by N records); dry run unless --execute", Run: rewindCmd})
-	register(&command{Name: "audit", Short: "show the audit log of operator and automatic actions", Run: auditCmd})
+	register(&command{Name: "audit", Short: "show the audit log of operator and automatic actions; audit verify checks its HMAC chain", Run: auditCmd})
 	register(&command{Name: "backfill", Short: "re-emit a namespace, a filter or some _ids from the source (also the history-lost recovery)", Run: backfillCmd})
 }
 
@@ -218,6 +218,9 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "verify" {
+		return auditVerifyCmd(ctx, args[1:], stdout, stderr)
+	}
 	cf := newClientFlags("audit", "audit [--since RFC3339] [--actor NAME] [--action ACTION] [--limit N] [--json] [--follow]", stderr)
 	since := cf.fs.String("since", "", "only entries at or after this time (RFC3339)")
 	actor := cf.fs.String("actor", "", "only this actor (token name, or auto:<component>)")

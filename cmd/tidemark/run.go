@@ -305,6 +305,10 @@ func (d *daemon) pauseHandler(pause bool) http.HandlerFunc {
 			return
 		}
 		now, err := sink.Pause(r.Context(), d.store, tps, pause)
+		if errors.Is(err, checkpoints.ErrConflict) {
+			admin.WriteError(w, http.StatusConflict, fmt.Errorf("not done: %w", err))
+			return
+		}
 		if err != nil {
 			admin.WriteError(w, 500, err)
 			return
