@@ -162,7 +162,7 @@ func parseArgs(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (every value goes with a --flag; quote values with spaces)", fs.Arg(0))
+		return &exitError{code: 2, err: fmt.Errorf("unexpected argument %q (every value goes with a --flag; quote values with spaces)", fs.Arg(0))}
 	}
 	return nil
 }

@@ -68,7 +68,7 @@ func printJSON(w io.Writer, v any) error {
 
 func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cf := newClientFlags("status", "status [--json]", stderr)
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	cl, err := cf.client()
@@ -128,7 +128,7 @@ func pauseCmd(pause bool) func(context.Context, []string, io.Writer, io.Writer) 
 		topic := cf.fs.String("topic", "", "topic, e.g. tidemark.app.users (required)")
 		parts := cf.fs.String("partitions", "", "comma-separated partitions (default: all)")
 		reason := cf.fs.String("reason", "", "why, for the audit log (required)")
-		if err := cf.fs.Parse(args); err != nil {
+		if err := parseArgs(cf.fs, args); err != nil {
 			return err
 		}
 		ps, err := parseParts(*parts)
@@ -164,7 +164,7 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	toMark := cf.fs.String("to-mark", "", "replay from a verified mark: a clean reconcile report id, or latest")
 	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
 	execute := cf.fs.Bool("execute", false, "execute the plan (default: print it only)")
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	ps, err := parseParts(*parts)
@@ -227,7 +227,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	action := cf.fs.String("action", "", `only this action, e.g. "POST /v1/pause"`)
 	limit := cf.fs.Int("limit", 50, "newest N entries")
 	follow := cf.fs.Bool("follow", false, "keep printing new entries as they are written, until interrupted")
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	q := url.Values{}
@@ -321,7 +321,7 @@ func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	filter := cf.fs.String("filter", "", "MongoDB query in extended JSON")
 	reset := cf.fs.Bool("reset-stream", false, "history-lost recovery: restart the stream from now with a full backfill")
 	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	if *ns == "" || *reason == "" {

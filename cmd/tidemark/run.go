@@ -71,7 +71,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stderr, "usage: tidemark run --config FILE\n\nRuns the roles the config names until SIGTERM. Secrets come from files or\nenvironment variables named in the config reference, never from flags.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*path)
