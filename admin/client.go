@@ -36,12 +36,24 @@ func NewClient(addr, tokenFile string) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("token file: %w", err)
 		}
-		tok = strings.TrimSpace(string(b))
-		if _, t, ok := strings.Cut(tok, ":"); ok && !strings.Contains(t, ":") && len(t) >= 16 {
-			tok = t // a line copied from the daemon's tokens file
-		}
+		tok = tokenOf(strings.TrimSpace(string(b)))
 	}
 	return &Client{Base: strings.TrimRight(base, "/"), Token: tok, HTTP: &http.Client{Timeout: 2 * time.Minute}}, nil
+}
+
+// tokenOf takes the token out of a line copied from the daemon's tokens
+// file ("name:token" or "name:token:role"), and returns anything else as is.
+func tokenOf(s string) string {
+	f := strings.Split(s, ":")
+	switch {
+	case len(f) == 2 && len(f[1]) >= 16:
+		return f[1]
+	case len(f) == 3 && len(f[1]) >= 16:
+		if _, err := ParseRole(f[2]); err == nil {
+			return f[1]
+		}
+	}
+	return s
 }
 
 // Do sends in as JSON (nil for none) and decodes the answer into out.
@@ -91,10 +103,19 @@ type HTTPError struct {
 
 func (e *HTTPError) Error() string {
 	hint := ""
-	if e.Code == http.StatusUnauthorized {
+	switch e.Code {
+	case http.StatusUnauthorized:
 		hint = " (pass --token-file or set TIDEMARK_TOKEN)"
+	case http.StatusForbidden:
+		hint = " (use a token with that role: see the tokens file's third field)"
 	}
 	return fmt.Sprintf("daemon answered %d: %s%s", e.Code, e.Msg, hint)
+}
+
+// IsForbidden reports a token whose role may not make the call.
+func IsForbidden(err error) bool {
+	var he *HTTPError
+	return errors.As(err, &he) && he.Code == http.StatusForbidden
 }
 
 // IsUnauthorized reports a refused token.

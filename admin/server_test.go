@@ -59,6 +59,7 @@ func TestMutatingCallsAreAuthenticatedAndAudited(t *testing.T) {
 		{"anonymous", "refused: not authenticated", "incident 42"},
 		{"invalid-token", "refused: not authenticated", "x"},
 		{"alice", "refused: no reason", ""},
+		{"alice", "started", "incident 42"},
 		{"alice", "ok", "incident 42"},
 	}
 	if len(es) != len(want) {

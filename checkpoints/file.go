@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // FileStore keeps each key in its own file under a directory, for single-machine
@@ -75,7 +77,69 @@ func readChecked(name string) ([]byte, error) {
 	return b[4:], nil
 }
 
+// lock takes the store-wide write lock, shared with every process on the
+// directory: CompareAndSwap reads, compares and writes under it, so no Put,
+// Delete or other CompareAndSwap lands in between.
+func (s *FileStore) lock() (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, "kv", ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoints: lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("checkpoints: lock: %w", err)
+	}
+	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+// fileVersion is the version of a value in the file store: a hash of its
+// bytes, 0 for none. Equal content, equal version: a compare-and-swap
+// against an old read succeeds exactly when the value is still what was
+// read, which is all a read-modify-write needs.
+func fileVersion(v []byte, found bool) int64 {
+	if !found {
+		return 0
+	}
+	return int64(xxhash.Sum64(v)>>2) + 1
+}
+
+func (s *FileStore) GetVersion(ctx context.Context, key string) ([]byte, int64, error) {
+	v, err := s.Get(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	return v, fileVersion(v, true), nil
+}
+
+func (s *FileStore) CompareAndSwap(ctx context.Context, key string, old int64, value []byte) (int64, error) {
+	unlock, err := s.lock()
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	cur, err := s.Get(ctx, key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, err
+	}
+	if fileVersion(cur, err == nil) != old {
+		return 0, ErrConflict
+	}
+	if value == nil {
+		return 0, s.delete(key)
+	}
+	return fileVersion(value, true), s.put(key, value)
+}
+
 func (s *FileStore) Put(_ context.Context, key string, value []byte) error {
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.put(key, value)
+}
+
+func (s *FileStore) put(key string, value []byte) error {
 	name := s.fileName(key)
 	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-*")
 	if err != nil {
@@ -114,6 +178,15 @@ func syncDir(dir string) error {
 }
 
 func (s *FileStore) Delete(_ context.Context, key string) error {
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.delete(key)
+}
+
+func (s *FileStore) delete(key string) error {
 	name := s.fileName(key)
 	for _, n := range []string{name, name + ".prev"} {
 		if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -189,7 +262,13 @@ func (s *FileStore) Append(_ context.Context, e AuditEntry) error {
 	return f.Sync()
 }
 
-func (s *FileStore) Audit(_ context.Context, f AuditFilter) ([]AuditEntry, error) {
+// AuditLog returns every intact entry in file order, the order of the
+// appends.
+func (s *FileStore) AuditLog(_ context.Context) ([]AuditEntry, error) {
+	return s.readAudit(AuditFilter{})
+}
+
+func (s *FileStore) readAudit(f AuditFilter) ([]AuditEntry, error) {
 	file, err := os.Open(filepath.Join(s.dir, "audit.log"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -211,11 +290,19 @@ func (s *FileStore) Audit(_ context.Context, f AuditFilter) ([]AuditEntry, error
 			out = append(out, e)
 		}
 	}
+	return out, sc.Err()
+}
+
+func (s *FileStore) Audit(_ context.Context, f AuditFilter) ([]AuditEntry, error) {
+	out, err := s.readAudit(f)
+	if err != nil {
+		return nil, err
+	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	if f.Limit > 0 && len(out) > f.Limit {
 		out = out[len(out)-f.Limit:]
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 func (s *FileStore) Close() error { return nil }

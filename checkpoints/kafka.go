@@ -71,14 +71,19 @@ type KafkaStore struct {
 	byKey   kgo.TopicPartitioner // the producer's key → partition mapping, for reads
 	damaged prometheus.Counter
 
-	mu      sync.Mutex
-	kv      map[string]*kafkaEntry
-	audit   []AuditEntry
-	applied map[int32]int64 // per partition: one past the offset of the newest record applied
-	parts   int             // partitions known; grows if partitions are added
-	notify  chan struct{}   // closed and replaced whenever applied moves
-	lastErr error           // the consumer's newest fetch error, for diagnostics
-	failed  error           // set if the consumer stopped for good
+	mu    sync.Mutex
+	kv    map[string]*kafkaEntry
+	audit []AuditEntry
+	// auditKeys[i] is the record key of audit[i].
+	auditKeys []string
+	applied   map[int32]int64 // per partition: one past the offset of the newest record applied
+	// casResults holds whether each of this store's conditional records
+	// was accepted, by record key, until its writer collects it.
+	casResults map[string]bool
+	parts      int           // partitions known; grows if partitions are added
+	notify     chan struct{} // closed and replaced whenever applied moves
+	lastErr    error         // the consumer's newest fetch error, for diagnostics
+	failed     error         // set if the consumer stopped for good
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -102,11 +107,18 @@ type kafkaEntry struct {
 	intact  bool   // an intact record (value or tombstone) was seen
 	damage  string // newest record is damaged: where and why; "" if not
 	part    int32  // partition the current record came from
+	// version is one past the offset of the record that set the current
+	// value or tombstone: the same on every reader, which apply one log.
+	version int64
+	// cas is set once a conditional record changed the key (see
+	// CompareAndSwap); a Delete of such a key is conditional too.
+	cas bool
 }
 
 const (
 	reservedPrefix = "_"
 	auditPrefix    = "_audit/"
+	casPrefix      = "_cas/"
 	syncKey        = "_sync"
 )
 
@@ -190,15 +202,16 @@ func OpenKafka(ctx context.Context, topic string, kopts []kgo.Opt, opts ...Kafka
 	defer cancel()
 
 	s := &KafkaStore{
-		cfg:     cfg,
-		topic:   topic,
-		writer:  writerID(),
-		byKey:   kgo.StickyKeyPartitioner(nil).ForTopic(topic),
-		kv:      map[string]*kafkaEntry{},
-		applied: map[int32]int64{},
-		notify:  make(chan struct{}),
-		done:    make(chan struct{}),
-		damaged: damagedCounter(cfg.reg),
+		cfg:        cfg,
+		topic:      topic,
+		writer:     writerID(),
+		byKey:      kgo.StickyKeyPartitioner(nil).ForTopic(topic),
+		kv:         map[string]*kafkaEntry{},
+		applied:    map[int32]int64{},
+		notify:     make(chan struct{}),
+		casResults: map[string]bool{},
+		done:       make(chan struct{}),
+		damaged:    damagedCounter(cfg.reg),
 	}
 	parts, err := s.ensureTopic(ctx, kopts)
 	if err != nil {
@@ -363,12 +376,15 @@ func (s *KafkaStore) ensureTopic(ctx context.Context, kopts []kgo.Opt) (int, err
 }
 
 // partitioner hashes keys like Kafka's default partitioner, except that sync
-// markers go to the partition set on the record: Sync needs one per partition.
+// markers go to the partition set on the record (Sync needs one per
+// partition), and so do conditional records (to the home partition of the
+// key they change, to be ordered with its other records), and so do audit
+// entries (to partition 0, so that the audit chain has one order to verify).
 func partitioner() kgo.Partitioner {
 	return kgo.BasicConsistentPartitioner(func(topic string) func(*kgo.Record, int) int {
 		byKey := kgo.StickyKeyPartitioner(nil).ForTopic(topic)
 		return func(r *kgo.Record, n int) int {
-			if string(r.Key) == syncKey {
+			if string(r.Key) == syncKey || bytes.HasPrefix(r.Key, []byte(casPrefix)) || bytes.HasPrefix(r.Key, []byte(auditPrefix)) {
 				return int(r.Partition)
 			}
 			return byKey.Partition(r, n)
@@ -484,7 +500,21 @@ func (s *KafkaStore) applyLocked(r *kgo.Record) {
 	switch {
 	case strings.HasPrefix(key, auditPrefix):
 		if r.Value == nil {
-			return // nobody tombstones audit keys; nothing to remove
+			// tidemark never tombstones audit keys: someone else removed
+			// an entry. Compaction will drop it from the topic, so drop it
+			// here too and let the audit chain report the hole, rather
+			// than show an entry a fresh reader will not see.
+			s.cfg.log.Error("checkpoints: an audit entry was tombstoned by another producer", "topic", s.topic, "key", key,
+				"partition", r.Partition, "offset", r.Offset)
+			s.damaged.Inc()
+			for i, k := range s.auditKeys {
+				if k == key {
+					s.audit = append(s.audit[:i:i], s.audit[i+1:]...)
+					s.auditKeys = append(s.auditKeys[:i:i], s.auditKeys[i+1:]...)
+					break
+				}
+			}
+			return
 		}
 		f, err := decodeFrame(r.Key, r.Value)
 		var e AuditEntry
@@ -499,6 +529,9 @@ func (s *KafkaStore) applyLocked(r *kgo.Record) {
 			return
 		}
 		s.audit = append(s.audit, e)
+		s.auditKeys = append(s.auditKeys, key)
+	case strings.HasPrefix(key, casPrefix):
+		s.applyCASLocked(r)
 	case strings.HasPrefix(key, reservedPrefix):
 		// Sync markers, and reserved keys of a newer format: not state.
 	default:
@@ -514,7 +547,7 @@ func (s *KafkaStore) applyLocked(r *kgo.Record) {
 			return
 		}
 		if r.Value == nil {
-			*e = kafkaEntry{intact: true, part: r.Partition}
+			*e = kafkaEntry{intact: true, part: r.Partition, version: r.Offset + 1, cas: e.cas}
 			return
 		}
 		f, err := decodeFrame(r.Key, r.Value)
@@ -526,7 +559,7 @@ func (s *KafkaStore) applyLocked(r *kgo.Record) {
 			s.damagedLocked(r, err)
 			return
 		}
-		*e = kafkaEntry{value: bytes.Clone(f.payload), present: true, intact: true, part: r.Partition}
+		*e = kafkaEntry{value: bytes.Clone(f.payload), present: true, intact: true, part: r.Partition, version: r.Offset + 1, cas: e.cas}
 	}
 }
 
@@ -637,12 +670,17 @@ func (s *KafkaStore) checkKey(key string) error {
 // write produces one record, then waits until the reader has applied it, so
 // that the caller reads its own write and everything before it in the log.
 func (s *KafkaStore) write(ctx context.Context, op, key string, value []byte) error {
+	return s.writeTo(ctx, op, key, value, -1)
+}
+
+// writeTo is write to partition part, or where the key hashes for -1.
+func (s *KafkaStore) writeTo(ctx context.Context, op, key string, value []byte, part int32) error {
 	if err := s.stopped(); err != nil {
 		return err
 	}
 	ctx, cancel := withTimeout(ctx, s.cfg.timeout)
 	defer cancel()
-	acked, err := s.produce(ctx, &kgo.Record{Key: []byte(key), Value: value})
+	acked, err := s.produce(ctx, &kgo.Record{Key: []byte(key), Value: value, Partition: part})
 	if err != nil {
 		return s.writeErr(op, key, err)
 	}
@@ -730,12 +768,145 @@ func (s *KafkaStore) Put(ctx context.Context, key string, value []byte) error {
 	return s.write(ctx, "put", key, appendFrame(nil, key, kindValue, s.writer, s.seq.Add(1), value))
 }
 
-// Delete writes a tombstone, with the same guarantee as Put.
+// Delete writes a tombstone, with the same guarantee as Put. For a key that
+// conditional records changed, it writes an unconditional one instead: a
+// tombstone is itself compacted away after delete.retention.ms, and a new
+// reader would then find the conditional records it had overruled.
 func (s *KafkaStore) Delete(ctx context.Context, key string) error {
 	if err := s.checkKey(key); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	e := s.kv[key]
+	cas := e != nil && e.cas
+	s.mu.Unlock()
+	if cas {
+		_, err := s.conditional(ctx, casRecord{Key: key, Any: true, Delete: true})
+		return err
+	}
 	return s.write(ctx, "delete", key, nil)
+}
+
+// GetVersion is Get with the value's version: one past the offset of the
+// record that wrote it, the same on every daemon.
+func (s *KafkaStore) GetVersion(ctx context.Context, key string) ([]byte, int64, error) {
+	v, err := s.Get(ctx, key)
+	s.mu.Lock()
+	var ver int64
+	if e := s.kv[key]; e != nil && e.intact {
+		ver = e.version
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return nil, ver, err
+	}
+	return v, ver, nil
+}
+
+// casRecord is the payload of a conditional record.
+type casRecord struct {
+	Key    string `json:"key"`
+	Expect int64  `json:"expect"`
+	// Any makes the record unconditional (a Delete of a key that has
+	// conditional records, see Delete).
+	Any    bool   `json:"any,omitempty"`
+	Delete bool   `json:"delete,omitempty"`
+	Value  []byte `json:"value,omitempty"`
+}
+
+// CompareAndSwap writes a conditional record: the key, the version it
+// expects and the new value, under a record key of its own
+// ("_cas/<writer>/<seq>") on the key's partition. Every reader applies the
+// log in the same order and takes the record only if the key's version is
+// then still the expected one, so every daemon makes the same decision;
+// the writer learns its outcome when it reads its own record back. The
+// records are never compacted away (their keys are unique), so a reader
+// that starts later decides the same. A rejected record changes nothing.
+//
+// Mixing plain Put with CompareAndSwap on one key stays consistent in log
+// order, but keep such keys to CompareAndSwap (Update): a plain Put that
+// compaction later removes could change which of the conditional records a
+// new reader accepts.
+func (s *KafkaStore) CompareAndSwap(ctx context.Context, key string, old int64, value []byte) (int64, error) {
+	if err := s.checkKey(key); err != nil {
+		return 0, err
+	}
+	return s.conditional(ctx, casRecord{Key: key, Expect: old, Delete: value == nil, Value: value})
+}
+
+func (s *KafkaStore) conditional(ctx context.Context, c casRecord) (int64, error) {
+	if err := s.stopped(); err != nil {
+		return 0, err
+	}
+	ctx, cancel := withTimeout(ctx, s.cfg.timeout)
+	defer cancel()
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return 0, err
+	}
+	seq := s.seq.Add(1)
+	rkey := fmt.Sprintf("%s%s/%d", casPrefix, s.writer, seq)
+	s.mu.Lock()
+	home := int32(s.byKey.Partition(&kgo.Record{Key: []byte(c.Key)}, s.parts))
+	s.mu.Unlock()
+	acked, err := s.produce(ctx, &kgo.Record{Key: []byte(rkey), Value: appendFrame(nil, rkey, kindCAS, s.writer, seq, payload), Partition: home})
+	if err != nil {
+		return 0, s.writeErr("compare-and-swap", c.Key, err)
+	}
+	r := acked[0]
+	if err := s.waitApplied(ctx, r.Partition, r.Offset); err != nil {
+		return 0, s.readErr(r, err)
+	}
+	s.mu.Lock()
+	ok, known := s.casResults[rkey]
+	delete(s.casResults, rkey)
+	s.mu.Unlock()
+	switch {
+	case !known:
+		return 0, fmt.Errorf("checkpoints: compare-and-swap of %q: record %s read back without a decision (damaged?)", c.Key, rkey)
+	case !ok:
+		return 0, ErrConflict
+	}
+	return r.Offset + 1, nil
+}
+
+// applyCASLocked decides a conditional record.
+func (s *KafkaStore) applyCASLocked(r *kgo.Record) {
+	if r.Value == nil {
+		return
+	}
+	f, err := decodeFrame(r.Key, r.Value)
+	var c casRecord
+	if err == nil && f.kind != kindCAS {
+		err = fmt.Errorf("frame kind %q on a compare-and-swap key", f.kind)
+	}
+	if err == nil {
+		err = json.Unmarshal(f.payload, &c)
+	}
+	if err == nil && (c.Key == "" || strings.HasPrefix(c.Key, reservedPrefix)) {
+		err = fmt.Errorf("compare-and-swap of reserved key %q", c.Key)
+	}
+	if err != nil {
+		s.damagedLocked(r, err)
+		return
+	}
+	e := s.kv[c.Key]
+	var cur int64
+	if e != nil && e.intact {
+		cur = e.version
+	}
+	ok := c.Any || cur == c.Expect
+	if f.writer == s.writer {
+		s.casResults[string(r.Key)] = ok
+	}
+	if !ok {
+		return
+	}
+	if c.Delete {
+		s.kv[c.Key] = &kafkaEntry{intact: true, part: r.Partition, version: r.Offset + 1, cas: true}
+		return
+	}
+	s.kv[c.Key] = &kafkaEntry{value: bytes.Clone(c.Value), present: true, intact: true, part: r.Partition, version: r.Offset + 1, cas: true}
 }
 
 // List returns the keys under prefix with an intact value. A key whose only
@@ -769,7 +940,7 @@ func (s *KafkaStore) Append(ctx context.Context, e AuditEntry) error {
 	}
 	seq := s.seq.Add(1)
 	key := fmt.Sprintf("%s%s/%s/%d", auditPrefix, e.Time.UTC().Format(time.RFC3339Nano), s.writer, seq)
-	return s.write(ctx, "audit", key, appendFrame(nil, key, kindAudit, s.writer, seq, payload))
+	return s.writeTo(ctx, "audit", key, appendFrame(nil, key, kindAudit, s.writer, seq, payload), 0)
 }
 
 // Audit returns the matching entries this store has read, oldest first.
@@ -797,6 +968,19 @@ func (s *KafkaStore) Audit(ctx context.Context, f AuditFilter) ([]AuditEntry, er
 	return out, nil
 }
 
+// AuditLog returns every audit entry this store has read, in log order.
+func (s *KafkaStore) AuditLog(ctx context.Context) ([]AuditEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.stopped(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]AuditEntry(nil), s.audit...), nil
+}
+
 // Close stops the reader and the client. Calls after Close return ErrClosed.
 func (s *KafkaStore) Close() error {
 	s.closeOnce.Do(func() {
@@ -818,6 +1002,7 @@ const (
 	kindValue byte = 'v'
 	kindAudit byte = 'a'
 	kindSync  byte = 's'
+	kindCAS   byte = 'c'
 )
 
 const frameMagic = "tmck1"
@@ -856,7 +1041,7 @@ func frameSum(key, header, payload []byte) uint64 {
 
 // KafkaRecord is one decoded record of the checkpoints topic.
 type KafkaRecord struct {
-	Kind    string // "value", "audit" or "sync"
+	Kind    string // "value", "audit", "sync" or "cas"
 	Writer  string // host and random id of the Store instance that wrote it
 	Seq     uint64 // the writer's sequence number
 	Payload []byte // the value given to Put, or the audit entry's JSON
@@ -871,7 +1056,7 @@ func ParseKafkaRecord(key, value []byte) (KafkaRecord, error) {
 	if err != nil {
 		return KafkaRecord{}, err
 	}
-	kind := map[byte]string{kindValue: "value", kindAudit: "audit", kindSync: "sync"}[f.kind]
+	kind := map[byte]string{kindValue: "value", kindAudit: "audit", kindSync: "sync", kindCAS: "cas"}[f.kind]
 	if kind == "" {
 		return KafkaRecord{}, fmt.Errorf("unknown frame kind %q", f.kind)
 	}

@@ -12,11 +12,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 )
 
 // ErrNotFound is returned by Get for a key that has no value.
 var ErrNotFound = errors.New("checkpoints: not found")
+
+// ErrConflict is CompareAndSwap's refusal: the key changed since it was read.
+var ErrConflict = errors.New("checkpoints: the value changed since it was read")
 
 // Store holds tidemark's durable state. Implementations must be safe for
 // concurrent use by several goroutines and, where they say so, several processes.
@@ -31,6 +35,17 @@ type Store interface {
 	Delete(ctx context.Context, key string) error
 	// List returns every key starting with prefix and its value.
 	List(ctx context.Context, prefix string) (map[string][]byte, error)
+	// GetVersion is Get and the value's version: an opaque number that
+	// changes with every write of the key, 0 for a key that has no value
+	// yet. A missing key returns ErrNotFound with the version to pass to
+	// CompareAndSwap to create it.
+	GetVersion(ctx context.Context, key string) ([]byte, int64, error)
+	// CompareAndSwap stores value under key (a nil value deletes it) only if
+	// the key's version is still old, and returns the new version. If any
+	// other write of the key came in between — by this process or another —
+	// nothing is stored and it returns ErrConflict: read again and retry
+	// (Update does). With the same durability as Put.
+	CompareAndSwap(ctx context.Context, key string, old int64, value []byte) (int64, error)
 	// Append adds e to the audit log. Entries are never changed or removed. A zero
 	// e.Time is set to the current time.
 	Append(ctx context.Context, e AuditEntry) error
@@ -55,6 +70,9 @@ type AuditEntry struct {
 	Result string `json:"result"`
 	// Details carries the numbers behind an automatic decision, or a plan.
 	Details map[string]any `json:"details,omitempty"`
+	// Chain links the entry into the tamper-evident chain (see Chained);
+	// nil for entries written without an HMAC key.
+	Chain *ChainLink `json:"chain,omitempty"`
 }
 
 // AuditFilter selects audit entries; zero fields match everything.
@@ -157,3 +175,63 @@ type RoundSummary struct {
 // past a few hundred documents re-emitting the collection costs about as
 // much as finding them.
 const SummaryIDsMax = 1000
+
+// updateAttempts bounds Update's retries. Each retry means another writer's
+// change of the same key landed first, so running out takes that many
+// writers at once; the caller then reports ErrConflict (HTTP 409).
+const updateAttempts = 16
+
+// Update replaces key's value with fn(current) by compare-and-swap,
+// retrying with the fresh value when another write came first, so that
+// concurrent updates all take effect or Update returns ErrConflict; none is
+// lost. fn may run several times and must not have side effects. A nil
+// result deletes the key.
+func Update(ctx context.Context, s Store, key string, fn func(old []byte, found bool) ([]byte, error)) error {
+	for attempt := 0; attempt < updateAttempts; attempt++ {
+		old, ver, err := s.GetVersion(ctx, key)
+		found := err == nil
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		nv, err := fn(old, found)
+		if err != nil {
+			return err
+		}
+		if _, err = s.CompareAndSwap(ctx, key, ver, nv); !errors.Is(err, ErrConflict) {
+			return err
+		}
+		// Someone else's write landed first. A random pause spreads the
+		// retries of many writers that all lost to the same one.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(rand.Int64N(int64(attempt+1) * int64(2*time.Millisecond)))):
+		}
+	}
+	return fmt.Errorf("%w: %s changed %d times while being updated; try again", ErrConflict, key, updateAttempts)
+}
+
+// UpdateJSON is Update on a JSON value: fn gets the decoded current value
+// (the zero T and false when the key is missing) and returns the new one.
+func UpdateJSON[T any](ctx context.Context, s Store, key string, fn func(v T, found bool) (T, error)) (T, error) {
+	var out T
+	err := Update(ctx, s, key, func(old []byte, found bool) ([]byte, error) {
+		var v T
+		if found {
+			if err := json.Unmarshal(old, &v); err != nil {
+				return nil, fmt.Errorf("checkpoints: decode %s: %w", key, err)
+			}
+		}
+		nv, err := fn(v, found)
+		if err != nil {
+			return nil, err
+		}
+		out = nv
+		b, err := json.Marshal(nv)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoints: encode %s: %w", key, err)
+		}
+		return b, nil
+	})
+	return out, err
+}

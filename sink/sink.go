@@ -988,7 +988,22 @@ func (s *Sink) executeRewinds(ctx context.Context) {
 			continue
 		}
 		s.log.Info("rewound", "id", r.ID, "targets", set, "reason", r.Reason)
-		if err := checkpoints.PutJSON(ctx, s.store, key, r); err != nil {
+		// Owners of other partitions (other daemons) record theirs in the
+		// same request at the same time: merge by compare-and-swap, or a
+		// plain write would drop theirs and the rewind never finish.
+		_, err := checkpoints.UpdateJSON(ctx, s.store, key, func(cur RewindRequest, found bool) (RewindRequest, error) {
+			if !found {
+				cur = r
+			}
+			if cur.Done == nil {
+				cur.Done = map[string]int64{}
+			}
+			for k, v := range r.Done {
+				cur.Done[k] = v
+			}
+			return cur, nil
+		})
+		if err != nil {
 			s.log.Error("cannot record rewind progress", "id", r.ID, "err", err)
 		}
 	}
@@ -996,10 +1011,14 @@ func (s *Sink) executeRewinds(ctx context.Context) {
 
 // Pause stores partitions as paused for every daemon; Run applies it.
 func Pause(ctx context.Context, st checkpoints.Store, tps []TopicPartition, pause bool) ([]TopicPartition, error) {
-	cur, _, err := checkpoints.GetJSON[[]TopicPartition](ctx, st, PausedKey)
-	if err != nil {
-		return nil, err
-	}
+	// Compare-and-swap: of concurrent calls (here or on other daemons)
+	// each takes effect, or this one returns checkpoints.ErrConflict.
+	return checkpoints.UpdateJSON(ctx, st, PausedKey, func(cur []TopicPartition, _ bool) ([]TopicPartition, error) {
+		return mergePaused(cur, tps, pause), nil
+	})
+}
+
+func mergePaused(cur, tps []TopicPartition, pause bool) []TopicPartition {
 	set := map[TopicPartition]bool{}
 	for _, tp := range cur {
 		set[tp] = true
@@ -1016,5 +1035,5 @@ func Pause(ctx context.Context, st checkpoints.Store, tps []TopicPartition, paus
 	sort.Slice(out, func(i, j int) bool {
 		return out[i].Topic < out[j].Topic || out[i].Topic == out[j].Topic && out[i].Partition < out[j].Partition
 	})
-	return out, checkpoints.PutJSON(ctx, st, PausedKey, out)
+	return out
 }

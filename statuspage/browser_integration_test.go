@@ -127,6 +127,7 @@ func full() fixtures {
 	return fixtures{
 		"/healthz": "ok\n", "/readyz": "ready\n", "/v1/status": statusJSON, "/metrics": metricsText,
 		"/v1/plan": planJSON, "/v1/reports/latest": reportJSON, "/v1/audit": auditJSON,
+		"/v1/whoami": `{"name": "wally", "role": "viewer", "routes": [], "allowed": ["GET /v1/status"]}`,
 	}
 }
 
@@ -168,6 +169,7 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 		t.Fatalf("the page never reached ready:\n%s", doc)
 	}
 	mustContain(t, "roles", mustText(t, doc, "id", "roles"), "capture, sink")
+	mustContain(t, "whoami", mustText(t, doc, "id", "whoami"), "wally · role viewer")
 	mustContain(t, "spec", mustText(t, doc, "id", "spec"), "users-v1/0123456789ab")
 	mustContain(t, "health", mustText(t, doc, "id", "healthz"), "ok")
 	mustContain(t, "ready", mustText(t, doc, "id", "readyz"), "ready")
@@ -236,7 +238,7 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 	mustContain(t, "refused", spt.Cells(rows["POST /v1/rewind"])["result"], "refused")
 
 	allowed := map[string]bool{"/": true, "/ui/app.js": true, "/ui/style.css": true, "/healthz": true, "/readyz": true,
-		"/metrics": true, "/v1/status": true, "/v1/plan": true, "/v1/reports/latest": true, "/v1/audit": true}
+		"/metrics": true, "/v1/status": true, "/v1/plan": true, "/v1/reports/latest": true, "/v1/audit": true, "/v1/whoami": true}
 	// (/v1/trace only on demand: TestIntegrationStatusPageTrace.)
 	polled := 0
 	for _, p := range asked() {

@@ -29,6 +29,65 @@ func Conformance(t *testing.T, fresh func(t *testing.T) Opener) {
 	t.Run("Audit", func(t *testing.T) { testAudit(t, fresh(t)) })
 	t.Run("Reopen", func(t *testing.T) { testReopen(t, fresh(t)) })
 	t.Run("TwoWriters", func(t *testing.T) { testTwoWriters(t, fresh(t)) })
+	t.Run("AuditChain", func(t *testing.T) { testAuditChain(t, fresh(t)) })
+	t.Run("CompareAndSwap", func(t *testing.T) { testCompareAndSwap(t, fresh(t)) })
+}
+
+// testAuditChain appends through two chained handles at once, as two
+// daemons do, and checks that every handle verifies the whole chain, and
+// that an entry added to the store without the key breaks it.
+func testAuditChain(t *testing.T, open Opener) {
+	const perWriter = 15
+	c := ctx(t)
+	key := []byte("conformance-key-0123456789abcdef0123")
+	raw := []checkpoints.Store{open(t), open(t)}
+	var wg sync.WaitGroup
+	for w, s := range raw {
+		ch, err := checkpoints.WithAuditChain(s, key)
+		must(t, err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				if err := ch.Append(c, checkpoints.AuditEntry{Actor: fmt.Sprint("writer-", w), Action: "pause", Result: "ok",
+					Details: map[string]any{"i": i, "big": uint64(1)<<63 + 1, "partitions": []int32{0, 7}}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	verify := func(want int, intact bool) error {
+		for i, s := range raw {
+			ch, _ := checkpoints.WithAuditChain(s, key)
+			rep, err := ch.Verify(c)
+			if err != nil {
+				return err
+			}
+			if rep.Entries != want || rep.Intact() != intact || intact && rep.Verified != want {
+				return fmt.Errorf("handle %d: %d entries, %d verified, breaks %v; want %d, intact %v", i, rep.Entries, rep.Verified, rep.Breaks, want, intact)
+			}
+		}
+		return nil
+	}
+	eventually(t, func() error { return verify(2*perWriter, true) })
+	// Written straight to the store: no MAC.
+	must(t, raw[0].Append(c, checkpoints.AuditEntry{Actor: "alice", Action: "rewind", Result: "ok", Reason: "forged"}))
+	eventually(t, func() error { return verify(2*perWriter+1, false) })
+}
+
+func eventually(t *testing.T, cond func() error) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(Converge); ; time.Sleep(20 * time.Millisecond) {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", Converge, err)
+		}
+	}
 }
 
 // Converge bounds how long two handles may disagree after both finished writing.
@@ -272,4 +331,92 @@ func keys(m map[string][]byte) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// testCompareAndSwap checks the conditional write, then has two handles
+// (two daemons) with three goroutines each add their own members to one
+// set under one key through Update at the same time: every update that
+// returned nil must be in the final set on both handles, none lost.
+func testCompareAndSwap(t *testing.T, open Opener) {
+	c, s := ctx(t), open(t)
+	_, v0, err := s.GetVersion(c, "intent/paused")
+	if !errors.Is(err, checkpoints.ErrNotFound) {
+		t.Fatalf("missing key: %v", err)
+	}
+	v1, err := s.CompareAndSwap(c, "intent/paused", v0, []byte("a"))
+	must(t, err)
+	if _, err := s.CompareAndSwap(c, "intent/paused", v0, []byte("b")); !errors.Is(err, checkpoints.ErrConflict) {
+		t.Fatalf("a stale create: %v, want ErrConflict", err)
+	}
+	if got, v, err := s.GetVersion(c, "intent/paused"); err != nil || string(got) != "a" || v != v1 {
+		t.Fatalf("after a refused swap: %q %d %v, want a %d", got, v, err, v1)
+	}
+	must(t, s.Put(c, "intent/paused", []byte("p")))
+	if _, err := s.CompareAndSwap(c, "intent/paused", v1, []byte("c")); !errors.Is(err, checkpoints.ErrConflict) {
+		t.Fatalf("a swap over a Put it did not read: %v, want ErrConflict", err)
+	}
+	_, v2, _ := s.GetVersion(c, "intent/paused")
+	if _, err := s.CompareAndSwap(c, "intent/paused", v2, nil); err != nil {
+		t.Fatalf("a swap to nil deletes: %v", err)
+	}
+	if _, err := s.Get(c, "intent/paused"); !errors.Is(err, checkpoints.ErrNotFound) {
+		t.Fatalf("after a delete by swap: %v", err)
+	}
+	if _, err := s.CompareAndSwap(c, "_cas/x", 0, []byte("x")); err == nil && fmt.Sprintf("%T", s) == "*checkpoints.KafkaStore" {
+		t.Fatal("a reserved key accepted")
+	}
+
+	const perG, goroutines = 5, 3
+	stores := []checkpoints.Store{s, open(t)}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	okd := map[string]bool{}
+	for h, st := range stores {
+		for g := 0; g < goroutines; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < perG; i++ {
+					member := fmt.Sprintf("h%d-g%d-%d", h, g, i)
+					for attempt := 0; ; attempt++ {
+						_, err := checkpoints.UpdateJSON(c, st, "intent/set", func(v map[string]bool, _ bool) (map[string]bool, error) {
+							if v == nil {
+								v = map[string]bool{}
+							}
+							v[member] = true
+							return v, nil
+						})
+						if err == nil {
+							mu.Lock()
+							okd[member] = true
+							mu.Unlock()
+							break
+						}
+						if !errors.Is(err, checkpoints.ErrConflict) || attempt > 20 {
+							t.Errorf("update %s: %v", member, err)
+							return
+						}
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if len(okd) != 2*goroutines*perG {
+		t.Fatalf("%d updates succeeded, want %d", len(okd), 2*goroutines*perG)
+	}
+	eventually(t, func() error {
+		for i, st := range stores {
+			got, _, err := checkpoints.GetJSON[map[string]bool](c, st, "intent/set")
+			if err != nil {
+				return err
+			}
+			for m := range okd {
+				if !got[m] {
+					return fmt.Errorf("handle %d: %s was updated ok but is not in the set (%d members)", i, m, len(got))
+				}
+			}
+		}
+		return nil
+	})
 }

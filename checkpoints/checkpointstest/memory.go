@@ -14,13 +14,15 @@ import (
 type Memory struct {
 	mu    sync.Mutex
 	kv    map[string][]byte
+	ver   map[string]int64 // version of each key's value; absent for 0
+	seq   int64            // the last version handed out
 	audit []checkpoints.AuditEntry
 }
 
 var _ checkpoints.Store = (*Memory)(nil)
 
 // New returns an empty store.
-func New() *Memory { return &Memory{kv: map[string][]byte{}} }
+func New() *Memory { return &Memory{kv: map[string][]byte{}, ver: map[string]int64{}} }
 
 func (m *Memory) Get(_ context.Context, key string) ([]byte, error) {
 	m.mu.Lock()
@@ -36,13 +38,43 @@ func (m *Memory) Put(_ context.Context, key string, value []byte) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.kv[key] = append([]byte(nil), value...)
+	m.seq++
+	m.ver[key] = m.seq
 	return nil
+}
+
+func (m *Memory) GetVersion(_ context.Context, key string) ([]byte, int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.kv[key]
+	if !ok {
+		return nil, m.ver[key], checkpoints.ErrNotFound
+	}
+	return append([]byte(nil), v...), m.ver[key], nil
+}
+
+func (m *Memory) CompareAndSwap(_ context.Context, key string, old int64, value []byte) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ver[key] != old {
+		return 0, checkpoints.ErrConflict
+	}
+	m.seq++
+	m.ver[key] = m.seq
+	if value == nil {
+		delete(m.kv, key)
+	} else {
+		m.kv[key] = append([]byte(nil), value...)
+	}
+	return m.seq, nil
 }
 
 func (m *Memory) Delete(_ context.Context, key string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.kv, key)
+	m.seq++
+	m.ver[key] = m.seq
 	return nil
 }
 
@@ -81,6 +113,21 @@ func (m *Memory) Audit(_ context.Context, f checkpoints.AuditFilter) ([]checkpoi
 		out = out[len(out)-f.Limit:]
 	}
 	return out, nil
+}
+
+// AuditLog returns every entry in the order it was appended.
+func (m *Memory) AuditLog(context.Context) ([]checkpoints.AuditEntry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]checkpoints.AuditEntry(nil), m.audit...), nil
+}
+
+// Tamper replaces the audit log with what edit returns, as someone with
+// write access to the storage could, for tests of the audit chain.
+func (m *Memory) Tamper(edit func([]checkpoints.AuditEntry) []checkpoints.AuditEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.audit = edit(append([]checkpoints.AuditEntry(nil), m.audit...))
 }
 
 func (m *Memory) Close() error { return nil }

@@ -41,7 +41,7 @@ func checkpointsCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	cfgPath := fs.String("config", "tidemark.yaml", "daemon config whose checkpoints section names the destination")
 	reason := fs.String("reason", "", "why (required; goes to the audit log)")
 	fs.Usage = func() { fmt.Fprintln(stderr, checkpointsHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseArgs(fs, args[1:]); err != nil {
 		return &exitError{code: 2, err: err}
 	}
 	if *from == "" || strings.TrimSpace(*reason) == "" {

@@ -49,6 +49,8 @@ type Config struct {
 	// scheduled reconcile rounds and evaluates the rollout plan.
 	Election leader.Config `yaml:"election"`
 	Log      LogConfig     `yaml:"log"`
+	// Audit chains the audit log with an HMAC (see auditcmd.go).
+	Audit AuditConfig `yaml:"audit"`
 }
 
 // TLSConfig names PEM files; empty fields are not used.
@@ -116,7 +118,7 @@ func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger, reg prom
 		if err != nil {
 			return nil, err
 		}
-		return s, nil
+		return c.withAuditChain(s, log, reg)
 	}
 	kopts, err := c.kafkaOpts()
 	if err != nil {
@@ -129,7 +131,7 @@ func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger, reg prom
 	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return c.withAuditChain(s, log, reg)
 }
 
 // AdminConfig is the admin API.
@@ -307,6 +309,7 @@ func (c *Config) validate() error {
 	if err := c.Election.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.checkValues()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("config has %d problem(s):\n  %w", len(errs), joined(errs))
 	}

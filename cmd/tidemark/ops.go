@@ -24,7 +24,7 @@ func init() {
 	register(&command{Name: "pause", Short: "pause a topic or some of its partitions (nothing is lost; Kafka buffers)", Run: pauseCmd(true)})
 	register(&command{Name: "resume", Short: "resume paused partitions", Run: pauseCmd(false)})
 	register(&command{Name: "rewind", Short: "move the sink back (to a time, an offset, a verified mark, or by N records); dry run unless --execute", Run: rewindCmd})
-	register(&command{Name: "audit", Short: "show the audit log of operator and automatic actions", Run: auditCmd})
+	register(&command{Name: "audit", Short: "show the audit log of operator and automatic actions; audit verify checks its HMAC chain", Run: auditCmd})
 	register(&command{Name: "backfill", Short: "re-emit a namespace, a filter or some _ids from the source (also the history-lost recovery)", Run: backfillCmd})
 }
 
@@ -68,7 +68,7 @@ func printJSON(w io.Writer, v any) error {
 
 func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cf := newClientFlags("status", "status [--json]", stderr)
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	cl, err := cf.client()
@@ -136,7 +136,7 @@ func pauseCmd(pause bool) func(context.Context, []string, io.Writer, io.Writer) 
 		topic := cf.fs.String("topic", "", "topic, e.g. tidemark.app.users (required)")
 		parts := cf.fs.String("partitions", "", "comma-separated partitions (default: all)")
 		reason := cf.fs.String("reason", "", "why, for the audit log (required)")
-		if err := cf.fs.Parse(args); err != nil {
+		if err := parseArgs(cf.fs, args); err != nil {
 			return err
 		}
 		ps, err := parseParts(*parts)
@@ -172,7 +172,7 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	toMark := cf.fs.String("to-mark", "", "replay from a verified mark: a clean reconcile report id, or latest")
 	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
 	execute := cf.fs.Bool("execute", false, "execute the plan (default: print it only)")
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	ps, err := parseParts(*parts)
@@ -226,13 +226,16 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "verify" {
+		return auditVerifyCmd(ctx, args[1:], stdout, stderr)
+	}
 	cf := newClientFlags("audit", "audit [--since RFC3339] [--actor NAME] [--action ACTION] [--limit N] [--json] [--follow]", stderr)
 	since := cf.fs.String("since", "", "only entries at or after this time (RFC3339)")
 	actor := cf.fs.String("actor", "", "only this actor (token name, or auto:<component>)")
 	action := cf.fs.String("action", "", `only this action, e.g. "POST /v1/pause"`)
 	limit := cf.fs.Int("limit", 50, "newest N entries")
 	follow := cf.fs.Bool("follow", false, "keep printing new entries as they are written, until interrupted")
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	q := url.Values{}
@@ -327,7 +330,7 @@ func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	reset := cf.fs.Bool("reset-stream", false, "history-lost recovery: restart the stream from now with a full backfill")
 	afterInv := cf.fs.Bool("resume-after-invalidate", false, "after a drop or rename stopped capture: continue after it (docs/mongodb.md)")
 	reason := cf.fs.String("reason", "", "why, for the audit log (required)")
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	if *ns == "" || *reason == "" {

@@ -392,7 +392,7 @@ func reconcileCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		timeout: cf.fs.Duration("timeout", 0, "give up after this long (default: the config's reconcile.time_box)"),
 	}
 	cf.fs.Usage = func() { fmt.Fprintln(stderr, reconcileHelp); cf.fs.PrintDefaults() }
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	if cf.fs.NArg() > 0 {
@@ -592,7 +592,7 @@ func repairCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	remote := cf.fs.Bool("remote", false, "ask the daemon at --addr to repair")
 	reason := cf.fs.String("reason", "", "why (required; goes to the audit log)")
 	cf.fs.Usage = func() { fmt.Fprintln(stderr, repairHelp); cf.fs.PrintDefaults() }
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	if strings.TrimSpace(*reason) == "" {

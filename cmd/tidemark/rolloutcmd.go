@@ -588,7 +588,7 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case "drill":
 		trigger = cf.fs.String("trigger", "", "trigger of the current stage to rehearse (required)")
 	}
-	if err := cf.fs.Parse(args); err != nil {
+	if err := parseArgs(cf.fs, args); err != nil {
 		return err
 	}
 	cl, err := cf.client()

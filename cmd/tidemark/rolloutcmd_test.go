@@ -164,8 +164,10 @@ func TestPlanCLI(t *testing.T) {
 	for _, e := range es {
 		actions = append(actions, e.Action+"="+strings.SplitN(e.Result, ":", 2)[0])
 	}
-	want := "POST /v1/plan/advance=failed POST /v1/plan/advance=ok stage.advance=ok drill=ok POST /v1/plan/drill=ok POST /v1/plan/drill=failed rollback=ok POST /v1/plan/rollback=ok"
-	// The admin server audits each request; the engine audits what it did.
+	want := "POST /v1/plan/advance=failed POST /v1/plan/advance=ok stage.advance=ok drill=ok POST /v1/plan/drill=ok POST /v1/plan/drill=failed rollback=ok POST /v1/plan/rollback=ok" +
+		" POST /v1/plan/advance=started POST /v1/plan/advance=started POST /v1/plan/drill=started POST /v1/plan/drill=started POST /v1/plan/rollback=started"
+	// The admin server audits each request as started, then its result; the
+	// engine audits what it did.
 	if got := strings.Join(actions, " "); !sameSet(got, want) {
 		t.Fatalf("audit by carol:\n got %s\nwant %s", got, want)
 	}

@@ -72,7 +72,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stderr, "usage: tidemark run --config FILE\n\nRuns the roles the config names until SIGTERM. Secrets come from files or\nenvironment variables named in the config reference, never from flags.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*path)
@@ -88,7 +88,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer d.store.Close()
-	tokens, err := admin.LoadTokens(cfg.Admin.TokensFile)
+	srv, err := newAdminServer(cfg, d.store, log, reg)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -154,14 +154,12 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		roles = append(roles, func() error { return cp.Run(gctx) })
 	}
 
-	srv := admin.NewServer(tokens, d.store, cfg.Admin.OpenStatus, log)
 	d.routes(srv, reg)
 	if cfg.Election.Enabled {
 		d.elector = leader.New(cfg.Election, kopts, log, reg)
 		g.Go(func() error { return d.elector.Run(gctx) })
 		g.Go(func() error { d.recordLeadership(gctx); return nil })
 	}
-	srv.Handle("GET /v1/leader", http.HandlerFunc(d.leaderInfo), false)
 	for _, p := range daemonParts {
 		if err := p.start(gctx, d, srv, g); err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
@@ -237,6 +235,7 @@ func (d *daemon) routes(srv *admin.Server, reg *prometheus.Registry) {
 	srv.Handle("POST /v1/resume", d.pauseHandler(false), true)
 	srv.Handle("POST /v1/rewind", http.HandlerFunc(d.rewind), true)
 	srv.Handle("POST /v1/backfill", http.HandlerFunc(d.backfill), true)
+	srv.Handle("GET /v1/leader", http.HandlerFunc(d.leaderInfo), false)
 }
 
 // Status is GET /v1/status.
@@ -316,6 +315,10 @@ func (d *daemon) pauseHandler(pause bool) http.HandlerFunc {
 			return
 		}
 		now, err := sink.Pause(r.Context(), d.store, tps, pause)
+		if errors.Is(err, checkpoints.ErrConflict) {
+			admin.WriteError(w, http.StatusConflict, fmt.Errorf("not done: %w", err))
+			return
+		}
 		if err != nil {
 			admin.WriteError(w, 500, err)
 			return

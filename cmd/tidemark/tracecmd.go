@@ -96,13 +96,25 @@ func (t *tracer) serve(w http.ResponseWriter, r *http.Request) {
 
 func traceCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cf := newClientFlags("trace", "trace [--json] NAMESPACE ID\n\nID is the _id as extended JSON: '{\"$oid\":\"…\"}', '\"abc\"', 42; a bare word is a string.", stderr)
-	if err := cf.fs.Parse(args); err != nil {
-		return err
+	// Flags may come before, between or after the two positional arguments.
+	var pos []string
+	for {
+		if err := cf.fs.Parse(args); err != nil {
+			return err
+		}
+		if cf.fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, cf.fs.Arg(0))
+		args = cf.fs.Args()[1:]
 	}
-	if cf.fs.NArg() != 2 {
+	if len(pos) > 2 {
+		return &exitError{code: 2, err: fmt.Errorf("unexpected argument %q (trace takes NAMESPACE and ID; quote an _id with spaces)", pos[2])}
+	}
+	if len(pos) != 2 {
 		return &exitError{code: 2, err: errors.New("want NAMESPACE and ID, e.g. tidemark trace app.users '{\"$oid\":\"65a…\"}'")}
 	}
-	ns, id := cf.fs.Arg(0), cf.fs.Arg(1)
+	ns, id := pos[0], pos[1]
 	if _, err := trace.ParseID(id); err != nil {
 		return &exitError{code: 2, err: err}
 	}

@@ -27,7 +27,7 @@ func transformCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "usage: tidemark transform --spec FILE --doc FILE.json [--namespace db.coll]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if *spec == "" || *docPath == "" {

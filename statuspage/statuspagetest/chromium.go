@@ -108,6 +108,18 @@ func Elements(doc, attr string) (keys []string, inner map[string]string) {
 	return keys, inner
 }
 
+// All is the inner HTML of every element with attr="value", in document order.
+func All(doc, attr, value string) []string {
+	var out []string
+	re := regexp.MustCompile(`<([a-zA-Z][a-zA-Z0-9]*)\b[^>]*\s` + regexp.QuoteMeta(attr) + `="([^"]*)"[^>]*>`)
+	for _, m := range re.FindAllStringSubmatchIndex(doc, -1) {
+		if html.UnescapeString(doc[m[4]:m[5]]) == value {
+			out = append(out, innerOf(doc[m[1]:], doc[m[2]:m[3]]))
+		}
+	}
+	return out
+}
+
 // Element is the inner HTML of the first element with attr="value".
 func Element(doc, attr, value string) (string, bool) {
 	_, all := Elements(doc, attr)

@@ -556,6 +556,16 @@
     }));
   }
 
+  // The caller's name and role (GET /v1/whoami). The page only reads, which
+  // a viewer may; it shows the role so an operator knows what the token can
+  // do from the CLI.
+  function renderWho(res) {
+    const w = $("whoami");
+    if (!res.ok || !res.body || typeof res.body !== "object") { w.textContent = ""; delete document.body.dataset.role; return; }
+    w.textContent = res.body.role === "none" ? "no token (open status)" : res.body.name + " · role " + res.body.role;
+    document.body.dataset.role = res.body.role;
+  }
+
   // ---- polling -------------------------------------------------------------
 
   function authNeeded(results) {
@@ -632,11 +642,12 @@
   }
 
   async function poll() {
-    const [hz, rz, st, plan, rep, audit, metrics] = await Promise.all([
+    const [hz, rz, st, plan, rep, audit, metrics, who] = await Promise.all([
       get("/healthz"), get("/readyz"), get("/v1/status"), get("/v1/plan"),
-      get("/v1/reports/latest"), get("/v1/audit?limit=" + AUDIT_LIMIT), get("/metrics"),
+      get("/v1/reports/latest"), get("/v1/audit?limit=" + AUDIT_LIMIT), get("/metrics"), get("/v1/whoami"),
     ]);
     authNeeded([hz, st, audit]);
+    renderWho(who);
     if (hz.status !== 0) {
       renderHealth(hz, rz, st);
       renderLag(st);

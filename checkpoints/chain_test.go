@@ -1,0 +1,169 @@
+package checkpoints_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
+)
+
+var chainKey = []byte("0123456789abcdef0123456789abcdef-test-key")
+
+// TestAuditChainFindsEveryKindOfTampering writes a chain of six entries,
+// lets someone with write access to the storage (but not the key) change it
+// in one way per case, and checks that verification names the first broken
+// link, and the metric counts it.
+func TestAuditChainFindsEveryKindOfTampering(t *testing.T) {
+	forge := func(e checkpoints.AuditEntry) checkpoints.AuditEntry {
+		e.Actor, e.Reason = "alice", "approved by alice"
+		return e
+	}
+	cases := []struct {
+		name   string
+		edit   func([]checkpoints.AuditEntry) []checkpoints.AuditEntry
+		kind   string
+		index  int
+		reason string // the Reason of the entry named
+	}{
+		{"intact", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry { return es }, "", 0, ""},
+		{"an entry added without the key", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+			return append(es[:3:3], append([]checkpoints.AuditEntry{{Time: es[2].Time, Actor: "alice", Action: "POST /v1/rewind", Reason: "forged", Result: "ok"}}, es[3:]...)...)
+		}, checkpoints.BreakUnsigned, 3, "forged"},
+		{"an entry altered", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+			es[2] = forge(es[2])
+			return es
+		}, checkpoints.BreakForged, 2, "approved by alice"},
+		{"an entry with a made-up MAC", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+			f := forge(es[4])
+			l := *f.Chain
+			l.ID, l.MAC = "feedfeedfeedfeedfeedfeed", strings.Repeat("ab", 32)
+			f.Chain = &l
+			return append(es, f)
+		}, checkpoints.BreakForged, 6, "approved by alice"},
+		{"an entry deleted", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+			return append(es[:2:2], es[3:]...)
+		}, checkpoints.BreakMissing, 2, "r3"},
+		{"the first entry deleted", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry { return es[1:] }, checkpoints.BreakMissing, 0, "r1"},
+		{"two entries swapped", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+			es[1], es[2] = es[2], es[1]
+			return es
+		}, checkpoints.BreakReordered, 1, "r2"},
+		{"an entry replayed", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry { return append(es, es[1]) }, checkpoints.BreakDuplicate, 6, "r1"},
+		{"the chain stripped", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+			es[4].Chain = nil
+			return es
+		}, checkpoints.BreakUnsigned, 4, "r4"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			mem := checkpointstest.New()
+			reg := prometheus.NewRegistry()
+			c, err := checkpoints.WithAuditChain(mem, chainKey, checkpoints.ChainRegisterer(reg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
+			for i := 0; i < 6; i++ {
+				err := c.Append(ctx, checkpoints.AuditEntry{Time: t0.Add(time.Duration(i) * time.Second), Actor: "bob", Action: "POST /v1/pause",
+					Reason: fmt.Sprint("r", i), Result: "ok", Details: map[string]any{"partitions": []int32{1, 2}, "n": int64(1) << 60}})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			mem.Tamper(tc.edit)
+			rep, err := c.Verify(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			broken := testutil.ToFloat64(c.Metrics()[0])
+			if tc.kind == "" {
+				if !rep.Intact() || rep.Verified != 6 || len(rep.Head) != 1 || broken != 0 {
+					t.Fatalf("an untouched chain: %+v (broken links %v)", rep, broken)
+				}
+				return
+			}
+			if rep.Intact() {
+				t.Fatalf("not detected: %+v", rep)
+			}
+			b := rep.Breaks[0]
+			if b.Kind != tc.kind || b.Index != tc.index || b.Entry.Reason != tc.reason {
+				t.Fatalf("first break %s, want %s at entry %d (reason %s); all: %v", b, tc.kind, tc.index, tc.reason, rep.Breaks)
+			}
+			if broken < 1 || testutil.ToFloat64(c.Metrics()[1]) < 1 {
+				t.Fatalf("the metrics do not show the break: %v", broken)
+			}
+			// Reading the log through the store verifies too, and shows
+			// the entries as they are.
+			if _, err := c.Audit(ctx, checkpoints.AuditFilter{}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestAuditChainWithConcurrentAppenders: two daemons (two Chained over one
+// store) and several goroutines each append at once. Forks are allowed, the
+// chain stays intact, and afterwards one entry heads it again.
+func TestAuditChainWithConcurrentAppenders(t *testing.T) {
+	ctx := context.Background()
+	mem := checkpointstest.New()
+	var wg sync.WaitGroup
+	for d := 0; d < 2; d++ {
+		c, err := checkpoints.WithAuditChain(mem, chainKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 20; i++ {
+					if err := c.Append(ctx, checkpoints.AuditEntry{Actor: fmt.Sprint("d", d), Action: "x", Result: "ok"}); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	c, _ := checkpoints.WithAuditChain(mem, chainKey)
+	if err := c.Append(ctx, checkpoints.AuditEntry{Actor: "last", Action: "x", Result: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.Verify(ctx)
+	if err != nil || !rep.Intact() || rep.Verified != 161 || len(rep.Head) != 1 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	// Another key cannot vouch for any of it.
+	other, _ := checkpoints.WithAuditChain(mem, []byte(strings.Repeat("k", 32)))
+	if rep, _ := other.Verify(ctx); rep.Verified != 0 || len(rep.Breaks) != 161 {
+		t.Fatalf("a different key verified %d entries", rep.Verified)
+	}
+}
+
+func TestAuditChainKeepsUnchainedPrefix(t *testing.T) {
+	ctx := context.Background()
+	mem := checkpointstest.New()
+	mem.Append(ctx, checkpoints.AuditEntry{Actor: "old", Action: "x", Result: "ok"})
+	c, _ := checkpoints.WithAuditChain(mem, chainKey)
+	c.Append(ctx, checkpoints.AuditEntry{Actor: "new", Action: "x", Result: "ok"})
+	if rep, _ := c.Verify(ctx); !rep.Intact() || rep.Unchained != 1 || rep.Verified != 1 {
+		t.Fatalf("%+v", rep)
+	}
+	if _, err := checkpoints.WithAuditChain(mem, []byte("short")); err == nil {
+		t.Fatal("a short key accepted")
+	}
+	for in, ok := range map[string]bool{strings.Repeat("ab", 32): true, strings.Repeat("z", 32): true, "abc": false, strings.Repeat("ab", 10): false} {
+		if _, err := checkpoints.ParseChainKey(in); (err == nil) != ok {
+			t.Errorf("ParseChainKey(%q): %v", in, err)
+		}
+	}
+}
