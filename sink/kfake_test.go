@@ -13,6 +13,7 @@ import (
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/transform"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/bson"
@@ -142,27 +143,32 @@ func readDeadLetters(t testing.TB, ctx context.Context, brokers kgo.Opt, prefix 
 		t.Fatal(err)
 	}
 	defer rd.Close()
+	// The topic has as many partitions as the broker gives a new topic, so
+	// the reader counts against the sum of every partition's end offset.
+	ends, err := kadm.NewClient(rd).ListEndOffsets(ctx, envelope.DeadLetterTopic(prefix))
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := int64(0)
+	ends.Each(func(o kadm.ListedOffset) { total += o.Offset })
 	var dead []envelope.DeadLetter
-	for {
+	for int64(len(dead)) < total {
 		fs := rd.PollFetches(ctx)
 		if err := fs.Err0(); err != nil {
 			t.Fatal(err)
 		}
-		hw := int64(-1)
-		fs.EachPartition(func(p kgo.FetchTopicPartition) {
-			hw = p.HighWatermark
-			for _, r := range p.Records {
-				d, err := envelope.DecodeDeadLetter(r.Value)
-				if err != nil {
-					t.Fatal(err)
-				}
-				dead = append(dead, d)
+		fs.EachRecord(func(r *kgo.Record) {
+			d, err := envelope.DecodeDeadLetter(r.Value)
+			if err != nil {
+				t.Fatal(err)
 			}
+			dead = append(dead, d)
 		})
-		if hw >= 0 && int64(len(dead)) >= hw {
-			return dead
-		}
 	}
+	return dead
 }
 
 // counterValue reads one series of a registered counter (label value "" for
