@@ -395,7 +395,11 @@ func tlsConfig(t TLSConfig) (*tls.Config, error) {
 
 // kafkaOpts are the connection options every Kafka client of the daemon uses.
 func (c *Config) kafkaOpts() ([]kgo.Opt, error) {
-	opts := []kgo.Opt{kgo.SeedBrokers(c.Kafka.Brokers...)}
+	// franz-go refreshes metadata at most every 5 s by default, so a
+	// record for a topic or partition it has not seen yet (a topic the
+	// daemon just created, a partition just added) waited up to 5 s. A
+	// quarter second keeps the refreshes cheap and the wait short.
+	opts := []kgo.Opt{kgo.SeedBrokers(c.Kafka.Brokers...), kgo.MetadataMinAge(250 * time.Millisecond)}
 	tc, err := tlsConfig(c.Kafka.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("kafka tls: %w", err)

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -465,7 +466,9 @@ func localReconciler(ctx context.Context, cfg *Config) (*localRec, func(), error
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := checkpoints.OpenFile(cfg.Checkpoints.Dir)
+	// The store the daemon uses, whatever its kind: a round run here reads
+	// the same checkpoints (and its slice) as the daemon's rounds.
+	store, err := cfg.openCheckpoints(ctx, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return nil, nil, err
 	}
