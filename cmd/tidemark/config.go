@@ -81,6 +81,9 @@ type MongoConfig struct {
 	// URIFile holds a full URI (with credentials); it wins over URI.
 	URIFile string    `yaml:"uri_file"`
 	TLS     TLSConfig `yaml:"tls"`
+	// envURI is TIDEMARK_MONGO_URI: it may carry credentials (the
+	// environment is where secrets belong) and wins over both.
+	envURI string
 }
 
 // CassandraConfig connects to the target.
@@ -156,7 +159,7 @@ type LogConfig struct {
 var envOverrides = map[string]func(*Config, string){
 	"TIDEMARK_ROLES":             func(c *Config, v string) { c.Roles = splitList(v) },
 	"TIDEMARK_KAFKA_BROKERS":     func(c *Config, v string) { c.Kafka.Brokers = splitList(v) },
-	"TIDEMARK_MONGO_URI":         func(c *Config, v string) { c.Mongo.URI = v },
+	"TIDEMARK_MONGO_URI":         func(c *Config, v string) { c.Mongo.envURI = v },
 	"TIDEMARK_CASSANDRA_HOSTS":   func(c *Config, v string) { c.Cassandra.Hosts = splitList(v) },
 	"TIDEMARK_ADMIN_LISTEN":      func(c *Config, v string) { c.Admin.Listen = v },
 	"TIDEMARK_ADMIN_TOKENS_FILE": func(c *Config, v string) { c.Admin.TokensFile = v },
@@ -213,7 +216,7 @@ func (c *Config) applyDefaults() {
 	if len(c.Kafka.Brokers) == 0 {
 		c.Kafka.Brokers = []string{"127.0.0.1:9092"}
 	}
-	if c.Mongo.URI == "" && c.Mongo.URIFile == "" {
+	if c.Mongo.URI == "" && c.Mongo.URIFile == "" && c.Mongo.envURI == "" {
 		c.Mongo.URI = "mongodb://127.0.0.1:27017"
 	}
 	if len(c.Cassandra.Hosts) == 0 {
@@ -356,6 +359,16 @@ func (j joined) Error() string {
 }
 func (j joined) Unwrap() []error { return j }
 
+// warnings are settings that work but expose something; run logs them at
+// start.
+func (c *Config) warnings() []string {
+	var w []string
+	if c.Kafka.SASL.Mechanism == "PLAIN" && !c.Kafka.TLS.Enabled {
+		w = append(w, "kafka.sasl.mechanism PLAIN without kafka.tls.enabled sends the password in clear text; enable TLS or use SCRAM")
+	}
+	return w
+}
+
 // secret reads a secret from a file, falling back to an environment variable.
 func secret(file, env string) (string, error) {
 	if file != "" {
@@ -426,7 +439,10 @@ func (c *Config) kafkaOpts() ([]kgo.Opt, error) {
 
 func (c *Config) mongoOptions() (*options.ClientOptions, error) {
 	uri := c.Mongo.URI
-	if c.Mongo.URIFile != "" {
+	switch {
+	case c.Mongo.envURI != "":
+		uri = c.Mongo.envURI
+	case c.Mongo.URIFile != "":
 		b, err := os.ReadFile(c.Mongo.URIFile)
 		if err != nil {
 			return nil, fmt.Errorf("mongo.uri_file: %w", err)

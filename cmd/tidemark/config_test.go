@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -46,5 +47,78 @@ capture: {namespaces: [app.users], topic_prefix: mig}
 	}
 	if c.Sink.TopicPrefix != "mig" || c.Sink.Group != "tidemark-sink" || c.Capture.Partitions != 12 {
 		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+// TestConfigMongoCredentials: credentials are refused in the config file's
+// mongo.uri and taken from TIDEMARK_MONGO_URI or mongo.uri_file, where
+// docs/configuration.md says they belong; the environment wins.
+func TestConfigMongoCredentials(t *testing.T) {
+	dir := t.TempDir()
+	uriFile := dir + "/uri"
+	if err := os.WriteFile(uriFile, []byte("mongodb://file:pw@127.0.0.1:27018\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := "spec: examples/specs/users.yaml\nadmin: {tokens_file: /etc/tidemark/tokens}\ncapture: {namespaces: [app.users]}\n"
+	for _, tc := range []struct {
+		name, mongo, env, wantHosts, wantUser, wantErr string
+	}{
+		{name: "credentials in the file's uri", mongo: "mongo: {uri: 'mongodb://u:pw@127.0.0.1:27017'}\n", wantErr: "credentials do not belong"},
+		{name: "credentials in the environment", env: "mongodb://envuser:pw@127.0.0.1:27019", wantHosts: "127.0.0.1:27019", wantUser: "envuser"},
+		{name: "environment over uri and uri_file", mongo: "mongo: {uri: 'mongodb://127.0.0.1:27017', uri_file: " + uriFile + "}\n",
+			env: "mongodb://envuser:pw@127.0.0.1:27019", wantHosts: "127.0.0.1:27019", wantUser: "envuser"},
+		{name: "uri_file over uri", mongo: "mongo: {uri: 'mongodb://127.0.0.1:27017', uri_file: " + uriFile + "}\n", wantHosts: "127.0.0.1:27018", wantUser: "file"},
+		{name: "default", wantHosts: "127.0.0.1:27017"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseConfig([]byte(base+tc.mongo), func(k string) string {
+				if k == "TIDEMARK_MONGO_URI" {
+					return tc.env
+				}
+				return ""
+			})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			o, err := c.mongoOptions()
+			if err != nil {
+				t.Fatal(err)
+			}
+			user := ""
+			if o.Auth != nil {
+				user = o.Auth.Username
+			}
+			if strings.Join(o.Hosts, ",") != tc.wantHosts || user != tc.wantUser {
+				t.Fatalf("hosts %v user %q, want %s %q", o.Hosts, user, tc.wantHosts, tc.wantUser)
+			}
+		})
+	}
+}
+
+func TestConfigWarnsOfPlainWithoutTLS(t *testing.T) {
+	base := "spec: examples/specs/users.yaml\nadmin: {tokens_file: /etc/tidemark/tokens}\ncapture: {namespaces: [app.users]}\n"
+	for _, tc := range []struct {
+		kafka string
+		warn  bool
+	}{
+		{"kafka: {sasl: {mechanism: PLAIN, username: u}}\n", true},
+		{"kafka: {sasl: {mechanism: PLAIN, username: u}, tls: {enabled: true}}\n", false},
+		{"kafka: {sasl: {mechanism: SCRAM-SHA-512, username: u}}\n", false},
+		{"", false},
+	} {
+		c, err := parseConfig([]byte(base+tc.kafka), func(string) string { return "" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := strings.Join(c.warnings(), "\n")
+		if got := strings.Contains(w, "PLAIN without kafka.tls.enabled"); got != tc.warn {
+			t.Errorf("%q: warnings %q, want the PLAIN warning: %v", tc.kafka, w, tc.warn)
+		}
 	}
 }

@@ -33,6 +33,7 @@ type clientFlags struct {
 	fs        *flag.FlagSet
 	addr      *string
 	tokenFile *string
+	caFile    *string
 	json      *bool
 }
 
@@ -42,6 +43,7 @@ func newClientFlags(name, usage string, stderr io.Writer) clientFlags {
 	c := clientFlags{fs: fs,
 		addr:      fs.String("addr", envOr("TIDEMARK_ADDR", "127.0.0.1:7070"), "daemon admin address (env TIDEMARK_ADDR)"),
 		tokenFile: fs.String("token-file", "", "file holding the bearer token (env TIDEMARK_TOKEN_FILE, or TIDEMARK_TOKEN)"),
+		caFile:    fs.String("ca-file", envOr("TIDEMARK_CA_FILE", ""), "PEM CA (or certificate) to verify an https --addr with (env TIDEMARK_CA_FILE)"),
 		json:      fs.Bool("json", false, "print JSON for machines"),
 	}
 	fs.Usage = func() {
@@ -51,7 +53,13 @@ func newClientFlags(name, usage string, stderr io.Writer) clientFlags {
 	return c
 }
 
-func (c clientFlags) client() (*admin.Client, error) { return admin.NewClient(*c.addr, *c.tokenFile) }
+func (c clientFlags) client() (*admin.Client, error) {
+	cl, err := admin.NewClient(*c.addr, *c.tokenFile)
+	if err != nil || *c.caFile == "" {
+		return cl, err
+	}
+	return cl, cl.TrustCA(*c.caFile)
+}
 
 func envOr(k, d string) string {
 	if v := envLookup(k); v != "" {

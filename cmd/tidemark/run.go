@@ -80,6 +80,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return &exitError{code: 2, err: err}
 	}
 	log := newLogger(cfg.Log)
+	for _, w := range cfg.warnings() {
+		log.Warn(w)
+	}
 	d := &daemon{cfg: cfg, log: log, ready: make(chan struct{})}
 	reg := prometheus.NewRegistry()
 	d.reg = reg
