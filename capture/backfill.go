@@ -192,13 +192,26 @@ func (c *Capture) produceAll(ctx context.Context, recs []*kgo.Record) error {
 		res := c.plain.ProduceSync(ctx, recs...)
 		var failed []*kgo.Record
 		var first error
+		refused := 0
 		for _, r := range res {
-			if r.Err != nil {
+			switch {
+			case r.Err == nil:
+			case tooLarge(r.Err) && r.Record.Topic == envelope.DeadLetterTopic(c.cfg.TopicPrefix):
+				return fmt.Errorf("capture: kafka refused a dead letter of %d bytes as too large: raise max.message.bytes of %s", len(r.Record.Value), r.Record.Topic)
+			case tooLarge(r.Err):
+				// Retrying cannot help; the dead letter takes its place.
+				failed = append(failed, c.refusedDeadLetter(r.Record))
+				refused++
+			default:
 				failed = append(failed, r.Record)
 				if first == nil {
 					first = r.Err
 				}
 			}
+		}
+		if first == nil && refused > 0 {
+			recs = failed
+			continue
 		}
 		if first == nil {
 			return nil

@@ -367,6 +367,15 @@ func (c *Capture) commit(ctx context.Context, txn *kgo.Client, batch, dead []*kg
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		var big *refusedError
+		if errors.As(err, &big) {
+			// The transaction was aborted; the same batch again, with the
+			// refused records as dead letters, is what the next try commits.
+			if batch, dead, err = c.deadLetterRefused(batch, dead, big.recs); err != nil {
+				return err
+			}
+			continue
+		}
 		c.log.Warn("kafka transaction failed; retrying the batch", "err", err, "backoff", backoff)
 		select {
 		case <-ctx.Done():
@@ -388,11 +397,15 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 	}
 	var mu sync.Mutex
 	var first error
-	done := func(_ *kgo.Record, err error) {
+	var refused []*kgo.Record
+	done := func(r *kgo.Record, err error) {
 		if err != nil {
 			mu.Lock()
 			if first == nil {
 				first = err
+			}
+			if tooLarge(err) {
+				refused = append(refused, r)
 			}
 			mu.Unlock()
 		}
@@ -422,6 +435,9 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 			endErr = idErr
 		}
 	}
+	if len(refused) > 0 && endErr == nil {
+		return &refusedError{recs: refused, err: first}
+	}
 	if first != nil {
 		return first
 	}
@@ -429,6 +445,60 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 		return flushErr
 	}
 	return endErr
+}
+
+// tooLarge reports whether Kafka refused a record as over the topic's
+// max.message.bytes (or the broker's message.max.bytes): no retry can help,
+// so the record is dead-lettered instead of stalling its namespace.
+func tooLarge(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge)
+}
+
+// refusedError is a transaction aborted because Kafka refused recs as too large.
+type refusedError struct {
+	recs []*kgo.Record
+	err  error
+}
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("kafka refused %d records as too large: %v", len(e.recs), e.err)
+}
+
+func (e *refusedError) Unwrap() error { return e.err }
+
+// deadLetterRefused takes the records Kafka refused out of batch and adds a
+// dead letter (with a truncated copy) for each to dead. A refused dead
+// letter cannot be kept anywhere, so that is an error that stops capture.
+func (c *Capture) deadLetterRefused(batch, dead, refused []*kgo.Record) (keep, deadOut []*kgo.Record, err error) {
+	out := make(map[*kgo.Record]bool, len(refused))
+	for _, r := range refused {
+		if r.Topic == envelope.DeadLetterTopic(c.cfg.TopicPrefix) {
+			return nil, nil, fmt.Errorf("capture: kafka refused a dead letter of %d bytes as too large: raise max.message.bytes of %s", len(r.Value), r.Topic)
+		}
+		out[r] = true
+		dead = append(dead, c.refusedDeadLetter(r))
+	}
+	keep = batch[:0:0]
+	for _, r := range batch {
+		if !out[r] {
+			keep = append(keep, r)
+		}
+	}
+	return keep, dead, nil
+}
+
+// refusedDeadLetter is the dead letter for a record Kafka refused as too large.
+func (c *Capture) refusedDeadLetter(r *kgo.Record) *kgo.Record {
+	d := envelope.DeadLetter{Stage: "capture", Key: r.Key, Topic: r.Topic, Partition: -1, Offset: -1, Record: r.Value,
+		Reason: fmt.Sprintf("record of %d bytes refused by Kafka as too large for %s (max.message.bytes); raise it or lower capture.max_record_bytes",
+			len(r.Value), r.Topic)}
+	if ev, err := envelope.Decode(r.Value); err == nil {
+		d.Namespace, d.Version = ev.Namespace, ev.Version
+	}
+	c.m.deadLetters.WithLabelValues(d.Namespace, "too_large").Inc()
+	c.log.Error("event sent to the dead-letter topic", "namespace", d.Namespace, "version", d.Version, "reason", d.Reason)
+	b, _ := envelope.EncodeDeadLetter(d)
+	return &kgo.Record{Topic: envelope.DeadLetterTopic(c.cfg.TopicPrefix), Key: r.Key, Value: b}
 }
 
 func fenced(err error) bool {

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -1047,5 +1048,59 @@ func TestAfterFilterAfterNaN(t *testing.T) {
 	gte, err := vals[0].Document().LookupErr("_id", "$gte")
 	if err != nil || !math.IsInf(gte.Double(), -1) {
 		t.Fatalf("filter after NaN: %v", f)
+	}
+}
+
+// TestReplayRecordOverTopicLimitIsDeadLettered: a record under
+// capture.max_record_bytes but over its topic's max.message.bytes is refused
+// by Kafka with MESSAGE_TOO_LARGE. Retrying cannot help, so it is
+// dead-lettered (truncated copy, reason, version) and the events around it
+// in the same transaction and after it reach Kafka; the checkpoint moves
+// past it.
+func TestReplayRecordOverTopicLimitIsDeadLettered(t *testing.T) {
+	// Random bytes: the producer compresses, and Kafka measures the
+	// compressed batch against max.message.bytes.
+	huge := make([]byte, 8000)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range huge {
+		huge[i] = byte(rng.Uint32())
+	}
+	last := ev{op: "insert", t: 300, i: 4, id: "c", doc: doc("c")}
+	src := &replaySource{streams: [][]step{{
+		batch(nil, ev{op: "insert", t: 300, i: 1, id: "a", doc: doc("a")},
+			ev{op: "insert", t: 300, i: 2, id: "big", doc: doc("big", "s", huge)},
+			ev{op: "insert", t: 300, i: 3, id: "b", doc: doc("b")}),
+		batch(nil, last),
+	}}}
+	r := newReplayRig(t, src, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	adm := kadm.NewClient(r.c.plain)
+	res, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kadm.StringPtr("2000")}}, Topic("rp", rns))
+	if err == nil {
+		_, err = res.On(Topic("rp", rns), nil)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	putState(ctx, r.c, rns, streamState{StartT: 50})
+	if err := r.c.stream(ctx, rns); !errors.Is(err, errScriptDone) {
+		t.Fatalf("stream: %v", err)
+	}
+	checkTable(t, events(t, r), want{"a": doc("a"), "b": doc("b"), "c": doc("c")})
+	dl := consumed(t, r.kafka, "rp.deadletter")
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	d, err := envelope.DecodeDeadLetter(dl[0].Value)
+	if err != nil || d.Version != (envelope.Version{T: 300, I: 2}) || string(d.Key) != keyOf("big") ||
+		d.Namespace != rns || d.Stage != "capture" || !strings.Contains(d.Reason, "max.message.bytes") {
+		t.Fatalf("dead letter %+v %v", d, err)
+	}
+	if got := testutil.ToFloat64(r.c.m.deadLetters.WithLabelValues(rns, "too_large")); got != 1 {
+		t.Fatalf("dead-letter metric %v", got)
+	}
+	if st := r.state(t); !bytes.Equal(st.Token, last.raw().Lookup("_id").Document()) {
+		t.Fatalf("checkpoint %x, want past the last event", st.Token)
 	}
 }

@@ -30,7 +30,7 @@ var wantRoles = map[string]admin.Role{
 	"GET /metrics": admin.RoleViewer, "GET /v1/status": admin.RoleViewer, "GET /v1/audit": admin.RoleViewer,
 	"GET /v1/whoami": admin.RoleViewer, "GET /v1/leader": admin.RoleViewer, "GET /v1/plan": admin.RoleViewer,
 	"GET /v1/route": admin.RoleViewer, "GET /v1/routes": admin.RoleViewer, "GET /v1/reports": admin.RoleViewer,
-	"GET /v1/reports/{id}": admin.RoleViewer, "GET /v1/reconcile": admin.RoleViewer,
+	"GET /v1/reports/{id}": admin.RoleViewer, "GET /v1/reconcile": admin.RoleViewer, "GET /v1/trace": admin.RoleViewer,
 	"POST /v1/pause": admin.RoleOperator, "POST /v1/resume": admin.RoleOperator, "POST /v1/backfill": admin.RoleOperator,
 	"POST /v1/reconcile": admin.RoleOperator, "POST /v1/repair": admin.RoleOperator,
 	"POST /v1/plan/advance": admin.RoleOperator, "POST /v1/plan/resume": admin.RoleOperator,
