@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +18,7 @@ import (
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/sink"
 	"go.mongodb.org/mongo-driver/bson"
 )
 
@@ -117,9 +120,33 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	if len(st.Paused) > 0 {
-		fmt.Fprintf(stdout, "\npaused: %v\n", st.Paused)
+		fmt.Fprintf(stdout, "\npaused: %s\n", partitionsText(st.Paused))
 	}
 	return nil
+}
+
+// partitionsText is tps for a person: "nothing", or each topic with its
+// partitions in order ("tidemark.app.users 0,1,5; tidemark.app.orders 2").
+func partitionsText(tps []sink.TopicPartition) string {
+	if len(tps) == 0 {
+		return "nothing"
+	}
+	byTopic := map[string][]int32{}
+	for _, tp := range tps {
+		byTopic[tp.Topic] = append(byTopic[tp.Topic], tp.Partition)
+	}
+	topics := slices.Sorted(maps.Keys(byTopic))
+	parts := make([]string, len(topics))
+	for i, t := range topics {
+		ps := byTopic[t]
+		slices.Sort(ps)
+		nums := make([]string, len(ps))
+		for j, p := range ps {
+			nums[j] = strconv.Itoa(int(p))
+		}
+		parts[i] = t + " " + strings.Join(nums, ",")
+	}
+	return strings.Join(parts, "; ")
 }
 
 func parseParts(s string) ([]int32, error) {
@@ -158,14 +185,16 @@ func pauseCmd(pause bool) func(context.Context, []string, io.Writer, io.Writer) 
 		if err != nil {
 			return err
 		}
-		var out map[string]any
+		var out struct {
+			Paused []sink.TopicPartition `json:"paused"`
+		}
 		if err := cl.Do(ctx, "POST", "/v1/"+name, PauseRequest{Topic: *topic, Partitions: ps, Reason: *reason}, &out); err != nil {
 			return err
 		}
 		if *cf.json {
 			return printJSON(stdout, out)
 		}
-		fmt.Fprintf(stdout, "%sd; paused now: %v\n", name, out["paused"])
+		fmt.Fprintf(stdout, "%sd. Paused now: %s\n", name, partitionsText(out.Paused))
 		return nil
 	}
 }
