@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/mongoid"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
@@ -19,6 +21,9 @@ type source struct {
 	mc   *mongo.Client
 	ns   string
 	coll *mongo.Collection
+	// rare: the server knows the rare $type aliases (asked once).
+	rareOnce sync.Once
+	rare     bool
 }
 
 func newSource(mc *mongo.Client, ns string) (*source, error) {
@@ -38,18 +43,21 @@ func cutNamespace(ns string) (string, string, bool) {
 	return "", "", false
 }
 
-// scan calls fn for every document matching filter whose _id is above after
-// (none when after is empty), in _id order so that a round can resume after
-// the last _id it finished. doc is only valid during fn.
+// scan calls fn for every document matching filter whose _id sorts after
+// after (every one when after is empty), in _id order, so that a round can
+// resume after the last _id it finished. The resume filter covers every later
+// BSON type bracket (mongoid.After): a bare $gt would match only after's own
+// type. doc is only valid during fn.
 func (s *source) scan(ctx context.Context, filter bson.D, after bson.RawValue, fn func(doc bson.Raw) error) error {
 	f := filter
 	if f == nil {
 		f = bson.D{}
 	}
 	if after.Type != 0 {
-		f = append(append(bson.D{}, filter...), bson.E{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}})
+		s.rareOnce.Do(func() { s.rare = mongoid.AcceptsRare(ctx, s.coll) })
+		f = mongoid.After(&after, s.rare)
 		if len(filter) > 0 {
-			f = bson.D{{Key: "$and", Value: bson.A{filter, bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}}}}}}
+			f = bson.D{{Key: "$and", Value: bson.A{filter, f}}}
 		}
 	}
 	cur, err := s.coll.Find(ctx, f, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetBatchSize(2000))
