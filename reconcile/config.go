@@ -39,6 +39,13 @@ type Config struct {
 	// Concurrency is the number of parallel Cassandra range reads and key
 	// re-checks. Default 8.
 	Concurrency int `yaml:"concurrency"`
+	// OplogReads lets a round read local.oplog.rs directly, as an accelerator:
+	// whether capture is behind a version, and whether a row is stale. Off by
+	// default: the oplog cannot be read through mongos or on many managed
+	// clusters, and a change stream on the namespace answers both (and sees
+	// transactions' writes one by one). Where the oplog read fails the change
+	// stream answers anyway.
+	OplogReads bool `yaml:"oplog_reads"`
 	// SinkGroup is the sink's consumer group, whose committed offsets tell how
 	// far the sink got. Default: the sink section's group (set by the daemon).
 	SinkGroup string `yaml:"sink_group"`
