@@ -203,28 +203,35 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 		if pending, err := l.backfillPending(ctx, ns); err != nil || pending {
 			return false, err
 		}
+		// Ends read after capture's checkpoint was read hold every record
+		// the checkpoint covers: it is written once Kafka acknowledged them.
+		// Reads other re-checks started after this moment serve too.
+		asked := time.Now()
 		if ok, err := l.captureCaught(ctx, ns, v); err != nil || !ok {
 			return false, err
 		}
-		asked := time.Now()
 		ends, _, err := l.offsets(ctx, topic, asked)
 		if err != nil {
 			return false, err
 		}
 		pin := map[int32]int64{}
-		add := func(p int32) {
-			if e, ok := ends.Lookup(topic, p); ok && e.Err == nil {
+		add := func(p int32) bool {
+			e, ok := ends.Lookup(topic, p)
+			if ok && e.Err == nil {
 				pin[p] = e.Offset
-			} else {
-				pin[p] = -1 // unknown: never passed
 			}
+			return ok && e.Err == nil
 		}
 		for _, k := range keys {
-			add(PartitionOf(topic, k, n))
+			if !add(PartitionOf(topic, k, n)) {
+				return false, nil // pinned at a later look
+			}
 		}
 		if len(keys) == 0 {
 			for p := range int32(n) {
-				add(p)
+				if !add(p) {
+					return false, nil
+				}
 			}
 		}
 		w.Ends = pin
@@ -234,9 +241,6 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 		return false, err
 	}
 	for p, end := range w.Ends {
-		if end < 0 {
-			return false, nil
-		}
 		c := int64(0)
 		if o, ok := committed.Lookup(topic, p); ok && o.Err == nil && o.At >= 0 {
 			c = o.At

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"go.mongodb.org/mongo-driver/bson"
 )
@@ -80,6 +82,20 @@ func TestIntegrationSourcePositions(t *testing.T) {
 		}
 		if at, ok := src.changedAfter(ctx, id, v1, oplog); ok {
 			t.Errorf("oplog %v: a change after %v at %v", oplog, v1, at)
+		}
+		// Capture's progress as the caught-up rule asks for it: a stream
+		// checkpoint at v0 has not produced the update; one at v1 has
+		// produced everything of ns up to a later version.
+		st := checkpointstest.New()
+		l := &PipelineLag{Store: st, Mongo: mc, OplogReads: oplog}
+		checkpoints.PutJSON(ctx, st, checkpoints.PrefixCapture+ns, streamCheckpoint{Token: []byte{1}, T: v0.T, I: v0.I})
+		if ok, err := l.captureCaught(ctx, ns, v1); ok || err != nil {
+			t.Errorf("oplog %v: capture at %v counted as having produced the change before %v (%v)", oplog, v0, v1, err)
+		}
+		checkpoints.PutJSON(ctx, st, checkpoints.PrefixCapture+ns, streamCheckpoint{Token: []byte{1}, T: v1.T, I: v1.I})
+		v3, _ := src.now(ctx)
+		if ok, err := l.captureCaught(ctx, ns, v3); !ok || err != nil {
+			t.Errorf("oplog %v: capture at %v, nothing of ns since, not caught up to %v (%v)", oplog, v1, v3, err)
 		}
 	}
 }
