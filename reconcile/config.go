@@ -24,8 +24,9 @@ type Config struct {
 	// TimeBox ends a round after this long; its progress is kept and the next
 	// round of the same scope resumes it. Default 1h.
 	TimeBox time.Duration `yaml:"time_box"`
-	// InFlightWait is how long a re-check waits for the sink to pass a key's
-	// source version before it leaves the key in flight. Default 30s.
+	// InFlightWait is how long re-checks wait for the caught-up rule to let a
+	// key be judged (no backfill pending, capture and the sink past the key's
+	// source version) before the key is left in flight. Default 30s.
 	InFlightWait time.Duration `yaml:"in_flight_wait"`
 	// Settle is how long an idle partition's committed offset must stay put,
 	// with at most one offset (a transaction marker) left, before it counts as
