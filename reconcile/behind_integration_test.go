@@ -227,9 +227,9 @@ func TestIntegrationRoundWhileSinkBehind(t *testing.T) {
 	for _, p := range rep.LagEnd {
 		behind = max(behind, p.SecondsBehind)
 	}
-	t.Logf("round with the sink paused %.0fs (%.0fs behind at the end), %d live updates during it: %s, counts %v",
-		time.Since(pausedAt).Seconds(), behind, during.Load(), rep.Status, rep.Counts)
-	checkInFlight(t, rep, 180, 180+during.Load())
+	t.Logf("round with the sink paused %.0fs (%.0fs behind at the end), %d live updates during it: %s, counts %v, waiting %v",
+		time.Since(pausedAt).Seconds(), behind, during.Load(), rep.Status, rep.Counts, rep.InFlightWaiting)
+	checkInFlight(t, rep, 180, 180+during.Load(), WaitSink)
 	if behind < 20 {
 		t.Errorf("the pipeline was %.0fs behind at the end of the round, want tens of seconds", behind)
 	}
@@ -284,8 +284,8 @@ func TestIntegrationRoundWhileSinkBehind(t *testing.T) {
 	if injectErr != nil || !injected.Load() {
 		t.Fatalf("backfill records not injected during the re-check: %v", injectErr)
 	}
-	t.Logf("round with capture stopped and a backfill applied during its re-check: %s, counts %v", rep.Status, rep.Counts)
-	checkInFlight(t, rep, 180, 180+during.Load())
+	t.Logf("round with capture stopped and a backfill applied during its re-check: %s, counts %v, waiting %v", rep.Status, rep.Counts, rep.InFlightWaiting)
+	checkInFlight(t, rep, 180, 180+during.Load(), WaitCapture)
 
 	f.startCapture(ctx, parts)
 	f.caughtUpAfterWrites(ctx, src)
@@ -298,8 +298,15 @@ func TestIntegrationRoundWhileSinkBehind(t *testing.T) {
 	}
 }
 
-func checkInFlight(t *testing.T, rep *Report, lo, hi int64) {
+func checkInFlight(t *testing.T, rep *Report, lo, hi int64, waiting string) {
 	t.Helper()
+	sum := int64(0)
+	for _, n := range rep.InFlightWaiting {
+		sum += n
+	}
+	if sum != rep.Counts["in_flight"] || rep.InFlightWaiting[waiting] < lo {
+		t.Errorf("in flight by what it waits for: %v (in flight %d), want at least %d waiting for %s", rep.InFlightWaiting, rep.Counts["in_flight"], lo, waiting)
+	}
 	for _, c := range []string{ClassMissing, ClassStale, ClassExtra, ClassDifferent} {
 		if rep.Counts[c] != 0 {
 			t.Errorf("%d rows called %s while the pipeline had not applied them; sample %+v", rep.Counts[c], c, rep.Sample[:min(3, len(rep.Sample))])

@@ -40,6 +40,9 @@ type Lag interface {
 type Watermark struct {
 	V    envelope.Version
 	Ends map[int32]int64
+	// Waiting is what the last call that answered false waited for
+	// (WaitBackfill, WaitCapture, WaitSink); empty once caught up.
+	Waiting string
 }
 
 // Position is one partition's progress when a round looked.
@@ -196,11 +199,15 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 	if w.V != v {
 		*w = Watermark{V: v}
 	}
+	w.Waiting = WaitUnreadable
 	// (a) and (b) are checked at every look until they hold, then (c)'s
 	// offsets are pinned: only then is every record of a change up to v in
 	// Kafka, below the partitions' ends.
 	if w.Ends == nil {
 		if pending, err := l.backfillPending(ctx, ns); err != nil || pending {
+			if err == nil {
+				w.Waiting = WaitBackfill
+			}
 			return false, err
 		}
 		// Ends read after capture's checkpoint was read hold every record
@@ -208,6 +215,9 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 		// Reads other re-checks started after this moment serve too.
 		asked := time.Now()
 		if ok, err := l.captureCaught(ctx, ns, v); err != nil || !ok {
+			if err == nil {
+				w.Waiting = WaitCapture
+			}
 			return false, err
 		}
 		ends, _, err := l.offsets(ctx, topic, asked)
@@ -240,6 +250,7 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 	if err != nil {
 		return false, err
 	}
+	w.Waiting = WaitSink
 	for p, end := range w.Ends {
 		c := int64(0)
 		if o, ok := committed.Lookup(topic, p); ok && o.Err == nil && o.At >= 0 {
@@ -264,6 +275,7 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 			return false, nil
 		}
 	}
+	w.Waiting = ""
 	return true, nil
 }
 

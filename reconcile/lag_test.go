@@ -134,8 +134,8 @@ func TestCaughtUpRule(t *testing.T) {
 	var w Watermark
 
 	// (b) no stream checkpoint: capture's progress is unknown.
-	if caught(v, &w) {
-		t.Fatal("caught up without a capture checkpoint")
+	if caught(v, &w) || w.Waiting != WaitCapture {
+		t.Fatalf("caught up without a capture checkpoint (waiting %q)", w.Waiting)
 	}
 	checkpoints.PutJSON(ctx, st, checkpoints.PrefixCapture+ns, streamCheckpoint{StartT: 100, Token: []byte{1}, T: 200})
 	// (a) a targeted backfill of the namespace waits.
@@ -145,14 +145,14 @@ func TestCaughtUpRule(t *testing.T) {
 	}
 	produce(5)
 	time.Sleep(300 * time.Millisecond) // past the backfill cache
-	if caught(v, &w) || w.Ends != nil {
-		t.Fatalf("caught up (or pinned %v) while a backfill was pending", w.Ends)
+	if caught(v, &w) || w.Ends != nil || w.Waiting != WaitBackfill {
+		t.Fatalf("caught up (or pinned %v, waiting %q) while a backfill was pending", w.Ends, w.Waiting)
 	}
 	st.Delete(ctx, reqKey)
 	time.Sleep(300 * time.Millisecond) // past the backfill cache
 	// (c) pinned at the end offset now: 5.
-	if caught(v, &w) || w.Ends[p] != 5 {
-		t.Fatalf("caught up with nothing committed, or pinned %v", w.Ends)
+	if caught(v, &w) || w.Ends[p] != 5 || w.Waiting != WaitSink {
+		t.Fatalf("caught up with nothing committed, or pinned %v (waiting %q)", w.Ends, w.Waiting)
 	}
 	produce(3)
 	commit(4)
@@ -160,8 +160,8 @@ func TestCaughtUpRule(t *testing.T) {
 		t.Fatal("caught up with the sink short of the pinned end")
 	}
 	commit(5)
-	if !caught(v, &w) {
-		t.Fatalf("not caught up once the sink passed the pinned end %v (end now 8)", w.Ends)
+	if !caught(v, &w) || w.Waiting != "" {
+		t.Fatalf("not caught up once the sink passed the pinned end %v (end now 8; waiting %q)", w.Ends, w.Waiting)
 	}
 	// A new version read starts over and pins the end of that moment.
 	v2 := envelope.Version{T: 160}

@@ -77,7 +77,8 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 					// it stays undecided, like a key in flight, and keeps the
 					// round from recording verified marks.
 					rd.r.log.Warn("cannot re-check a key; counting it in flight", "table", rd.tables[c.table].QualifiedName(), "err", err)
-					o, decided, err = outcome{class: "in_flight", sample: KeySample{Table: rd.tables[c.table].QualifiedName(), Class: "in_flight"}}, false, nil
+					o, decided, err = outcome{class: "in_flight", sample: KeySample{Table: rd.tables[c.table].QualifiedName(), Class: "in_flight",
+						Waiting: WaitUnreadable}}, false, nil
 					if c.id != nil {
 						o.sample.SourceID = idJSON(c.id)
 					}
@@ -146,6 +147,10 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		case "in_flight":
 			tr.InFlight++
 			inFlight = append(inFlight, o.sample)
+			if rd.rep.InFlightWaiting == nil {
+				rd.rep.InFlightWaiting = map[string]int64{}
+			}
+			rd.rep.InFlightWaiting[o.sample.Waiting]++
 		case ClassMissing:
 			tr.Missing++
 		case ClassExtra:
@@ -376,6 +381,12 @@ func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *
 	}
 	o = rd.describe(t, keyVals, id, exp, act)
 	o.class, o.sample.Class = "in_flight", "in_flight"
+	o.sample.Waiting = p.w.Waiting
+	if caught {
+		o.sample.Waiting = WaitChanging
+	} else if err != nil || o.sample.Waiting == "" {
+		o.sample.Waiting = WaitUnreadable
+	}
 	return o, false, nil
 }
 

@@ -91,7 +91,10 @@ type Report struct {
 	// the end of the round, never divergence) and resolved (differed in the
 	// scan, matched when re-checked: changes that were in flight then).
 	Counts map[string]int64 `json:"counts"`
-	Tables []TableReport    `json:"tables"`
+	// InFlightWaiting splits counts.in_flight by what each key was last
+	// waiting for: backfill, capture, sink, changing or unreadable.
+	InFlightWaiting map[string]int64 `json:"in_flight_waiting,omitempty"`
+	Tables          []TableReport    `json:"tables"`
 	// Rates are rows (expected plus actual) and documents per second.
 	RowsPerSecond float64 `json:"rows_per_second"`
 	DocsPerSecond float64 `json:"docs_per_second"`
@@ -151,7 +154,19 @@ type KeySample struct {
 	TargetVersion string `json:"target_version,omitempty"`
 	// SourceVersion is the source's newest change after the target's version (class stale).
 	SourceVersion string `json:"source_version,omitempty"`
+	// Waiting is what an in-flight key was last waiting for (see
+	// Report.InFlightWaiting).
+	Waiting string `json:"waiting,omitempty"`
 }
+
+// What an in-flight key waits for, by the caught-up rule's clauses.
+const (
+	WaitBackfill   = "backfill"   // (a) a backfill of the namespace is pending
+	WaitCapture    = "capture"    // (b) capture has not produced every change up to the version read
+	WaitSink       = "sink"       // (c) the sink has not committed past the pinned end offsets
+	WaitChanging   = "changing"   // caught up, but the document changed again before the verdict
+	WaitUnreadable = "unreadable" // a side or the pipeline's progress could not be read
+)
 
 // newID names a round: sortable by time, unique across daemons.
 func newID(at time.Time) string {
