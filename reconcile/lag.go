@@ -105,9 +105,12 @@ type PipelineLag struct {
 	bfCache  map[string]backfillEntry
 }
 
+// backfillEntry is what backfills of a namespace are pending: a whole one
+// (the initial backfill, a namespace or filter request) or these keys.
 type backfillEntry struct {
-	pending bool
-	at      time.Time
+	whole bool
+	keys  map[string]bool
+	at    time.Time
 }
 
 type offsetsEntry struct {
@@ -204,7 +207,7 @@ func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v en
 	// offsets are pinned: only then is every record of a change up to v in
 	// Kafka, below the partitions' ends.
 	if w.Ends == nil {
-		if pending, err := l.backfillPending(ctx, ns); err != nil || pending {
+		if pending, err := l.backfillPending(ctx, ns, keys); err != nil || pending {
 			if err == nil {
 				w.Waiting = WaitBackfill
 			}
@@ -337,41 +340,61 @@ func (l *PipelineLag) quietEnough(topic string, p int32, committed, end int64) b
 }
 
 // backfillPending: the namespace's initial backfill has not finished, or a
-// targeted backfill (a repair, a widened rollout slice, an operator's) waits
-// or runs: its records are not all in Kafka yet. Read at most every 250 ms.
-func (l *PipelineLag) backfillPending(ctx context.Context, ns string) (bool, error) {
-	l.bfMu.Lock()
-	defer l.bfMu.Unlock()
-	if c, ok := l.bfCache[ns]; ok && time.Since(c.at) < 250*time.Millisecond {
-		return c.pending, nil
-	}
-	pending := false
-	p, ok, err := capture.BackfillProgress(ctx, l.Store, ns)
+// targeted backfill (a widened rollout slice, an operator's, a repair) waits
+// or runs whose records are not all in Kafka yet: one of the whole
+// namespace or a filter, or one that lists any of keys (every key when keys
+// is empty). Read at most every 250 ms.
+func (l *PipelineLag) backfillPending(ctx context.Context, ns string, keys [][]byte) (bool, error) {
+	b, err := l.backfills(ctx, ns)
 	if err != nil {
 		return true, err
 	}
-	if ok && !p.Done {
-		pending = true
+	if b.whole || (len(keys) == 0 && len(b.keys) > 0) {
+		return true, nil
 	}
-	if !pending {
-		reqs, err := l.Store.List(ctx, capture.RequestKeyPrefix)
-		if err != nil {
-			return true, err
-		}
-		for _, b := range reqs {
-			var r capture.Request
-			// A request capture cannot read is dropped by it, never run.
-			if json.Unmarshal(b, &r) == nil && r.Namespace == ns {
-				pending = true
-				break
-			}
+	for _, k := range keys {
+		if b.keys[string(k)] {
+			return true, nil
 		}
 	}
+	return false, nil
+}
+
+func (l *PipelineLag) backfills(ctx context.Context, ns string) (backfillEntry, error) {
+	l.bfMu.Lock()
+	defer l.bfMu.Unlock()
+	if c, ok := l.bfCache[ns]; ok && time.Since(c.at) < 250*time.Millisecond {
+		return c, nil
+	}
+	e := backfillEntry{keys: map[string]bool{}}
+	p, ok, err := capture.BackfillProgress(ctx, l.Store, ns)
+	if err != nil {
+		return e, err
+	}
+	e.whole = ok && !p.Done
+	reqs, err := l.Store.List(ctx, capture.RequestKeyPrefix)
+	if err != nil {
+		return e, err
+	}
+	for _, b := range reqs {
+		var r capture.Request
+		// A request capture cannot read is dropped by it, never run.
+		if json.Unmarshal(b, &r) != nil || r.Namespace != ns || r.ResumeAfterInvalidate {
+			continue
+		}
+		if len(r.Keys) == 0 {
+			e.whole = true // the namespace, a filter, or a reset stream's full backfill
+		}
+		for _, k := range r.Keys {
+			e.keys[string(k)] = true
+		}
+	}
+	e.at = time.Now()
 	if l.bfCache == nil {
 		l.bfCache = map[string]backfillEntry{}
 	}
-	l.bfCache[ns] = backfillEntry{pending: pending, at: time.Now()}
-	return pending, nil
+	l.bfCache[ns] = e
+	return e, nil
 }
 
 // captureCaught: capture has produced every change of ns up to v — its

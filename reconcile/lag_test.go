@@ -149,6 +149,16 @@ func TestCaughtUpRule(t *testing.T) {
 		t.Fatalf("caught up (or pinned %v, waiting %q) while a backfill was pending", w.Ends, w.Waiting)
 	}
 	st.Delete(ctx, reqKey)
+	// A repair of this key waits: pending for it, not for another key.
+	reqKey, _ = capture.Enqueue(ctx, st, capture.Request{Namespace: ns, Keys: [][]byte{key}, Reason: "repair"})
+	time.Sleep(300 * time.Millisecond)
+	if pending, _ := l.backfillPending(ctx, ns, [][]byte{key}); !pending {
+		t.Fatal("a repair of the key is not pending for it")
+	}
+	if pending, _ := l.backfillPending(ctx, ns, [][]byte{envelope.Key(mustRaw(t, int64(7)))}); pending {
+		t.Fatal("a repair of another key holds this one")
+	}
+	st.Delete(ctx, reqKey)
 	time.Sleep(300 * time.Millisecond) // past the backfill cache
 	// (c) pinned at the end offset now: 5.
 	if caught(v, &w) || w.Ends[p] != 5 || w.Waiting != WaitSink {
