@@ -17,9 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -851,58 +849,6 @@ func TestTokenTime(t *testing.T) {
 	}
 }
 
-func TestAfterFilterCoversLaterBrackets(t *testing.T) {
-	// Every _id type, in BSON sort order. The filter after each one must
-	// admit every later one (by $gt within the bracket or $type after it).
-	ids := []any{primitive.MinKey{}, primitive.Null{}, int32(-3), 2.5, int64(7), "a", "b", bson.D{{Key: "x", Value: 1}},
-		primitive.Binary{Subtype: 4, Data: bytes.Repeat([]byte{1}, 16)}, primitive.NewObjectID(), false, true,
-		primitive.NewDateTimeFromTime(time.Unix(1, 0)), primitive.Timestamp{T: 1}, primitive.MaxKey{}}
-	for i, id := range ids {
-		t.Run(fmt.Sprintf("%T", id), func(t *testing.T) {
-			typ, v, _ := bson.MarshalValue(id)
-			last := bson.RawValue{Type: typ, Value: v}
-			f := afterFilter(&last, false)
-			var types []string
-			if or, err := mustRaw(f).LookupErr("$or"); err == nil {
-				vals, _ := or.Array().Values()
-				tv, _ := vals[1].Document().LookupErr("_id", "$type")
-				arr, _ := tv.Array().Values()
-				for _, a := range arr {
-					types = append(types, a.StringValue())
-				}
-			}
-			for _, later := range ids[i+1:] {
-				lt, _, _ := bson.MarshalValue(later)
-				if bracketOf(lt) == bracketOf(typ) {
-					continue // $gt covers its own bracket
-				}
-				if !containsType(types, lt) {
-					t.Errorf("after %v, %T (%s) is not selected: %v", id, later, lt, types)
-				}
-			}
-			for _, earlier := range ids[:i] {
-				et, _, _ := bson.MarshalValue(earlier)
-				if bracketOf(et) != bracketOf(typ) && containsType(types, et) {
-					t.Errorf("after %v, earlier %T is selected again", id, earlier)
-				}
-			}
-		})
-	}
-}
-
-func containsType(aliases []string, t interface{ String() string }) bool {
-	names := map[string]string{"min key": "minKey", "null": "null", "double": "double", "32-bit integer": "int",
-		"64-bit integer": "long", "string": "string", "embedded document": "object", "binary": "binData",
-		"objectID": "objectId", "boolean": "bool", "UTC datetime": "date", "timestamp": "timestamp", "max key": "maxKey"}
-	sort.Strings(aliases)
-	for _, a := range aliases {
-		if a == names[t.String()] {
-			return true
-		}
-	}
-	return false
-}
-
 // flakyPager serves a sorted list of documents and fails after every
 // failEvery documents of a page, as a cursor killed by an election does.
 type flakyPager struct {
@@ -1037,18 +983,6 @@ func TestReplayStopReasonInStatus(t *testing.T) {
 	}
 	cancel()
 	<-done
-}
-
-// After a NaN _id (lowest of the numbers in MongoDB's order) $gt: NaN would
-// match nothing; the page asks for every number from -Infinity instead.
-func TestAfterFilterAfterNaN(t *testing.T) {
-	typ, v, _ := bson.MarshalValue(math.NaN())
-	f := mustRaw(afterFilter(&bson.RawValue{Type: typ, Value: v}, false))
-	vals, _ := f.Lookup("$or").Array().Values()
-	gte, err := vals[0].Document().LookupErr("_id", "$gte")
-	if err != nil || !math.IsInf(gte.Double(), -1) {
-		t.Fatalf("filter after NaN: %v", f)
-	}
 }
 
 // TestReplayRecordOverTopicLimitIsDeadLettered: a record under

@@ -2,117 +2,21 @@ package capture
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/mongoid"
 	"go.mongodb.org/mongo-driver/bson"
-	"go.mongodb.org/mongo-driver/bson/bsontype"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
 	"go.mongodb.org/mongo-driver/mongo/options"
 )
 
-// Backfill pages through a collection in _id order. {_id: {$gt: last}} is
-// not enough: comparison operators only match values of the operand's BSON
-// type bracket, while sort orders across brackets (MongoDB manual, "Comparison
-// Query Operators" and "BSON Types / Comparison/Sort Order"). A collection whose
-// _ids mix ObjectId, string and numbers would lose every document of the
-// other brackets after the first chunk ending on one. Each page therefore asks
-// for {$or: [{_id: {$gt: last}}, {_id: {$type: [every later bracket]}}]},
-// sorted by _id. Index bounds (hint {_id: 1} with min) would do the same on a
-// real server, but the mongo-java-server stand-in silently ignores min and
-// would return the first page forever; the $or form is correct on both.
-
-// brackets lists the $type aliases of each BSON comparison bracket in sort
-// order. Arrays, regular expressions and undefined cannot be an _id and are
-// left out. rare marks aliases some servers do not know (the stand-in rejects
-// them with BadValue); they are only used when the server accepts them.
-var brackets = []struct {
-	aliases []string
-	rare    []string
-}{
-	{aliases: []string{"minKey"}},
-	{aliases: []string{"null"}},
-	{aliases: []string{"double", "int", "long", "decimal"}},
-	{aliases: []string{"string"}, rare: []string{"symbol"}},
-	{aliases: []string{"object"}},
-	{aliases: []string{"binData"}},
-	{aliases: []string{"objectId"}},
-	{aliases: []string{"bool"}},
-	{aliases: []string{"date"}},
-	{aliases: []string{"timestamp"}},
-	{rare: []string{"dbPointer"}},
-	{rare: []string{"javascript"}},
-	{rare: []string{"javascriptWithScope"}},
-	{aliases: []string{"maxKey"}},
-}
-
-// bracketOf is the index in brackets of a BSON type.
-func bracketOf(t bsontype.Type) int {
-	switch t {
-	case bsontype.MinKey:
-		return 0
-	case bsontype.Null, bsontype.Undefined:
-		return 1
-	case bsontype.Double, bsontype.Int32, bsontype.Int64, bsontype.Decimal128:
-		return 2
-	case bsontype.String, bsontype.Symbol:
-		return 3
-	case bsontype.EmbeddedDocument, bsontype.Array:
-		return 4
-	case bsontype.Binary:
-		return 5
-	case bsontype.ObjectID:
-		return 6
-	case bsontype.Boolean:
-		return 7
-	case bsontype.DateTime:
-		return 8
-	case bsontype.Timestamp, bsontype.Regex:
-		return 9
-	case bsontype.DBPointer:
-		return 10
-	case bsontype.JavaScript:
-		return 11
-	case bsontype.CodeWithScope:
-		return 12
-	case bsontype.MaxKey:
-		return 13
-	}
-	return 13
-}
-
-// afterFilter selects every _id that sorts after last; nil last selects all.
-func afterFilter(last *bson.RawValue, rare bool) bson.D {
-	if last == nil {
-		return bson.D{}
-	}
-	gt := bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: *last}}}}
-	if f, ok := last.DoubleOK(); ok && math.IsNaN(f) {
-		// NaN sorts below every number but $gt: NaN matches nothing; every
-		// other number is at least -Infinity.
-		gt = bson.D{{Key: "_id", Value: bson.D{{Key: "$gte", Value: math.Inf(-1)}}}}
-	}
-	var later bson.A
-	for _, b := range brackets[bracketOf(last.Type)+1:] {
-		for _, a := range b.aliases {
-			later = append(later, a)
-		}
-		if rare {
-			for _, a := range b.rare {
-				later = append(later, a)
-			}
-		}
-	}
-	if len(later) == 0 {
-		return gt
-	}
-	return bson.D{{Key: "$or", Value: bson.A{gt, bson.D{{Key: "_id", Value: bson.D{{Key: "$type", Value: later}}}}}}}
-}
+// Backfill pages through a collection in _id order across every BSON type
+// bracket an _id can have: see package mongoid for why {_id: {$gt: last}} is
+// not enough and how each page's filter is built.
 
 // scanner reads a collection for a backfill whose version is below t0. On a
 // server with sessions the reads run in a causally consistent session whose
@@ -143,10 +47,7 @@ func (c *Capture) newScanner(ctx context.Context, col *mongo.Collection, t0 enve
 		}
 		s.sess = sess
 	}
-	// Servers that do not know an alias reject it with BadValue; such a
-	// server cannot hold an _id of that type either.
-	err = s.col.FindOne(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$type", Value: "symbol"}}}}).Err()
-	s.rare = err == nil || errors.Is(err, mongo.ErrNoDocuments)
+	s.rare = mongoid.AcceptsRare(ctx, s.col)
 	return s, nil
 }
 
@@ -162,7 +63,7 @@ func (s *scanner) page(ctx context.Context, last *bson.RawValue, n int, docs []b
 	if s.sess != nil {
 		ctx = mongo.NewSessionContext(ctx, s.sess)
 	}
-	cur, err := s.col.Find(ctx, afterFilter(last, s.rare), options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
+	cur, err := s.col.Find(ctx, mongoid.After(last, s.rare), options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
 		SetHint(bson.D{{Key: "_id", Value: 1}}).SetLimit(int64(n)).SetBatchSize(int32(min(n, 10_000))))
 	if err != nil {
 		return docs, err

@@ -2,13 +2,12 @@ package capture
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/mongoid"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
@@ -295,29 +294,7 @@ func (m mongoSource) collectionType(ctx context.Context, ns string) (string, boo
 	return typ, true, nil
 }
 
-// tokenTime reads the cluster time a resume token encodes. MongoDB 4.2+
-// tokens are {_data: hex KeyString} whose first value is the cluster time:
-// type byte 0x82 then T and I as big-endian uint32s. The stand-in's tokens
-// are the 16 hex digits of T and I. ok is false for anything else; callers
+// tokenTime reads the cluster time a resume token encodes (see
+// mongoid.TokenTime); ok is false for a token it cannot read, and callers
 // then keep the last event's cluster time.
-func tokenTime(tok bson.Raw) (envelope.Version, bool) {
-	if tok == nil {
-		return envelope.Version{}, false
-	}
-	data, ok := tok.Lookup("_data").StringValueOK()
-	if !ok {
-		return envelope.Version{}, false
-	}
-	if len(data) == 16 {
-		data = "82" + data
-	}
-	if len(data) < 18 || !strings.EqualFold(data[:2], "82") {
-		return envelope.Version{}, false
-	}
-	b, err := hex.DecodeString(data[2:18])
-	if err != nil {
-		return envelope.Version{}, false
-	}
-	return envelope.Version{T: uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]),
-		I: uint32(b[4])<<24 | uint32(b[5])<<16 | uint32(b[6])<<8 | uint32(b[7])}, true
-}
+func tokenTime(tok bson.Raw) (envelope.Version, bool) { return mongoid.TokenTime(tok) }

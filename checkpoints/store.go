@@ -169,6 +169,24 @@ type RoundSummary struct {
 	// and found at most SummaryIDsMax. Rollout's repair re-emits only these.
 	IDs         [][]byte `json:"ids,omitempty"`
 	IDsComplete bool     `json:"ids_complete,omitempty"`
+	// Slice is the rollout slice the round judged (the one it started with);
+	// SliceChanged says the plan's slice was another one when it ended.
+	Slice        string `json:"slice,omitempty"`
+	SliceChanged bool   `json:"slice_changed,omitempty"`
+	// SinkStart and SinkEnd are the sink group's committed offsets when the
+	// round started (before it read either side) and when it ended: a round
+	// whose SinkStart is at or past the offsets of some records judged a
+	// target that already held them.
+	SinkStart []SinkOffset `json:"sink_start,omitempty"`
+	SinkEnd   []SinkOffset `json:"sink_end,omitempty"`
+}
+
+// SinkOffset is the sink group's committed offset on one partition: every
+// record below Offset has been applied (0 when the group committed none).
+type SinkOffset struct {
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+	Offset    int64  `json:"offset"`
 }
 
 // SummaryIDsMax bounds RoundSummary.IDs: a summary is one stored value, and

@@ -24,8 +24,9 @@ type Config struct {
 	// TimeBox ends a round after this long; its progress is kept and the next
 	// round of the same scope resumes it. Default 1h.
 	TimeBox time.Duration `yaml:"time_box"`
-	// InFlightWait is how long a re-check waits for the sink to pass a key's
-	// source version before it leaves the key in flight. Default 30s.
+	// InFlightWait is how long re-checks wait for the caught-up rule to let a
+	// key be judged (no backfill pending, capture and the sink past the key's
+	// source version) before the key is left in flight. Default 30s.
 	InFlightWait time.Duration `yaml:"in_flight_wait"`
 	// Settle is how long an idle partition's committed offset must stay put,
 	// with at most one offset (a transaction marker) left, before it counts as
@@ -39,6 +40,13 @@ type Config struct {
 	// Concurrency is the number of parallel Cassandra range reads and key
 	// re-checks. Default 8.
 	Concurrency int `yaml:"concurrency"`
+	// OplogReads lets a round read local.oplog.rs directly, as an accelerator:
+	// whether capture is behind a version, and whether a row is stale. Off by
+	// default: the oplog cannot be read through mongos or on many managed
+	// clusters, and a change stream on the namespace answers both (and sees
+	// transactions' writes one by one). Where the oplog read fails the change
+	// stream answers anyway.
+	OplogReads bool `yaml:"oplog_reads"`
 	// SinkGroup is the sink's consumer group, whose committed offsets tell how
 	// far the sink got. Default: the sink section's group (set by the daemon).
 	SinkGroup string `yaml:"sink_group"`

@@ -4,9 +4,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
 	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 func TestQuietEnough(t *testing.T) {
@@ -70,5 +74,116 @@ func TestPartitionOfIsStable(t *testing.T) {
 	}
 	if p < 0 || p >= 12 {
 		t.Fatalf("partition %d of 12", p)
+	}
+}
+
+// TestCaughtUpRule: a key read at version v is caught up only when no
+// backfill of its namespace is pending, capture's checkpoint covers v, and
+// the sink group has committed past the end offset of the key's partition
+// pinned once both held — not a later end (that would chase a moving
+// target under load), and never because the sink applied some newer
+// version on the partition (a backfill's records carry a fresh T0 ahead of
+// older live changes).
+func TestCaughtUpRule(t *testing.T) {
+	ctx := t.Context()
+	const ns, prefix, group = "app.users", "tm", "sink"
+	topic := capture.Topic(prefix, ns)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	st := checkpointstest.New()
+	l := &PipelineLag{Store: st, Admin: adm, Group: group, TopicPrefix: prefix,
+		// A partition that applied a far newer version must not count.
+		Applied: func(string, int32) envelope.Version { return envelope.Version{T: 1 << 30} }}
+	key := envelope.Key(mustRaw(t, int64(42)))
+	p := PartitionOf(topic, key, 4)
+	produce := func(n int) {
+		t.Helper()
+		for range n {
+			if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: p, Key: key, Value: []byte("x")}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	commit := func(at int64) {
+		t.Helper()
+		var o kadm.Offsets
+		o.Add(kadm.Offset{Topic: topic, Partition: p, At: at, LeaderEpoch: -1})
+		if _, err := adm.CommitOffsets(ctx, group, o); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond) // past the offsets cache
+	}
+	caught := func(v envelope.Version, w *Watermark) bool {
+		t.Helper()
+		ok, err := l.Caught(ctx, ns, [][]byte{key}, v, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	v := envelope.Version{T: 150}
+	var w Watermark
+
+	// (b) no stream checkpoint: capture's progress is unknown.
+	if caught(v, &w) || w.Waiting != WaitCapture {
+		t.Fatalf("caught up without a capture checkpoint (waiting %q)", w.Waiting)
+	}
+	checkpoints.PutJSON(ctx, st, checkpoints.PrefixCapture+ns, streamCheckpoint{StartT: 100, Token: []byte{1}, T: 200})
+	// (a) a targeted backfill of the namespace waits.
+	reqKey, err := capture.Enqueue(ctx, st, capture.Request{Namespace: ns, Reason: "widened slice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	produce(5)
+	time.Sleep(300 * time.Millisecond) // past the backfill cache
+	if caught(v, &w) || w.Ends != nil || w.Waiting != WaitBackfill {
+		t.Fatalf("caught up (or pinned %v, waiting %q) while a backfill was pending", w.Ends, w.Waiting)
+	}
+	st.Delete(ctx, reqKey)
+	// A repair of this key waits: pending for it, not for another key.
+	reqKey, _ = capture.Enqueue(ctx, st, capture.Request{Namespace: ns, Keys: [][]byte{key}, Reason: "repair"})
+	time.Sleep(300 * time.Millisecond)
+	if pending, _ := l.backfillPending(ctx, ns, [][]byte{key}); !pending {
+		t.Fatal("a repair of the key is not pending for it")
+	}
+	if pending, _ := l.backfillPending(ctx, ns, [][]byte{envelope.Key(mustRaw(t, int64(7)))}); pending {
+		t.Fatal("a repair of another key holds this one")
+	}
+	st.Delete(ctx, reqKey)
+	time.Sleep(300 * time.Millisecond) // past the backfill cache
+	// (c) pinned at the end offset now: 5.
+	if caught(v, &w) || w.Ends[p] != 5 || w.Waiting != WaitSink {
+		t.Fatalf("caught up with nothing committed, or pinned %v (waiting %q)", w.Ends, w.Waiting)
+	}
+	produce(3)
+	commit(4)
+	if caught(v, &w) {
+		t.Fatal("caught up with the sink short of the pinned end")
+	}
+	commit(5)
+	if !caught(v, &w) || w.Waiting != "" {
+		t.Fatalf("not caught up once the sink passed the pinned end %v (end now 8; waiting %q)", w.Ends, w.Waiting)
+	}
+	// A new version read starts over and pins the end of that moment.
+	v2 := envelope.Version{T: 160}
+	if caught(v2, &w) || w.Ends[p] != 8 {
+		t.Fatalf("a new version kept the old pin: %v", w.Ends)
+	}
+	// The initial backfill not done: pending too.
+	checkpoints.PutJSON(ctx, st, "backfill/"+ns, capture.Progress{Namespace: ns})
+	time.Sleep(300 * time.Millisecond)
+	commit(8)
+	var w3 Watermark
+	if caught(envelope.Version{T: 170}, &w3) {
+		t.Fatal("caught up while the initial backfill runs")
 	}
 }

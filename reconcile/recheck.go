@@ -77,7 +77,8 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 					// it stays undecided, like a key in flight, and keeps the
 					// round from recording verified marks.
 					rd.r.log.Warn("cannot re-check a key; counting it in flight", "table", rd.tables[c.table].QualifiedName(), "err", err)
-					o, decided, err = outcome{class: "in_flight", sample: KeySample{Table: rd.tables[c.table].QualifiedName(), Class: "in_flight"}}, false, nil
+					o, decided, err = outcome{class: "in_flight", sample: KeySample{Table: rd.tables[c.table].QualifiedName(), Class: "in_flight",
+						Waiting: WaitUnreadable}}, false, nil
 					if c.id != nil {
 						o.sample.SourceID = idJSON(c.id)
 					}
@@ -146,6 +147,10 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		case "in_flight":
 			tr.InFlight++
 			inFlight = append(inFlight, o.sample)
+			if rd.rep.InFlightWaiting == nil {
+				rd.rep.InFlightWaiting = map[string]int64{}
+			}
+			rd.rep.InFlightWaiting[o.sample.Waiting]++
 		case ClassMissing:
 			tr.Missing++
 		case ClassExtra:
@@ -290,15 +295,17 @@ func (rd *round) prefetch(ctx context.Context, cands []candidate, pending []int)
 	return p
 }
 
-// pin is the source document a key was first found differing with, and the
-// source clock read after it. While the document stays the same, later passes
-// wait for the pipeline to pass that clock, not a fresh one: under a steady
-// load the sink is always a moment behind "now", so a target moving with
-// every pass would keep a truly divergent key in flight for ever.
+// pin is the source document a key was first found differing with, the
+// source version read after it, and what the caught-up rule pinned for that
+// version. While the document stays the same (an absent one included), later
+// passes wait for the pipeline to pass that version, not a fresh one: under a
+// steady load the sink is always a moment behind "now", so a target moving
+// with every pass would keep a truly divergent key in flight for ever.
 type pin struct {
 	doc bson.Raw
 	ts  envelope.Version
 	set bool
+	w   Watermark
 }
 
 func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *passDocs, p *pin) (o outcome, decided bool, err error) {
@@ -332,15 +339,13 @@ func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *
 			return outcome{}, false, err
 		}
 	}
-	// Only a document that exists is pinned: an absent one (deleted, or a
-	// derived row whose owner could not be found) may be absent because its
-	// change is under way, so it is judged against a fresh clock each pass.
-	switch {
-	case doc == nil:
-		*p = pin{}
-	case p.set && bytes.Equal(p.doc, doc):
+	// An absent document is pinned too: it was absent when read, before ts,
+	// so once every change up to ts is applied the target must not hold its
+	// row either (a derived row's owner is searched among lagKeys, whose
+	// partitions the rule waits for).
+	if p.set && bytes.Equal(p.doc, doc) {
 		ts = p.ts
-	default:
+	} else {
 		*p = pin{doc: doc, ts: ts, set: true}
 	}
 	exp := expected(rd, doc, t, c.key)
@@ -351,7 +356,7 @@ func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *
 		}
 		return o, true, nil
 	}
-	caught, err := rd.r.d.Lag.Caught(ctx, rd.scope.Namespace, lagKeys, ts)
+	caught, err := rd.r.d.Lag.Caught(ctx, rd.scope.Namespace, lagKeys, ts, &p.w)
 	if err != nil {
 		rd.r.log.Warn("cannot tell the pipeline's progress; keeping the key in flight", "err", err)
 	}
@@ -376,6 +381,12 @@ func (rd *round) recheckOnce(ctx context.Context, c candidate, first bool, pre *
 	}
 	o = rd.describe(t, keyVals, id, exp, act)
 	o.class, o.sample.Class = "in_flight", "in_flight"
+	o.sample.Waiting = p.w.Waiting
+	if caught {
+		o.sample.Waiting = WaitChanging
+	} else if err != nil || o.sample.Waiting == "" {
+		o.sample.Waiting = WaitUnreadable
+	}
 	return o, false, nil
 }
 
@@ -503,7 +514,7 @@ func (rd *round) divergent(ctx context.Context, t *transform.Table, key []byte, 
 		}
 		if wt > 0 && id != nil {
 			if idv, err := envelope.ParseKey(id); err == nil {
-				if v, ok := rd.src.changedAfter(ctx, idv, envelope.VersionFromMicros(wt)); ok {
+				if v, ok := rd.src.changedAfter(ctx, idv, envelope.VersionFromMicros(wt), rd.r.cfg.OplogReads); ok {
 					o.class = ClassStale
 					o.sample.SourceVersion = v.String()
 				}

@@ -40,7 +40,10 @@ type Deps struct {
 	// Slice, when set, is asked at the start of each round which source
 	// documents the pipeline migrates now (a rollout plan's current slice): the
 	// others have no expected rows, since the sink does not write them. It
-	// returns the filter (nil: every document) and a description for the report.
+	// returns the filter (nil: every document) and a description for the
+	// report. The round keeps the filter it started with; it asks again at
+	// the end only to record whether the slice changed meanwhile. The filter
+	// must be a snapshot, not a view of the plan's current slice.
 	Slice      func(ctx context.Context) (in func(namespace string, idKey []byte) bool, desc string, err error)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/tidemarkhq/tidemark/checkpoints"
 	"gopkg.in/inf.v0"
 )
 
@@ -42,7 +43,12 @@ type Report struct {
 	Scope  Scope  `json:"scope"`
 	// Slice describes the rollout slice the round compared (empty: every
 	// document); documents outside it have no expected rows.
-	Slice        string    `json:"slice,omitempty"`
+	Slice string `json:"slice,omitempty"`
+	// SliceEnd is the plan's slice when the round ended and SliceChanged
+	// says it differs from Slice: the round still judged Slice, the slice
+	// it started with.
+	SliceEnd     string    `json:"slice_end,omitempty"`
+	SliceChanged bool      `json:"slice_changed,omitempty"`
 	SpecVersion  string    `json:"spec_version"`
 	SpecChecksum string    `json:"spec_checksum"`
 	Actor        string    `json:"actor,omitempty"`
@@ -63,6 +69,11 @@ type Report struct {
 	// when the round started and ended: the target state covered.
 	LagStart []Position `json:"lag_start"`
 	LagEnd   []Position `json:"lag_end"`
+	// SinkStart and SinkEnd are the sink group's committed offsets per
+	// partition when the round started (before it read either side) and
+	// ended: records below SinkStart were in the target the round read.
+	SinkStart []checkpoints.SinkOffset `json:"sink_start,omitempty"`
+	SinkEnd   []checkpoints.SinkOffset `json:"sink_end,omitempty"`
 	// BucketBits is log2 of the tree's leaves (token ranges) per table.
 	BucketBits int `json:"bucket_bits"`
 	// DocsScanned is source documents read; RowsCompared the expected plus
@@ -80,7 +91,10 @@ type Report struct {
 	// the end of the round, never divergence) and resolved (differed in the
 	// scan, matched when re-checked: changes that were in flight then).
 	Counts map[string]int64 `json:"counts"`
-	Tables []TableReport    `json:"tables"`
+	// InFlightWaiting splits counts.in_flight by what each key was last
+	// waiting for: backfill, capture, sink, changing or unreadable.
+	InFlightWaiting map[string]int64 `json:"in_flight_waiting,omitempty"`
+	Tables          []TableReport    `json:"tables"`
 	// Rates are rows (expected plus actual) and documents per second.
 	RowsPerSecond float64 `json:"rows_per_second"`
 	DocsPerSecond float64 `json:"docs_per_second"`
@@ -140,7 +154,19 @@ type KeySample struct {
 	TargetVersion string `json:"target_version,omitempty"`
 	// SourceVersion is the source's newest change after the target's version (class stale).
 	SourceVersion string `json:"source_version,omitempty"`
+	// Waiting is what an in-flight key was last waiting for (see
+	// Report.InFlightWaiting).
+	Waiting string `json:"waiting,omitempty"`
 }
+
+// What an in-flight key waits for, by the caught-up rule's clauses.
+const (
+	WaitBackfill   = "backfill"   // (a) a backfill of the namespace is pending
+	WaitCapture    = "capture"    // (b) capture has not produced every change up to the version read
+	WaitSink       = "sink"       // (c) the sink has not committed past the pinned end offsets
+	WaitChanging   = "changing"   // caught up, but the document changed again before the verdict
+	WaitUnreadable = "unreadable" // a side or the pipeline's progress could not be read
+)
 
 // newID names a round: sortable by time, unique across daemons.
 func newID(at time.Time) string {
@@ -263,4 +289,13 @@ func jsonValue(v any) any {
 		return x
 	}
 	return fmt.Sprint(v)
+}
+
+// sinkOffsets are the committed offsets among positions (none yet: 0).
+func sinkOffsets(ps []Position) []checkpoints.SinkOffset {
+	var out []checkpoints.SinkOffset
+	for _, p := range ps {
+		out = append(out, checkpoints.SinkOffset{Topic: p.Topic, Partition: p.Partition, Offset: max(p.Committed, 0)})
+	}
+	return out
 }

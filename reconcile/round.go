@@ -158,6 +158,7 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 	if rd.rep.LagStart, err = r.d.Lag.Positions(ctx, scope.Namespace); err != nil {
 		r.log.Warn("cannot read the pipeline's positions", "err", err)
 	}
+	rd.rep.SinkStart = sinkOffsets(rd.rep.LagStart)
 	r.setProgress(rd.progress())
 	defer r.setProgress(nil)
 	stopTicker := rd.tick(ctx, o.OnProgress)
@@ -745,6 +746,16 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 		rep.SourceVersionEnd = v.String()
 	}
 	rep.LagEnd, _ = r.d.Lag.Positions(pctx, rd.scope.Namespace)
+	rep.SinkEnd = sinkOffsets(rep.LagEnd)
+	// The round judged the slice it started with (rd.inSlice is that
+	// snapshot); a plan that moved on meanwhile is recorded, not followed.
+	if r.d.Slice != nil {
+		if _, desc, err := r.d.Slice(pctx); err != nil {
+			r.log.Warn("cannot read the rollout slice at the end of the round", "err", err)
+		} else {
+			rep.SliceEnd, rep.SliceChanged = desc, desc != rep.Slice
+		}
+	}
 	divergent := rep.Counts[ClassMissing] + rep.Counts[ClassExtra] + rep.Counts[ClassDifferent] + rep.Counts[ClassStale]
 	switch {
 	case runErr != nil:
@@ -770,6 +781,7 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 		sum.ByClass[c] = rep.Counts[c]
 	}
 	sum.IDs, sum.IDsComplete = divergentIDs(rep)
+	sum.Slice, sum.SliceChanged, sum.SinkStart, sum.SinkEnd = rep.Slice, rep.SliceChanged, rep.SinkStart, rep.SinkEnd
 	if err := checkpoints.PutJSON(pctx, r.d.Store, checkpoints.KeyReconcileLatest+rd.scope.Key(), sum); err != nil {
 		return rep, fmt.Errorf("reconcile: record round summary: %w", err)
 	}

@@ -2,14 +2,13 @@ package reconcile
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math"
+	"sync"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/mongoid"
 	"go.mongodb.org/mongo-driver/bson"
-	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
 	"go.mongodb.org/mongo-driver/mongo/options"
 )
@@ -19,6 +18,9 @@ type source struct {
 	mc   *mongo.Client
 	ns   string
 	coll *mongo.Collection
+	// rare: the server knows the rare $type aliases (asked once).
+	rareOnce sync.Once
+	rare     bool
 }
 
 func newSource(mc *mongo.Client, ns string) (*source, error) {
@@ -38,18 +40,21 @@ func cutNamespace(ns string) (string, string, bool) {
 	return "", "", false
 }
 
-// scan calls fn for every document matching filter whose _id is above after
-// (none when after is empty), in _id order so that a round can resume after
-// the last _id it finished. doc is only valid during fn.
+// scan calls fn for every document matching filter whose _id sorts after
+// after (every one when after is empty), in _id order, so that a round can
+// resume after the last _id it finished. The resume filter covers every later
+// BSON type bracket (mongoid.After): a bare $gt would match only after's own
+// type. doc is only valid during fn.
 func (s *source) scan(ctx context.Context, filter bson.D, after bson.RawValue, fn func(doc bson.Raw) error) error {
 	f := filter
 	if f == nil {
 		f = bson.D{}
 	}
 	if after.Type != 0 {
-		f = append(append(bson.D{}, filter...), bson.E{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}})
+		s.rareOnce.Do(func() { s.rare = mongoid.AcceptsRare(ctx, s.coll) })
+		f = mongoid.After(&after, s.rare)
 		if len(filter) > 0 {
-			f = bson.D{{Key: "$and", Value: bson.A{filter, bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}}}}}}
+			f = bson.D{{Key: "$and", Value: bson.A{filter, f}}}
 		}
 	}
 	cur, err := s.coll.Find(ctx, f, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetBatchSize(2000))
@@ -116,45 +121,4 @@ func (s *source) findOnce(ctx context.Context, ids []bson.RawValue) (map[string]
 		out[string(envelope.Key(doc.Lookup("_id")))] = doc
 	}
 	return out, cur.Err()
-}
-
-// now is a version no older than any change the source has applied so far:
-// the server's clock, rounded up to the next second (cluster times count
-// whole seconds).
-func (s *source) now(ctx context.Context) (envelope.Version, error) {
-	return again(ctx, func() (envelope.Version, error) { return s.nowOnce(ctx) })
-}
-
-func (s *source) nowOnce(ctx context.Context) (envelope.Version, error) {
-	var r struct {
-		LocalTime time.Time `bson:"localTime"`
-	}
-	if err := s.mc.Database("admin").RunCommand(ctx, bson.D{{Key: "isMaster", Value: 1}}).Decode(&r); err != nil {
-		return envelope.Version{}, fmt.Errorf("reconcile: read the source's time: %w", err)
-	}
-	if r.LocalTime.IsZero() {
-		return envelope.Version{}, errors.New("reconcile: the source reported no localTime")
-	}
-	return envelope.Version{T: uint32(r.LocalTime.Unix()) + 1}, nil
-}
-
-// changedAfter reports the newest change of document id in the oplog in a
-// later second than version v: the source-derived expectation that tells a
-// stale row (the source moved on, the target did not) from a different one.
-// Only whole seconds compare: a row's write time is microseconds (the
-// pipeline's T*1e6+I, or a native write's clock) while an oplog ordinal
-// counts operations. ok is false when the oplog holds no such change or
-// cannot be read.
-func (s *source) changedAfter(ctx context.Context, id bson.RawValue, v envelope.Version) (envelope.Version, bool) {
-	var e struct {
-		TS primitive.Timestamp `bson:"ts"`
-	}
-	filter := bson.D{{Key: "ns", Value: s.ns}, {Key: "ts", Value: bson.D{{Key: "$gt", Value: primitive.Timestamp{T: v.T, I: math.MaxUint32}}}},
-		{Key: "$or", Value: bson.A{bson.D{{Key: "o._id", Value: id}}, bson.D{{Key: "o2._id", Value: id}}}}}
-	err := s.mc.Database("local").Collection("oplog.rs").FindOne(ctx, filter,
-		options.FindOne().SetSort(bson.D{{Key: "$natural", Value: -1}}).SetProjection(bson.D{{Key: "ts", Value: 1}})).Decode(&e)
-	if err != nil {
-		return envelope.Version{}, false
-	}
-	return envelope.Version{T: e.TS.T, I: e.TS.I}, true
 }

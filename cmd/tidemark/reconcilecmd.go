@@ -79,7 +79,7 @@ func openReconcileConns(ctx context.Context, cfg *Config, cass *gocql.Session, m
 
 func newReconciler(cfg *Config, d reconcile.Deps, adm *kadm.Client, applied func(string, int32) envelope.Version) (*reconcile.Reconciler, error) {
 	d.Lag = &reconcile.PipelineLag{Store: d.Store, Admin: adm, Mongo: d.Mongo, Group: cfg.Reconcile.SinkGroup,
-		TopicPrefix: cfg.Capture.TopicPrefix, Applied: applied, Settle: cfg.Reconcile.Settle}
+		TopicPrefix: cfg.Capture.TopicPrefix, Applied: applied, Settle: cfg.Reconcile.Settle, OplogReads: cfg.Reconcile.OplogReads}
 	return reconcile.New(cfg.Reconcile, d)
 }
 
