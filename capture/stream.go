@@ -10,6 +10,8 @@ import (
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/kversion"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
@@ -153,7 +155,7 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 	defer cs.Close(context.WithoutCancel(ctx))
 
 	txn, err := kgo.NewClient(append(append(producerOpts(c.cfg), c.kopts...),
-		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second))...)
+		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second), kgo.MaxVersions(txnVersions()))...)
 	if err != nil {
 		return fmt.Errorf("capture: kafka client: %w", err)
 	}
@@ -161,6 +163,23 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 	s := &streamRun{c: c, ns: ns, topic: Topic(c.cfg.TopicPrefix, ns), txn: txn, st: st,
 		openedAt: resumeAt, hadToken: st.Token != nil, lastCkpt: time.Now()}
 	return s.run(ctx, cs)
+}
+
+// txnVersions caps the transactional producer below KIP-890 part 2 (Kafka
+// 4's transaction.version 2). On that path franz-go 1.22 can find no
+// partition marked as added when a transaction ends although its records
+// were acknowledged (seen with a topic produced to for the first time on a
+// loaded machine); it then ends the transaction with an abort and returns
+// nil for the commit that was asked for. Capture would checkpoint past
+// records that never became visible. Below part 2, partitions are added
+// with AddPartitionsToTxn before any record is sent, and a commit is a
+// commit. TestReplayCommitIsNotTurnedIntoAnAbort watches for it.
+func txnVersions() *kversion.Versions {
+	v := kversion.Stable()
+	v.SetMaxKeyVersion(int16(kmsg.Produce), 11)
+	v.SetMaxKeyVersion(int16(kmsg.EndTxn), 4)
+	v.SetMaxKeyVersion(int16(kmsg.TxnOffsetCommit), 4)
+	return v
 }
 
 // streamRun is the state of one opened change stream.
