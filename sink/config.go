@@ -36,8 +36,10 @@ type Config struct {
 	// Consistency overrides every table's write consistency (e.g. ONE on a
 	// single-node test cluster). Empty keeps each table's own, default LOCAL_QUORUM.
 	Consistency string `yaml:"consistency"`
-	// Retries is how many times a failing write is retried before the record
-	// goes to the dead-letter topic. Default 8.
+	// Retries is how many times a write failing for want of Cassandra
+	// (timeout, unavailable, no hosts) is retried before it is logged as
+	// stuck; it is still retried until it succeeds, never dead-lettered.
+	// Default 8.
 	Retries int `yaml:"retries"`
 	// RetryBackoff is the first retry's wait; it doubles, with jitter, up to 10s. Default 100ms.
 	RetryBackoff time.Duration `yaml:"retry_backoff"`

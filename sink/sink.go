@@ -705,9 +705,17 @@ func (s *Sink) giveUp(ctx context.Context, it *item, err error) error {
 	return s.deadLetter(ctx, "sink", err.Error(), it.rec, &it.ev)
 }
 
-// retry runs write until it succeeds, is rejected as invalid, or has failed
-// Retries+1 times, waiting with exponential backoff and jitter in between and
-// holding a throttle slot while it runs.
+// retry runs write until it succeeds, is rejected as invalid, the target is
+// broken, or ctx ends, waiting with exponential backoff (up to 10 s) and
+// jitter in between and holding a throttle slot while it runs.
+//
+// Every other error is retried for as long as it takes: a timeout, an
+// unavailable or overloaded coordinator, no hosts, a failed heartbeat or a
+// closed connection say nothing about the record, only that Cassandra cannot
+// answer now. Dead-lettering on them would drop valid records during an
+// outage (a chaos run that froze Cassandra lost some this way). The poll
+// holding the record is not done, so no offset moves past it meanwhile.
+// Past Retries attempts the write is logged as stuck, once.
 func (s *Sink) retry(ctx context.Context, write func(context.Context) error) error {
 	backoff := s.cfg.RetryBackoff
 	for attempt := 0; ; attempt++ {
@@ -717,8 +725,11 @@ func (s *Sink) retry(ctx context.Context, write func(context.Context) error) err
 		start := time.Now()
 		err := write(ctx)
 		s.lim.release(time.Since(start), err)
-		if err == nil || ctx.Err() != nil || isInvalid(err) || errors.Is(err, ErrTargetBroken) || attempt >= s.cfg.Retries {
+		if err == nil || ctx.Err() != nil || isInvalid(err) || errors.Is(err, ErrTargetBroken) {
 			return err
+		}
+		if attempt == s.cfg.Retries {
+			s.log.Warn("a write keeps failing; retrying until Cassandra takes it", "attempts", attempt+1, "err", err)
 		}
 		s.met.retries.Inc()
 		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
