@@ -21,9 +21,9 @@ import (
 type pickyWriter struct {
 	rejected map[int64]bool
 	timesOut map[int64]int
-	mu                 sync.Mutex
-	written            map[int64]bool
-	refused            []int // sizes of the writes refused as invalid
+	mu       sync.Mutex
+	written  map[int64]bool
+	refused  []int // sizes of the writes refused as invalid
 }
 
 func (w *pickyWriter) Write(_ context.Context, _ *transform.Table, cs []Change) error {
