@@ -26,6 +26,12 @@ import (
 type Config struct {
 	// Group is the Kafka consumer group. Default "tidemark-sink".
 	Group string `yaml:"group"`
+	// InstanceID makes this daemon a static member of Group
+	// (group.instance.id): restarted after a crash, it takes its partitions
+	// back at once instead of waiting for the dead member's session to
+	// expire. It must be stable across restarts and unique per daemon; the
+	// daemon defaults it to "<hostname>-<admin port>". Empty: dynamic member.
+	InstanceID string `yaml:"instance_id"`
 	// TopicPrefix must match capture's. Default "tidemark".
 	TopicPrefix string `yaml:"topic_prefix"`
 	// Concurrency bounds the writes of one partition queued or in flight at once. Default 16.
