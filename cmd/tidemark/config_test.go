@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -46,5 +47,37 @@ capture: {namespaces: [app.users], topic_prefix: mig}
 	}
 	if c.Sink.TopicPrefix != "mig" || c.Sink.Group != "tidemark-sink" || c.Capture.Partitions != 12 {
 		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+// TestSinkInstanceID: the sink's static member id defaults to
+// "<hostname>-<admin port>", the config and TIDEMARK_SINK_INSTANCE_ID set it,
+// and an admin port of 0 (a new one each start) gives none.
+func TestSinkInstanceID(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Skip("no hostname")
+	}
+	for _, tc := range []struct {
+		name, yaml, env, want string
+	}{
+		{"default", "spec: x\nadmin: {listen: 127.0.0.1:7071}\n", "", host + "-7071"},
+		{"default port", "spec: x\n", "", host + "-7070"},
+		{"config", "spec: x\nsink: {instance_id: sink-a}\n", "", "sink-a"},
+		{"env wins", "spec: x\nsink: {instance_id: sink-a}\n", "tidemark-sink-2", "tidemark-sink-2"},
+		{"port 0", "spec: x\nadmin: {listen: 127.0.0.1:0}\n", "", ""},
+	} {
+		c, err := parseConfig([]byte(tc.yaml), func(k string) string {
+			if k == "TIDEMARK_SINK_INSTANCE_ID" {
+				return tc.env
+			}
+			return ""
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if c.Sink.InstanceID != tc.want {
+			t.Errorf("%s: instance id %q, want %q", tc.name, c.Sink.InstanceID, tc.want)
+		}
 	}
 }
