@@ -58,14 +58,15 @@ func TestSinkInstanceID(t *testing.T) {
 	if err != nil {
 		t.Skip("no hostname")
 	}
+	const base = "spec: x\ncapture: {namespaces: [app.users]}\n"
 	for _, tc := range []struct {
 		name, yaml, env, want string
 	}{
-		{"default", "spec: x\nadmin: {listen: 127.0.0.1:7071}\n", "", host + "-7071"},
-		{"default port", "spec: x\n", "", host + "-7070"},
-		{"config", "spec: x\nsink: {instance_id: sink-a}\n", "", "sink-a"},
-		{"env wins", "spec: x\nsink: {instance_id: sink-a}\n", "tidemark-sink-2", "tidemark-sink-2"},
-		{"port 0", "spec: x\nadmin: {listen: 127.0.0.1:0}\n", "", ""},
+		{"default", base + "admin: {tokens_file: t, listen: 127.0.0.1:7071}\n", "", host + "-7071"},
+		{"default port", base + "admin: {tokens_file: t}\n", "", host + "-7070"},
+		{"config", base + "admin: {tokens_file: t}\nsink: {instance_id: sink-a}\n", "", "sink-a"},
+		{"env wins", base + "admin: {tokens_file: t}\nsink: {instance_id: sink-a}\n", "tidemark-sink-2", "tidemark-sink-2"},
+		{"port 0", base + "admin: {tokens_file: t, listen: 127.0.0.1:0}\n", "", ""},
 	} {
 		c, err := parseConfig([]byte(tc.yaml), func(k string) string {
 			if k == "TIDEMARK_SINK_INSTANCE_ID" {
