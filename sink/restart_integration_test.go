@@ -166,3 +166,58 @@ func TestIntegrationSinkFencedByTwin(t *testing.T) {
 	default:
 	}
 }
+
+// TestIntegrationSinkStaticCloseLeaves: a static member that stops cleanly
+// leaves the group (franz-go does not, for static members, by itself), so a
+// sink with another instance id that joins next gets the partitions at once
+// rather than after the stopped member's 45 s session.
+func TestIntegrationSinkStaticCloseLeaves(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const n = 50
+	f := newUsersFixture(t, ctx, n, func(i int64) string { return fmt.Sprintf("c%d@example.com", i) })
+	group := testbed.UniqueName(t, "g")
+	newSink := func(instance string) *Sink {
+		w, err := NewCassandraWriter(ctx, f.s, f.m, "ONE")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sk, err := New(Config{Group: group, TopicPrefix: f.prefix, InstanceID: instance},
+			Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Writer: w, Mapping: f.m,
+				Store: checkpointstest.New(), Logger: slog.Default()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sk
+	}
+	first := newSink(testbed.UniqueName(t, "inst"))
+	fctx, stopFirst := context.WithCancel(ctx)
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- first.Run(fctx) }()
+	waitRow(t, ctx, f.s, f.ks, n-1, nil)
+	stopFirst()
+	if err := <-firstDone; err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+
+	prod, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	produce(t, ctx, prod, f.prefix+"."+f.ns, f.ns, []event{{envelope.OpInsert, n, envelope.Version{T: 2000, I: 1},
+		userDoc(n, "next@example.com", 1, true)}})
+	start := time.Now()
+	second := newSink(testbed.UniqueName(t, "inst"))
+	defer second.Close()
+	sctx, stopSecond := context.WithCancel(ctx)
+	defer stopSecond()
+	go second.Run(sctx)
+	waitRow(t, ctx, f.s, f.ks, n, nil)
+	took := time.Since(start)
+	t.Logf("after a clean stop, the next member applied its first record in %.2f s", took.Seconds())
+	if took > 10*time.Second {
+		t.Fatalf("the next member waited %v: the stopped static member did not leave the group", took)
+	}
+}
