@@ -680,8 +680,9 @@ func partitionOf(dst []byte, t *transform.Table, c *Change, id bson.RawValue) ([
 }
 
 // writeGroup writes one partition's changes. A group the target rejects as
-// invalid is split so that only the offending rows are dead-lettered; one that
-// keeps failing past the retry limit dead-letters every event in it.
+// invalid is split so that only the offending rows are dead-lettered; any
+// other failure is retried until it succeeds, the target is broken, or ctx
+// ends (see retry), and never dead-letters.
 func (s *Sink) writeGroup(ctx context.Context, g *group) error {
 	err := s.retry(ctx, func(ctx context.Context) error { return s.w.Write(ctx, g.table, g.changes) })
 	if err == nil {
