@@ -122,9 +122,10 @@ func (w *CassandraWriter) consistencyOf(t *transform.Table) gocql.Consistency {
 // never succeed as it is. Everything else (timeouts, unavailable, overloaded
 // or bootstrapping coordinators, no hosts, closed connections, failed
 // heartbeats) is left as it is, and the sink retries it until it succeeds.
-// Cassandra gives one code (invalid request) both to a row it refuses ("Key may not be empty") and to a table, keyspace or column
-// that is gone, so the message tells those apart: a refused row is
-// dead-lettered, a missing table would otherwise dead-letter every record.
+// Cassandra gives one code (invalid request) both to a row it refuses ("Key
+// may not be empty") and to a table, keyspace or column that is gone, so the
+// message tells those apart: a refused row is dead-lettered, a missing table
+// would otherwise dead-letter every record.
 func classify(err error) error {
 	var re gocql.RequestError
 	var me gocql.MarshalError
