@@ -223,7 +223,8 @@ func checkReplaySafe(ctx context.Context, s *gocql.Session, m *transform.Mapping
 	}
 	lines := make([]string, len(unsafe))
 	for i, u := range unsafe {
-		lines[i] = fmt.Sprintf("%s.%s: type %s is not replay-safe; use %s", u.Table, u.Column, u.Type, strings.Join(u.Alternatives, ", or "))
+		lines[i] = fmt.Sprintf("%s.%s: type %s is not replay-safe; use %s", u.Table, u.Column, u.Type,
+			strings.Join(u.Alternatives, ", or "))
 	}
 	return &exitError{code: 2, err: fmt.Errorf("sink: %d column(s) a replay would change (see docs/types.md; "+
 		"tidemark validate lists them):\n  %s", len(unsafe), strings.Join(lines, "\n  "))}
