@@ -119,10 +119,13 @@ func (w *CassandraWriter) consistencyOf(t *transform.Table) gocql.Consistency {
 }
 
 // classify marks the errors Cassandra or gocql return for a write that can
-// never succeed as it is. Cassandra gives one code (invalid request) both to a
-// row it refuses ("Key may not be empty") and to a table, keyspace or column
-// that is gone, so the message tells those apart: a refused row is
-// dead-lettered, a missing table would otherwise dead-letter every record.
+// never succeed as it is. Everything else (timeouts, unavailable, overloaded
+// or bootstrapping coordinators, no hosts, closed connections, failed
+// heartbeats) is left as it is, and the sink retries it until it succeeds.
+// Cassandra gives one code (invalid request) both to a row it refuses ("Key
+// may not be empty") and to a table, keyspace or column that is gone, so the
+// message tells those apart: a refused row is dead-lettered, a missing table
+// would otherwise dead-letter every record.
 func classify(err error) error {
 	var re gocql.RequestError
 	var me gocql.MarshalError
@@ -181,7 +184,7 @@ func (w *CassandraWriter) Write(ctx context.Context, t *transform.Table, cs []Ch
 	if len(cs) == 1 {
 		stmt, args := w.args(t, cs[0])
 		if err := w.query(t, stmt, args...).ExecContext(ctx); err != nil {
-			return fmt.Errorf("sink: write %s: %w", t.QualifiedName(), classify(err))
+			return writeError(t, err)
 		}
 		return nil
 	}
@@ -196,6 +199,19 @@ func (w *CassandraWriter) Write(ctx context.Context, t *transform.Table, cs []Ch
 	return nil
 }
 
+// writeError is how Write reports a failed write of one statement.
+func writeError(t *transform.Table, err error) error {
+	return fmt.Errorf("sink: write %s: %w", t.QualifiedName(), classify(err))
+}
+
+// keyMapReadError is how ApplyMapped reports a failed read of the key map. The
+// read goes through classify like every write: a timeout, an unavailable
+// coordinator, no hosts or a dropped connection stay unclassified, so the
+// sink retries them, and only a refusal of the request itself is final.
+func keyMapReadError(t *transform.Table, err error) error {
+	return fmt.Errorf("sink: read key map of %s: %w", t.QualifiedName(), classify(err))
+}
+
 // ApplyMapped handles a table whose key can change: the key map says which
 // key the row was last written under, and at which version.
 func (w *CassandraWriter) ApplyMapped(ctx context.Context, t *transform.Table, ev *envelope.Event, row *transform.Row) error {
@@ -205,7 +221,7 @@ func (w *CassandraWriter) ApplyMapped(ctx context.Context, t *transform.Table, e
 	err := w.query(t, fmt.Sprintf("SELECT key, version FROM %s.%s WHERE tbl = ? AND id = ?", t.Keyspace, KeyMapTable),
 		t.Name, id).ScanContext(ctx, &oldKey, &oldVersion)
 	if err != nil && !errors.Is(err, gocql.ErrNotFound) {
-		return fmt.Errorf("sink: read key map of %s: %w", t.QualifiedName(), err)
+		return keyMapReadError(t, err)
 	}
 	if err == nil && oldVersion > ts {
 		// A newer version already decided where this document's row lives;
@@ -219,7 +235,8 @@ func (w *CassandraWriter) ApplyMapped(ctx context.Context, t *transform.Table, e
 	if len(oldKey) > 0 && !bytes.Equal(oldKey, newKey) {
 		key, err := t.DecodeKey(oldKey)
 		if err != nil {
-			return err
+			// No retry can read this entry; the record cannot be applied.
+			return fmt.Errorf("sink: key map of %s: %w: %w", t.QualifiedName(), ErrRejected, err)
 		}
 		if err := w.Write(ctx, t, []Change{{Key: key, Version: ts}}); err != nil {
 			return fmt.Errorf("sink: delete old key: %w", err)

@@ -26,6 +26,12 @@ import (
 type Config struct {
 	// Group is the Kafka consumer group. Default "tidemark-sink".
 	Group string `yaml:"group"`
+	// InstanceID makes this daemon a static member of Group
+	// (group.instance.id): restarted after a crash, it takes its partitions
+	// back at once instead of waiting for the dead member's session to
+	// expire. It must be stable across restarts and unique per daemon; the
+	// daemon defaults it to "<hostname>-<admin port>". Empty: dynamic member.
+	InstanceID string `yaml:"instance_id"`
 	// TopicPrefix must match capture's. Default "tidemark".
 	TopicPrefix string `yaml:"topic_prefix"`
 	// Concurrency bounds the writes of one partition queued or in flight at once. Default 16.
@@ -36,8 +42,10 @@ type Config struct {
 	// Consistency overrides every table's write consistency (e.g. ONE on a
 	// single-node test cluster). Empty keeps each table's own, default LOCAL_QUORUM.
 	Consistency string `yaml:"consistency"`
-	// Retries is how many times a failing write is retried before the record
-	// goes to the dead-letter topic. Default 8.
+	// Retries is how many times a write failing for want of Cassandra
+	// (timeout, unavailable, no hosts) is retried before it is logged as
+	// stuck; it is still retried until it succeeds, never dead-lettered.
+	// Default 8.
 	Retries int `yaml:"retries"`
 	// RetryBackoff is the first retry's wait; it doubles, with jitter, up to 10s. Default 100ms.
 	RetryBackoff time.Duration `yaml:"retry_backoff"`

@@ -33,6 +33,8 @@ type childConfig struct {
 	Prefix   string `json:"prefix"`
 	Group    string `json:"group"`
 	StoreDir string `json:"store_dir"`
+	// InstanceID makes the child a static group member.
+	InstanceID string `json:"instance_id,omitempty"`
 }
 
 func TestMain(m *testing.M) { testbed.ChildMain(m, childEnv, runChild) }
@@ -55,7 +57,7 @@ func runChild(conf string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	sk, err := New(Config{Group: cc.Group, TopicPrefix: cc.Prefix}, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
+	sk, err := New(Config{Group: cc.Group, TopicPrefix: cc.Prefix, InstanceID: cc.InstanceID}, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
 		Writer: w, Mapping: m, Store: store, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -69,6 +69,8 @@ type partState struct {
 type Sink struct {
 	cfg     Config
 	cl      *kgo.Client
+	kopts   []kgo.Opt // the caller's, for the static member's leave
+	fenced  atomic.Bool
 	w       Writer
 	m       *transform.Mapping
 	store   checkpoints.Store
@@ -118,6 +120,7 @@ func New(cfg Config, d Deps) (*Sink, error) {
 		}
 	}
 	s.topics = topics
+	s.kopts = d.KafkaOpts
 	opts := append([]kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(topics...),
@@ -130,6 +133,9 @@ func New(cfg Config, d Deps) (*Sink, error) {
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
 	}, d.KafkaOpts...)
+	if cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
+	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("sink: kafka client: %w", err)
@@ -217,8 +223,48 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 	s.log.Info("partitions revoked", "partitions", m)
 }
 
-// Close leaves the group.
-func (s *Sink) Close() { s.cl.Close() }
+// ErrFenced means another process joined the group with this sink's
+// instance id: two daemons share sink.instance_id. The fenced one stops
+// rather than rejoin and fence the other in turn.
+var ErrFenced = errors.New("sink: fenced by another member with the same instance id")
+
+// Close leaves the group. A dynamic member leaves as the client closes (its
+// revoke callback commits). A static member does not (franz-go keeps it in
+// the group so a restart can take its partitions back), so Close commits what
+// was applied, closes the client, and then removes the instance id from the
+// group with a LeaveGroup request, so that a clean stop hands its partitions
+// to the other daemons at once rather than after the session timeout. A
+// fenced sink does not leave: the instance id belongs to the other process.
+func (s *Sink) Close() {
+	id := s.cfg.InstanceID
+	if id == "" {
+		s.cl.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if !s.fenced.Load() {
+		s.cl.CommitOffsetsSync(ctx, s.appliedOffsets(), s.commitDone)
+	}
+	s.cl.Close()
+	if s.fenced.Load() {
+		return
+	}
+	cl, err := kgo.NewClient(s.kopts...)
+	if err == nil {
+		defer cl.Close()
+		var resp kadm.LeaveGroupResponses
+		if resp, err = kadm.NewClient(cl).LeaveGroup(ctx, kadm.LeaveGroup(s.cfg.Group).InstanceIDs(id).Reason("tidemark sink closed")); err == nil {
+			err = resp.Error()
+		}
+	}
+	if err != nil && !errors.Is(err, kerr.UnknownMemberID) {
+		s.log.Warn("cannot leave the group; its partitions move after the session timeout", "group", s.cfg.Group,
+			"instance_id", id, "err", err)
+		return
+	}
+	s.log.Info("left the group", "group", s.cfg.Group, "instance_id", id)
+}
 
 // Run consumes until ctx ends or a record can be neither written nor
 // dead-lettered; then nothing past it is committed. A Sink runs once.
@@ -250,11 +296,21 @@ func (s *Sink) Run(ctx context.Context) error {
 			s.cl.AllowRebalance()
 			return nil
 		}
+		var fenced error
 		fs.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			switch {
+			case errors.Is(err, kerr.FencedInstanceID):
+				fenced = err
+			case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled):
 				s.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
 			}
 		})
+		if fenced != nil {
+			s.fenced.Store(true)
+			s.cl.AllowRebalance()
+			return fmt.Errorf("%w: sink.instance_id %q of group %s is in use by another process; "+
+				"give each daemon its own (docs/deploy.md): %w", ErrFenced, s.cfg.InstanceID, s.cfg.Group, fenced)
+		}
 		if err := s.apply(ctx, fs); err != nil {
 			s.cl.AllowRebalance()
 			if ctx.Err() != nil {
@@ -624,8 +680,9 @@ func partitionOf(dst []byte, t *transform.Table, c *Change, id bson.RawValue) ([
 }
 
 // writeGroup writes one partition's changes. A group the target rejects as
-// invalid is split so that only the offending rows are dead-lettered; one that
-// keeps failing past the retry limit dead-letters every event in it.
+// invalid is split so that only the offending rows are dead-lettered; any
+// other failure is retried until it succeeds, the target is broken, or ctx
+// ends (see retry), and never dead-letters.
 func (s *Sink) writeGroup(ctx context.Context, g *group) error {
 	err := s.retry(ctx, func(ctx context.Context) error { return s.w.Write(ctx, g.table, g.changes) })
 	if err == nil {
@@ -705,9 +762,17 @@ func (s *Sink) giveUp(ctx context.Context, it *item, err error) error {
 	return s.deadLetter(ctx, "sink", err.Error(), it.rec, &it.ev)
 }
 
-// retry runs write until it succeeds, is rejected as invalid, or has failed
-// Retries+1 times, waiting with exponential backoff and jitter in between and
-// holding a throttle slot while it runs.
+// retry runs write until it succeeds, is rejected as invalid, the target is
+// broken, or ctx ends, waiting with exponential backoff (up to 10 s) and
+// jitter in between and holding a throttle slot while it runs.
+//
+// Every other error is retried for as long as it takes: a timeout, an
+// unavailable or overloaded coordinator, no hosts, a failed heartbeat or a
+// closed connection say nothing about the record, only that Cassandra cannot
+// answer now. Dead-lettering on them would drop valid records during an
+// outage (a chaos run that froze Cassandra lost some this way). The poll
+// holding the record is not done, so no offset moves past it meanwhile.
+// Past Retries attempts the write is logged as stuck, once.
 func (s *Sink) retry(ctx context.Context, write func(context.Context) error) error {
 	backoff := s.cfg.RetryBackoff
 	for attempt := 0; ; attempt++ {
@@ -717,8 +782,11 @@ func (s *Sink) retry(ctx context.Context, write func(context.Context) error) err
 		start := time.Now()
 		err := write(ctx)
 		s.lim.release(time.Since(start), err)
-		if err == nil || ctx.Err() != nil || isInvalid(err) || errors.Is(err, ErrTargetBroken) || attempt >= s.cfg.Retries {
+		if err == nil || ctx.Err() != nil || isInvalid(err) || errors.Is(err, ErrTargetBroken) {
 			return err
+		}
+		if attempt == s.cfg.Retries {
+			s.log.Warn("a write keeps failing; retrying until Cassandra takes it", "attempts", attempt+1, "err", err)
 		}
 		s.met.retries.Inc()
 		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))

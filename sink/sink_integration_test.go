@@ -191,6 +191,7 @@ type usersFixture struct {
 	prefix string
 	ns, ks string
 	docs   []bson.Raw
+	spec   string // the spec's text
 }
 
 func newUsersFixture(t *testing.T, ctx context.Context, n int64, email func(i int64) string) *usersFixture {
@@ -198,7 +199,7 @@ func newUsersFixture(t *testing.T, ctx context.Context, n int64, email func(i in
 	f := &usersFixture{s: testbed.Cassandra(t), prefix: testbed.UniqueName(t, "sink"), ns: "shop.users", ks: testbed.UniqueName(t, "ks")}
 	topic := f.prefix + "." + f.ns
 	testbed.CreateTopic(t, testbed.KafkaAdmin(t), topic, 1)
-	f.m, _ = testbed.UsersMapping(t, f.s, f.ns, f.ks)
+	f.m, f.spec = testbed.UsersMapping(t, f.s, f.ns, f.ks)
 	var evs []event
 	for i := range n {
 		d := userDoc(i, email(i), 1, true)

@@ -34,6 +34,7 @@ const (
 	KindMissingType       = "missing_type"        // a user-defined type the spec names does not exist
 	KindUDTField          = "udt_field"           // a UDT field the spec writes is missing or differently typed
 	KindMissingCollection = "missing_collection"  // the spec's source collection does not exist
+	KindUnsafeType        = "unsafe_type"         // a column type a replay would change (non-frozen list, counter)
 )
 
 // Report is what one validation found. It is stable JSON (`tidemark validate --json`).
@@ -185,6 +186,13 @@ func Check(ctx context.Context, m *transform.Mapping, cass *gocql.Session, mc *m
 			}
 			r.Problems = append(r.Problems, ps...)
 		}
+	}
+	unsafe, err := UnsafeColumns(ctx, cass, m)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range unsafe {
+		r.Problems = append(r.Problems, unsafeProblem(m, u))
 	}
 	smp := newSampler(mc, &cfg)
 	for _, ns := range m.Namespaces() {

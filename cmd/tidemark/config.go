@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -168,6 +169,7 @@ var envOverrides = map[string]func(*Config, string){
 	"TIDEMARK_CHECKPOINTS_TOPIC": func(c *Config, v string) { c.Checkpoints.Topic = v },
 	"TIDEMARK_SPEC":              func(c *Config, v string) { c.Spec = v },
 	"TIDEMARK_LOG_LEVEL":         func(c *Config, v string) { c.Log.Level = v },
+	"TIDEMARK_SINK_INSTANCE_ID":  func(c *Config, v string) { c.Sink.InstanceID = v },
 }
 
 func splitList(v string) []string {
@@ -247,6 +249,9 @@ func (c *Config) applyDefaults() {
 	}
 	c.Capture = c.Capture.WithDefaults()
 	c.Sink = c.Sink.WithDefaults()
+	if c.Sink.InstanceID == "" {
+		c.Sink.InstanceID = defaultInstanceID(c.Admin.Listen)
+	}
 	c.Rollout = c.Rollout.WithDefaults()
 	c.Reconcile = c.Reconcile.WithDefaults()
 	if c.Reconcile.SinkGroup == "" {
@@ -496,4 +501,21 @@ func orDefault(s, d string) string {
 		return d
 	}
 	return s
+}
+
+// defaultInstanceID is the sink's static group member id when the config
+// names none: "<hostname>-<admin port>", stable across restarts of one daemon
+// and distinct between daemons (no two on one host share an admin port). An
+// admin port of 0 is chosen anew on each start, so it gives no id: the sink
+// is then a dynamic member, as it is when the hostname cannot be read.
+func defaultInstanceID(listen string) string {
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "0" || port == "" {
+		return ""
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return ""
+	}
+	return host + "-" + port
 }

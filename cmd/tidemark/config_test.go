@@ -122,3 +122,36 @@ func TestConfigWarnsOfPlainWithoutTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestSinkInstanceID: the sink's static member id defaults to
+// "<hostname>-<admin port>", the config and TIDEMARK_SINK_INSTANCE_ID set it,
+// and an admin port of 0 (a new one each start) gives none.
+func TestSinkInstanceID(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Skip("no hostname")
+	}
+	const base = "spec: x\ncapture: {namespaces: [app.users]}\n"
+	for _, tc := range []struct {
+		name, yaml, env, want string
+	}{
+		{"default", base + "admin: {tokens_file: t, listen: 127.0.0.1:7071}\n", "", host + "-7071"},
+		{"default port", base + "admin: {tokens_file: t}\n", "", host + "-7070"},
+		{"config", base + "admin: {tokens_file: t}\nsink: {instance_id: sink-a}\n", "", "sink-a"},
+		{"env wins", base + "admin: {tokens_file: t}\nsink: {instance_id: sink-a}\n", "tidemark-sink-2", "tidemark-sink-2"},
+		{"port 0", base + "admin: {tokens_file: t, listen: 127.0.0.1:0}\n", "", ""},
+	} {
+		c, err := parseConfig([]byte(tc.yaml), func(k string) string {
+			if k == "TIDEMARK_SINK_INSTANCE_ID" {
+				return tc.env
+			}
+			return ""
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if c.Sink.InstanceID != tc.want {
+			t.Errorf("%s: instance id %q, want %q", tc.name, c.Sink.InstanceID, tc.want)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
@@ -23,6 +24,7 @@ import (
 	"github.com/tidemarkhq/tidemark/leader"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/tidemarkhq/tidemark/transform"
+	"github.com/tidemarkhq/tidemark/validate"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
@@ -123,6 +125,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("cannot reach Cassandra at %v: %w", cfg.Cassandra.Hosts, err)
 		}
 		defer d.cass.Close()
+		if err := checkReplaySafe(ctx, d.cass, d.mapping); err != nil {
+			return err
+		}
 		w, err := sink.NewCassandraWriter(ctx, d.cass, d.mapping, cfg.Sink.Consistency)
 		if err != nil {
 			return err
@@ -203,6 +208,29 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	err = g.Wait()
 	d.store.Append(context.Background(), checkpoints.AuditEntry{Actor: "auto:daemon", Action: "daemon.stop", Result: resultOf(err)})
 	return err
+}
+
+// checkReplaySafe refuses to start a sink that would write a column a replay
+// changes (a non-frozen list, a counter): every restart, rewind and repair
+// replays records, so such a column would drift on the first one.
+func checkReplaySafe(ctx context.Context, s *gocql.Session, m *transform.Mapping) error {
+	if m == nil {
+		return nil
+	}
+	unsafe, err := validate.UnsafeColumns(ctx, s, m)
+	if err != nil {
+		return err
+	}
+	if len(unsafe) == 0 {
+		return nil
+	}
+	lines := make([]string, len(unsafe))
+	for i, u := range unsafe {
+		lines[i] = fmt.Sprintf("%s.%s: type %s is not replay-safe; use %s", u.Table, u.Column, u.Type,
+			strings.Join(u.Alternatives, ", or "))
+	}
+	return &exitError{code: 2, err: fmt.Errorf("sink: %d column(s) a replay would change (see docs/types.md; "+
+		"tidemark validate lists them):\n  %s", len(unsafe), strings.Join(lines, "\n  "))}
 }
 
 func specVersion(m *transform.Mapping) string {
