@@ -14,6 +14,7 @@ import (
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/transform"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.mongodb.org/mongo-driver/bson"
 )
 
 // pickyWriter refuses some ids as invalid, times out on others as many times
@@ -184,4 +185,35 @@ func TestSinkStopsWhenTheTargetIsBroken(t *testing.T) {
 	defer sk.Close()
 	err := sk.Run(ctx)
 	checkStoppedOnBrokenTarget(t, err, sk.Lag(), reg)
+}
+
+// TestSinkDeadLettersARecordOnAnotherNamespacesTopic: a record whose
+// namespace is not its topic's (written by something other than capture) is
+// dead-lettered with both names, not applied to the other collection's
+// tables; the records around it are written.
+func TestSinkDeadLettersARecordOnAnotherNamespacesTopic(t *testing.T) {
+	var recs []*kgo.Record
+	for i := range 3 {
+		recs = append(recs, itemRecord(t, int64(i), int32(i), uint32(i+1)))
+	}
+	doc, err := bson.Marshal(bson.D{{Key: "_id", Value: int64(7)}, {Key: "v", Value: int32(7)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := envelope.Event{Op: envelope.OpInsert, Namespace: "app.other", ID: bson.Raw(doc).Lookup("_id"),
+		Version: envelope.Version{T: 100, I: 9}, Doc: doc}
+	b, err := envelope.Encode(nil, &ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs = append(recs[:1], append([]*kgo.Record{{Topic: itemsTopic, Key: ev.Key(), Value: b}}, recs[1:]...)...)
+	w := &pickyWriter{written: map[int64]bool{}}
+	_, dead := runPicky(t, 1000, recs, w)
+	if len(dead) != 1 || dead[0].Offset != 1 || dead[0].Namespace != "app.other" ||
+		!strings.Contains(dead[0].Reason, "namespace mismatch") || !strings.Contains(dead[0].Reason, itemsTopic) {
+		t.Fatalf("dead letters %+v", dead)
+	}
+	if len(w.written) != 3 || w.written[7] {
+		t.Fatalf("rows written %v, want ids 0, 1, 2 only", w.written)
+	}
 }

@@ -114,7 +114,7 @@ func New(cfg Config, d Deps) (*Sink, error) {
 	s.rowCounters = map[*transform.Table]rowCounters{}
 	var topics []string
 	for _, ns := range d.Mapping.Namespaces() {
-		topics = append(topics, cfg.TopicPrefix+"."+ns)
+		topics = append(topics, topicOf(cfg.TopicPrefix, ns))
 		for _, t := range d.Mapping.Tables(ns) {
 			s.rowCounters[t] = rowCounters{s.met.rows.WithLabelValues(t.QualifiedName(), "upsert"), s.met.rows.WithLabelValues(t.QualifiedName(), "delete")}
 		}
@@ -227,6 +227,12 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 // instance id: two daemons share sink.instance_id. The fenced one stops
 // rather than rejoin and fence the other in turn.
 var ErrFenced = errors.New("sink: fenced by another member with the same instance id")
+
+// topicOf is the capture topic of namespace ns (capture.Topic; the sink
+// does not import capture).
+func topicOf(prefix, ns string) string { return prefix + "." + ns }
+
+func (s *Sink) topicOf(ns string) string { return topicOf(s.cfg.TopicPrefix, ns) }
 
 // Close leaves the group. A dynamic member leaves as the client closes (its
 // revoke callback commits). A static member does not (franz-go keeps it in
@@ -581,6 +587,16 @@ func (pr *producer) produce(recs []*kgo.Record, res *pollResult) error {
 			ev, err := envelope.Decode(r.Value)
 			if err != nil {
 				if err := s.deadLetter(ctx, "sink", "malformed record: "+err.Error(), r, nil); err != nil {
+					return err
+				}
+				continue
+			}
+			if want := s.topicOf(ev.Namespace); r.Topic != want {
+				// A record of another collection (a producer other than
+				// capture, a topic renamed by hand) would be applied to that
+				// collection's tables from the wrong stream, out of order.
+				reason := fmt.Sprintf("namespace mismatch: a record of %s on topic %s (its topic is %s)", ev.Namespace, r.Topic, want)
+				if err := s.deadLetter(ctx, "sink", reason, r, &ev); err != nil {
 					return err
 				}
 				continue
