@@ -161,6 +161,37 @@ func (c *config) validate() error {
 	return nil
 }
 
+// TargetProblems is the Cassandra half of Check: every way the spec's
+// tables differ from the live schema (missing keyspace, table, column or
+// type, keys, types) and every column a replay would change. The sink
+// refuses to start while it lists anything: it would otherwise stop or
+// dead-letter on its first write, or let a replay corrupt a row.
+func TargetProblems(ctx context.Context, cass *gocql.Session, m *transform.Mapping) ([]Problem, error) {
+	return targetProblems(ctx, cass, m, nil)
+}
+
+func targetProblems(ctx context.Context, cass *gocql.Session, m *transform.Mapping, spec *transform.Spec) ([]Problem, error) {
+	var out []Problem
+	sc := newSchemaChecker(cass, spec)
+	for _, ns := range m.Namespaces() {
+		for _, t := range m.Tables(ns) {
+			ps, err := sc.checkTable(ctx, ns, t)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, ps...)
+		}
+	}
+	unsafe, err := UnsafeColumns(ctx, cass, m)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range unsafe {
+		out = append(out, unsafeProblem(m, u))
+	}
+	return out, nil
+}
+
 // Check validates m against the live schema that cass sees and against a
 // sample of the live documents of each of m's namespaces that mc sees.
 //
@@ -177,23 +208,11 @@ func Check(ctx context.Context, m *transform.Mapping, cass *gocql.Session, mc *m
 	}
 	r := &Report{SpecVersion: m.Version(), SpecChecksum: m.Checksum(), MaxFailureRate: cfg.maxFailureRate,
 		Problems: []Problem{}, Namespaces: []NamespaceReport{}}
-	sc := newSchemaChecker(cass, cfg.spec)
-	for _, ns := range m.Namespaces() {
-		for _, t := range m.Tables(ns) {
-			ps, err := sc.checkTable(ctx, ns, t)
-			if err != nil {
-				return nil, err
-			}
-			r.Problems = append(r.Problems, ps...)
-		}
-	}
-	unsafe, err := UnsafeColumns(ctx, cass, m)
+	ps, err := targetProblems(ctx, cass, m, cfg.spec)
 	if err != nil {
 		return nil, err
 	}
-	for _, u := range unsafe {
-		r.Problems = append(r.Problems, unsafeProblem(m, u))
-	}
+	r.Problems = append(r.Problems, ps...)
 	smp := newSampler(mc, &cfg)
 	for _, ns := range m.Namespaces() {
 		nr, p, err := smp.check(ctx, m, ns)

@@ -125,7 +125,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("cannot reach Cassandra at %v: %w", cfg.Cassandra.Hosts, err)
 		}
 		defer d.cass.Close()
-		if err := checkReplaySafe(ctx, d.cass, d.mapping); err != nil {
+		if err := checkTarget(ctx, d.cass, d.mapping); err != nil {
 			return err
 		}
 		w, err := sink.NewCassandraWriter(ctx, d.cass, d.mapping, cfg.Sink.Consistency)
@@ -210,27 +210,32 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return err
 }
 
-// checkReplaySafe refuses to start a sink that would write a column a replay
-// changes (a non-frozen list, a counter): every restart, rewind and repair
-// replays records, so such a column would drift on the first one.
-func checkReplaySafe(ctx context.Context, s *gocql.Session, m *transform.Mapping) error {
+// checkTarget refuses to start a sink whose spec the live Cassandra schema
+// does not match (it would stop or dead-letter on its first write) or that
+// would write a column a replay changes (a non-frozen list, a counter): every
+// restart, rewind and repair replays records, so such a column would drift
+// on the first one.
+func checkTarget(ctx context.Context, s *gocql.Session, m *transform.Mapping) error {
 	if m == nil {
 		return nil
 	}
-	unsafe, err := validate.UnsafeColumns(ctx, s, m)
+	ps, err := validate.TargetProblems(ctx, s, m)
 	if err != nil {
 		return err
 	}
-	if len(unsafe) == 0 {
+	if len(ps) == 0 {
 		return nil
 	}
-	lines := make([]string, len(unsafe))
-	for i, u := range unsafe {
-		lines[i] = fmt.Sprintf("%s.%s: type %s is not replay-safe; use %s", u.Table, u.Column, u.Type,
-			strings.Join(u.Alternatives, ", or "))
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		at := p.Table
+		if p.Column != "" {
+			at += "." + p.Column
+		}
+		lines[i] = fmt.Sprintf("%s: %s: %s", at, p.Kind, p.Message)
 	}
-	return &exitError{code: 2, err: fmt.Errorf("sink: %d column(s) a replay would change (see docs/types.md; "+
-		"tidemark validate lists them):\n  %s", len(unsafe), strings.Join(lines, "\n  "))}
+	return &exitError{code: 2, err: fmt.Errorf("sink: the spec does not fit the target tables (%d problems; `tidemark validate` shows them, "+
+		"docs/types.md explains unsafe_type):\n  %s", len(ps), strings.Join(lines, "\n  "))}
 }
 
 func specVersion(m *transform.Mapping) string {

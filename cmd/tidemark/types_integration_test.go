@@ -77,3 +77,51 @@ collections:
 		t.Fatalf("items holds %d rows (%v)", n, err)
 	}
 }
+
+// TestIntegrationRunRefusesASpecTheTablesDoNotFit: a spec naming a table
+// that does not exist, or a column the table lacks, is refused by `run`
+// at start (exit 2, naming each), as `validate` refuses it, instead of the
+// sink stopping or dead-lettering on its first write.
+func TestIntegrationRunRefusesASpecTheTablesDoNotFit(t *testing.T) {
+	e := newDaemonEnv(t, "unfit")
+	if err := e.s.Query("CREATE TABLE " + e.ks + ".items (id text PRIMARY KEY, name text)").Exec(); err != nil {
+		t.Fatal(err)
+	}
+	spec := fmt.Sprintf(`version: unfit-v1
+collections:
+  - namespace: %[1]s
+    tables:
+      - keyspace: %[2]s
+        table: items
+        partition_key: [id]
+        columns:
+          - {name: id, type: text, from: _id, convert: string}
+          - {name: name, type: text, from: name}
+          - {name: nope, type: int, from: n}
+      - keyspace: %[2]s
+        table: ghost
+        partition_key: [id]
+        columns:
+          - {name: id, type: text, from: _id, convert: string}
+`, e.ns, e.ks)
+	if err := os.WriteFile(filepath.Join(e.dir, "spec.yaml"), []byte(spec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(e.dir, "tidemark.yaml")
+	body := strings.Replace(e.config(freeAddr(t), e.db, "", ""), "roles: [capture, sink]", "roles: [sink]", 1)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, e.bin, "run", "--config", cfg).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("run: %v, want exit status 2\n%s", err, out)
+	}
+	for _, want := range []string{e.ks + ".items.nope: missing_column", e.ks + ".ghost: missing_table", "2 problems"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("run does not say %q:\n%s", want, out)
+		}
+	}
+}
