@@ -168,3 +168,50 @@ func TestConfigKeysDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestNamedTestsExist: every test, benchmark or fuzz target the docs name
+// (`TestX`, `TestX/sub`) is a function somewhere in the repository, so a
+// doc cannot keep citing a test that was renamed or removed.
+func TestNamedTestsExist(t *testing.T) {
+	nameRE := regexp.MustCompile("`((?:Test|Benchmark|Fuzz)[A-Z][A-Za-z0-9_]*)(\\*?)")
+	funcs := map[string]bool{}
+	funcRE := regexp.MustCompile(`(?m)^func ((?:Test|Benchmark|Fuzz)[A-Za-z0-9_]*)\(`)
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") && path != root) {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range funcRE.FindAllStringSubmatch(string(b), -1) {
+			funcs[m[1]] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range markdown(t) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range nameRE.FindAllStringSubmatch(string(b), -1) {
+			found := funcs[m[1]]
+			for fn := range funcs {
+				// `TestX*` names every test starting with TestX.
+				found = found || (m[2] == "*" && strings.HasPrefix(fn, m[1]))
+			}
+			if !found {
+				t.Errorf("%s names %s%s, which no _test.go file defines", f, m[1], m[2])
+			}
+		}
+	}
+}
