@@ -205,16 +205,20 @@ func TestSinkThrottlesSlowTarget(t *testing.T) {
 	brokers := kfakeTopic(t, partitions, recs)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	w := &slowingWriter{slowTarget: slowTarget{base: 5 * time.Millisecond}, seen: map[int64]bool{}}
+	// The sink times writes by the wall clock, so on a loaded machine (and
+	// under -race) a 5 ms write can take tens of milliseconds to be seen
+	// done. The p99 bound sits well above that noise, and a slow write
+	// costs 6 ms per write in flight, so the throttle still settles near ten.
+	w := &slowingWriter{slowTarget: slowTarget{base: 5 * time.Millisecond, perWrite: 6 * time.Millisecond}, seen: map[int64]bool{}}
 	w.slow.Store(true)
 	sk := newItemsSink(t, brokers, Config{Group: "g", Concurrency: 64, MaxInFlight: 64,
-		Throttle: ThrottleConfig{P99: 20 * time.Millisecond, Window: 100 * time.Millisecond}}, w, itemsMapping(t, 0), nil)
+		Throttle: ThrottleConfig{P99: 60 * time.Millisecond, Window: 100 * time.Millisecond}}, w, itemsMapping(t, 0), nil)
 	defer sk.Close()
 	stop := runSink(ctx, sk)
 	defer stop()
 
 	// Slow: the first window sees up to 64 in flight; the throttle must then
-	// settle where p99 stays near 20 ms (about 10 in flight).
+	// settle where p99 stays near 60 ms (about 10 in flight).
 	for deadline := time.Now().Add(10 * time.Second); sk.lim.Limit() > 16; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("slow target: limit stayed at %d of 64", sk.lim.Limit())

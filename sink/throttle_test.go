@@ -17,6 +17,8 @@ import (
 // or, while slow, 2 ms per write in flight.
 type slowTarget struct {
 	base     time.Duration
+	// perWrite is what each write in flight adds to a slow write (default 2 ms).
+	perWrite time.Duration
 	inflight atomic.Int64
 	peak     atomic.Int64 // since the last reset
 	slow     atomic.Bool
@@ -29,7 +31,7 @@ func (s *slowTarget) write(ctx context.Context) (time.Duration, error) {
 	}
 	d := cmp.Or(s.base, 200*time.Microsecond)
 	if s.slow.Load() {
-		d = time.Duration(n) * 2 * time.Millisecond
+		d = time.Duration(n) * cmp.Or(s.perWrite, 2*time.Millisecond)
 	}
 	select {
 	case <-time.After(d):
