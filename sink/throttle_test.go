@@ -16,7 +16,7 @@ import (
 // as an overloaded cluster's does: each write takes base (200 µs if zero),
 // or, while slow, 2 ms per write in flight.
 type slowTarget struct {
-	base     time.Duration
+	base time.Duration
 	// perWrite is what each write in flight adds to a slow write (default 2 ms).
 	perWrite time.Duration
 	inflight atomic.Int64
