@@ -445,21 +445,26 @@ func next(v envelope.Version) envelope.Version {
 
 // changedBetween reports whether the source may hold a change of ns at a
 // cluster time in [from, v]: true unless it is known there is none. The
-// answer is cached per namespace and position: a change seen stays seen,
-// "none up to x" answers every v <= x, and the source is asked at most
-// every 250 ms.
+// answer is cached per namespace: a change seen stays seen while capture has
+// not passed it, "none up to x" answers every v <= x, and the source is
+// asked at most every 250 ms per namespace.
 func (l *PipelineLag) changedBetween(ctx context.Context, ns string, from, v envelope.Version) (bool, error) {
 	l.probeMu.Lock()
 	defer l.probeMu.Unlock()
 	l.mu.Lock()
 	e, hit := l.probes[ns]
 	l.mu.Unlock()
-	if hit && e.after == from {
-		if !e.changeAt.IsZero() && !v.Before(e.changeAt) {
-			return true, nil
-		}
+	// Capture's position only moves forward, and under load it moves with
+	// every batch: an answer about an earlier position still holds ("none
+	// in [after, quietTo]" covers [from, quietTo]; a change at or after from
+	// is still ahead of capture). Keying the cache on the exact position
+	// would open a stream for nearly every re-check.
+	if hit && !from.Before(e.after) {
 		if !e.quietTo.Before(v) {
 			return false, nil
+		}
+		if !e.changeAt.IsZero() && !e.changeAt.Before(from) && !v.Before(e.changeAt) {
+			return true, nil
 		}
 		if time.Since(e.at) < 250*time.Millisecond {
 			return true, nil

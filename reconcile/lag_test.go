@@ -187,3 +187,34 @@ func TestCaughtUpRule(t *testing.T) {
 		t.Fatal("caught up while the initial backfill runs")
 	}
 }
+
+// TestChangedBetweenCache: under load capture's position moves with every
+// batch; an answer about an earlier position must serve later ones (else
+// every re-check opens a change stream), and only where it still holds.
+func TestChangedBetweenCache(t *testing.T) {
+	ctx := t.Context()
+	ver := func(t uint32) envelope.Version { return envelope.Version{T: t} }
+	l := &PipelineLag{} // no MongoDB: a cache miss is an error
+	l.probes = map[string]probeEntry{"a.b": {after: ver(10), quietTo: ver(20), changeAt: ver(21), at: time.Now()}}
+	for _, tc := range []struct {
+		from, v uint32
+		changed bool
+	}{
+		{10, 20, false}, // the answer itself
+		{15, 18, false}, // capture moved on: still nothing up to 20
+		{15, 25, true},  // the change at 21 is ahead of capture
+		{22, 25, true},  // capture passed it; unknown, but asked < 250 ms ago
+	} {
+		changed, err := l.changedBetween(ctx, "a.b", ver(tc.from), ver(tc.v))
+		if err != nil || changed != tc.changed {
+			t.Errorf("from %d to %d: changed %v (%v), want %v", tc.from, tc.v, changed, err, tc.changed)
+		}
+	}
+	// An old answer that does not decide, or capture moved back: ask again.
+	l.probes["a.b"] = probeEntry{after: ver(10), quietTo: ver(20), changeAt: ver(21), at: time.Now().Add(-time.Second)}
+	for _, from := range []uint32{22, 5} {
+		if _, err := l.changedBetween(ctx, "a.b", ver(from), ver(25)); err == nil {
+			t.Errorf("from %d: answered from the cache", from)
+		}
+	}
+}

@@ -104,8 +104,11 @@ func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("round under %.0f changes/s: %s in %.1fs (scans %.1fs/%.1fs), %d rows, %d leaf mismatches, %d candidates, counts %v",
-		rate, rep.Status, rep.DurationSeconds, rep.SourceSeconds, rep.TargetSeconds, rep.RowsCompared, rep.Tables[0].BucketMismatches, rep.Candidates, rep.Counts)
+	t.Logf("round under %.0f changes/s: %s in %.1fs (scans %.1fs/%.1fs), %d rows, %d leaf mismatches, %d candidates, counts %v, in flight waiting for %v",
+		rate, rep.Status, rep.DurationSeconds, rep.SourceSeconds, rep.TargetSeconds, rep.RowsCompared, rep.Tables[0].BucketMismatches, rep.Candidates, rep.Counts, rep.InFlightWaiting)
+	for _, p := range rep.LagEnd {
+		t.Logf("at the end: partition %d committed %d end %d (%d behind, %.0fs)", p.Partition, p.Committed, p.End, p.RecordsBehind, p.SecondsBehind)
+	}
 	// The stand-in MongoDB drops every connection when it stalls (a long JVM
 	// pause); a few failed writes are the stand-in's, not reconcile's.
 	if e := loadErrs.Load(); e > changes.Load()/20 {

@@ -93,9 +93,20 @@ func TestIntegrationSourcePositions(t *testing.T) {
 			t.Errorf("oplog %v: capture at %v counted as having produced the change before %v (%v)", oplog, v0, v1, err)
 		}
 		checkpoints.PutJSON(ctx, st, checkpoints.PrefixCapture+ns, streamCheckpoint{Token: []byte{1}, T: v1.T, I: v1.I})
+		// The source is asked at most every 250 ms per namespace: until then
+		// the answer about capture's earlier position says "not yet".
 		v3, _ := src.now(ctx)
-		if ok, err := l.captureCaught(ctx, ns, v3); !ok || err != nil {
-			t.Errorf("oplog %v: capture at %v, nothing of ns since, not caught up to %v (%v)", oplog, v1, v3, err)
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			ok, err := l.captureCaught(ctx, ns, v3)
+			if ok && err == nil {
+				break
+			}
+			if err != nil || time.Now().After(deadline) {
+				t.Errorf("oplog %v: capture at %v, nothing of ns since, not caught up to %v in 3s (%v)", oplog, v1, v3, err)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 }
