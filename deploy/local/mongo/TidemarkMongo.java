@@ -18,7 +18,8 @@
 //        [--oplog-max-entries N] [--oplog-max-bytes B]
 //
 // The bounds default to TIDEMARK_MONGO_OPLOG_MAX_ENTRIES and
-// TIDEMARK_MONGO_OPLOG_MAX_BYTES, else 0 entries (unbounded) and 1 GiB.
+// TIDEMARK_MONGO_OPLOG_MAX_BYTES, else 0 entries (unbounded) and 256 MiB: the
+// entries live as Java objects, several times their BSON size, in a 6 GB heap.
 import java.util.concurrent.TimeUnit;
 
 import de.bwaldvogel.mongo.ServerVersion;
@@ -47,7 +48,7 @@ import io.netty.util.concurrent.GlobalEventExecutor;
 
 public final class TidemarkMongo {
 
-    static final long DEFAULT_OPLOG_MAX_BYTES = 1L << 30;
+    static final long DEFAULT_OPLOG_MAX_BYTES = 256L << 20;
 
     public static void main(String[] args) throws Exception {
         String host = "127.0.0.1";
