@@ -73,7 +73,13 @@ func plan(t *testing.T, text string) rollout.Config {
 
 func newEnv(t *testing.T, mutate func(*rollout.Config)) *env {
 	t.Helper()
-	cfg := plan(t, planYAML)
+	return newEnvPlan(t, planYAML, mutate)
+}
+
+// newEnvPlan is newEnv with another plan.
+func newEnvPlan(t *testing.T, text string, mutate func(*rollout.Config)) *env {
+	t.Helper()
+	cfg := plan(t, text)
 	cfg.RouteFile = filepath.Join(t.TempDir(), "routes.json")
 	cfg.DrillTimeout = 5 * time.Second
 	if mutate != nil {

@@ -69,6 +69,16 @@ func (s *Signals) SetAt(name string, v float64, at time.Time) {
 	s.fixed[name] = true
 }
 
+// SetSample gives signal name exactly s from now on (a reconcile round:
+// its source, start and end).
+func (s *Signals) SetSample(name string, smp rollout.Sample) {
+	s.Set(name, smp.Value)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.vals[name] = smp
+	s.fixed[name] = true
+}
+
 // Unset removes a signal's data.
 func (s *Signals) Unset(name string) {
 	s.mu.Lock()
