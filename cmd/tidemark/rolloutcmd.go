@@ -735,6 +735,24 @@ func printPlan(w io.Writer, st rollout.Status) {
 			secs(t.HeldFor), secs(t.For), att, secs(t.CooldownLeft))
 	}
 	tw.Flush()
+	// Where each trigger's last firing stands: the evidence it acted on,
+	// whether it waits (pending) and for what, and what judged it.
+	for _, t := range st.Triggers {
+		switch {
+		case t.Pending:
+			fmt.Fprintf(w, "%s: PENDING, fired on %s; %s\n", t.Name, t.FiredOn, t.Effect)
+		case t.FiredOn != "":
+			fmt.Fprintf(w, "%s: fired on %s; judged by %s\n", t.Name, t.FiredOn, t.Judged)
+		}
+	}
+	if wd := st.Widening; wd != nil {
+		if wd.Phase == rollout.PhaseApplied {
+			fmt.Fprintf(w, "widened slice back-filled at %s; rounds that started before say nothing about this stage\n",
+				wd.AppliedAt.Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(w, "widened slice back-filling (%s: %s); the clean gate waits for it\n", wd.Phase, wd.Waiting)
+		}
+	}
 }
 
 func printDrill(w io.Writer, rep rollout.DrillReport) {
