@@ -41,7 +41,7 @@ func main() {
 	mode := flag.String("mode", "", "seed | workload | verify | inject | narrate")
 	addr := flag.String("addr", "127.0.0.1:7070", "narrate: the daemon's admin API (token from TIDEMARK_TOKEN)")
 	out := flag.String("out", "demo-outcome.json", "narrate: where to write what happened")
-	limit := flag.Duration("limit", 20*time.Minute, "narrate: give up after this long")
+	limit := flag.Duration("limit", 35*time.Minute, "narrate: give up after this long")
 	n := flag.Int("docs", 100_000, "documents to seed")
 	rate := flag.Int("rate", 500, "workload changes per second")
 	dur := flag.Duration("for", 20*time.Second, "workload duration")

@@ -168,7 +168,9 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 	seen := map[string]bool{}
 	injectedAt := time.Time{}
 	lastLine := ""
-	err = waitFor(ctx, "the rollout plan to complete", 15*time.Minute, time.Second, func() (bool, error) {
+	// Three widenings each re-emit the whole collection; on a 2-core machine
+	// shared with other work the sink took up to 10 minutes to apply one.
+	err = waitFor(ctx, "the rollout plan to complete", 25*time.Minute, time.Second, func() (bool, error) {
 		if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &ps); err != nil {
 			return false, err
 		}
