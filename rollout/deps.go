@@ -24,10 +24,13 @@ type Actions interface {
 	// namespaces, so that keys a wider slice now includes are written. It
 	// returns request ids once the requests are durable.
 	Backfill(ctx context.Context, namespaces []string, reason string) ([]string, error)
-	// Repair asks for the slice's divergent keys to be re-emitted from the
-	// source and returns request ids once the requests are durable, with
-	// what each namespace's request covers (for the audit log).
-	Repair(ctx context.Context, slice Slice, reason string) ([]string, map[string]any, error)
+	// Divergent lists, per namespace of the slice, the keys (envelope.Key)
+	// the namespace's newest finished reconcile round found divergent.
+	Divergent(ctx context.Context, slice Slice) ([]DivergentKeys, error)
+	// Reemit asks the capture role to re-emit keys of namespace ns from the
+	// source (deletes for keys it no longer has) and returns the request id
+	// once the request is durable.
+	Reemit(ctx context.Context, ns string, keys [][]byte, reason string) (string, error)
 	// Requests counts the ids still waiting for the capture role.
 	Requests(ctx context.Context, ids []string) (int, error)
 	// Partitions lists the partitions that hold the slice's keys.
@@ -46,4 +49,30 @@ type Actions interface {
 	Rewind(ctx context.Context, tps []sink.TopicPartition, reason string) (map[string]any, error)
 	// CaughtUp reports whether tps have replayed to their end.
 	CaughtUp(ctx context.Context, tps []sink.TopicPartition) (bool, error)
+	// Ends returns tps' end offsets now: every record produced before the
+	// call is below them.
+	Ends(ctx context.Context, tps []sink.TopicPartition) ([]Offset, error)
+	// Passed reports whether the sink has committed every record below ends
+	// (a transactional topic's last offset is a commit marker, so one short
+	// of an end passes it).
+	Passed(ctx context.Context, ends []Offset) (bool, error)
+}
+
+// DivergentKeys is what one round found divergent in one namespace.
+type DivergentKeys struct {
+	Namespace string `json:"namespace"`
+	// Round is the report id; empty when no round has finished.
+	Round string `json:"round,omitempty"`
+	// Keys are the documents behind the divergent rows (envelope.Key).
+	Keys [][]byte `json:"keys,omitempty"`
+	// Complete says Keys are all of them: the round finished, was not cut
+	// short and traced every divergent row to a document.
+	Complete bool `json:"complete"`
+}
+
+// Offset is a position in one partition.
+type Offset struct {
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+	Offset    int64  `json:"offset"`
 }

@@ -46,14 +46,23 @@ type State struct {
 	// again automatically.
 	Reverted map[string]bool `json:"reverted,omitempty"`
 	// Held, when set, says why automatic advancing waits for a person.
-	Held    string `json:"held,omitempty"`
-	Aborted bool   `json:"aborted,omitempty"`
+	Held string `json:"held,omitempty"`
+	// Halted is set by a halt (a trigger's, an exhausted trigger's, or a
+	// repair over its bound): `plan advance` is refused until `plan resume`.
+	Halted  bool `json:"halted,omitempty"`
+	Aborted bool `json:"aborted,omitempty"`
 	// Paused are the partitions the rollout paused (resume releases only these).
 	Paused []sink.TopicPartition `json:"paused,omitempty"`
 	// Triggers are keyed by "<stage>/<trigger>".
 	Triggers map[string]TriggerState `json:"triggers,omitempty"`
 	// Applied is the slice the sink was last told to write.
 	Applied Slice `json:"applied"`
+	// Widening follows the backfill the last widening of the slice asked
+	// for. Until it is applied (capture took the requests and the sink
+	// committed past them), and for rounds that started before, reconcile
+	// evidence says nothing about the stage: the keys it added may not be
+	// written yet.
+	Widening *Effect `json:"widening,omitempty"`
 	// WouldAdvance is the stage a dry run announced it would advance to.
 	WouldAdvance string `json:"would_advance,omitempty"`
 	Routes       Routes `json:"routes"`
@@ -77,10 +86,12 @@ type Status struct {
 	Aborted      bool                  `json:"aborted"`
 	Paused       []sink.TopicPartition `json:"paused_by_rollout"`
 	Gates        []GateStatus          `json:"gates"`
-	Triggers     []TriggerStatus       `json:"triggers"`
-	RouteGen     int64                 `json:"route_generation"`
-	Evaluated    time.Time             `json:"evaluated,omitzero"`
-	LastError    string                `json:"last_error,omitempty"`
+	// Widening is the backfill of the keys the current stage added.
+	Widening  *Effect         `json:"widening,omitempty"`
+	Triggers  []TriggerStatus `json:"triggers"`
+	RouteGen  int64           `json:"route_generation"`
+	Evaluated time.Time       `json:"evaluated,omitzero"`
+	LastError string          `json:"last_error,omitempty"`
 	// Following is true on a daemon that follows another's evaluation
 	// (rollout.follow, or an election another daemon leads).
 	Following bool `json:"following"`
@@ -115,7 +126,8 @@ type Engine struct {
 	poll  time.Duration
 	met   *metrics
 	// auto carries out automatic decisions: perform, or wouldDo in a dry run.
-	auto func(ctx context.Context, a Action, reason string, details map[string]any) error
+	// ef follows the action's effect until a fresh round judges it.
+	auto func(ctx context.Context, a Action, reason string, details map[string]any, ef *Effect) error
 
 	op sync.Mutex // serialises everything that changes st
 	st State
@@ -128,6 +140,9 @@ type Engine struct {
 	trigs map[string]*hold
 	// verdicts are the gates' last states, to audit each change once.
 	verdicts map[string]string
+	// lastEmit is when each trigger's repair last re-emitted keys: the
+	// rate limit's clock (in memory; after a restart it starts again).
+	lastEmit map[string]time.Time
 
 	mu     sync.RWMutex // guards status
 	status Status
@@ -141,7 +156,8 @@ func NewEngine(cfg Config, store checkpoints.Store, sig Signals, act Actions, op
 		return nil, errors.New("rollout: no plan (rollout.stages is empty)")
 	}
 	e := &Engine{cfg: cfg, store: store, sig: sig, act: act, log: slog.Default(), now: time.Now, poll: 200 * time.Millisecond,
-		gates: map[string]*hold{}, trigs: map[string]*hold{}, verdicts: map[string]string{}}
+		gates: map[string]*hold{}, trigs: map[string]*hold{}, verdicts: map[string]string{},
+		lastEmit: map[string]time.Time{}}
 	for _, o := range opts {
 		o(e)
 	}
@@ -303,14 +319,19 @@ func (e *Engine) Tick(ctx context.Context) error {
 	}
 	read := func(name string) (Sample, bool) {
 		s, ok := samples[name]
-		if ok && s.At.Before(e.st.StageSince) {
-			return s, false // evidence about an earlier stage
+		if ok && e.stale(s) {
+			return s, false
 		}
 		return s, ok
 	}
 	var errs []error
 	if sampleErr != nil {
 		errs = append(errs, fmt.Errorf("signals: %w", sampleErr))
+	}
+	if !e.st.Aborted {
+		if err := e.progress(ctx, now, samples); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if st := e.stage(); st != nil && !e.st.Aborted {
 		for _, g := range st.Gates {
@@ -322,13 +343,19 @@ func (e *Engine) Tick(ctx context.Context) error {
 		for _, t := range e.cfg.triggers(e.st.Stage) {
 			h := e.hold(e.trigs, t.Name)
 			s, has := read(t.Signal)
+			if has {
+				e.judge(ctx, t, s, now)
+				// Evidence the last firing acted on, or gathered before
+				// its effect was applied, says nothing new.
+				has = e.fresh(t, s)
+			}
 			h.observe(now, s, has, !(has && t.breached(s.Value)))
 			// The hold says ok/breach for the gate sense; a trigger's
 			// condition is the breach.
 			if h.obs != ObsBreach || h.heldFor(now) < t.For {
 				continue
 			}
-			if err := e.fire(ctx, t, h, now); err != nil {
+			if err := e.fire(ctx, t, h, s, now); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -394,40 +421,144 @@ func (e *Engine) triggerKey(name string) string { return e.st.StageName + "/" + 
 // fire acts on a trigger whose condition held for its window, unless it is
 // cooling down or exhausted. After max_attempts automatic firings the next one
 // halts instead and waits for a person.
-func (e *Engine) fire(ctx context.Context, t Trigger, h *hold, now time.Time) error {
+//
+// A trigger acts on fresh evidence only: it does not fire while its last
+// firing is pending (its effect not yet applied, or no evidence that started
+// after it has reported), nor twice on one round. A firing counts against
+// max_attempts once judged (see judge). While the plan is held, only the
+// rollbacks fire: a hold stops repairs and rewinds, not the sink.
+func (e *Engine) fire(ctx context.Context, t Trigger, h *hold, s Sample, now time.Time) error {
 	key := e.triggerKey(t.Name)
 	ts := e.st.Triggers[key]
-	if ts.Exhausted || (!ts.LastFired.IsZero() && now.Sub(ts.LastFired) < t.Cooldown) {
+	switch {
+	case ts.Exhausted, ts.Effect != nil:
 		return nil
+	case s.Source != "" && s.Source == ts.FiredOn:
+		return nil
+	case !ts.LastFired.IsZero() && now.Sub(ts.LastFired) < t.Cooldown:
+		return nil
+	case e.st.Held != "" && t.Action != SoftRollback && t.Action != HardRollback:
+		return nil
+	}
+	src := s.Source
+	if src == "" {
+		src = "sample at " + s.At.UTC().Format(time.RFC3339)
 	}
 	details := map[string]any{"trigger": t.Name, "signal": t.Signal, "condition": t.breachText(), "value": deref(h.value),
 		"held_for_seconds": h.heldFor(now).Seconds(), "for_seconds": t.For.Seconds(), "attempt": ts.Attempts + 1,
-		"max_attempts": t.MaxAttempts, "stage": e.st.StageName, "plan_version": e.cfg.Version}
-	action, reason := t.Action, fmt.Sprintf("trigger %s: %s %s held for %s", t.Name, t.Signal, t.breachText(), h.heldFor(now).Round(time.Second))
+		"max_attempts": t.MaxAttempts, "stage": e.st.StageName, "plan_version": e.cfg.Version, "fired_on": src,
+		"evidence_started": s.started().UTC()}
+	action, reason := t.Action, fmt.Sprintf("trigger %s: %s %s held for %s (%s)", t.Name, t.Signal, t.breachText(),
+		h.heldFor(now).Round(time.Second), src)
+	var ef *Effect
 	if ts.Attempts >= t.MaxAttempts {
 		ts.Exhausted = true
 		action = Halt
-		reason = fmt.Sprintf("trigger %s fired %d times (max_attempts); halted, waiting for a person", t.Name, ts.Attempts)
+		reason = fmt.Sprintf("trigger %s acted %d times (max_attempts) and %s still holds; halted, waiting for a person",
+			t.Name, ts.Attempts, t.Signal+" "+t.breachText())
 		details["exhausted"] = true
 	} else {
-		ts.Attempts++
-		ts.LastFired = now
+		ts.LastFired, ts.FiredOn = now, src
+		ef = &Effect{Action: action, Phase: PhaseApplied, AppliedAt: now}
+		if action == Repair {
+			over, err := e.planRepair(ctx, ef, details)
+			if err != nil {
+				return err
+			}
+			if over != "" {
+				// Not a repair to do on its own: a person decides.
+				ts.Exhausted = true
+				action, ef = Halt, nil
+				reason = fmt.Sprintf("trigger %s: %s; halted, waiting for a person (`tidemark repair --report latest` re-emits them)", t.Name, over)
+				details["over_bound"] = over
+			}
+		}
 	}
 	if e.st.Triggers == nil {
 		e.st.Triggers = map[string]TriggerState{}
 	}
-	e.st.Triggers[key] = ts
 	h.reset() // the condition must hold for a whole window again
 	details["action"] = string(action)
 	e.met.fires.WithLabelValues(t.Name, string(action), e.mode()).Inc()
-	err := e.auto(ctx, action, reason, details)
-	if ts.Exhausted && !e.cfg.DryRun {
-		e.st.Held = reason
+	err := e.auto(ctx, action, reason, details, ef)
+	if err != nil {
+		ef = nil // nothing to wait for; the failure is audited
 	}
+	ts.Effect = ef
+	e.st.Triggers[key] = ts
 	if perr := e.save(ctx); perr != nil {
 		err = errors.Join(err, perr)
 	}
 	return err
+}
+
+// stale reports whether s says nothing about the current stage: measured
+// before it began or, for reconcile evidence, gathered by a round that
+// started before the stage began or before the backfill of the keys the
+// stage added was applied.
+func (e *Engine) stale(s Sample) bool {
+	if s.At.Before(e.st.StageSince) {
+		return true
+	}
+	if s.Source == "" {
+		return false
+	}
+	if s.started().Before(e.st.StageSince) {
+		return true
+	}
+	w := e.st.Widening
+	return w != nil && (!w.applied() || !s.started().After(w.AppliedAt))
+}
+
+// fresh reports whether s is new evidence for trigger t: not the evidence
+// its last firing acted on, and (while that firing is pending) gathered
+// after its effect was applied.
+func (e *Engine) fresh(t Trigger, s Sample) bool {
+	ts := e.st.Triggers[e.triggerKey(t.Name)]
+	if s.Source != "" && s.Source == ts.FiredOn {
+		return false
+	}
+	if ef := ts.Effect; ef != nil && (!ef.applied() || !s.started().After(ef.AppliedAt)) {
+		return false
+	}
+	if s.Source == "" && !ts.LastFired.IsZero() && !s.started().After(ts.LastFired) {
+		return false
+	}
+	return true
+}
+
+// judge closes a pending firing of t once evidence that started after its
+// effect was applied has reported: only then does the firing count as an
+// attempt. The verdict (resolved, or still breached) is audited.
+func (e *Engine) judge(ctx context.Context, t Trigger, s Sample, now time.Time) {
+	key := e.triggerKey(t.Name)
+	ts, ok := e.st.Triggers[key]
+	if !ok || ts.Effect == nil || !ts.Effect.applied() || !s.started().After(ts.Effect.AppliedAt) {
+		return
+	}
+	if s.Source != "" && s.Source == ts.FiredOn {
+		return
+	}
+	src := s.Source
+	if src == "" {
+		src = "sample at " + s.At.UTC().Format(time.RFC3339)
+	}
+	verdict := "resolved"
+	if t.breached(s.Value) {
+		verdict = "still " + t.Signal + " " + t.breachText()
+	}
+	ts.Attempts++
+	ts.Judged = fmt.Sprintf("%s: %s = %g, %s", src, t.Signal, s.Value, verdict)
+	ts.JudgedAt = now
+	applied := ts.Effect.AppliedAt
+	ts.Effect = nil
+	e.st.Triggers[key] = ts
+	e.audit(ctx, AutoActor, "trigger.judged", e.st.StageName+"/"+t.Name, verdict, "ok", map[string]any{"trigger": t.Name,
+		"signal": t.Signal, "value": s.Value, "judged_on": src, "evidence_started": s.started().UTC(), "effect_applied": applied,
+		"fired_on": ts.FiredOn, "attempt": ts.Attempts, "max_attempts": t.MaxAttempts})
+	if err := e.save(ctx); err != nil {
+		e.log.Warn("cannot save the trigger's verdict", "err", err)
+	}
 }
 
 func (e *Engine) mode() string {
@@ -447,8 +578,8 @@ func deref(p *float64) any {
 }
 
 // perform carries out an automatic action and audits it with the numbers.
-func (e *Engine) perform(ctx context.Context, a Action, reason string, details map[string]any) error {
-	res, err := e.do(ctx, a, reason)
+func (e *Engine) perform(ctx context.Context, a Action, reason string, details map[string]any, ef *Effect) error {
+	res, err := e.do(ctx, a, reason, ef)
 	for k, v := range res {
 		details[k] = v
 	}
@@ -458,7 +589,11 @@ func (e *Engine) perform(ctx context.Context, a Action, reason string, details m
 }
 
 // wouldDo is perform's dry-run twin: it audits what perform would have done.
-func (e *Engine) wouldDo(ctx context.Context, a Action, reason string, details map[string]any) error {
+// Attempts count as if it had acted: the effect is taken as applied now.
+func (e *Engine) wouldDo(ctx context.Context, a Action, reason string, details map[string]any, ef *Effect) error {
+	if ef != nil {
+		*ef = Effect{Action: a, Phase: PhaseApplied, AppliedAt: e.now().UTC()}
+	}
 	details["would"] = string(a)
 	e.audit(ctx, AutoActor, "trigger.fire", e.st.StageName, reason, "dry-run", details)
 	e.log.Warn("dry run: trigger would fire", "action", a, "reason", reason)
@@ -466,19 +601,20 @@ func (e *Engine) wouldDo(ctx context.Context, a Action, reason string, details m
 }
 
 // do changes the pipeline or the routes for action a; the caller holds op.
-func (e *Engine) do(ctx context.Context, a Action, reason string) (map[string]any, error) {
+// ef, when given (a trigger's firing), follows the effect: do sets where it
+// starts. A repair with ef only queues the keys; progress re-emits them at
+// rollout.repair's pace. Without ef (a drill) a repair re-emits them at once.
+func (e *Engine) do(ctx context.Context, a Action, reason string, ef *Effect) (map[string]any, error) {
 	switch a {
 	case Halt:
-		tps, err := e.act.Partitions(ctx, e.st.Applied)
-		if err != nil {
-			return nil, err
+		// A halt holds the plan: no stage advances, no automatic repair or
+		// rewind. It does not pause the sink: rounds keep producing the
+		// evidence a person needs, and Kafka does not pile up behind it.
+		if e.st.Held == "" {
+			e.st.Held = reason
 		}
-		newly, err := e.act.Pause(ctx, tps, reason)
-		e.st.Paused = mergeTP(e.st.Paused, newly)
-		if serr := e.save(ctx); err == nil {
-			err = serr
-		}
-		return map[string]any{"paused": tps}, err
+		e.st.Halted = true
+		return map[string]any{"held": e.st.Held, "sink": "not paused"}, e.save(ctx)
 	case Rewind:
 		tps, err := e.act.Partitions(ctx, e.st.Applied)
 		if err != nil {
@@ -495,10 +631,36 @@ func (e *Engine) do(ctx context.Context, a Action, reason string) (map[string]an
 		if rerr := e.act.Resume(ctx, newly, reason); err == nil {
 			err = rerr
 		}
+		if ef != nil {
+			// Applied once the sink has replayed past today's ends.
+			*ef = Effect{Action: Rewind, Phase: PhaseCapture}
+		}
 		return res, err
 	case Repair:
-		ids, scope, err := e.act.Repair(ctx, e.st.Applied, reason)
-		return map[string]any{"requests": ids, "reemit": scope}, err
+		if ef != nil {
+			return map[string]any{"queued_keys": ef.Keys}, nil
+		}
+		ds, over, err := e.divergent(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if over != "" {
+			return map[string]any{"over_bound": over}, fmt.Errorf("rollout: %s", over)
+		}
+		var ids []string
+		scope := map[string]any{}
+		for _, d := range ds {
+			scope[d.Namespace] = fmt.Sprintf("%d documents found divergent by round %s", len(d.Keys), d.Round)
+			if len(d.Keys) == 0 {
+				continue
+			}
+			id, err := e.act.Reemit(ctx, d.Namespace, d.Keys, reason)
+			if err != nil {
+				return map[string]any{"requests": ids, "reemit": scope}, err
+			}
+			ids = append(ids, id)
+		}
+		return map[string]any{"requests": ids, "reemit": scope}, nil
 	case SoftRollback:
 		e.st.SoftRollback = true
 		return map[string]any{"routes": "legacy"}, e.publish(ctx)
@@ -548,6 +710,10 @@ func (e *Engine) applySlice(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			// Rounds say nothing about the stage until this is applied.
+			e.st.Widening = &Effect{Phase: PhaseCapture, Requests: ids, Waiting: fmt.Sprintf("capture to take %d backfill requests", len(ids))}
+		} else if !want.Equal(prev) {
+			e.st.Widening = nil // narrowed: nothing new to write
 		}
 	}
 	e.met.setSlice(want)
@@ -716,6 +882,10 @@ func (e *Engine) refresh(now time.Time, err error) {
 		}
 	}
 	sort.Strings(s.Reverted)
+	if w := e.st.Widening; w != nil {
+		c := *w // the snapshot must not share what the next evaluation changes
+		s.Widening = &c
+	}
 	for _, t := range e.cfg.triggers(e.st.Stage) {
 		ts := t.status(e.hold(e.trigs, t.Name), e.st.Triggers[e.triggerKey(t.Name)], now)
 		s.Triggers = append(s.Triggers, ts)

@@ -13,6 +13,24 @@ type Sample struct {
 	// a windowed metric. Readings from before the current stage began are not
 	// evidence about it and count as no data.
 	At time.Time `json:"at"`
+	// Source names the evidence: the reconcile round(s) the value came from
+	// ("app.users:<report id>", comma-separated), empty for a sample of the
+	// daemon's own metrics. One source fires a trigger at most once.
+	Source string `json:"source,omitempty"`
+	// Started is when the evidence began to be gathered: the (earliest)
+	// round's start, or At for a sample. Only evidence that started after an
+	// action's effect was applied judges that action, and only evidence that
+	// started after a stage began (and its widened slice was back-filled)
+	// speaks about the stage.
+	Started time.Time `json:"started"`
+}
+
+// started is s.Started, or At when the signal did not say.
+func (s Sample) started() time.Time {
+	if s.Started.IsZero() {
+		return s.At
+	}
+	return s.Started
 }
 
 // Observation of a condition at one evaluation.
@@ -124,19 +142,90 @@ type TriggerStatus struct {
 	// CooldownLeft is how long until it may fire again automatically, in seconds.
 	CooldownLeft float64 `json:"cooldown_left_seconds"`
 	Exhausted    bool    `json:"exhausted"`
+	// FiredOn is the evidence of the last firing (a round, or a sample's time).
+	FiredOn string `json:"fired_on,omitempty"`
+	// Pending is true while the last firing waits for its effect to be
+	// applied and then for evidence that started after it; it counts as an
+	// attempt only once judged, and the trigger does not fire again meanwhile.
+	Pending bool `json:"pending"`
+	// Effect says where the last firing's effect is (what it waits for).
+	Effect string `json:"effect,omitempty"`
+	// EffectApplied is when the effect was seen applied.
+	EffectApplied time.Time `json:"effect_applied,omitzero"`
+	// Judged is the evidence that judged the last firing, and its verdict.
+	Judged string `json:"judged,omitempty"`
 }
 
 // TriggerState is what a trigger remembers across restarts.
 type TriggerState struct {
+	// Attempts counts judged firings: those a fresh round (or sample) has
+	// reported on since their effect was applied.
 	Attempts  int       `json:"attempts"`
 	LastFired time.Time `json:"last_fired,omitzero"`
 	Exhausted bool      `json:"exhausted,omitempty"`
+	// FiredOn is the source of the evidence the last firing acted on.
+	FiredOn string `json:"fired_on,omitempty"`
+	// Effect follows the last firing until it is judged; nil when judged.
+	Effect *Effect `json:"effect,omitempty"`
+	// Judged names the evidence that judged the last firing, and how.
+	Judged   string    `json:"judged,omitempty"`
+	JudgedAt time.Time `json:"judged_at,omitzero"`
+}
+
+// Effect phases, in order.
+const (
+	// PhaseReemit: a repair's keys are being re-emitted, rate-limited.
+	PhaseReemit = "reemit"
+	// PhaseCapture: capture requests are queued.
+	PhaseCapture = "capture"
+	// PhaseSink: the records are in Kafka; the sink must commit past Ends.
+	PhaseSink = "sink"
+	// PhaseApplied: the effect is applied (AppliedAt).
+	PhaseApplied = "applied"
+)
+
+// Effect follows an action (or a slice widening's backfill) from the moment
+// it was decided to the moment it is applied in Cassandra: capture took its
+// requests and the sink committed past every record they produced.
+type Effect struct {
+	Action Action `json:"action"`
+	Phase  string `json:"phase"`
+	// Queue holds a repair's keys not yet re-emitted.
+	Queue []DivergentKeys `json:"queue,omitempty"`
+	// Requests are capture requests still to be taken.
+	Requests []string `json:"requests,omitempty"`
+	// Ends are the slice's partition ends once capture took every request:
+	// the re-emitted records are below them.
+	Ends      []Offset  `json:"ends,omitempty"`
+	AppliedAt time.Time `json:"applied_at,omitzero"`
+	// Waiting says, for status, what the effect waits for now.
+	Waiting string `json:"waiting,omitempty"`
+	// Keys counts a repair's keys; Emitted those re-emitted so far.
+	Keys    int `json:"keys,omitempty"`
+	Emitted int `json:"emitted,omitempty"`
+}
+
+// applied reports whether the effect is in Cassandra.
+func (ef *Effect) applied() bool { return ef != nil && ef.Phase == PhaseApplied }
+
+func (ef *Effect) text() string {
+	if ef == nil {
+		return ""
+	}
+	if ef.Phase == PhaseApplied {
+		return "applied at " + ef.AppliedAt.Format(time.RFC3339) + "; waiting for evidence that started after it"
+	}
+	return ef.Phase + ": " + ef.Waiting
 }
 
 func (t Trigger) status(h *hold, ts TriggerState, now time.Time) TriggerStatus {
 	st := TriggerStatus{Name: t.Name, Signal: t.Signal, Action: t.Action, Condition: bounds(t.Below, t.Above, "<", ">"),
 		Observed: orNoData(h.obs), Value: h.value, For: t.For.Seconds(), Attempts: ts.Attempts, MaxAttempts: t.MaxAttempts,
-		LastFired: ts.LastFired, Exhausted: ts.Exhausted}
+		LastFired: ts.LastFired, Exhausted: ts.Exhausted, FiredOn: ts.FiredOn, Pending: ts.Effect != nil,
+		Effect: ts.Effect.text(), Judged: ts.Judged}
+	if ts.Effect.applied() {
+		st.EffectApplied = ts.Effect.AppliedAt
+	}
 	if h.obs == ObsBreach {
 		st.HeldFor = h.heldFor(now).Seconds()
 	}

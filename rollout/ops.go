@@ -33,6 +33,8 @@ func (e *Engine) Advance(ctx context.Context, actor, reason string, force bool) 
 		return e.Status(), refused("the plan is aborted; `tidemark plan resume` first")
 	case e.st.SoftRollback:
 		return e.Status(), refused("reads are rolled back to legacy; `tidemark plan resume` first")
+	case e.st.Halted:
+		return e.Status(), refused("a trigger halted the plan (%s); `tidemark plan resume` first", e.st.Held)
 	case len(e.st.Paused) > 0:
 		return e.Status(), refused("a trigger halted %d partitions; `tidemark plan resume` releases them first", len(e.st.Paused))
 	case e.st.Stage >= len(e.cfg.Stages)-1:
@@ -90,7 +92,7 @@ func (e *Engine) Rollback(ctx context.Context, actor, reason string, hard bool) 
 	case e.st.SoftRollback:
 		return e.Status(), refused("reads are already rolled back to legacy")
 	}
-	res, err := e.do(ctx, a, reason)
+	res, err := e.do(ctx, a, reason, nil)
 	e.audit(ctx, actor, "rollback", e.st.StageName, reason, resultOf(err), merge(res, map[string]any{"action": string(a)}))
 	e.refresh(e.now().UTC(), err)
 	return e.Status(), err
@@ -112,7 +114,7 @@ func (e *Engine) Resume(ctx context.Context, actor, reason string) (Status, erro
 			e.st.Paused = nil
 		}
 	}
-	e.st.Held, e.st.Aborted, e.st.SoftRollback = "", false, false
+	e.st.Held, e.st.Halted, e.st.Aborted, e.st.SoftRollback = "", false, false, false
 	for k := range e.st.Triggers {
 		if strings.HasPrefix(k, e.st.StageName+"/") {
 			delete(e.st.Triggers, k)
@@ -194,7 +196,7 @@ func (e *Engine) Drill(ctx context.Context, actor, reason, trigger string) (Dril
 
 	// Fire.
 	began := time.Now()
-	res, err := e.do(ctx, t.Action, "drill "+rep.ID+": "+reason)
+	res, err := e.do(ctx, t.Action, "drill "+rep.ID+": "+reason, nil)
 	b, _ := json.Marshal(res)
 	step("fire "+string(t.Action), err == nil, errText(err, string(b)), began)
 
@@ -274,8 +276,7 @@ func (e *Engine) waitFor(ctx context.Context, check func() (bool, string, error)
 func (e *Engine) effect(ctx context.Context, a Action, saved State, tps []sink.TopicPartition, res map[string]any) (bool, string, error) {
 	switch a {
 	case Halt:
-		ok, err := e.act.Paused(ctx, tps)
-		return ok, fmt.Sprintf("%d partitions of the slice paused: %v", len(tps), ok), err
+		return e.st.Held != "", fmt.Sprintf("plan held: %q (the sink keeps running)", e.st.Held), nil
 	case Rewind:
 		ok, err := e.act.CaughtUp(ctx, tps)
 		return ok, fmt.Sprintf("rewound to the verified marks (%v); replay finished: %v", res, ok), err
@@ -327,7 +328,10 @@ func (e *Engine) routeFileCurrent() (bool, string, error) {
 // trigger had paused.
 func (e *Engine) restore(ctx context.Context, a Action, saved State) ([]sink.TopicPartition, error) {
 	switch a {
-	case Halt, Rewind:
+	case Halt:
+		e.st.Held, e.st.Halted = saved.Held, saved.Halted
+		return nil, e.save(ctx)
+	case Rewind:
 		var newly []sink.TopicPartition
 		was := map[sink.TopicPartition]bool{}
 		for _, tp := range saved.Paused {
@@ -366,7 +370,9 @@ func (e *Engine) restore(ctx context.Context, a Action, saved State) ([]sink.Top
 // restored checks that the system is back where the drill found it.
 func (e *Engine) restored(ctx context.Context, a Action, saved State, released []sink.TopicPartition) (bool, string, error) {
 	switch a {
-	case Halt, Rewind:
+	case Halt:
+		return e.st.Held == saved.Held, fmt.Sprintf("hold as before: %q", e.st.Held), nil
+	case Rewind:
 		for _, tp := range released {
 			p, err := e.act.Paused(ctx, []sink.TopicPartition{tp})
 			if err != nil || p {

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tidemarkhq/tidemark/checkpoints"
 )
 
 // Config is the plan: the `rollout:` section of the daemon config.
@@ -42,9 +44,27 @@ type Config struct {
 	Follow bool `yaml:"follow"`
 	// DrillTimeout bounds how long a drill waits for the expected effect. Default 2m.
 	DrillTimeout time.Duration `yaml:"drill_timeout"`
+	// Repair bounds what a repair trigger may re-emit on its own.
+	Repair RepairConfig `yaml:"repair"`
 	// Triggers apply to every stage, in addition to each stage's own.
 	Triggers []Trigger `yaml:"triggers"`
 	Stages   []Stage   `yaml:"stages"`
+}
+
+// RepairConfig bounds automatic repair so that it cannot flood the pipeline:
+// it re-emits only the divergent keys a round listed, at most MaxKeys of
+// them (more holds the plan for a person), KeysPerSecond at a time, and
+// waits while the lag is above MaxLagSeconds.
+type RepairConfig struct {
+	// MaxKeys is the most documents one automatic repair re-emits; a round
+	// that found more (or could not list them all) holds the plan instead.
+	// Default 1000, at most 1000 (what a round summary lists).
+	MaxKeys int `yaml:"max_keys"`
+	// KeysPerSecond is the re-emission rate. Default 100.
+	KeysPerSecond float64 `yaml:"keys_per_second"`
+	// MaxLagSeconds pauses the re-emission while the slice's replication lag
+	// is above it. Default 30.
+	MaxLagSeconds float64 `yaml:"max_lag_seconds"`
 }
 
 // Stage is one step of the plan.
@@ -177,6 +197,10 @@ const (
 var knownSignals = map[string]bool{SignalTypeCompat: true, SignalDivergentRows: true, SignalDivergenceRatio: true,
 	SignalLagSeconds: true, SignalLagRecords: true, SignalWriteP99: true, SignalDeadLetterRate: true, SignalErrorRatio: true}
 
+// repairKeysLimit is the most keys a round summary lists
+// (checkpoints.SummaryIDsMax): past it a repair cannot know the keys.
+const repairKeysLimit = checkpoints.SummaryIDsMax
+
 // Enabled reports whether a plan is configured.
 func (c Config) Enabled() bool { return len(c.Stages) > 0 }
 
@@ -190,6 +214,15 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.DrillTimeout == 0 {
 		c.DrillTimeout = 2 * time.Minute
+	}
+	if c.Repair.MaxKeys == 0 {
+		c.Repair.MaxKeys = repairKeysLimit
+	}
+	if c.Repair.KeysPerSecond == 0 {
+		c.Repair.KeysPerSecond = 100
+	}
+	if c.Repair.MaxLagSeconds == 0 {
+		c.Repair.MaxLagSeconds = 30
 	}
 	trig := func(ts []Trigger) []Trigger {
 		out := append([]Trigger(nil), ts...)
@@ -248,6 +281,10 @@ func (c Config) Validate() error {
 	}
 	if c.Every < 100*time.Millisecond || c.SignalWindow <= 0 || c.DrillTimeout <= 0 {
 		add("every (at least 100ms), signal_window and drill_timeout must be positive")
+	}
+	if c.Repair.MaxKeys < 1 || c.Repair.MaxKeys > repairKeysLimit || c.Repair.KeysPerSecond <= 0 || c.Repair.MaxLagSeconds <= 0 {
+		add("repair: max_keys between 1 and %d (what a round summary lists), keys_per_second and max_lag_seconds above 0",
+			repairKeysLimit)
 	}
 	checkTrigger := func(where string, t Trigger) {
 		if t.Name == "" {

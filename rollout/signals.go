@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,7 +128,8 @@ func (p *PipelineSignals) lag(slice Slice, now time.Time, out map[string]Sample)
 // pass on the collections that happened to be checked.
 func (p *PipelineSignals) reconcile(ctx context.Context, slice Slice, out map[string]Sample) error {
 	var div, rows int64
-	var at time.Time
+	var at, started time.Time
+	var src []string
 	nss := slice.Namespaces()
 	for _, ns := range nss {
 		sum, ok, err := checkpoints.GetJSON[checkpoints.RoundSummary](ctx, p.Store, checkpoints.KeyReconcileLatest+ns)
@@ -142,13 +144,19 @@ func (p *PipelineSignals) reconcile(ctx context.Context, slice Slice, out map[st
 		if at.IsZero() || sum.End.Before(at) {
 			at = sum.End
 		}
+		// The evidence is as old as its oldest round.
+		if started.IsZero() || sum.Start.Before(started) {
+			started = sum.Start
+		}
+		src = append(src, ns+":"+sum.ID)
 	}
 	if len(nss) == 0 {
 		return nil
 	}
-	out[SignalDivergentRows] = Sample{Value: float64(div), At: at}
+	source := strings.Join(src, ",")
+	out[SignalDivergentRows] = Sample{Value: float64(div), At: at, Source: source, Started: started}
 	if rows > 0 {
-		out[SignalDivergenceRatio] = Sample{Value: float64(div) / float64(rows), At: at}
+		out[SignalDivergenceRatio] = Sample{Value: float64(div) / float64(rows), At: at, Source: source, Started: started}
 	}
 	return nil
 }

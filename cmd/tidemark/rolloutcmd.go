@@ -181,39 +181,84 @@ func (a *daemonActions) Backfill(ctx context.Context, nss []string, reason strin
 	return ids, nil
 }
 
-// Repair re-emits, per namespace of the slice, the documents behind the
-// latest round's divergent rows when its summary lists all of them, and the
-// whole collection otherwise (no finished round, too many documents, or a
-// row no document maps to). Re-emitting is harmless either way: versions
-// decide.
-func (a *daemonActions) Repair(ctx context.Context, s rollout.Slice, reason string) ([]string, map[string]any, error) {
-	var ids []string
-	scope := map[string]any{}
+// Divergent reads, per namespace of the slice, the newest round's summary:
+// the documents behind its divergent rows, and whether it listed them all.
+func (a *daemonActions) Divergent(ctx context.Context, s rollout.Slice) ([]rollout.DivergentKeys, error) {
+	var out []rollout.DivergentKeys
 	for _, ns := range s.Namespaces() {
 		sum, ok, err := checkpoints.GetJSON[checkpoints.RoundSummary](ctx, a.d.store, checkpoints.KeyReconcileLatest+ns)
 		if err != nil {
-			return ids, scope, err
+			return out, err
 		}
-		req := capture.Request{Namespace: ns, Reason: reason, Actor: rollout.AutoActor}
-		switch {
-		case ok && sum.IDsComplete && len(sum.IDs) == 0:
-			scope[ns] = fmt.Sprintf("nothing: round %s found no divergent row", sum.ID)
-			continue
-		case ok && sum.IDsComplete:
-			req.Keys = sum.IDs
-			scope[ns] = fmt.Sprintf("%d documents found divergent by round %s", len(sum.IDs), sum.ID)
-		case ok:
-			scope[ns] = fmt.Sprintf("the collection: round %s did not list every divergent document", sum.ID)
-		default:
-			scope[ns] = "the collection: no finished round"
+		d := rollout.DivergentKeys{Namespace: ns}
+		if ok {
+			// A round without divergence lists all of its (no) documents.
+			d.Round, d.Keys, d.Complete = sum.ID, sum.IDs, sum.IDsComplete || sum.Divergent == 0
 		}
-		id, err := capture.Enqueue(ctx, a.d.store, req)
-		if err != nil {
-			return ids, scope, err
-		}
-		ids = append(ids, id)
+		out = append(out, d)
 	}
-	return ids, scope, nil
+	return out, nil
+}
+
+// Reemit queues a targeted backfill of keys for the capture role.
+func (a *daemonActions) Reemit(ctx context.Context, ns string, keys [][]byte, reason string) (string, error) {
+	return capture.Enqueue(ctx, a.d.store, capture.Request{Namespace: ns, Keys: keys, Reason: reason, Actor: rollout.AutoActor})
+}
+
+// Ends lists the partitions' end offsets (high watermarks).
+func (a *daemonActions) Ends(ctx context.Context, tps []sink.TopicPartition) ([]rollout.Offset, error) {
+	names := topicsOf(tps)
+	if len(names) == 0 {
+		return nil, nil
+	}
+	ends, err := a.d.adm.ListEndOffsets(ctx, names...)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]rollout.Offset, 0, len(tps))
+	for _, tp := range tps {
+		end, ok := ends.Lookup(tp.Topic, tp.Partition)
+		if !ok || end.Err != nil {
+			return nil, fmt.Errorf("no end offset for %s/%d", tp.Topic, tp.Partition)
+		}
+		out = append(out, rollout.Offset{Topic: tp.Topic, Partition: tp.Partition, Offset: end.Offset})
+	}
+	return out, nil
+}
+
+// Passed compares the sink group's committed offsets with ends. A
+// transactional topic ends with a commit marker the sink never commits past,
+// so one short of an end passes it.
+func (a *daemonActions) Passed(ctx context.Context, ends []rollout.Offset) (bool, error) {
+	if len(ends) == 0 {
+		return true, nil
+	}
+	committed, err := a.d.adm.FetchOffsets(ctx, a.d.cfg.Sink.Group)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ends {
+		if e.Offset == 0 {
+			continue
+		}
+		c, ok := committed.Lookup(e.Topic, e.Partition)
+		if !ok || c.At < e.Offset-1 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func topicsOf(tps []sink.TopicPartition) []string {
+	seen := map[string]bool{}
+	var names []string
+	for _, tp := range tps {
+		if !seen[tp.Topic] {
+			seen[tp.Topic] = true
+			names = append(names, tp.Topic)
+		}
+	}
+	return names
 }
 
 func (a *daemonActions) Requests(ctx context.Context, ids []string) (int, error) {
@@ -690,6 +735,24 @@ func printPlan(w io.Writer, st rollout.Status) {
 			secs(t.HeldFor), secs(t.For), att, secs(t.CooldownLeft))
 	}
 	tw.Flush()
+	// Where each trigger's last firing stands: the evidence it acted on,
+	// whether it waits (pending) and for what, and what judged it.
+	for _, t := range st.Triggers {
+		switch {
+		case t.Pending:
+			fmt.Fprintf(w, "%s: PENDING, fired on %s; %s\n", t.Name, t.FiredOn, t.Effect)
+		case t.FiredOn != "":
+			fmt.Fprintf(w, "%s: fired on %s; judged by %s\n", t.Name, t.FiredOn, t.Judged)
+		}
+	}
+	if wd := st.Widening; wd != nil {
+		if wd.Phase == rollout.PhaseApplied {
+			fmt.Fprintf(w, "widened slice back-filled at %s; rounds that started before say nothing about this stage\n",
+				wd.AppliedAt.Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(w, "widened slice back-filling (%s: %s); the clean gate waits for it\n", wd.Phase, wd.Waiting)
+		}
+	}
 }
 
 func printDrill(w io.Writer, rep rollout.DrillReport) {

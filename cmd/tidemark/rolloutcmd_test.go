@@ -198,10 +198,11 @@ func sameSet(a, b string) bool {
 	return true
 }
 
-// TestRolloutRepairReemitsWhatTheRoundFound checks what the rollout repair
-// action asks capture to re-emit for each namespace of the slice: only the
-// documents of a round summary that lists all of them, nothing after a clean
-// round, and the whole collection when the summary is partial or missing.
+// TestRolloutRepairReemitsWhatTheRoundFound checks what the rollout's
+// repair reads and asks capture for: each namespace's newest round summary
+// (its documents, and whether it listed all of them; a partial or missing
+// summary is no list, so the engine holds instead of re-emitting the
+// collection), and a targeted request for exactly the keys handed over.
 func TestRolloutRepairReemitsWhatTheRoundFound(t *testing.T) {
 	ctx := context.Background()
 	store := checkpointstest.New()
@@ -219,38 +220,35 @@ func TestRolloutRepairReemitsWhatTheRoundFound(t *testing.T) {
 	put("app.partial", checkpoints.RoundSummary{ID: "r3", Divergent: 5000})
 	a := &daemonActions{d: &daemon{store: store}}
 	slice := rollout.Slice{"app.found": 10000, "app.clean": 10000, "app.partial": 10000, "app.unreconciled": 5000}
-	ids, scope, err := a.Repair(ctx, slice, "test")
+	ds, err := a.Divergent(ctx, slice)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ids) != 3 {
-		t.Fatalf("%d requests, want 3 (none for the clean namespace): %v", len(ids), scope)
+	got := map[string]rollout.DivergentKeys{}
+	for _, d := range ds {
+		got[d.Namespace] = d
 	}
-	got := map[string]capture.Request{}
-	for _, id := range ids {
-		r, ok, err := checkpoints.GetJSON[capture.Request](ctx, store, id)
-		if err != nil || !ok {
-			t.Fatalf("request %s: %v %v", id, ok, err)
-		}
-		if r.Actor != rollout.AutoActor || r.Reason != "test" {
-			t.Errorf("request %s: actor %q reason %q", id, r.Actor, r.Reason)
-		}
-		got[r.Namespace] = r
+	if d := got["app.found"]; d.Round != "r1" || !d.Complete || len(d.Keys) != 2 || !bytes.Equal(d.Keys[0], key(7)) || !bytes.Equal(d.Keys[1], key(9)) {
+		t.Errorf("app.found: %+v, want round r1's two documents, complete", d)
 	}
-	if r := got["app.found"]; len(r.Keys) != 2 || !bytes.Equal(r.Keys[0], key(7)) || !bytes.Equal(r.Keys[1], key(9)) {
-		t.Errorf("app.found: re-emits %d keys, want the round's two documents", len(r.Keys))
+	if d := got["app.clean"]; d.Round != "r2" || !d.Complete || len(d.Keys) != 0 {
+		t.Errorf("app.clean: %+v, want a complete empty list", d)
 	}
-	for _, ns := range []string{"app.partial", "app.unreconciled"} {
-		if r, ok := got[ns]; !ok || len(r.Keys) != 0 || r.Filter != "" {
-			t.Errorf("%s: want the whole collection re-emitted, got %+v (present %v)", ns, r, ok)
-		}
+	if d := got["app.partial"]; d.Round != "r3" || d.Complete {
+		t.Errorf("app.partial: %+v, want an incomplete list", d)
 	}
-	if _, ok := got["app.clean"]; ok {
-		t.Error("app.clean: a clean round's namespace was re-emitted")
+	if d, ok := got["app.unreconciled"]; !ok || d.Round != "" {
+		t.Errorf("app.unreconciled: %+v (present %v), want no round", d, ok)
 	}
-	for ns, want := range map[string]string{"app.found": "2 documents", "app.clean": "nothing", "app.partial": "the collection", "app.unreconciled": "no finished round"} {
-		if s, _ := scope[ns].(string); !strings.Contains(s, want) {
-			t.Errorf("audit scope of %s is %q, want it to say %q", ns, s, want)
-		}
+	id, err := a.Reemit(ctx, "app.found", [][]byte{key(9)}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ok, err := checkpoints.GetJSON[capture.Request](ctx, store, id)
+	if err != nil || !ok {
+		t.Fatalf("request %s: %v %v", id, ok, err)
+	}
+	if r.Namespace != "app.found" || r.Actor != rollout.AutoActor || r.Reason != "test" || len(r.Keys) != 1 || !bytes.Equal(r.Keys[0], key(9)) || r.Filter != "" {
+		t.Errorf("request: %+v, want exactly key 9 of app.found by %s", r, rollout.AutoActor)
 	}
 }

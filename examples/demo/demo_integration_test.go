@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tidemarkhq/tidemark/internal/testbed"
+	"github.com/tidemarkhq/tidemark/reconcile"
 )
 
 // TestIntegrationDemo runs `make demo`'s script, smaller, and checks the story
@@ -20,18 +22,47 @@ import (
 // injected rows found by a round, one trigger fired, the plan complete and the
 // final round clean.
 func TestIntegrationDemo(t *testing.T) {
+	// Half make demo's write load: on two shared cores a slow hour made
+	// rounds under 200 changes/s outlast the demo's waits.
+	runDemo(t, "DEMO_DOCS=20000", "DEMO_RATE=100", "DEMO_ADDR=127.0.0.1:17075", "DEMO_DB="+testbed.UniqueName(t, "demo"))
+}
+
+// TestDemoUnderLoad runs the demo's three-stage plan with its default
+// 100,000 documents while two busy loops, started and stopped by the test,
+// occupy both cores: no round may report a divergent row the demo did not
+// corrupt, no trigger may fire but the one the corruption causes, and the
+// plan must complete. It takes 5 to 30 minutes, so it runs only with
+// TIDEMARK_DEMO_LOAD=1 (`make demo-load`), not in `make test`.
+func TestDemoUnderLoad(t *testing.T) {
+	if os.Getenv("TIDEMARK_DEMO_LOAD") == "" {
+		t.Skip("set TIDEMARK_DEMO_LOAD=1 (make demo-load): 5 to 30 minutes under a CPU load")
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	for i := 0; i < 2; i++ {
+		// Bounded: killed when the test ends, and by timeout if it does not.
+		busy := exec.CommandContext(ctx, "timeout", "2400", "sh", "-c", "while :; do :; done")
+		if err := busy.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { busy.Process.Kill(); busy.Wait() })
+	}
+	runDemo(t, "DEMO_ADDR=127.0.0.1:17076", "DEMO_DB="+testbed.UniqueName(t, "demoload"))
+}
+
+func runDemo(t *testing.T, env ...string) {
 	testbed.Kafka(t)
 	testbed.Cassandra(t)
 	testbed.Mongo(t)
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "deploy/local/demo")
 	cmd.Dir = testbed.RepoRoot()
-	// Half make demo's write load: on two shared cores a slow hour made
-	// rounds under 200 changes/s outlast the demo's waits.
-	cmd.Env = append(os.Environ(), "DEMO_DOCS=20000", "DEMO_RATE=100", "DEMO_DIR="+dir, "DEMO_ADDR=127.0.0.1:17075")
+	cmd.Env = append(append(os.Environ(), "DEMO_DIR="+dir), env...)
+	began := time.Now()
 	out, err := cmd.CombinedOutput()
+	t.Logf("the demo took %s", time.Since(began).Round(time.Second))
 	if err != nil {
 		t.Fatalf("the demo failed: %v\n%s", err, testbed.Tail(string(out), 6000))
 	}
@@ -57,6 +88,28 @@ func TestIntegrationDemo(t *testing.T) {
 	slices.Sort(found)
 	if len(injected) == 0 || !slices.Equal(injected, found) {
 		t.Errorf("injected %v, a round found %v", injected, found)
+	}
+	// No false divergence: every divergent key of every round is one the
+	// demo corrupted.
+	reports, _ := filepath.Glob(filepath.Join(dir, "reports", "*.json"))
+	if len(reports) == 0 {
+		t.Error("no reconcile reports")
+	}
+	for _, p := range reports {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep reconcile.Report
+		if err := json.Unmarshal(b, &rep); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		for _, k := range rep.Divergent {
+			if id := hex.EncodeToString(k.ID[min(1, len(k.ID)):]); !slices.Contains(injected, id) {
+				t.Errorf("round %s (%s, started %s): %s row %x (document %s) is %s, and the demo did not corrupt it",
+					rep.ID, rep.Status, rep.Start.Format(time.RFC3339), k.Table, k.Key, id, k.Class)
+			}
+		}
 	}
 	if t.Failed() {
 		t.Logf("demo output:\n%s", testbed.Tail(string(out), 6000))

@@ -23,6 +23,13 @@ import (
 	"go.mongodb.org/mongo-driver/mongo/options"
 )
 
+// db is the MongoDB database and Cassandra keyspace of the demo's users:
+// its own, so that the demo never drops what a test is using.
+var db = "app"
+
+// ns is the demo's namespace.
+func ns() string { return db + ".users" }
+
 // fatal makes the testbed helpers usable outside a test.
 type fatal struct{}
 
@@ -34,20 +41,21 @@ func main() {
 	mode := flag.String("mode", "", "seed | workload | verify | inject | narrate")
 	addr := flag.String("addr", "127.0.0.1:7070", "narrate: the daemon's admin API (token from TIDEMARK_TOKEN)")
 	out := flag.String("out", "demo-outcome.json", "narrate: where to write what happened")
-	limit := flag.Duration("limit", 20*time.Minute, "narrate: give up after this long")
+	limit := flag.Duration("limit", 35*time.Minute, "narrate: give up after this long")
 	n := flag.Int("docs", 100_000, "documents to seed")
 	rate := flag.Int("rate", 500, "workload changes per second")
 	dur := flag.Duration("for", 20*time.Second, "workload duration")
 	spec := flag.String("spec", "examples/specs/users.yaml", "mapping spec")
 	wait := flag.Duration("wait", 3*time.Minute, "verify: how long to wait for Cassandra to match")
 	rows := flag.Int("rows", 5, "inject: how many Cassandra rows to corrupt")
+	flag.StringVar(&db, "db", "app", "MongoDB database and Cassandra keyspace of the demo's users (deploy/local/demo: DEMO_DB)")
 	flag.Parse()
 	ctx := context.Background()
 	mc, err := mongo.Connect(ctx, options.Client().ApplyURI(testbed.MongoURI()))
 	if err != nil {
 		fatal{}.Fatal(err)
 	}
-	coll := mc.Database("app").Collection("users")
+	coll := mc.Database(db).Collection("users")
 	switch *mode {
 	case "seed":
 		seed(ctx, mc, coll, *n)
@@ -58,7 +66,7 @@ func main() {
 	case "verify":
 		verify(ctx, coll, *spec, *wait)
 	case "inject":
-		fmt.Println("corrupted app.users rows directly in Cassandra:", strings.Join(inject(*n, *rows), ", "))
+		fmt.Printf("corrupted %s rows directly in Cassandra: %s\n", ns(), strings.Join(inject(*n, *rows), ", "))
 	default:
 		fatal{}.Fatalf("unknown -mode %q", *mode)
 	}
@@ -99,12 +107,14 @@ func user(rng *rand.Rand, id primitive.ObjectID, i int) bson.D {
 func seed(ctx context.Context, mc *mongo.Client, coll *mongo.Collection, n int) {
 	s := session()
 	defer s.Close()
-	s.Query("DROP KEYSPACE IF EXISTS app").Exec()
+	s.Query("DROP KEYSPACE IF EXISTS " + db).Exec()
 	cql, err := os.ReadFile("examples/specs/users.cql")
 	if err != nil {
 		fatal{}.Fatal(err)
 	}
-	for _, stmt := range strings.Split(string(cql), ";") {
+	// The schema names keyspace app; the demo's is db.
+	text := strings.NewReplacer("EXISTS app ", "EXISTS "+db+" ", "app.", db+".").Replace(string(cql))
+	for _, stmt := range strings.Split(text, ";") {
 		var lines []string
 		for _, l := range strings.Split(stmt, "\n") {
 			if !strings.HasPrefix(strings.TrimSpace(l), "--") {
@@ -117,7 +127,7 @@ func seed(ctx context.Context, mc *mongo.Client, coll *mongo.Collection, n int) 
 			}
 		}
 	}
-	mc.Database("app").Drop(ctx)
+	mc.Database(db).Drop(ctx)
 	rng := rand.New(rand.NewPCG(7, 7))
 	batch := make([]any, 0, 2000)
 	for i := 0; i < n; i++ {
@@ -129,7 +139,7 @@ func seed(ctx context.Context, mc *mongo.Client, coll *mongo.Collection, n int) 
 			batch = batch[:0]
 		}
 	}
-	fmt.Printf("seeded %d users into app.users (a few deliberately unconvertible) and created the Cassandra schema\n", n)
+	fmt.Printf("seeded %d users into %s.users (a few deliberately unconvertible) and created the Cassandra schema\n", n, db)
 }
 
 func workload(ctx context.Context, coll *mongo.Collection, n, rate int, d time.Duration) {
@@ -138,6 +148,7 @@ func workload(ctx context.Context, coll *mongo.Collection, n, rate int, d time.D
 	defer tick.Stop()
 	end := time.Now().Add(d)
 	var done int
+	var failing time.Time // since when every change failed
 	for time.Now().Before(end) {
 		select {
 		case <-ctx.Done():
@@ -161,8 +172,19 @@ func workload(ctx context.Context, coll *mongo.Collection, n, rate int, d time.D
 				{Key: "email", Value: fmt.Sprintf("changed.%d@example.org", done)}, {Key: "age", Value: int32(rng.IntN(90))}}}})
 		}
 		if err != nil && ctx.Err() == nil {
-			fatal{}.Fatal(err)
+			// A shared, busy stand-in drops a connection now and then; the
+			// driver reconnects. Only a source that stays unreachable ends
+			// the demo.
+			if failing.IsZero() {
+				failing = time.Now()
+				fmt.Fprintf(os.Stderr, "workload: %v (retrying)\n", err)
+			}
+			if time.Since(failing) > time.Minute {
+				fatal{}.Fatalf("workload: MongoDB failed every change for a minute: %v", err)
+			}
+			continue
 		}
+		failing = time.Time{}
 		done++
 	}
 	fmt.Printf("workload: %d changes in %s\n", done, d)
@@ -178,16 +200,16 @@ func verify(ctx context.Context, coll *mongo.Collection, specPath string, wait t
 	var docs []bson.Raw
 	skipped := 0
 	for _, d := range testbed.SourceDocs(fatal{}, ctx, coll) {
-		if _, err := m.Apply("app.users", d); err != nil {
+		if _, err := m.Apply(ns(), d); err != nil {
 			skipped++ // dead-lettered by the sink, by design
 			continue
 		}
 		docs = append(docs, d)
 	}
-	want := testbed.Expected(fatal{}, m, "app.users", docs)
+	want := testbed.Expected(fatal{}, m, ns(), docs)
 	deadline := time.Now().Add(wait)
 	for {
-		got := testbed.Snapshot(fatal{}, s, m, "app.users")
+		got := testbed.Snapshot(fatal{}, s, m, ns())
 		if bytes.Equal(got, want) {
 			fmt.Printf("verified: Cassandra equals the transform of %d source documents (%d rows); %d unconvertible documents are in the dead-letter topic\n",
 				len(docs), bytes.Count(want, []byte{'\n'})+1, skipped)
@@ -226,10 +248,10 @@ func inject(docs, n int) []string {
 	for i := 999; i < docs && len(ids) < n; i += 1000 {
 		id := seededID(i).Hex()
 		var age int
-		if err := s.Query("SELECT age FROM app.users WHERE id = ?", id).Scan(&age); err != nil {
+		if err := s.Query("SELECT age FROM "+db+".users WHERE id = ?", id).Scan(&age); err != nil {
 			continue // not in the slice yet, or unconvertible
 		}
-		if err := s.Query("UPDATE app.users USING TIMESTAMP ? SET age = ? WHERE id = ?", time.Now().UnixMicro(), -1, id).Exec(); err != nil {
+		if err := s.Query("UPDATE "+db+".users USING TIMESTAMP ? SET age = ? WHERE id = ?", time.Now().UnixMicro(), -1, id).Exec(); err != nil {
 			fatal{}.Fatal("inject:", err)
 		}
 		ids = append(ids, id)

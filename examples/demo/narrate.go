@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -17,6 +17,7 @@ import (
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/rollout"
 	"github.com/tidemarkhq/tidemark/sink"
+	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/mongo"
 )
 
@@ -138,7 +139,7 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 		if err := n.ac.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
 			return false, err
 		}
-		p := st.Backfill["app.users"]
+		p := st.Backfill[ns()]
 		bar(p.Docs, max(p.Estimated, int64(docs)), fmt.Sprintf("backfill: %d documents", p.Docs))
 		return p.Done, nil
 	})
@@ -146,8 +147,8 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 	if err != nil {
 		return err
 	}
-	p := st.Backfill["app.users"]
-	n.step("backfill", "%d documents of app.users re-emitted below T0 in %s while the change stream was already open",
+	p := st.Backfill[ns()]
+	n.step("backfill", "%d documents of "+ns()+" re-emitted below T0 in %s while the change stream was already open",
 		p.Docs, p.Updated.Sub(p.Started).Round(time.Second))
 
 	// 2. Streaming under a steady write load, for the rest of the demo.
@@ -167,7 +168,9 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 	seen := map[string]bool{}
 	injectedAt := time.Time{}
 	lastLine := ""
-	err = waitFor(ctx, "the rollout plan to complete", 15*time.Minute, time.Second, func() (bool, error) {
+	// Three widenings each re-emit the whole collection; on a 2-core machine
+	// shared with other work the sink took up to 10 minutes to apply one.
+	err = waitFor(ctx, "the rollout plan to complete", 25*time.Minute, time.Second, func() (bool, error) {
 		if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &ps); err != nil {
 			return false, err
 		}
@@ -181,32 +184,37 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 			lastLine = line
 		}
 		if ps.Stage == 1 && injectedAt.IsZero() {
-			// A clean round of the widened slice first: the keys the stage
-			// added are back-filled by then.
-			if err := n.cleanRoundAfter(ctx, ps.StageSince); err != nil {
+			// A clean round of the widened slice first, one that started
+			// after the keys the stage added were back-filled.
+			applied, err := n.wideningApplied(ctx)
+			if err != nil {
 				return false, failed{err}
 			}
-			// Rounds started from here on count, the one running while the
-			// rows are corrupted included: it may find some and fire the repair.
+			if err := n.cleanRoundAfter(ctx, applied); err != nil {
+				return false, failed{err}
+			}
+			// Corrupt the rows between two rounds, so that one round sees
+			// all of them rather than a round already under way seeing some.
+			if err := n.betweenRounds(ctx); err != nil {
+				return false, failed{err}
+			}
 			injectedAt = time.Now()
 			n.out.Injected = inject(docs, rows)
 			if len(n.out.Injected) == 0 {
 				return false, failed{errors.New("no reserved document has rows in the slice to corrupt")}
 			}
-			n.step("injected divergence", "%d rows of app.users corrupted directly in Cassandra (age = -1): %s",
-				len(n.out.Injected), strings.Join(n.out.Injected, ", "))
-			if err := n.divergenceFound(ctx, injectedAt); err != nil {
-				return false, failed{err}
-			}
-			if err := n.triggerFired(ctx, injectedAt); err != nil {
-				return false, failed{err}
-			}
-			if err := n.cleanRoundAfter(ctx, time.Now()); err != nil {
+			n.step("injected divergence", "%d rows of %s corrupted directly in Cassandra (age = -1): %s",
+				len(n.out.Injected), ns(), strings.Join(n.out.Injected, ", "))
+			// Judge from what the system recorded (the trigger's firing names
+			// the round it acted on; its verdict names the round that judged
+			// it), not by racing the rounds: a repair can heal the rows
+			// before the narrator looks at the next round.
+			if err := n.repaired(ctx, injectedAt); err != nil {
 				return false, failed{err}
 			}
 			// The stage waits for a person: advance it as an operator would,
 			// with a reason (refused unless every gate passes).
-			err := waitFor(ctx, "the half stage's gates to pass", 3*time.Minute, time.Second, func() (bool, error) {
+			err = waitFor(ctx, "the half stage's gates to pass", 3*time.Minute, time.Second, func() (bool, error) {
 				var st rollout.Status
 				if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &st); err != nil {
 					return false, err
@@ -295,80 +303,139 @@ func (n *narrator) roundStartedAfter(ctx context.Context, t time.Time) (reconcil
 	return rep, err
 }
 
-// divergenceFound waits for the rounds started after t to report the
-// injected keys. It reads every round, not only the latest: rounds run every
-// few seconds, and the one that found the keys may already have fired the
-// repair trigger, so that the next round is clean before this looks; and a
-// round running while the rows were corrupted may find only some of them.
-// It waits until the rounds together have reported every injected key.
-func (n *narrator) divergenceFound(ctx context.Context, t time.Time) error {
-	found := map[string]bool{}
-	read := map[string]bool{}
-	var rounds []string
-	var last reconcile.Report
-	err := waitFor(ctx, "a reconcile round after the injection", 5*time.Minute, time.Second, func() (bool, error) {
-		var list []struct {
-			ID     string    `json:"id"`
-			Status string    `json:"status"`
-			Start  time.Time `json:"start"`
-		}
-		if err := n.ac.Do(ctx, "GET", "/v1/reports", nil, &list); err != nil {
+// wideningApplied waits until the plan reports the widened slice's
+// backfill applied (in Cassandra), and returns when that was.
+func (n *narrator) wideningApplied(ctx context.Context) (time.Time, error) {
+	var at time.Time
+	err := waitFor(ctx, "the widened slice's backfill to be applied", 8*time.Minute, time.Second, func() (bool, error) {
+		var st rollout.Status
+		if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &st); err != nil {
 			return false, err
 		}
-		// The listing is newest first.
-		for i := len(list) - 1; i >= 0; i-- {
-			l := list[i]
-			if !l.Start.After(t) || read[l.ID] {
+		if w := st.Widening; w != nil && w.Phase == rollout.PhaseApplied {
+			at = w.AppliedAt
+			return true, nil
+		}
+		return st.Widening == nil, nil
+	})
+	if err == nil && !at.IsZero() {
+		n.step("backfill of the widened slice", "capture re-emitted the collection and the sink committed past it at %s",
+			at.Format("15:04:05"))
+	}
+	return at, err
+}
+
+// betweenRounds waits (up to two minutes) until no reconcile round runs.
+// Rounds run back to back on a busy machine; then it goes ahead anyway.
+func (n *narrator) betweenRounds(ctx context.Context) error {
+	err := waitFor(ctx, "a pause between reconcile rounds", 2*time.Minute, 50*time.Millisecond, func() (bool, error) {
+		var rs struct {
+			Running bool `json:"running"`
+		}
+		if err := n.ac.Do(ctx, "GET", "/v1/reconcile", nil, &rs); err != nil {
+			return false, err
+		}
+		return !rs.Running, nil
+	})
+	if err != nil && ctx.Err() == nil {
+		fmt.Printf("  (%v: injecting while a round runs)\n", err)
+		return nil
+	}
+	return err
+}
+
+// repaired follows the trigger history from t: every trigger.fire names the
+// round it acted on (fired_on), whose report must list the injected rows;
+// the firing is judged by a round that started after the repair was in
+// Cassandra, and that verdict must be "resolved". It waits until the
+// injected rows were all found and a verdict resolved them.
+func (n *narrator) repaired(ctx context.Context, t time.Time) error {
+	want := map[string]bool{}
+	for _, id := range n.out.Injected {
+		want[id] = true
+	}
+	found := map[string]bool{}
+	seenFire := map[string]bool{}
+	var judged checkpoints.AuditEntry
+	since := "&since=" + t.UTC().Format(time.RFC3339Nano)
+	err := waitFor(ctx, "the injected rows to be found and repaired", 8*time.Minute, time.Second, func() (bool, error) {
+		var fires []checkpoints.AuditEntry
+		if err := n.ac.Do(ctx, "GET", "/v1/audit?action=trigger.fire"+since, nil, &fires); err != nil {
+			return false, err
+		}
+		for _, f := range fires {
+			if f.Result == "dry-run" || seenFire[fmt.Sprint(f.Time, f.Details["fired_on"])] {
 				continue
 			}
-			if err := n.ac.Do(ctx, "GET", "/v1/reports/"+l.ID, nil, &last); err != nil {
+			if act, _ := f.Details["action"].(string); act != "repair" {
+				return false, failed{fmt.Errorf("trigger %s %s instead of repairing: %s", f.Target, act, f.Reason)}
+			}
+			ids, rounds, err := n.divergentIn(ctx, f.Details["fired_on"])
+			if err != nil {
 				return false, err
 			}
-			read[l.ID] = true
-			rounds = append(rounds, l.ID)
-			for _, s := range last.Sample {
-				if id, ok := s.PrimaryKey["id"].(string); ok && s.Class != "in_flight" {
-					found[id] = true
+			seenFire[fmt.Sprint(f.Time, f.Details["fired_on"])] = true
+			for _, id := range ids {
+				if !want[id] {
+					return false, failed{fmt.Errorf("round %s reported %s divergent, which the demo did not corrupt", rounds, id)}
 				}
+				found[id] = true
 			}
-			if !slices.ContainsFunc(n.out.Injected, func(id string) bool { return !found[id] }) {
+			n.step("trigger fired", "%s at %s on round %s: %s; %d injected rows in that round's report",
+				f.Target, f.Time.Format("15:04:05"), rounds, f.Reason, len(ids))
+		}
+		var verdicts []checkpoints.AuditEntry
+		if err := n.ac.Do(ctx, "GET", "/v1/audit?action=trigger.judged"+since, nil, &verdicts); err != nil {
+			return false, err
+		}
+		for _, v := range verdicts {
+			if v.Reason == "resolved" && len(found) == len(want) {
+				judged = v
 				return true, nil
 			}
 		}
 		return false, nil
 	})
-	if err != nil {
-		return err
-	}
 	for id := range found {
 		n.out.Found = append(n.out.Found, id)
 	}
 	sort.Strings(n.out.Found)
-	n.step("divergence found", "rounds %s since the injection; the last: %s, counts %v; divergent ids %s",
-		strings.Join(rounds, ", "), last.Status, last.Counts, strings.Join(n.out.Found, ", "))
+	if err != nil {
+		return err
+	}
+	n.step("repair judged", "%s: a round that started after the repair was in Cassandra (%v) reports %s = %v: resolved",
+		judged.Target, judged.Details["effect_applied"], judged.Details["signal"], judged.Details["value"])
 	return nil
 }
 
-// triggerFired waits for a trigger.fire audit entry after t.
-func (n *narrator) triggerFired(ctx context.Context, t time.Time) error {
-	var fired checkpoints.AuditEntry
-	err := waitFor(ctx, "a trigger to fire", 3*time.Minute, time.Second, func() (bool, error) {
-		var es []checkpoints.AuditEntry
-		if err := n.ac.Do(ctx, "GET", "/v1/audit?action=trigger.fire&since="+t.UTC().Format(time.RFC3339Nano), nil, &es); err != nil {
-			return false, err
+// divergentIn reads the reports a firing names ("ns:id", comma-separated)
+// and returns the _ids (hex) of their divergent rows.
+func (n *narrator) divergentIn(ctx context.Context, firedOn any) ([]string, string, error) {
+	src, _ := firedOn.(string)
+	var ids, rounds []string
+	seen := map[string]bool{}
+	for _, part := range strings.Split(src, ",") {
+		_, id, ok := strings.Cut(part, ":")
+		if !ok {
+			continue
 		}
-		for _, e := range es {
-			if e.Result != "dry-run" {
-				fired = e
-				return true, nil
+		rounds = append(rounds, id)
+		var rep reconcile.Report
+		if err := n.ac.Do(ctx, "GET", "/v1/reports/"+id, nil, &rep); err != nil {
+			return nil, "", err
+		}
+		for _, k := range rep.Divergent {
+			// The envelope key of an ObjectId: its BSON type byte, then the 12 bytes.
+			if len(k.ID) == 13 && k.ID[0] == byte(bson.TypeObjectID) && !seen[hex.EncodeToString(k.ID[1:])] {
+				seen[hex.EncodeToString(k.ID[1:])] = true
+				ids = append(ids, hex.EncodeToString(k.ID[1:]))
 			}
 		}
-		return false, nil
-	})
-	if err == nil {
-		n.step("trigger fired", "%s by %s: %s (%s)", fired.Target, fired.Actor, fired.Result, detailLine(fired.Details))
 	}
-	return err
+	if len(rounds) == 0 {
+		return nil, "", fmt.Errorf("a trigger fired on %q, not on a round", src)
+	}
+	return ids, strings.Join(rounds, ","), nil
 }
 
 func gateLine(ps rollout.Status) string {

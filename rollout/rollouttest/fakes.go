@@ -69,6 +69,16 @@ func (s *Signals) SetAt(name string, v float64, at time.Time) {
 	s.fixed[name] = true
 }
 
+// SetSample gives signal name exactly s from now on (a reconcile round:
+// its source, start and end).
+func (s *Signals) SetSample(name string, smp rollout.Sample) {
+	s.Set(name, smp.Value)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.vals[name] = smp
+	s.fixed[name] = true
+}
+
 // Unset removes a signal's data.
 func (s *Signals) Unset(name string) {
 	s.mu.Lock()
@@ -103,6 +113,13 @@ type Actions struct {
 	Calls   []string
 	Backlog int // records each rewind leaves to replay; CaughtUp drains one per call
 	next    int
+	// SinkBehind makes that many calls of Passed answer false.
+	SinkBehind int
+	// Reemitted counts keys handed to Reemit.
+	Reemitted int
+	end       int64
+	div       []rollout.DivergentKeys
+	divSet    bool
 }
 
 var _ rollout.Actions = (*Actions)(nil)
@@ -131,6 +148,7 @@ func (a *Actions) Backfill(_ context.Context, nss []string, reason string) ([]st
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.record("backfill %v", nss)
+	a.end++
 	return a.enqueue(len(nss)), nil
 }
 
@@ -148,15 +166,59 @@ func (a *Actions) enqueue(n int) []string {
 	return ids
 }
 
-func (a *Actions) Repair(_ context.Context, s rollout.Slice, reason string) ([]string, map[string]any, error) {
+// SetDivergent makes Divergent answer ds (by default: one key per
+// namespace, from a complete round "fake-round").
+func (a *Actions) SetDivergent(ds ...rollout.DivergentKeys) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.record("repair %v", s.Namespaces())
-	scope := map[string]any{}
-	for _, ns := range s.Namespaces() {
-		scope[ns] = "collection"
+	a.div = ds
+	a.divSet = true
+}
+
+func (a *Actions) Divergent(_ context.Context, s rollout.Slice) ([]rollout.DivergentKeys, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.divSet {
+		return append([]rollout.DivergentKeys(nil), a.div...), nil
 	}
-	return a.enqueue(len(s)), scope, nil
+	var out []rollout.DivergentKeys
+	for _, ns := range s.Namespaces() {
+		out = append(out, rollout.DivergentKeys{Namespace: ns, Round: "fake-round", Complete: true, Keys: [][]byte{[]byte("k-" + ns)}})
+	}
+	return out, nil
+}
+
+// Reemit records "repair <ns> <n keys>" and queues a request.
+func (a *Actions) Reemit(_ context.Context, ns string, keys [][]byte, reason string) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.record("repair %s %d", ns, len(keys))
+	a.Reemitted += len(keys)
+	a.end++
+	return a.enqueue(1)[0], nil
+}
+
+// Ends answers one offset for every partition: how many records the fake
+// was asked to produce so far.
+func (a *Actions) Ends(_ context.Context, tps []sink.TopicPartition) ([]rollout.Offset, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []rollout.Offset
+	for _, tp := range tps {
+		out = append(out, rollout.Offset{Topic: tp.Topic, Partition: tp.Partition, Offset: a.end})
+	}
+	return out, nil
+}
+
+// Passed is false SinkBehind times (one per call), then true.
+func (a *Actions) Passed(_ context.Context, ends []rollout.Offset) (bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.SinkBehind > 0 {
+		a.SinkBehind--
+		return false, nil
+	}
+	return true, nil
 }
 
 // Requests serves every pending request: the capture role of the fake is instant.

@@ -309,6 +309,7 @@
   }
   function triggerState(t) {
     if (t.exhausted) return ["exhausted — needs a person", "bad"];
+    if (t.pending) return ["pending — " + (t.effect || "waiting for its effect"), "warn"];
     if (t.cooldown_left_seconds > 0) return ["fired, cooling down " + fmtDuration(t.cooldown_left_seconds), "bad"];
     if (t.observed === "breach") return ["breached " + fmtDuration(t.held_for_seconds || 0) + " of " + fmtDuration(t.for_seconds || 0), "warn"];
     return [t.observed === "no-data" ? "quiet (no data)" : "quiet", "good"];
@@ -379,7 +380,8 @@
               el("td", { title: "observed: " + observedText(t), text: (t.signal || "") + " " + (t.condition || "") + " for " + fmtDuration(t.for_seconds || 0) }),
               el("td", { text: t.action || "" }),
               el("td", { "data-col": "state" }, badge(ts, tc)),
-              el("td", { class: "num", title: t.last_fired ? "last fired " + fmtTime(t.last_fired) + " UTC" : "",
+              el("td", { class: "num", title: [t.last_fired ? "last fired " + fmtTime(t.last_fired) + " UTC" : "",
+                t.fired_on ? "on " + t.fired_on : "", t.judged ? "judged by " + t.judged : ""].filter(Boolean).join("; "),
                 text: (t.attempts || 0) + " / " + (t.max_attempts || "∞") }));
           }))));
       }
