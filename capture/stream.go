@@ -61,30 +61,6 @@ func (e *changeEvent) group() string {
 	return string(b)
 }
 
-func decodeEvent(raw bson.Raw) (changeEvent, error) {
-	var ev changeEvent
-	if err := bson.Unmarshal(raw, &ev); err != nil {
-		return ev, err
-	}
-	ev.Token = append(bson.Raw(nil), ev.Token...)
-	ev.Full = copyRaw(ev.Full)
-	ev.Key = copyRaw(ev.Key)
-	ev.LSID = copyRaw(ev.LSID)
-	if ev.Key != nil {
-		if id, err := ev.Key.LookupErr("_id"); err == nil {
-			ev.id = bson.RawValue{Type: id.Type, Value: append([]byte(nil), id.Value...)}
-		}
-	}
-	return ev, nil
-}
-
-func copyRaw(r bson.Raw) bson.Raw {
-	if r == nil {
-		return nil
-	}
-	return append(bson.Raw(nil), r...)
-}
-
 // mergeFragments joins the fragments $changeStreamSplitLargeEvent cut one
 // event into: each carries some of the top-level fields, the last one's _id
 // is the token to resume after the whole event.
