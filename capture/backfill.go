@@ -85,9 +85,11 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 	if err != nil {
 		return err
 	}
+	pages := newCursorPager(scan, c.cfg.Backfill.ChunkSize)
 	go func() {
 		defer close(inflight)
 		defer scan.close()
+		defer pages.close()
 		var last *bson.RawValue
 		if p.LastKey != nil {
 			id, err := envelope.ParseKey(p.LastKey)
@@ -98,7 +100,7 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 			last = &id
 		}
 		for {
-			docs, err := c.readChunk(ctx, ns, scan, last, c.cfg.Backfill.ChunkSize)
+			docs, err := c.readChunk(ctx, ns, pages, last, c.cfg.Backfill.ChunkSize)
 			if err != nil {
 				scanErr <- err
 				return
@@ -106,24 +108,27 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 			if len(docs) == 0 {
 				return
 			}
-			recs := make([]*kgo.Record, 0, len(docs))
-			for _, doc := range docs {
-				e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
-				rec, dl, _ := c.toRecord(topic, &e)
-				if dl != nil {
-					rec = dl
-				}
-				recs = append(recs, rec)
-			}
 			lastID := docs[len(docs)-1].Lookup("_id")
 			if lim != nil {
-				if err := lim.WaitN(ctx, min(len(recs), lim.Burst())); err != nil {
+				if err := lim.WaitN(ctx, min(len(docs), lim.Burst())); err != nil {
 					scanErr <- err
 					return
 				}
 			}
-			ch := &chunk{n: len(recs), lastKey: envelope.Key(lastID), done: make(chan error, 1)}
-			go func() { ch.done <- c.produceAll(ctx, recs) }()
+			// Envelopes are built beside the scan of the next chunk, not before it.
+			ch := &chunk{n: len(docs), lastKey: envelope.Key(lastID), done: make(chan error, 1)}
+			go func() {
+				recs := make([]*kgo.Record, 0, len(docs))
+				for _, doc := range docs {
+					e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
+					rec, dl, _ := c.toRecord(topic, &e)
+					if dl != nil {
+						rec = dl
+					}
+					recs = append(recs, rec)
+				}
+				ch.done <- c.produceAll(ctx, recs)
+			}()
 			select {
 			case inflight <- ch:
 			case <-ctx.Done():
