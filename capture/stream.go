@@ -424,8 +424,10 @@ func (s *streamRun) checkpoint(ctx context.Context, tok bson.Raw, at envelope.Ve
 // (before 4.0.7, and the stand-in) advance to before, the newest oplog entry
 // read before the empty batch, when it is known.
 func (s *streamRun) idle(ctx context.Context, tok bson.Raw, before envelope.Version) error {
-	if err := s.settle(); err != nil {
-		return err
+	if s.inflight != nil {
+		// The batch in flight checkpoints now: the idle checkpoint is due
+		// IdleCheckpointInterval after it, as after any other.
+		return s.settle()
 	}
 	if tok != nil && !bytes.Equal(tok, s.st.Token) {
 		at, ok := tokenTime(tok)
