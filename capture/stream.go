@@ -129,7 +129,12 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 	defer cs.Close(context.WithoutCancel(ctx))
 
 	txn, err := kgo.NewClient(append(append(producerOpts(c.cfg), c.kopts...),
-		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second))...)
+		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second),
+		// Kafka answers the next transaction's AddPartitionsToTxn with
+		// CONCURRENT_TRANSACTIONS until the previous commit's markers are
+		// written, typically a millisecond or two later; franz-go's default
+		// 20 ms retry made every transaction after the first wait 20 ms.
+		kgo.ConcurrentTransactionsBackoff(2*time.Millisecond))...)
 	if err != nil {
 		return fmt.Errorf("capture: kafka client: %w", err)
 	}
