@@ -32,6 +32,7 @@ func BenchmarkBackfillVsScan(b *testing.B) {
 		n = v
 	}
 	const passes, chunk = 2, 1000
+	par, _ := strconv.Atoi(os.Getenv("TIDEMARK_BACKFILL_BENCH_PARALLELISM")) // 0: the default
 	testbed.Kafka(b)
 	mc := testbed.Mongo(b)
 	ctx := context.Background()
@@ -74,7 +75,7 @@ func BenchmarkBackfillVsScan(b *testing.B) {
 			b.Fatal(err)
 		}
 		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6,
-			Backfill: BackfillConfig{ChunkSize: chunk}}, mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
+			Backfill: BackfillConfig{ChunkSize: chunk, Parallelism: par}}, mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
 			store, slog.New(slog.DiscardHandler), nil)
 		if err != nil {
 			b.Fatal(err)
