@@ -24,14 +24,14 @@ import (
 // envelopes, produce, acknowledgements, checkpoint per chunk in a file store),
 // next to the baseline: a plain _id-ordered scan of the same collection with
 // the same driver and client (sort and hint on _id, the same batch size,
-// each document copied), in the same run. Passes alternate (scan, backfill,
+// each document copied), in the same run. Three passes alternate (scan, backfill,
 // scan, backfill); of-baseline is the ratio of the summed rates.
 func BenchmarkBackfillVsScan(b *testing.B) {
 	n := 100_000
 	if v, err := strconv.Atoi(os.Getenv("TIDEMARK_BACKFILL_BENCH_DOCS")); err == nil && v > 0 {
 		n = v
 	}
-	const passes, chunk = 2, 1000
+	const passes, chunk = 3, 1000
 	par, _ := strconv.Atoi(os.Getenv("TIDEMARK_BACKFILL_BENCH_PARALLELISM")) // 0: the default
 	testbed.Kafka(b)
 	mc := testbed.Mongo(b)
