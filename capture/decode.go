@@ -1,6 +1,9 @@
 package capture
 
 import (
+	"encoding/binary"
+	"strings"
+
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/bsontype"
 	"go.mongodb.org/mongo-driver/bson/primitive"
@@ -18,6 +21,12 @@ import (
 // BSON type, a splitEvent fragment) falls back to the driver's decoding, so
 // the result is always the driver's; FuzzDecodeEvent holds it to that.
 func decodeEvent(raw bson.Raw) (changeEvent, error) {
+	// Validate panics on a document shorter than 5 bytes, or declaring
+	// itself so, and ignores bytes past the declared length, which the
+	// driver refuses.
+	if len(raw) < 5 || int32(binary.LittleEndian.Uint32(raw)) < 5 || int(binary.LittleEndian.Uint32(raw)) != len(raw) {
+		return changeEvent{}, bsoncore.NewInsufficientBytesError(raw, raw)
+	}
 	if err := bsoncore.Document(raw).Validate(); err != nil {
 		return changeEvent{}, err
 	}
@@ -55,6 +64,9 @@ func (ev *changeEvent) setID() {
 func decodeEventFast(raw bson.Raw) (ev changeEvent, ok bool) {
 	rest := raw[4 : len(raw)-1]
 	for len(rest) > 0 {
+		if rest[0] == 0 {
+			return ev, false // a terminator before the end: Validate lets it pass, the driver does not
+		}
 		el, r, ok := bsoncore.ReadElement(rest)
 		if !ok {
 			return ev, false
@@ -85,6 +97,9 @@ func decodeEventFast(raw bson.Raw) (ev changeEvent, ok bool) {
 		case "operationType":
 			switch v.Type {
 			case bsontype.String:
+				if !terminated(v) {
+					return ev, false
+				}
 				ev.Op = v.StringValue()
 			case bsontype.Null:
 				ev.Op = ""
@@ -131,6 +146,10 @@ func decodeEventFast(raw bson.Raw) (ev changeEvent, ok bool) {
 			}
 		case "splitEvent":
 			return ev, false
+		default:
+			if foldsTo(key, eventFields...) {
+				return ev, false // the driver matches struct fields case-insensitively
+			}
 		}
 	}
 	return ev, true
@@ -144,6 +163,9 @@ func decodeNS(doc []byte, p *struct {
 }) bool {
 	rest := doc[4 : len(doc)-1]
 	for len(rest) > 0 {
+		if rest[0] == 0 {
+			return false
+		}
 		el, r, ok := bsoncore.ReadElement(rest)
 		if !ok {
 			return false
@@ -151,12 +173,18 @@ func decodeNS(doc []byte, p *struct {
 		rest = r
 		k := el.Key()
 		if k != "db" && k != "coll" {
+			if foldsTo(k, "db", "coll") {
+				return false
+			}
 			continue
 		}
 		v := el.Value()
 		var s string
 		switch v.Type {
 		case bsontype.String:
+			if !terminated(v) {
+				return false
+			}
 			s = v.StringValue()
 		case bsontype.Null:
 		default:
@@ -169,4 +197,23 @@ func decodeNS(doc []byte, p *struct {
 		}
 	}
 	return true
+}
+
+// terminated reports whether a string value ends with its null byte, which
+// Validate does not check and the driver refuses without.
+func terminated(v bsoncore.Value) bool {
+	return len(v.Data) > 4 && v.Data[len(v.Data)-1] == 0
+}
+
+var eventFields = []string{"_id", "operationType", "clusterTime", "documentKey", "fullDocument", "ns", "to", "lsid",
+	"txnNumber", "splitEvent"}
+
+// foldsTo reports whether key equals one of names up to case.
+func foldsTo(key string, names ...string) bool {
+	for _, n := range names {
+		if strings.EqualFold(key, n) {
+			return true
+		}
+	}
+	return false
 }
