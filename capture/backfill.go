@@ -85,11 +85,9 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 	if err != nil {
 		return err
 	}
-	pages := newCursorPager(scan, c.cfg.Backfill.ChunkSize)
 	go func() {
 		defer close(inflight)
 		defer scan.close()
-		defer pages.close()
 		var last *bson.RawValue
 		if p.LastKey != nil {
 			id, err := envelope.ParseKey(p.LastKey)
@@ -100,7 +98,7 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 			last = &id
 		}
 		for {
-			docs, err := c.readChunk(ctx, ns, pages, last, c.cfg.Backfill.ChunkSize)
+			docs, err := c.readChunk(ctx, ns, scan, last, c.cfg.Backfill.ChunkSize)
 			if err != nil {
 				scanErr <- err
 				return
