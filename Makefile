@@ -50,7 +50,8 @@ stack-status:
 
 bench: stack-up
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./transform
-	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./capture
+	$(GO) test -run '^$$' -bench BenchmarkDecodeEvent -benchtime 1s ./capture
+	$(GO) test -tags integration -run '^$$' -bench 'BenchmarkCapture|BenchmarkBackfillVsScan' -benchtime 1x -timeout 20m ./capture
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./sink
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./reconcile
 

@@ -106,24 +106,27 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 			if len(docs) == 0 {
 				return
 			}
-			recs := make([]*kgo.Record, 0, len(docs))
-			for _, doc := range docs {
-				e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
-				rec, dl, _ := c.toRecord(topic, &e)
-				if dl != nil {
-					rec = dl
-				}
-				recs = append(recs, rec)
-			}
 			lastID := docs[len(docs)-1].Lookup("_id")
 			if lim != nil {
-				if err := lim.WaitN(ctx, min(len(recs), lim.Burst())); err != nil {
+				if err := lim.WaitN(ctx, min(len(docs), lim.Burst())); err != nil {
 					scanErr <- err
 					return
 				}
 			}
-			ch := &chunk{n: len(recs), lastKey: envelope.Key(lastID), done: make(chan error, 1)}
-			go func() { ch.done <- c.produceAll(ctx, recs) }()
+			// Envelopes are built beside the scan of the next chunk, not before it.
+			ch := &chunk{n: len(docs), lastKey: envelope.Key(lastID), done: make(chan error, 1)}
+			go func() {
+				recs := make([]*kgo.Record, 0, len(docs))
+				for _, doc := range docs {
+					e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
+					rec, dl, _ := c.toRecord(topic, &e)
+					if dl != nil {
+						rec = dl
+					}
+					recs = append(recs, rec)
+				}
+				ch.done <- c.produceAll(ctx, recs)
+			}()
 			select {
 			case inflight <- ch:
 			case <-ctx.Done():

@@ -135,7 +135,10 @@ func New(cfg Config, mc *mongo.Client, kafkaOpts []kgo.Opt, store checkpoints.St
 	if log == nil {
 		log = slog.Default()
 	}
-	plain, err := kgo.NewClient(append(producerOpts(cfg), kafkaOpts...)...)
+	// The plain producer carries the backfill: Parallelism chunks in flight
+	// must fit in its buffer, or the chunks queue behind each other there.
+	plain, err := kgo.NewClient(append(append(producerOpts(cfg),
+		kgo.MaxBufferedRecords(max(4*cfg.BatchSize, 2*cfg.Backfill.Parallelism*cfg.Backfill.ChunkSize))), kafkaOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("capture: kafka client: %w", err)
 	}

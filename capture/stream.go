@@ -63,30 +63,6 @@ func (e *changeEvent) group() string {
 	return string(b)
 }
 
-func decodeEvent(raw bson.Raw) (changeEvent, error) {
-	var ev changeEvent
-	if err := bson.Unmarshal(raw, &ev); err != nil {
-		return ev, err
-	}
-	ev.Token = append(bson.Raw(nil), ev.Token...)
-	ev.Full = copyRaw(ev.Full)
-	ev.Key = copyRaw(ev.Key)
-	ev.LSID = copyRaw(ev.LSID)
-	if ev.Key != nil {
-		if id, err := ev.Key.LookupErr("_id"); err == nil {
-			ev.id = bson.RawValue{Type: id.Type, Value: append([]byte(nil), id.Value...)}
-		}
-	}
-	return ev, nil
-}
-
-func copyRaw(r bson.Raw) bson.Raw {
-	if r == nil {
-		return nil
-	}
-	return append(bson.Raw(nil), r...)
-}
-
 // mergeFragments joins the fragments $changeStreamSplitLargeEvent cut one
 // event into: each carries some of the top-level fields, the last one's _id
 // is the token to resume after the whole event.
@@ -155,7 +131,12 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 	defer cs.Close(context.WithoutCancel(ctx))
 
 	txn, err := kgo.NewClient(append(append(producerOpts(c.cfg), c.kopts...),
-		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second), kgo.MaxVersions(txnVersions()))...)
+		kgo.TransactionalID("tidemark-capture-"+ns), kgo.TransactionTimeout(60*time.Second), kgo.MaxVersions(txnVersions()),
+		// Kafka answers the next transaction's AddPartitionsToTxn with
+		// CONCURRENT_TRANSACTIONS until the previous commit's markers are
+		// written, typically a millisecond or two later; franz-go's default
+		// 20 ms retry made every transaction after the first wait 20 ms.
+		kgo.ConcurrentTransactionsBackoff(2*time.Millisecond))...)
 	if err != nil {
 		return fmt.Errorf("capture: kafka client: %w", err)
 	}
@@ -204,9 +185,22 @@ type streamRun struct {
 	// noPBRT is set once an empty batch left the resume token unchanged:
 	// the server sends no post-batch resume tokens.
 	noPBRT bool
+	// inflight reports the outcome of the transaction and checkpoint flush
+	// started in the background; next is the state it checkpoints.
+	inflight chan error
+	next     streamState
 }
 
 func (s *streamRun) run(ctx context.Context, cs changeStream) error {
+	err := s.read(ctx, cs)
+	if serr := s.settle(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// read reads the stream until an error; see run.
+func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 	c := s.c
 	for {
 		// Before an empty batch the newest oplog entry is a position the
@@ -337,6 +331,9 @@ func (s *streamRun) flushAll(ctx context.Context) error {
 
 // failed handles an error that ended the stream.
 func (s *streamRun) failed(ctx context.Context, err error) error {
+	if serr := s.settle(); serr != nil {
+		return serr
+	}
 	if s.inval != nil {
 		// The stream ended after a drop or rename before its invalidate
 		// arrived: it is invalidated all the same.
@@ -347,6 +344,9 @@ func (s *streamRun) failed(ctx context.Context, err error) error {
 		if ferr := s.flushAll(ctx); ferr != nil {
 			return ferr
 		}
+		if serr := s.settle(); serr != nil {
+			return serr
+		}
 		return s.c.skipTooLarge(ctx, s.ns, s.txn, &s.st, err)
 	}
 	// Pending events are not in Kafka; the checkpoint is before them, so
@@ -355,7 +355,12 @@ func (s *streamRun) failed(ctx context.Context, err error) error {
 }
 
 // flush produces the pending events in one Kafka transaction, then
-// checkpoints tok, the resume token after the last of them.
+// checkpoints tok, the resume token after the last of them. The transaction
+// and its checkpoint run in the background while the next batch is read and
+// encoded; at most one is in flight, and the next flush (and everything that
+// reads the committed state) waits for it first with settle. A failed commit
+// ends the stream, which reopens at the last checkpoint: nothing read after
+// it is lost, since it was never checkpointed.
 func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 	c := s.c
 	evs := s.pending
@@ -383,14 +388,46 @@ func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 			}
 		}
 	}
-	if err := c.commit(ctx, s.txn, batch, dead); err != nil {
-		return err
-	}
 	s.pending, s.held = s.pending[:0], false
 	if tv, ok := tokenTime(tok); ok && last.Before(tv) {
 		last = tv
 	}
-	return s.checkpoint(ctx, tok, last)
+	if err := s.settle(); err != nil {
+		return err
+	}
+	next := s.st
+	next.Token, next.StartAfter = append([]byte(nil), tok...), false
+	next.T, next.I, next.AtT, next.AtI, next.Time = last.T, last.I, 0, 0, time.Now().UTC()
+	done := make(chan error, 1)
+	s.next, s.inflight = next, done
+	go func() {
+		err := c.commit(ctx, s.txn, batch, dead)
+		if err == nil {
+			err = checkpoints.PutJSON(ctx, c.store, streamKey(s.ns), next)
+		}
+		done <- err
+	}()
+	return nil
+}
+
+// settle waits for the transaction in flight, if any, and makes its
+// checkpoint the stream's committed state. The receive does not select on
+// ctx: the commit ends when ctx does, and the transactional client must not
+// be closed under it.
+func (s *streamRun) settle() error {
+	if s.inflight == nil {
+		return nil
+	}
+	err := <-s.inflight
+	s.inflight = nil
+	if err != nil {
+		return err
+	}
+	s.st = s.next
+	s.lastCkpt = time.Now()
+	s.c.m.producedTime.WithLabelValues(s.ns).Set(float64(s.st.T))
+	s.c.m.checkpointTS.WithLabelValues(s.ns).Set(float64(s.st.Time.Unix()))
+	return nil
 }
 
 func (s *streamRun) checkpoint(ctx context.Context, tok bson.Raw, at envelope.Version) error {
@@ -411,6 +448,11 @@ func (s *streamRun) checkpoint(ctx context.Context, tok bson.Raw, at envelope.Ve
 // (before 4.0.7, and the stand-in) advance to before, the newest oplog entry
 // read before the empty batch, when it is known.
 func (s *streamRun) idle(ctx context.Context, tok bson.Raw, before envelope.Version) error {
+	if s.inflight != nil {
+		// The batch in flight checkpoints now: the idle checkpoint is due
+		// IdleCheckpointInterval after it, as after any other.
+		return s.settle()
+	}
 	if tok != nil && !bytes.Equal(tok, s.st.Token) {
 		at, ok := tokenTime(tok)
 		if !ok {
@@ -435,6 +477,9 @@ func (s *streamRun) idle(ctx context.Context, tok bson.Raw, before envelope.Vers
 // (drop, rename, dropDatabase) and stops it. tok is the invalidate event's
 // token when the server sent one: resuming needs startAfter with it.
 func (s *streamRun) invalidated(ctx context.Context, tok bson.Raw) error {
+	if err := s.settle(); err != nil {
+		return err
+	}
 	inv := s.inval
 	if tok != nil {
 		inv.Token, inv.Invalidate = tok, true

@@ -1,0 +1,174 @@
+//go:build integration
+
+package capture
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/internal/testbed"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+)
+
+// benchDoc is a real-shaped document of about 1 KB: an ObjectId _id, strings,
+// numbers, a date, an array and a nested document.
+func benchDoc(i int) bson.D {
+	var oid primitive.ObjectID
+	copy(oid[:], fmt.Sprintf("%012d", i))
+	return bson.D{{Key: "_id", Value: oid}, {Key: "email", Value: fmt.Sprintf("user%07d@example.com", i)},
+		{Key: "name", Value: fmt.Sprintf("User Number %d", i)}, {Key: "age", Value: int32(20 + i%60)},
+		{Key: "score", Value: float64(i) * 1.5}, {Key: "active", Value: i%2 == 0},
+		{Key: "created", Value: primitive.NewDateTimeFromTime(time.Unix(1_700_000_000+int64(i), 0))},
+		{Key: "tags", Value: bson.A{"alpha", "beta", "gamma", "delta"}},
+		{Key: "address", Value: bson.D{{Key: "street", Value: "1 Long Street Name"}, {Key: "city", Value: "Springfield"},
+			{Key: "zip", Value: "12345"}, {Key: "country", Value: "Freedonia"}}},
+		{Key: "bio", Value: strings.Repeat("lorem ipsum dolor sit amet ", 28)}}
+}
+
+// BenchmarkCaptureReplayVsProduce measures capture's own cost, apart from any
+// MongoDB server: recorded change events shaped like a MongoDB 5.0+ server's
+// (resume-token _id, operationType, clusterTime, wallTime, ns, documentKey,
+// ~1 KB fullDocument) are replayed through the change-stream seam, one server
+// batch per capture batch, along the production path (decode, envelope, Kafka
+// transaction, checkpoint in a file store) into the stack's Kafka. The
+// baseline produces the same records (same keys and values) with a plain
+// idempotent franz-go client, acks=all, ProduceSync per batch, to a topic with
+// the same partitions. Passes alternate (capture, raw, capture, raw, ...) and
+// the ratio of the summed rates is reported as of-baseline.
+func BenchmarkCaptureReplayVsProduce(b *testing.B) {
+	for _, batchSize := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("batch=%d", batchSize), func(b *testing.B) { benchReplay(b, batchSize) })
+	}
+}
+
+func benchReplay(b *testing.B, batchSize int) {
+	const n, passes = 50_000, 3
+	testbed.Kafka(b)
+	ctx := context.Background()
+	// Recorded events, cut into server batches of batchSize events, each batch
+	// ending with a post-batch resume token past its last event.
+	var events []bson.Raw
+	var recs []*kgo.Record
+	t := uint32(1_800_000_000)
+	for i := 0; i < n; i++ {
+		e := ev{op: "insert", t: t + uint32(i/100), i: uint32(i%100 + 1), id: benchDoc(i)[0].Value, doc: benchDoc(i)}
+		raw := e.raw()
+		events = append(events, raw)
+		full := raw.Lookup("fullDocument").Document()
+		env := envelope.Event{Op: envelope.OpInsert, Namespace: rns, ID: full.Lookup("_id"),
+			Version: envelope.Version{T: e.t, I: e.i}, Doc: full}
+		v, _ := envelope.Encode(nil, &env)
+		recs = append(recs, &kgo.Record{Key: env.Key(), Value: v})
+	}
+	lastT, lastI := t+uint32((n-1)/100), uint32((n-1)%100+1)
+	script := func() []step {
+		var steps []step
+		for i := 0; i < n; i += batchSize {
+			end := min(i+batchSize, n)
+			ct, ci := t+uint32((end-1)/100), uint32((end-1)%100+1)
+			steps = append(steps, step{events: events[i:end], pbrt: token(ct, ci, 9999)})
+		}
+		return steps
+	}
+	b.Logf("events: %d, event size %d B, record value %d B", n, len(events[0]), len(recs[0].Value))
+
+	adm := testbed.KafkaAdmin(b)
+	// Rates over the whole run, and steady: after the first batch is in
+	// Kafka (capture: its first checkpoint; raw: its first acknowledgement),
+	// which leaves out connecting, the transactional producer id and the first
+	// metadata, paid once per process.
+	var capRates, rawRates, capSteady, rawSteady []float64
+	for pass := 0; pass < passes; pass++ {
+		// capture
+		prefix := testbed.UniqueName(b, "brp")
+		store, err := checkpoints.OpenFile(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize,
+			Backfill: BackfillConfig{Enabled: new(bool)}}, nil, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
+			store, slog.New(slog.DiscardHandler), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		src := &replaySource{streams: [][]step{script()}, typ: "collection", t0: envelope.Version{T: t}}
+		c.src = src
+		checkpoints.PutJSON(ctx, store, streamKey(rns), streamState{StartT: t, StartI: 0})
+		if err := c.ensureTopics(ctx); err != nil {
+			b.Fatal(err)
+		}
+		waitLeaders(b, Topic(prefix, rns))
+		b.Cleanup(func() { adm.DeleteTopics(context.Background(), Topic(prefix, rns), envelope.DeadLetterTopic(prefix)) })
+		rctx, stop := context.WithCancel(ctx)
+		start := time.Now()
+		done := make(chan struct{})
+		go func() { c.Run(rctx); close(done) }()
+		var first time.Time
+		for {
+			st, _, _ := checkpoints.GetJSON[streamState](ctx, store, streamKey(rns))
+			if st.Token != nil && first.IsZero() {
+				first = time.Now()
+			}
+			if st.Token != nil && !(envelope.Version{T: st.T, I: st.I}).Before(envelope.Version{T: lastT, I: lastI}) {
+				break
+			}
+			if time.Since(start) > 5*time.Minute {
+				b.Fatal("capture did not finish")
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		el := time.Since(start)
+		capRates = append(capRates, float64(n)/el.Seconds())
+		capSteady = append(capSteady, float64(n-batchSize)/time.Since(first).Seconds())
+		stop()
+		<-done
+		c.Close()
+
+		// raw produce of the same records
+		topic := prefix + ".raw"
+		testbed.CreateTopic(b, adm, topic, 6)
+		waitLeaders(b, topic)
+		raw, err := kgo.NewClient(append(producerOpts(Config{BatchSize: batchSize}.WithDefaults()),
+			kgo.SeedBrokers(testbed.KafkaBrokers()...), kgo.DefaultProduceTopic(topic))...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		start = time.Now()
+		var rawFirst time.Time
+		for i := 0; i < n; i += batchSize {
+			batch := recs[i:min(i+batchSize, n)]
+			for _, r := range batch {
+				r.Partition, r.Offset, r.Topic = 0, 0, ""
+			}
+			if err := raw.ProduceSync(ctx, batch...).FirstErr(); err != nil {
+				b.Fatal(err)
+			}
+			if i == 0 {
+				rawFirst = time.Now()
+			}
+		}
+		rawRates = append(rawRates, float64(n)/time.Since(start).Seconds())
+		rawSteady = append(rawSteady, float64(n-batchSize)/time.Since(rawFirst).Seconds())
+		raw.Close()
+		b.Logf("pass %d: capture %.0f events/s (%v; steady %.0f/s), raw produce %.0f events/s (steady %.0f/s)", pass,
+			capRates[pass], el.Round(time.Millisecond), capSteady[pass], rawRates[pass], rawSteady[pass])
+	}
+	sum := func(xs []float64) (s float64) {
+		for _, x := range xs {
+			s += x
+		}
+		return s
+	}
+	b.ReportMetric(sum(capSteady)/passes, "capture_events/s")
+	b.ReportMetric(sum(rawSteady)/passes, "baseline_raw_produce_events/s")
+	b.ReportMetric(sum(capSteady)/sum(rawSteady), "of-baseline")
+	b.ReportMetric(sum(capRates)/sum(rawRates), "whole-run-of-baseline")
+}
