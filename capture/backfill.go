@@ -252,13 +252,52 @@ type Request struct {
 	ResumeAfterInvalidate bool   `json:"resume_after_invalidate,omitempty"`
 	Reason                string `json:"reason,omitempty"`
 	Actor                 string `json:"actor,omitempty"`
+	// NotBefore is when the request was made (Enqueue sets it). The
+	// re-emitted versions must be above it: a repair restores rows that were
+	// deleted or changed in Cassandra by a write stamped with the wall clock,
+	// and a version below that write's timestamp would lose to it. An idle
+	// source's cluster time lags the clock until its next write or periodic
+	// no-op (every 10 s on a replica set), so the backfill waits for it, up to
+	// notBeforeWait.
+	NotBefore time.Time `json:"not_before,omitzero"`
 }
+
+// notBeforeWait bounds the wait for the source's cluster time to pass a
+// request's NotBefore; a replica set writes a no-op every 10 s when idle.
+const notBeforeWait = 30 * time.Second
 
 // RequestKeyPrefix is where backfill requests wait in the checkpoints store.
 const RequestKeyPrefix = checkpoints.PrefixIntent + "backfill/"
 
+// clusterTimeAfter is clusterTime once a backfill at it would stamp versions
+// above notBefore (in Cassandra's microseconds), polling while the source's
+// cluster time lags; after notBeforeWait it goes on with what it has and says
+// so (a repair then reports the rows a newer target write still hides).
+func (c *Capture) clusterTimeAfter(ctx context.Context, ns string, notBefore time.Time) (envelope.Version, error) {
+	deadline := time.Now().Add(notBeforeWait)
+	for {
+		t0, err := c.clusterTime(ctx, ns)
+		if err != nil || notBefore.IsZero() || envelope.Below(t0).Micros() > notBefore.UnixMicro() {
+			return t0, err
+		}
+		if time.Now().After(deadline) {
+			c.log.Warn("the source's cluster time lags the backfill request; rows changed in the target since may stay divergent",
+				"namespace", ns, "cluster_time", t0, "requested_at", notBefore)
+			return t0, nil
+		}
+		select {
+		case <-ctx.Done():
+			return t0, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 // Enqueue stores a request for whichever daemon runs capture of the namespace.
 func Enqueue(ctx context.Context, s checkpoints.Store, r Request) (string, error) {
+	if r.NotBefore.IsZero() {
+		r.NotBefore = time.Now().UTC()
+	}
 	id := fmt.Sprintf("%s%d", RequestKeyPrefix, time.Now().UnixNano())
 	return id, checkpoints.PutJSON(ctx, s, id, r)
 }
@@ -271,7 +310,7 @@ func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
 	if !c.captures(r.Namespace) {
 		return 0, fmt.Errorf("capture: namespace %s is not captured here", r.Namespace)
 	}
-	t0, err := c.clusterTime(ctx, r.Namespace)
+	t0, err := c.clusterTimeAfter(ctx, r.Namespace, r.NotBefore)
 	if err != nil {
 		return 0, err
 	}

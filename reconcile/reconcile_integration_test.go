@@ -57,6 +57,13 @@ func TestIntegrationRoundFindsEachDivergence(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustExec("UPDATE "+users+" USING TIMESTAMP ? SET age = ? WHERE id = ?", v.Micros()+1, int32(20+stale%60), fmt.Sprint(stale))
+	// The pipeline's stream starts at the source's cluster time, inclusive
+	// (startAtOperationTime): were the update the newest oplog entry, the
+	// pipeline would be handed it and fix the row. A later write elsewhere
+	// keeps it a change the pipeline never saw.
+	if _, err := f.coll.Database().Collection("elsewhere").InsertOne(ctx, bson.D{{Key: "_id", Value: 1}}); err != nil {
+		t.Fatal(err)
+	}
 
 	f.startPipeline(ctx, 4)
 	r := f.reconciler(Config{InFlightWait: 20 * time.Second})

@@ -65,6 +65,39 @@ final class TidemarkBackend extends MemoryBackend {
         return new CappedOplog(this, oplog, getCursorRegistry());
     }
 
+    // startNoopWriter writes a no-op oplog entry every interval in which
+    // nothing else was written, as a replica set's primary does
+    // (periodicNoopIntervalSecs, 10 s): an idle source's cluster time, and the
+    // post-batch resume tokens of its change streams, keep up with its clock.
+    // tidemark relies on that to give a repair a version above a target
+    // write made moments before (see capture.Request.NotBefore).
+    void startNoopWriter(long intervalMillis) {
+        if (intervalMillis <= 0) {
+            return;
+        }
+        java.util.concurrent.ScheduledExecutorService ses = java.util.concurrent.Executors.newSingleThreadScheduledExecutor(r -> {
+            Thread t = new Thread(r, "mongo-noop");
+            t.setDaemon(true);
+            return t;
+        });
+        ses.scheduleWithFixedDelay(() -> {
+            try {
+                OplogCollection o = oplogCollection();
+                long newestSeconds = o.newestTs() >>> 32;
+                long now = java.time.Instant.now(getClock()).getEpochSecond();
+                if ((now - newestSeconds) * 1000 < intervalMillis) {
+                    return;
+                }
+                // OplogCollection stamps the ts (this second, the next ordinal).
+                o.addDocument(new Document("ts", new BsonTimestamp(java.time.Instant.now(getClock()), 0)).append("t", 1L)
+                    .append("h", 0L).append("v", 2L).append("op", "n").append("ns", "")
+                    .append("wall", java.time.Instant.now(getClock())).append("o", new Document("msg", "periodic noop")));
+            } catch (RuntimeException e) {
+                System.err.println("tidemark-mongo: periodic noop: " + e);
+            }
+        }, intervalMillis, Math.max(100, intervalMillis / 10), java.util.concurrent.TimeUnit.MILLISECONDS);
+    }
+
     private OplogCollection oplogCollection() {
         if (!(oplog instanceof CappedOplog)) {
             throw new MongoServerError(20, "IllegalOperation", "the oplog is not enabled");

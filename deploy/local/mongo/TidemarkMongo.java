@@ -78,6 +78,7 @@ public final class TidemarkMongo {
         TidemarkBackend backend = new TidemarkBackend(maxEntries, maxBytes);
         backend.version(ServerVersion.MONGO_4_0);
         backend.enableOplog();
+        backend.startNoopWriter(envLong("TIDEMARK_MONGO_NOOP_INTERVAL_MS", 10_000));
 
         // mongo-java-server's MongoServer runs every command on its few netty
         // event-loop threads; a getMore that waits for the oplog would stall
