@@ -270,8 +270,11 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 	}
 	defer c2.Close()
 	run2, stop2 := context.WithCancel(ctx)
-	defer stop2()
-	go c2.Run(run2)
+	done2 := make(chan error, 1)
+	go func() { done2 <- c2.Run(run2) }()
+	// The store's directory is removed once the test ends: capture must have
+	// stopped writing checkpoints into it by then.
+	defer func() { stop2(); <-done2 }()
 	if _, err := quiet.InsertOne(ctx, bson.D{{Key: "_id", Value: 2}}); err != nil {
 		t.Fatal(err)
 	}
