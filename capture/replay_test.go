@@ -832,23 +832,6 @@ func TestReplayUnwatchableCollections(t *testing.T) {
 	}
 }
 
-func TestTokenTime(t *testing.T) {
-	for _, tc := range []struct {
-		data string
-		want envelope.Version
-		ok   bool
-	}{
-		{"8263F3A9C4000000022B022C0100296E5A1004", envelope.Version{T: 0x63F3A9C4, I: 2}, true},
-		{"6b14ed8600000013", envelope.Version{T: 0x6b14ed86, I: 0x13}, true}, // the stand-in
-		{"zz", envelope.Version{}, false},
-	} {
-		got, ok := tokenTime(mustRaw(bson.D{{Key: "_data", Value: tc.data}}))
-		if ok != tc.ok || got != tc.want {
-			t.Errorf("%s: %v %v", tc.data, got, ok)
-		}
-	}
-}
-
 // flakyPager serves a sorted list of documents and fails after every
 // failEvery documents of a page, as a cursor killed by an election does.
 type flakyPager struct {

@@ -244,7 +244,7 @@ func (m mongoSource) startTime(ctx context.Context, ns string) (envelope.Version
 			return envelope.Version{T: ot.T, I: ot.I}, nil
 		}
 	}
-	if v, ok := tokenTime(cs.ResumeToken()); ok {
+	if v, ok := mongoid.TokenTime(cs.ResumeToken()); ok {
 		return v, nil
 	}
 	newest, ok, err := m.newestHistory(ctx)
@@ -293,8 +293,3 @@ func (m mongoSource) collectionType(ctx context.Context, ns string) (string, boo
 	}
 	return typ, true, nil
 }
-
-// tokenTime reads the cluster time a resume token encodes (see
-// mongoid.TokenTime); ok is false for a token it cannot read, and callers
-// then keep the last event's cluster time.
-func tokenTime(tok bson.Raw) (envelope.Version, bool) { return mongoid.TokenTime(tok) }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/mongoid"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/kversion"
@@ -389,7 +390,7 @@ func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 		}
 	}
 	s.pending, s.held = s.pending[:0], false
-	if tv, ok := tokenTime(tok); ok && last.Before(tv) {
+	if tv, ok := mongoid.TokenTime(tok); ok && last.Before(tv) {
 		last = tv
 	}
 	if err := s.settle(); err != nil {
@@ -454,7 +455,7 @@ func (s *streamRun) idle(ctx context.Context, tok bson.Raw, before envelope.Vers
 		return s.settle()
 	}
 	if tok != nil && !bytes.Equal(tok, s.st.Token) {
-		at, ok := tokenTime(tok)
+		at, ok := mongoid.TokenTime(tok)
 		if !ok {
 			at = envelope.Version{T: s.st.T, I: s.st.I}
 		}
