@@ -337,11 +337,17 @@ func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Reco
 	if reason == "" {
 		return &kgo.Record{Topic: topic, Key: key, Value: val}, nil, true
 	}
-	c.m.deadLetters.WithLabelValues(e.Namespace, deadReason(err)).Inc()
-	c.log.Error("event sent to the dead-letter topic", "namespace", e.Namespace, "version", e.Version, "reason", reason)
-	b, _ := envelope.EncodeDeadLetter(envelope.DeadLetter{Stage: "capture", Reason: reason, Namespace: e.Namespace,
-		Key: key, Version: e.Version, Topic: topic, Partition: -1, Offset: -1, Record: val})
-	return nil, &kgo.Record{Topic: envelope.DeadLetterTopic(c.cfg.TopicPrefix), Key: key, Value: b}, true
+	return nil, c.deadLetterRecord(envelope.DeadLetter{Stage: "capture", Reason: reason, Namespace: e.Namespace,
+		Key: key, Version: e.Version, Topic: topic, Partition: -1, Offset: -1, Record: val}, deadReason(err)), true
+}
+
+// deadLetterRecord counts, logs and encodes d for the dead-letter topic;
+// metricReason is the reason label of tidemark_capture_dead_letters_total.
+func (c *Capture) deadLetterRecord(d envelope.DeadLetter, metricReason string) *kgo.Record {
+	c.m.deadLetters.WithLabelValues(d.Namespace, metricReason).Inc()
+	c.log.Error("event sent to the dead-letter topic", "namespace", d.Namespace, "version", d.Version, "reason", d.Reason)
+	b, _ := envelope.EncodeDeadLetter(d)
+	return &kgo.Record{Topic: envelope.DeadLetterTopic(c.cfg.TopicPrefix), Key: d.Key, Value: b}
 }
 
 func deadReason(err error) string {
@@ -498,10 +504,7 @@ func (c *Capture) refusedDeadLetter(r *kgo.Record) *kgo.Record {
 	if ev, err := envelope.Decode(r.Value); err == nil {
 		d.Namespace, d.Version = ev.Namespace, ev.Version
 	}
-	c.m.deadLetters.WithLabelValues(d.Namespace, "too_large").Inc()
-	c.log.Error("event sent to the dead-letter topic", "namespace", d.Namespace, "version", d.Version, "reason", d.Reason)
-	b, _ := envelope.EncodeDeadLetter(d)
-	return &kgo.Record{Topic: envelope.DeadLetterTopic(c.cfg.TopicPrefix), Key: r.Key, Value: b}
+	return c.deadLetterRecord(d, "too_large")
 }
 
 func fenced(err error) bool {
