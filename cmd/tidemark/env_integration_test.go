@@ -5,10 +5,8 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
@@ -29,32 +27,13 @@ type daemonEnv struct {
 	m                     *transform.Mapping
 }
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-	buildOut  []byte
-)
-
 // newDaemonEnv prepares a daemonEnv whose database is named after prefix.
-// The binary is built once per test process.
+// The binary is built once per test process (testbed.Tidemark).
 func newDaemonEnv(t *testing.T, prefix string) *daemonEnv {
 	t.Helper()
 	e := &daemonEnv{s: testbed.Cassandra(t), mc: testbed.Mongo(t), dir: t.TempDir()}
 	testbed.Kafka(t)
-	buildOnce.Do(func() {
-		d, err := os.MkdirTemp("", "tidemark-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(d, "tidemark")
-		buildOut, buildErr = exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build: %v\n%s", buildErr, buildOut)
-	}
-	e.bin = builtBin
+	e.bin = testbed.Tidemark(t)
 	e.db = testbed.UniqueName(t, prefix)
 	e.ns = e.db + ".users"
 	e.ks = testbed.UniqueName(t, "ks")
@@ -90,8 +69,6 @@ sink: {group: %[6]s-g, consistency: ONE, mark_interval: 1s}
 // TestMain removes the binary newDaemonEnv built once for all the tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if builtBin != "" {
-		os.RemoveAll(filepath.Dir(builtBin))
-	}
+	testbed.RemoveTidemark()
 	os.Exit(code)
 }

@@ -3,6 +3,7 @@ package testbed
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -78,6 +79,109 @@ func UsersSchema(t testing.TB, s *gocql.Session, ks string) {
 func Snapshot(t T, s *gocql.Session, m *transform.Mapping, ns string) []byte {
 	t.Helper()
 	var rows [][]byte
+	eachTargetRow(t, s, m, ns, func(tbl *transform.Table, vals []any) {
+		rows = append(rows, canonical(t, tbl, vals))
+	})
+	return sortJoin(rows)
+}
+
+// Expected is what the tables must hold for these source documents.
+func Expected(t T, m *transform.Mapping, ns string, docs []bson.Raw) []byte {
+	t.Helper()
+	var rows [][]byte
+	eachExpectedRow(t, m, ns, docs, func(tbl *transform.Table, vals []any) {
+		rows = append(rows, canonical(t, tbl, vals))
+	})
+	return sortJoin(rows)
+}
+
+// Rows are canonical rows (as Snapshot and Expected write them) by table and
+// primary key, so that two sets can be told apart row by row.
+type Rows map[string][]byte
+
+// SnapshotRows reads every row of the tables mapped from ns, by key.
+func SnapshotRows(t T, s *gocql.Session, m *transform.Mapping, ns string) Rows {
+	t.Helper()
+	out := Rows{}
+	eachTargetRow(t, s, m, ns, func(tbl *transform.Table, vals []any) {
+		out[rowKey(t, tbl, vals)] = canonical(t, tbl, vals)
+	})
+	return out
+}
+
+// ExpectedRows is what the tables must hold for docs, by key. Two documents
+// mapping to one key is a failure: the tables could hold only one of them.
+func ExpectedRows(t T, m *transform.Mapping, ns string, docs []bson.Raw) Rows {
+	t.Helper()
+	out := Rows{}
+	eachExpectedRow(t, m, ns, docs, func(tbl *transform.Table, vals []any) {
+		k := rowKey(t, tbl, vals)
+		if _, dup := out[k]; dup {
+			t.Fatalf("two source documents map to the key %q", k)
+		}
+		out[k] = canonical(t, tbl, vals)
+	})
+	return out
+}
+
+// RowDiff counts how actual rows differ from expected ones.
+type RowDiff struct {
+	// Compared is the number of keys in either set.
+	Compared, Missing, Extra, Different int
+	// Sample holds up to five differing rows, for failure messages.
+	Sample []string
+}
+
+// Clean reports whether nothing is missing, extra or different.
+func (d RowDiff) Clean() bool { return d.Missing+d.Extra+d.Different == 0 }
+
+// Add sums two diffs (of different namespaces).
+func (d RowDiff) Add(o RowDiff) RowDiff {
+	d.Compared += o.Compared
+	d.Missing += o.Missing
+	d.Extra += o.Extra
+	d.Different += o.Different
+	d.Sample = append(d.Sample, o.Sample...)
+	if len(d.Sample) > 5 {
+		d.Sample = d.Sample[:5]
+	}
+	return d
+}
+
+// DiffRows compares every key of want and got.
+func DiffRows(want, got Rows) RowDiff {
+	var d RowDiff
+	note := func(kind, k string, row []byte) {
+		if len(d.Sample) < 5 {
+			d.Sample = append(d.Sample, fmt.Sprintf("%s %q: %q", kind, k, row))
+		}
+	}
+	for k, w := range want {
+		d.Compared++
+		g, ok := got[k]
+		switch {
+		case !ok:
+			d.Missing++
+			note("missing", k, w)
+		case !bytes.Equal(g, w):
+			d.Different++
+			note("different", k, g)
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			d.Compared++
+			d.Extra++
+			note("extra", k, g)
+		}
+	}
+	return d
+}
+
+// eachTargetRow calls fn with every row of the tables mapped from ns, its
+// values aligned with the table's columns.
+func eachTargetRow(t T, s *gocql.Session, m *transform.Mapping, ns string, fn func(*transform.Table, []any)) {
+	t.Helper()
 	for _, tbl := range m.Tables(ns) {
 		iter := s.Query("SELECT * FROM " + tbl.QualifiedName()).Iter()
 		for {
@@ -89,37 +193,42 @@ func Snapshot(t T, s *gocql.Session, m *transform.Mapping, ns string) []byte {
 			for i, c := range tbl.Columns {
 				vals[i] = row[c.Name]
 			}
-			b, err := tbl.AppendCanonical([]byte(tbl.Name+"|"), vals)
-			if err != nil {
-				t.Fatalf("canonical %s: %v", tbl.Name, err)
-			}
-			rows = append(rows, b)
+			fn(tbl, vals)
 		}
 		if err := iter.Close(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return sortJoin(rows)
 }
 
-// Expected is what the tables must hold for these source documents.
-func Expected(t T, m *transform.Mapping, ns string, docs []bson.Raw) []byte {
+// eachExpectedRow calls fn with every row the transform makes of docs.
+func eachExpectedRow(t T, m *transform.Mapping, ns string, docs []bson.Raw, fn func(*transform.Table, []any)) {
 	t.Helper()
-	var rows [][]byte
 	for _, d := range docs {
 		out, err := m.Apply(ns, d)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range out {
-			b, err := r.Table.AppendCanonical([]byte(r.Table.Name+"|"), r.Values)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rows = append(rows, b)
+			fn(r.Table, r.Values)
 		}
 	}
-	return sortJoin(rows)
+}
+
+func canonical(t T, tbl *transform.Table, vals []any) []byte {
+	b, err := tbl.AppendCanonical([]byte(tbl.Name+"|"), vals)
+	if err != nil {
+		t.Fatalf("canonical %s: %v", tbl.Name, err)
+	}
+	return b
+}
+
+func rowKey(t T, tbl *transform.Table, vals []any) string {
+	k, err := tbl.EncodeKey(tbl.KeyValues(vals))
+	if err != nil {
+		t.Fatalf("key of %s: %v", tbl.Name, err)
+	}
+	return tbl.QualifiedName() + "|" + string(k)
 }
 
 // SourceDocs reads every document of a collection.
