@@ -203,6 +203,22 @@ func fail(rule, format string, a ...any) error {
 
 // convertValue applies the type-driven conversion of v (never missing, may be
 // an explicit null) into a value for t.
+// emptyNested is the value of an empty array or document inside a
+// collection, where convertValue's nil (right for a column: Cassandra stores
+// an empty collection as null) would read as a null element and refuse a
+// valid document such as {scores: {art: []}}. Inside a collection the
+// element is frozen, and an empty frozen collection is a value. It returns
+// nil for anything else (a BSON null stays refused).
+func emptyNested(t *cqlType, v bson.RawValue) any {
+	switch {
+	case (t.kind == kList || t.kind == kSet) && v.Type == bsontype.Array:
+		return []any{}
+	case t.kind == kMap && v.Type == bsontype.EmbeddedDocument:
+		return map[string]any{}
+	}
+	return nil
+}
+
 func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column) (any, error) {
 	if v.Type == bsontype.Null || v.Type == bsontype.Undefined {
 		return nil, nil
@@ -381,7 +397,9 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 				return nil, fmt.Errorf("[%d]: %w", i, err)
 			}
 			if x == nil {
-				return nil, fail(rule, "[%d] is null; CQL collections cannot hold nulls", i)
+				if x = emptyNested(t.elem, e); x == nil {
+					return nil, fail(rule, "[%d] is null; CQL collections cannot hold nulls", i)
+				}
 			}
 			out = append(out, x)
 		}
@@ -408,7 +426,9 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 				return nil, fmt.Errorf(".%s: %w", e.Key(), err)
 			}
 			if x == nil {
-				return nil, fail(rule, "%s is null; CQL maps cannot hold nulls", e.Key())
+				if x = emptyNested(t.elem, e.Value()); x == nil {
+					return nil, fail(rule, "%s is null; CQL maps cannot hold nulls", e.Key())
+				}
 			}
 			out[e.Key()] = x
 		}

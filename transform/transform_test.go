@@ -66,6 +66,12 @@ func TestConversions(t *testing.T) {
 		{"array to set sorts and dedups", "set<text>", "", bson.A{"b", "a", "b"}, []any{"a", "b"}, ""},
 		{"empty array is null", "list<int>", "", bson.A{}, nil, ""},
 		{"null in list", "list<int>", "", bson.A{nil}, nil, "cannot hold nulls"},
+		// Found by the chaos suite: a valid document was dead-lettered.
+		{"empty array as a map value", "map<text, frozen<list<int>>>", "", bson.D{{Key: "a", Value: bson.A{}}, {Key: "b", Value: bson.A{int32(1)}}},
+			map[string]any{"a": []any{}, "b": []any{int32(1)}}, ""},
+		{"empty array in a set", "set<frozen<list<int>>>", "", bson.A{bson.A{}, bson.A{int32(2)}}, []any{[]any{}, []any{int32(2)}}, ""},
+		{"empty document in a list", "frozen<list<frozen<map<text, int>>>>", "", bson.A{bson.D{}}, []any{map[string]any{}}, ""},
+		{"null as a map value", "map<text, frozen<list<int>>>", "", bson.D{{Key: "a", Value: nil}}, nil, "cannot hold nulls"},
 		{"document to map", "map<text, int>", "", bson.D{{Key: "x", Value: int32(1)}}, map[string]any{"x": int32(1)}, ""},
 		{"document to json", "text", "json", bson.D{{Key: "b", Value: 1}, {Key: "a", Value: bson.A{"x"}}}, `{"b":1,"a":["x"]}`, ""},
 		{"nested document to text is json", "text", "", bson.D{{Key: "d", Value: bson.D{{Key: "e", Value: bson.D{{Key: "f", Value: "deep"}}}}}}, `{"d":{"e":{"f":"deep"}}}`, ""},
