@@ -28,7 +28,7 @@ integration: stack-up test-deps
 
 # The chaos suite's full variant (docs/testing.md, "The chaos suite"): 20
 # SIGKILLs of every role and of the leader, Kafka and then Cassandra frozen
-# for 60 s each under a live workload, every row checked. About 8 minutes;
+# for 60 s each under a live workload, every row checked. About 4 minutes;
 # it stops by itself. make test runs the short variant. TIDEMARK_CHAOS_SEED
 # replays a run's choices.
 chaos: stack-up

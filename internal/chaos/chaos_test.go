@@ -166,6 +166,11 @@ func TestWriteTable(t *testing.T) {
 		{At: 20 * time.Second, Kind: StopKafka, Target: "kafka", Phase: PhaseStreaming, Length: time.Minute, Recovery: 2 * time.Second, PeakRSS: 40 << 20},
 	}, Summary{Seed: 1, Variant: "short", Wall: time.Minute, Ops: 100, Rate: 100, Compared: 10, PeakRSS: 40 << 20, PeakRSSBeforeFault: 30 << 20})
 	out := b.String()
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasSuffix(l, " ") {
+			t.Errorf("trailing spaces: %q", l)
+		}
+	}
 	for _, want := range []string{
 		"kill leader   sink", "new leader after 6.0s", "60.0s   2.0s", "peak RSS 40 MiB",
 		"kills 2 (slowest restart -> applying 1.0s), outages 1 (slowest outage end -> lag < 5 s 2.0s)",

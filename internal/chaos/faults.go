@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -116,7 +117,8 @@ type Summary struct {
 // WriteTable prints the faults and the outcome, the table docs/testing.md
 // and the README show.
 func WriteTable(w io.Writer, faults []Fault, s Summary) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var cells bytes.Buffer
+	tw := tabwriter.NewWriter(&cells, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tat\tfault\ttarget\tphase\toutage\trecovery\tnote")
 	for i, f := range faults {
 		outage, rec := "-", fmtDur(f.Recovery)
@@ -133,6 +135,10 @@ func WriteTable(w io.Writer, faults []Fault, s Summary) {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i+1, fmtDur(f.At), f.Kind, f.Target, f.Phase, outage, rec, note)
 	}
 	tw.Flush()
+	// tabwriter pads the last column too; the table is pasted into docs.
+	for _, l := range strings.SplitAfter(cells.String(), "\n") {
+		io.WriteString(w, strings.TrimRight(l, " \n")+strings.Repeat("\n", strings.Count(l, "\n")))
+	}
 	kills, worst, worstOutage := 0, time.Duration(0), time.Duration(0)
 	for _, f := range faults {
 		if f.Length == 0 {
