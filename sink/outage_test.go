@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"syscall"
@@ -235,6 +236,75 @@ func TestSinkRetriesThroughOutage(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestRetryWakesWhenTheTargetAnswers: writes waiting out a long backoff
+// retry as soon as another write succeeds, instead of sleeping on after
+// Cassandra is back (the chaos suite measured 12.6 s to lag under 5 s after
+// a 60 s outage, most of it backoff).
+func TestRetryWakesWhenTheTargetAnswers(t *testing.T) {
+	cfg := Config{RetryBackoff: 4 * time.Second, Retries: 100}.WithDefaults()
+	s := &Sink{cfg: cfg, met: newMetrics(nil), log: slog.New(slog.DiscardHandler)}
+	s.lim = newThrottle(cfg, s.met)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	down := true
+	failed := 0
+	write := func(context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			failed++
+			return gocql.ErrTimeoutNoResponse
+		}
+		return nil
+	}
+	type result struct {
+		at  time.Time
+		err error
+	}
+	done := make(chan result, 3)
+	for range 3 {
+		go func() {
+			err := s.retry(ctx, write)
+			done <- result{time.Now(), err}
+		}()
+	}
+	// Every write failed once and sleeps 2-6 s.
+	for {
+		mu.Lock()
+		f := failed
+		mu.Unlock()
+		if f == 3 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the writes did not fail")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	up := time.Now()
+	if err := s.retry(ctx, write); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if d := r.at.Sub(up); d > time.Second {
+				t.Fatalf("a waiting write retried %s after another succeeded, want at once", d)
+			}
+		case <-ctx.Done():
+			t.Fatal("the waiting writes never finished")
 		}
 	}
 }

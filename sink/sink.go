@@ -78,6 +78,9 @@ type Sink struct {
 	met     *metrics
 	lim     *throttle
 	inSlice atomic.Pointer[func(string, []byte) bool]
+	// recovered wakes writes waiting out a retry backoff once another
+	// write succeeded: the target answers again.
+	recovered wakeup
 
 	mu       sync.Mutex
 	parts    map[TopicPartition]*partState
@@ -780,7 +783,8 @@ func (s *Sink) giveUp(ctx context.Context, it *item, err error) error {
 
 // retry runs write until it succeeds, is rejected as invalid, the target is
 // broken, or ctx ends, waiting with exponential backoff (up to 10 s) and
-// jitter in between and holding a throttle slot while it runs.
+// jitter in between, cut short when another write succeeds, and holding a
+// throttle slot while it runs.
 //
 // Every other error is retried for as long as it takes: a timeout, an
 // unavailable or overloaded coordinator, no hosts, a failed heartbeat or a
@@ -798,7 +802,11 @@ func (s *Sink) retry(ctx context.Context, write func(context.Context) error) err
 		start := time.Now()
 		err := write(ctx)
 		s.lim.release(time.Since(start), err)
-		if err == nil || ctx.Err() != nil || isInvalid(err) || errors.Is(err, ErrTargetBroken) {
+		if err == nil {
+			s.recovered.broadcast()
+			return nil
+		}
+		if ctx.Err() != nil || isInvalid(err) || errors.Is(err, ErrTargetBroken) {
 			return err
 		}
 		if attempt == s.cfg.Retries {
@@ -806,12 +814,56 @@ func (s *Sink) retry(ctx context.Context, write func(context.Context) error) err
 		}
 		s.met.retries.Inc()
 		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
+		woken := s.recovered.enter()
 		select {
 		case <-ctx.Done():
+			s.recovered.leave()
 			return ctx.Err()
 		case <-time.After(wait):
+		case <-woken:
+			// Another write just succeeded. Without this, after a long
+			// outage every partition's writes sat out a backoff of 5-15 s
+			// after Cassandra answered again (the chaos suite measured
+			// 12.6 s to lag under 5 s after a 60 s outage).
 		}
+		s.recovered.leave()
 		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// wakeup lets writes sleeping out a backoff be woken at once. Its zero
+// value is ready.
+type wakeup struct {
+	sleepers atomic.Int32
+	mu       sync.Mutex
+	ch       chan struct{} // closed by broadcast; guarded by mu
+}
+
+// enter registers a sleeper and returns the channel broadcast closes; the
+// sleeper calls leave when it stops waiting.
+func (w *wakeup) enter() <-chan struct{} {
+	w.sleepers.Add(1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ch == nil {
+		w.ch = make(chan struct{})
+	}
+	return w.ch
+}
+
+func (w *wakeup) leave() { w.sleepers.Add(-1) }
+
+// broadcast wakes every sleeper; with none (the usual case: every write
+// succeeds) it costs one atomic load.
+func (w *wakeup) broadcast() {
+	if w.sleepers.Load() == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ch != nil {
+		close(w.ch)
+		w.ch = nil
 	}
 }
 
