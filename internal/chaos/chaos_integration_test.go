@@ -156,7 +156,7 @@ func TestIntegrationChaos(t *testing.T) {
 	workStart := time.Now()
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); w.Run(wctx) }()
+	go func() { defer wg.Done(); w.Run(ctx, wctx) }()
 	defer wg.Wait()
 
 	for _, p := range r.procs {
@@ -796,27 +796,34 @@ func (r *run) lagUnder(d time.Duration) bool {
 
 // converge waits for every row of every target table to equal the
 // transformed source, or its deadline, and returns the last comparison.
+// Both sides are read again on every try.
 func (r *run) converge() testbed.RowDiff {
-	var docs [2][]bson.Raw
-	for i, ns := range r.ns {
-		db, coll, _ := strings.Cut(ns, ".")
-		docs[i] = testbed.SourceDocs(r.t, r.ctx, r.mc.Database(db).Collection(coll))
-	}
 	var diff testbed.RowDiff
-	took, ok := r.waitFor(3*time.Minute, func() bool {
+	var docs [2]int
+	start := time.Now()
+	for {
 		diff = testbed.RowDiff{}
 		for i, ns := range r.ns {
-			want := testbed.ExpectedRows(r.t, r.m, ns, docs[i])
+			db, coll, _ := strings.Cut(ns, ".")
+			src := testbed.SourceDocs(r.t, r.ctx, r.mc.Database(db).Collection(coll))
+			docs[i] = len(src)
+			want := testbed.ExpectedRows(r.t, r.m, ns, src)
 			got := testbed.SnapshotRows(r.t, r.s, r.m, ns)
 			diff = diff.Add(testbed.DiffRows(want, got))
 		}
-		return diff.Clean()
-	})
-	if ok {
-		r.logf("target equal to the transformed source %.1fs after the workload stopped: %d rows of %d+%d documents",
-			took.Seconds(), diff.Compared, len(docs[0]), len(docs[1]))
+		if diff.Clean() {
+			r.logf("target equal to the transformed source %.1fs after the workload stopped: %d rows of %d+%d documents",
+				time.Since(start).Seconds(), diff.Compared, docs[0], docs[1])
+			return diff
+		}
+		if time.Since(start) > 3*time.Minute || r.ctx.Err() != nil {
+			return diff
+		}
+		select {
+		case <-r.ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
-	return diff
 }
 
 // deadLetters counts the committed records of the dead-letter topic (none

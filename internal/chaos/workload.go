@@ -273,8 +273,13 @@ type Workload struct {
 	last   error
 }
 
-// Run writes until ctx ends or Max operations were sent.
-func (w *Workload) Run(ctx context.Context) {
+// Run writes until stop ends or Max operations were sent. Operations run
+// under ctx, not stop: cancelling one in flight would not undo it on the
+// server, which may still apply it after Run returned, after the checker
+// read the source (a run lost a document's row that way: the insert landed
+// after the source was read). So stop only ends the ticks, and Run returns
+// once every operation it started has been answered.
+func (w *Workload) Run(ctx, stop context.Context) {
 	w.mu.Lock()
 	w.counts = map[string]int{}
 	w.mu.Unlock()
@@ -285,13 +290,8 @@ func (w *Workload) Run(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			for {
-				select {
-				case <-ctx.Done():
+				if _, ok := <-ticks; !ok {
 					return
-				case _, ok := <-ticks:
-					if !ok {
-						return
-					}
 				}
 				w.mu.Lock()
 				op := w.Gen.Next()
@@ -316,7 +316,7 @@ func (w *Workload) Run(ctx context.Context) {
 	defer t.Stop()
 	for n := 0; n < w.Max; n++ {
 		select {
-		case <-ctx.Done():
+		case <-stop.Done():
 			return
 		case <-t.C:
 		}
