@@ -476,7 +476,7 @@ func (r *run) pause(lo, hi time.Duration) {
 func (r *run) kill(kind string, p *proc, phase string, note ...string) {
 	r.t.Helper()
 	r.checkAlive()
-	r.sampleRSS(true)
+	r.sampleRSS(true, nil)
 	f := Fault{At: time.Since(r.begin), Kind: kind, Target: p.name, Phase: phase, Note: strings.Join(note, " ")}
 	wasLeader := kind == KillLeader
 	p.mu.Lock()
@@ -719,9 +719,10 @@ func (r *run) stackPID(server string) int {
 func (r *run) outage(kind, target string, pid int) {
 	r.t.Helper()
 	r.checkAlive()
-	r.sampleRSS(true) // the baseline before the outage
+	r.sampleRSS(true, nil) // the baseline before the outage
 	r.pause(2*time.Second, 4*time.Second)
-	f := Fault{At: time.Since(r.begin), Kind: kind, Target: target, Phase: PhaseStreaming, Length: r.v.outage}
+	f := Fault{At: time.Since(r.begin), Kind: kind, Target: target, Phase: PhaseStreaming, Length: r.v.outage,
+		PeakRSSBy: map[string]int64{}}
 	resume, err := Freeze(pid)
 	// Resumed on every path out, a failing or panicking test included.
 	defer resume()
@@ -732,7 +733,7 @@ func (r *run) outage(kind, target string, pid int) {
 	r.logf("%s: SIGSTOP pid %d for %s", kind, pid, r.v.outage)
 	end := time.Now().Add(r.v.outage)
 	for time.Now().Before(end) && r.ctx.Err() == nil {
-		f.PeakRSS = max(f.PeakRSS, r.sampleRSS(false))
+		f.PeakRSS = max(f.PeakRSS, r.sampleRSS(false, f.PeakRSSBy))
 		select {
 		case <-r.ctx.Done():
 		case <-time.After(500 * time.Millisecond):
@@ -743,7 +744,7 @@ func (r *run) outage(kind, target string, pid int) {
 	}
 	var ok bool
 	f.Recovery, ok = r.waitFor(3*time.Minute, func() bool {
-		f.PeakRSS = max(f.PeakRSS, r.sampleRSS(false))
+		f.PeakRSS = max(f.PeakRSS, r.sampleRSS(false, f.PeakRSSBy))
 		return r.lagUnder(lagBound)
 	})
 	if !ok {
@@ -754,13 +755,17 @@ func (r *run) outage(kind, target string, pid int) {
 	r.logf("%s: lag under %s %.1fs after SIGCONT; peak RSS %s", kind, lagBound, f.Recovery.Seconds(), mib(f.PeakRSS))
 }
 
-// sampleRSS is the largest RSS of the daemons now; outside outages it also
+// sampleRSS is the largest RSS of the daemons now, and raises by's entry
+// of each daemon to its RSS when by is not nil; outside outages it also
 // keeps the run's peak before them (r.peakRSS), the baseline of the bound.
-func (r *run) sampleRSS(baseline bool) int64 {
+func (r *run) sampleRSS(baseline bool, by map[string]int64) int64 {
 	var peak int64
 	for _, p := range r.procs {
 		if n, err := RSS(p.pid()); err == nil {
 			peak = max(peak, n)
+			if by != nil {
+				by[p.name] = max(by[p.name], n)
+			}
 		}
 	}
 	if baseline && peak > r.peakRSS {

@@ -163,7 +163,8 @@ func TestWriteTable(t *testing.T) {
 	WriteTable(&b, []Fault{
 		{At: 4 * time.Second, Kind: KillCapture, Target: "capture", Phase: PhaseBackfill, Recovery: 300 * time.Millisecond},
 		{At: 9 * time.Second, Kind: KillLeader, Target: "sink", Phase: PhaseStreaming, Recovery: time.Second, Leader: 6 * time.Second},
-		{At: 20 * time.Second, Kind: StopKafka, Target: "kafka", Phase: PhaseStreaming, Length: time.Minute, Recovery: 2 * time.Second, PeakRSS: 40 << 20},
+		{At: 20 * time.Second, Kind: StopKafka, Target: "kafka", Phase: PhaseStreaming, Length: time.Minute, Recovery: 2 * time.Second, PeakRSS: 40 << 20,
+			PeakRSSBy: map[string]int64{"sink": 40 << 20, "capture": 30 << 20}},
 	}, Summary{Seed: 1, Variant: "short", Wall: time.Minute, Ops: 100, Rate: 100, Compared: 10, PeakRSS: 40 << 20, PeakRSSBeforeFault: 30 << 20})
 	out := b.String()
 	for _, l := range strings.Split(out, "\n") {
@@ -172,7 +173,7 @@ func TestWriteTable(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"kill leader   sink", "new leader after 6.0s", "60.0s   2.0s", "peak RSS 40 MiB",
+		"kill leader   sink", "new leader after 6.0s", "60.0s   2.0s", "peak RSS 40 MiB (capture 30, sink 40)",
 		"kills 2 (slowest restart -> applying 1.0s), outages 1 (slowest outage end -> lag < 5 s 2.0s)",
 		"rows compared 10: missing 0, extra 0, different 0; dead-lettered 0",
 	} {

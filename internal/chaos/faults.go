@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,9 +46,11 @@ type Fault struct {
 	Recovery time.Duration
 	// Leader is, for a kill of the leader, how long until another daemon led.
 	Leader time.Duration
-	// PeakRSS is the highest resident set of any daemon during an outage.
-	PeakRSS int64
-	Note    string
+	// PeakRSS is the highest resident set of any daemon during an outage;
+	// PeakRSSBy is each daemon's.
+	PeakRSS   int64
+	PeakRSSBy map[string]int64
+	Note      string
 }
 
 // Freeze stops a process with SIGSTOP and returns the function that resumes
@@ -131,6 +135,13 @@ func WriteTable(w io.Writer, faults []Fault, s Summary) {
 		}
 		if f.PeakRSS > 0 {
 			note = strings.TrimSpace(fmt.Sprintf("%s peak RSS %s", note, mib(f.PeakRSS)))
+			if len(f.PeakRSSBy) > 0 {
+				var by []string
+				for _, name := range slices.Sorted(maps.Keys(f.PeakRSSBy)) {
+					by = append(by, fmt.Sprintf("%s %.0f", name, float64(f.PeakRSSBy[name])/(1<<20)))
+				}
+				note += " (" + strings.Join(by, ", ") + ")"
+			}
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i+1, fmtDur(f.At), f.Kind, f.Target, f.Phase, outage, rec, note)
 	}
