@@ -723,7 +723,7 @@ func (r *run) outage(kind, target string, pid int) {
 	r.pause(2*time.Second, 4*time.Second)
 	f := Fault{At: time.Since(r.begin), Kind: kind, Target: target, Phase: PhaseStreaming, Length: r.v.outage,
 		PeakRSSBy: map[string]int64{}}
-	resume, err := Freeze(pid)
+	resume, err := Freeze(pid, r.v.outage+30*time.Second)
 	// Resumed on every path out, a failing or panicking test included.
 	defer resume()
 	r.t.Cleanup(func() { resume() })

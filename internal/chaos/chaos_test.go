@@ -122,7 +122,7 @@ func TestRSS(t *testing.T) {
 // TestFreeze stops and resumes a child process; resuming twice is harmless
 // (the suite resumes in a deferred path and where the outage ends).
 func TestFreeze(t *testing.T) {
-	if _, err := Freeze(1 << 30); err == nil {
+	if _, err := Freeze(1<<30, time.Second); err == nil {
 		t.Fatal("froze a process that does not exist")
 	}
 	cmd := exec.Command("sleep", "30")
@@ -130,7 +130,7 @@ func TestFreeze(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	resume, err := Freeze(cmd.Process.Pid)
+	resume, err := Freeze(cmd.Process.Pid, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +155,13 @@ func TestFreeze(t *testing.T) {
 	if err := resume(); err != nil {
 		t.Fatal(err)
 	}
+	waitState("S")
+
+	// Without a resume, the watchdog resumes it after the limit.
+	if _, err := Freeze(cmd.Process.Pid, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitState("T")
 	waitState("S")
 }
 

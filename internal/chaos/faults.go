@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,18 +54,35 @@ type Fault struct {
 	Note      string
 }
 
-// Freeze stops a process with SIGSTOP and returns the function that resumes
-// it (SIGCONT). The resume is idempotent: call it in a deferred path as well
-// as where the outage ends, so that a failing test never leaves a server of
-// the shared stack frozen.
-func Freeze(pid int) (resume func() error, err error) {
+// Freeze stops a process with SIGSTOP for at most limit and returns the
+// function that resumes it (SIGCONT). The resume is idempotent: call it in a
+// deferred path as well as where the outage ends, so that a failing or
+// panicking test never leaves a server of the shared stack frozen. A test
+// binary killed by go test's -timeout runs no deferred code, so a watchdog
+// process (sh: sleep, then kill -CONT) resumes the server after limit even
+// then; resume stops the watchdog.
+func Freeze(pid int, limit time.Duration) (resume func() error, err error) {
+	watchdog := exec.Command("sh", "-c", fmt.Sprintf("sleep %d; kill -CONT %d", int(limit.Seconds())+1, pid))
+	// Its own process group: it outlives the test binary's.
+	watchdog.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := watchdog.Start(); err != nil {
+		return func() error { return nil }, fmt.Errorf("start the SIGCONT watchdog: %w", err)
+	}
+	stopWatchdog := func() {
+		watchdog.Process.Kill()
+		watchdog.Wait()
+	}
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		stopWatchdog()
 		return func() error { return nil }, fmt.Errorf("SIGSTOP %d: %w", pid, err)
 	}
 	var once sync.Once
 	var cerr error
 	return func() error {
-		once.Do(func() { cerr = syscall.Kill(pid, syscall.SIGCONT) })
+		once.Do(func() {
+			cerr = syscall.Kill(pid, syscall.SIGCONT)
+			stopWatchdog()
+		})
 		return cerr
 	}, nil
 }
