@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -87,6 +88,8 @@ type proc struct {
 	cmd     *exec.Cmd
 	started time.Time
 	starts  int
+	// logs holds every start's log, for the error summary at the end.
+	logs []*testbed.LockedBuffer
 }
 
 func (p *proc) has(role string) bool { return slices.Contains(p.roles, role) }
@@ -194,6 +197,7 @@ func TestIntegrationChaos(t *testing.T) {
 	}
 	var tbl bytes.Buffer
 	WriteTable(&tbl, r.faults, sum)
+	t.Logf("daemons' warnings and errors (expected while a server is frozen or a peer was killed):\n%s", r.errorSummary())
 	t.Logf("chaos result:\n%s", tbl.String())
 
 	if !diff.Clean() {
@@ -224,6 +228,46 @@ func TestIntegrationChaos(t *testing.T) {
 	if failed > ops/100 {
 		t.Errorf("%d of %d workload operations failed (last: %v)", failed, ops+failed, last)
 	}
+}
+
+// errorSummary counts the distinct warnings and errors of every daemon's
+// logs (but the two every start of this setup logs: one replica, no audit
+// chain), so a run's report shows what the daemons complained about.
+func (r *run) errorSummary() string {
+	counts := map[string]int{}
+	for _, p := range r.procs {
+		p.mu.Lock()
+		logs := p.logs
+		p.mu.Unlock()
+		for _, l := range logs {
+			for _, line := range strings.Split(l.String(), "\n") {
+				if !strings.Contains(line, "level=ERROR") && !strings.Contains(line, "level=WARN") ||
+					strings.Contains(line, "single replica") || strings.Contains(line, "not chained") {
+					continue
+				}
+				level := "WARN  "
+				if strings.Contains(line, "level=ERROR") {
+					level = "ERROR "
+				}
+				msg := line
+				if i := strings.Index(line, "msg="); i >= 0 {
+					msg = line[i:]
+					if j := strings.Index(msg, " err="); j > 0 {
+						msg = msg[:j]
+					}
+				}
+				counts[level+p.name+": "+msg]++
+			}
+		}
+	}
+	if len(counts) == 0 {
+		return "  none\n"
+	}
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		fmt.Fprintf(&b, "  %4d  %s\n", counts[k], k)
+	}
+	return b.String()
 }
 
 // setup creates the keyspace, the spec, the tokens and a config per daemon.
@@ -344,7 +388,9 @@ func (r *run) start(p *proc) {
 	defer p.mu.Unlock()
 	p.starts++
 	p.started = time.Now()
-	p.cmd = testbed.RunDaemon(r.t, r.ctx, r.bin, fmt.Sprintf("%s daemon (start %d)", p.name, p.starts), p.config)
+	var logs *testbed.LockedBuffer
+	p.cmd, logs = testbed.StartDaemon(r.t, r.ctx, r.bin, fmt.Sprintf("%s daemon (start %d)", p.name, p.starts), p.config)
+	p.logs = append(p.logs, logs)
 }
 
 // alive reports whether p's process runs (not exited, not a zombie).

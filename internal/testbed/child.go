@@ -54,6 +54,13 @@ func Tail(s string, n int) string {
 // is returned for tests that kill it themselves.
 func RunDaemon(t testing.TB, ctx context.Context, bin, name, config string) *exec.Cmd {
 	t.Helper()
+	cmd, _ := StartDaemon(t, ctx, bin, name, config)
+	return cmd
+}
+
+// StartDaemon is RunDaemon that also returns the daemon's log as it grows.
+func StartDaemon(t testing.TB, ctx context.Context, bin, name, config string) (*exec.Cmd, *LockedBuffer) {
+	t.Helper()
 	cmd := exec.CommandContext(ctx, bin, "run", "--config", config)
 	logs := &LockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -67,7 +74,7 @@ func RunDaemon(t testing.TB, ctx context.Context, bin, name, config string) *exe
 			t.Logf("%s log tail:\n%s", name, logs.Tail(5000))
 		}
 	})
-	return cmd
+	return cmd, logs
 }
 
 // StartChild re-executes the test binary as a child process with conf in env.
