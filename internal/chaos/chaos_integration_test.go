@@ -152,7 +152,6 @@ func TestIntegrationChaos(t *testing.T) {
 	gen := NewGen(seed)
 	r.seedDocs(gen)
 	wctx, stopWork := context.WithCancel(ctx)
-	defer stopWork()
 	db := r.mc.Database(strings.Split(r.ns[0], ".")[0])
 	w := &Workload{Gen: gen, Orders: db.Collection("orders"), Profiles: db.Collection("profiles"), Rate: v.rate,
 		Max: int(v.rate * v.timeout.Seconds()), Writers: 2}
@@ -160,7 +159,9 @@ func TestIntegrationChaos(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); w.Run(ctx, wctx) }()
-	defer wg.Wait()
+	// On a failure's way out too: stop the ticks, then wait for the
+	// writes in flight.
+	defer func() { stopWork(); wg.Wait() }()
 
 	for _, p := range r.procs {
 		r.start(p)
@@ -181,7 +182,8 @@ func TestIntegrationChaos(t *testing.T) {
 	for _, n := range counts {
 		ops += n
 	}
-	r.logf("workload stopped: %v (%.0f/s), %d failed (last: %v)", counts, float64(ops)/time.Since(workStart).Seconds(), failed, last)
+	rate := float64(ops) / time.Since(workStart).Seconds()
+	r.logf("workload stopped: %v (%.0f/s), %d failed (last: %v)", counts, rate, failed, last)
 	r.checkAlive()
 
 	diff := r.converge()
@@ -189,7 +191,7 @@ func TestIntegrationChaos(t *testing.T) {
 	recCompared, recDivergent := r.reconcileRound()
 	beforeRSS := r.peakRSS
 	sum := Summary{Seed: seed, Variant: v.name, Wall: time.Since(r.begin), Ops: ops,
-		Rate: float64(ops) / time.Since(workStart).Seconds(), Compared: diff.Compared,
+		Rate: rate, Compared: diff.Compared,
 		Missing: diff.Missing, Extra: diff.Extra, Different: diff.Different, DeadLetters: dead,
 		ReconcileCompared: recCompared, ReconcileDivergent: recDivergent, PeakRSSBeforeFault: beforeRSS}
 	for _, f := range r.faults {
