@@ -647,7 +647,7 @@ func (r *run) rewindKills() {
 		if victim == asked {
 			asked = r.byName["sink"]
 		}
-		done := make(chan error, 1)
+		done := make(chan answer, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(r.ctx, 90*time.Second)
 			defer cancel()
@@ -660,15 +660,14 @@ func (r *run) rewindKills() {
 			if err == nil && !plan.Executed {
 				err = errors.New("not executed")
 			}
-			if err == nil {
-				r.logf("rewind of %s executed: %d records replayed", topic, plan.Replay)
-			}
-			done <- err
+			done <- answer{fmt.Sprintf("%d records replayed", plan.Replay), err}
 		}()
 		r.pause(50*time.Millisecond, 500*time.Millisecond)
 		r.kill(kind, victim, PhaseRewind, answered(done))
-		if err := <-done; err != nil {
-			r.t.Errorf("rewind of %s: %v", topic, err)
+		if a := <-done; a.err != nil {
+			r.t.Errorf("rewind of %s: %v", topic, a.err)
+		} else {
+			r.logf("rewind of %s executed: %s", topic, a.note)
 		}
 		r.pause(time.Second, 3*time.Second)
 	}
@@ -686,7 +685,7 @@ func (r *run) repairKills() {
 		}
 		ids := r.liveIDs(coll, 50)
 		asked := r.byName["sink"]
-		done := make(chan error, 1)
+		done := make(chan answer, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(r.ctx, 2*time.Minute)
 			defer cancel()
@@ -694,25 +693,32 @@ func (r *run) repairKills() {
 				Reemitted int `json:"reemitted"`
 			}
 			err := asked.ac.Do(ctx, "POST", "/v1/repair", map[string]any{"namespace": ns, "ids": ids, "reason": "chaos"}, &res)
-			if err == nil {
-				r.logf("repair of %d %s documents answered", len(ids), ns)
-			}
-			done <- err
+			done <- answer{fmt.Sprintf("%d documents re-emitted", res.Reemitted), err}
 		}()
 		r.pause(100*time.Millisecond, 1500*time.Millisecond)
 		r.kill(kind, victim, PhaseRepair, answered(done))
-		if err := <-done; err != nil {
-			r.t.Errorf("repair of %s: %v", ns, err)
+		if a := <-done; a.err != nil {
+			r.t.Errorf("repair of %s: %v", ns, a.err)
+		} else {
+			r.logf("repair of %d %s documents answered: %s", len(ids), ns, a.note)
 		}
 	}
 }
 
+// answer is a request's outcome, handed from the goroutine that waited for
+// it to the test's goroutine (which alone logs: the other may outlive a
+// failed test).
+type answer struct {
+	note string
+	err  error
+}
+
 // answered notes, for the table, whether a request the kill was meant to
 // interrupt had already been answered; its result stays for the caller.
-func answered(done chan error) string {
+func answered(done chan answer) string {
 	select {
-	case err := <-done:
-		done <- err
+	case a := <-done:
+		done <- a
 		return "(after the answer)"
 	default:
 		return "(before the answer)"
