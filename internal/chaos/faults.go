@@ -134,6 +134,9 @@ type Summary struct {
 	PeakRSS, PeakRSSBeforeFault int64
 	ReconcileDivergent          int64
 	ReconcileCompared           int64
+	// Rounds the leaders ran on their schedule during the run, and those
+	// of them that reported divergent rows.
+	Rounds, RoundsDivergent int
 }
 
 // WriteTable prints the faults and the outcome, the table docs/testing.md
@@ -182,7 +185,8 @@ func WriteTable(w io.Writer, faults []Fault, s Summary) {
 		kills, fmtDur(worst), len(faults)-kills, fmtDur(worstOutage))
 	fmt.Fprintf(w, "rows compared %d: missing %d, extra %d, different %d; dead-lettered %d\n",
 		s.Compared, s.Missing, s.Extra, s.Different, s.DeadLetters)
-	fmt.Fprintf(w, "reconcile round: %d rows compared, %d divergent\n", s.ReconcileCompared, s.ReconcileDivergent)
+	fmt.Fprintf(w, "reconcile round after the run: %d rows compared, %d divergent; scheduled rounds during it: %d, %d divergent\n",
+		s.ReconcileCompared, s.ReconcileDivergent, s.Rounds, s.RoundsDivergent)
 	fmt.Fprintf(w, "peak RSS of a daemon: %s during outages, %s before any outage\n", mib(s.PeakRSS), mib(s.PeakRSSBeforeFault))
 }
 
