@@ -214,7 +214,8 @@ func TestIntegrationChaos(t *testing.T) {
 		t.Errorf("%d records dead-lettered, want 0 (the workload writes only valid documents)", dead)
 	}
 	if recDivergent != 0 {
-		t.Errorf("the reconcile round reports %d divergent rows; the checker found %d", recDivergent, diff.Missing+diff.Extra+diff.Different)
+		t.Errorf("the reconcile round reports %d divergent rows; the checker found %d",
+			recDivergent, diff.Missing+diff.Extra+diff.Different)
 	}
 	if roundsDivergent != 0 {
 		t.Errorf("%d of %d scheduled reconcile rounds reported divergent rows during the run (they are lag-aware: "+
@@ -225,7 +226,8 @@ func TestIntegrationChaos(t *testing.T) {
 		if f.Length == 0 {
 			kills++
 			if f.Recovery > restartBound {
-				t.Errorf("fault %s of %s at %s: restart -> applying took %s, want under %s", f.Kind, f.Target, fmtDur(f.At), fmtDur(f.Recovery), restartBound)
+				t.Errorf("fault %s of %s at %s: restart -> applying took %s, want under %s",
+					f.Kind, f.Target, fmtDur(f.At), fmtDur(f.Recovery), restartBound)
 			}
 		} else if bound := min(rssBound, 2*beforeRSS+rssSlack); f.PeakRSS > bound {
 			t.Errorf("%s: a daemon's RSS reached %s, over the bound of %s (twice the %s peak before the outages plus %s, at most %s)",
@@ -664,7 +666,8 @@ func (r *run) rewindKills() {
 				Executed bool  `json:"executed"`
 			}
 			by := int64(500)
-			err := asked.ac.Do(ctx, "POST", "/v1/rewind", map[string]any{"topic": topic, "by": by, "execute": true, "reason": "chaos"}, &plan)
+			req := map[string]any{"topic": topic, "by": by, "execute": true, "reason": "chaos"}
+			err := asked.ac.Do(ctx, "POST", "/v1/rewind", req, &plan)
 			if err == nil && !plan.Executed {
 				err = errors.New("not executed")
 			}
@@ -743,7 +746,8 @@ func (r *run) liveIDs(coll *mongo.Collection, n int) []string {
 	if cnt > int64(n) {
 		skip = r.rng.Int64N(cnt - int64(n))
 	}
-	cur, err := coll.Find(r.ctx, bson.D{}, options.Find().SetSkip(skip).SetLimit(int64(n)).SetProjection(bson.D{{Key: "_id", Value: 1}}))
+	opts := options.Find().SetSkip(skip).SetLimit(int64(n)).SetProjection(bson.D{{Key: "_id", Value: 1}})
+	cur, err := coll.Find(r.ctx, bson.D{}, opts)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -770,7 +774,7 @@ func (r *run) stackPID(server string) int {
 	}
 	pid, err := PIDFile(filepath.Join(dir, server+".pid"))
 	if err != nil {
-		r.t.Fatalf("%s of the local stack: %v (the chaos suite freezes the stack's own servers; start them with `make stack-up`)", server, err)
+		r.t.Fatalf("%s of the local stack: %v; the chaos suite freezes the stack's own servers: `make stack-up`", server, err)
 	}
 	return pid
 }
@@ -948,7 +952,8 @@ func (r *run) scheduledRounds() (rounds, divergent int) {
 func (r *run) reconcileRound() (compared, divergent int64) {
 	for _, ns := range r.ns {
 		ctx, cancel := context.WithTimeout(r.ctx, 3*time.Minute)
-		out, err := exec.CommandContext(ctx, r.bin, "reconcile", "--config", r.byName["sink"].config, "--namespace", ns, "--json").Output()
+		cmd := exec.CommandContext(ctx, r.bin, "reconcile", "--config", r.byName["sink"].config, "--namespace", ns, "--json")
+		out, err := cmd.Output()
 		cancel()
 		var rep struct {
 			Status       string           `json:"status"`

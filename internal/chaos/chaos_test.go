@@ -78,12 +78,15 @@ func TestGenIsSeeded(t *testing.T) {
 	a, b := NewGen(7), NewGen(7)
 	for i := 0; i < 500; i++ {
 		x, y := a.Next(), b.Next()
-		bx, _ := bson.Marshal(bson.D{{Key: "k", Value: x.Kind}, {Key: "id", Value: x.ID}, {Key: "d", Value: x.Doc}, {Key: "u", Value: x.Update}})
-		by, _ := bson.Marshal(bson.D{{Key: "k", Value: y.Kind}, {Key: "id", Value: y.ID}, {Key: "d", Value: y.Doc}, {Key: "u", Value: y.Update}})
-		if !bytes.Equal(bx, by) {
+		if bx, by := opBytes(x), opBytes(y); !bytes.Equal(bx, by) {
 			t.Fatalf("operation %d differs: %v vs %v", i, x, y)
 		}
 	}
+}
+
+func opBytes(op Op) []byte {
+	b, _ := bson.Marshal(bson.D{{Key: "k", Value: op.Kind}, {Key: "id", Value: op.ID}, {Key: "d", Value: op.Doc}, {Key: "u", Value: op.Update}})
+	return b
 }
 
 func TestSchemaMatchesSpec(t *testing.T) {
@@ -170,9 +173,10 @@ func TestWriteTable(t *testing.T) {
 	WriteTable(&b, []Fault{
 		{At: 4 * time.Second, Kind: KillCapture, Target: "capture", Phase: PhaseBackfill, Recovery: 300 * time.Millisecond},
 		{At: 9 * time.Second, Kind: KillLeader, Target: "sink", Phase: PhaseStreaming, Recovery: time.Second, Leader: 6 * time.Second},
-		{At: 20 * time.Second, Kind: StopKafka, Target: "kafka", Phase: PhaseStreaming, Length: time.Minute, Recovery: 2 * time.Second, PeakRSS: 40 << 20,
-			PeakRSSBy: map[string]int64{"sink": 40 << 20, "capture": 30 << 20}},
-	}, Summary{Seed: 1, Variant: "short", Wall: time.Minute, Ops: 100, Rate: 100, Compared: 10, PeakRSS: 40 << 20, PeakRSSBeforeFault: 30 << 20})
+		{At: 20 * time.Second, Kind: StopKafka, Target: "kafka", Phase: PhaseStreaming, Length: time.Minute,
+			Recovery: 2 * time.Second, PeakRSS: 40 << 20, PeakRSSBy: map[string]int64{"sink": 40 << 20, "capture": 30 << 20}},
+	}, Summary{Seed: 1, Variant: "short", Wall: time.Minute, Ops: 100, Rate: 100, Compared: 10,
+		PeakRSS: 40 << 20, PeakRSSBeforeFault: 30 << 20})
 	out := b.String()
 	for _, l := range strings.Split(out, "\n") {
 		if strings.HasSuffix(l, " ") {
