@@ -370,7 +370,7 @@ func (c *Capture) commit(ctx context.Context, txn *kgo.Client, batch, dead []*kg
 			c.m.produce.Observe(time.Since(start).Seconds())
 			return nil
 		}
-		if fenced(err) {
+		if fenced(err) && !c.timedOut(ctx, txn, err) {
 			return fmt.Errorf("%w: %v", ErrFenced, err)
 		}
 		if ctx.Err() != nil {
@@ -505,6 +505,34 @@ func (c *Capture) refusedDeadLetter(r *kgo.Record) *kgo.Record {
 		d.Namespace, d.Version = ev.Namespace, ev.Version
 	}
 	return c.deadLetterRecord(d, "too_large")
+}
+
+// timedOut reports whether a fenced-looking err was Kafka aborting the
+// transaction after its timeout, and the producer recovered from it. A
+// transaction open longer than the transaction timeout (Kafka frozen or
+// unreachable for a minute, a long pause of this process) is aborted by the
+// coordinator, which bumps the producer epoch: the next request fails with
+// INVALID_PRODUCER_EPOCH although no other process took the stream. Taking
+// that for a fence stopped capture of the namespace for good after a 60 s
+// Kafka outage (the chaos suite). franz-go re-initialises the producer id
+// with the old epoch then (KIP-588), which a coordinator refuses with
+// PRODUCER_FENCED once another process did take the id: only then is this a
+// fence. The aborted transaction's records are invisible to read_committed
+// readers and its checkpoint was never written, so the batch is simply
+// produced again.
+func (c *Capture) timedOut(ctx context.Context, txn *kgo.Client, err error) bool {
+	if !errors.Is(err, kerr.InvalidProducerEpoch) || errors.Is(err, kerr.ProducerFenced) {
+		return false
+	}
+	if abortErr := txn.EndTransaction(ctx, kgo.TryAbort); abortErr != nil && !errors.Is(abortErr, kerr.InvalidProducerEpoch) {
+		return false
+	}
+	if _, _, idErr := txn.ProducerID(ctx); idErr != nil {
+		return false
+	}
+	c.log.Warn("kafka aborted a capture transaction after its timeout (Kafka unreachable or stalled); producing the batch again",
+		"err", err)
+	return true
 }
 
 func fenced(err error) bool {

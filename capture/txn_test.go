@@ -2,13 +2,16 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -92,4 +95,91 @@ func TestReplayCommitIsNotTurnedIntoAnAbort(t *testing.T) {
 		}
 		seen += fs.NumRecords()
 	}
+}
+
+// TestCommitSurvivesATransactionTimeout: a transaction left open past its
+// timeout (Kafka frozen for a minute) is aborted by the coordinator, which
+// bumps the producer epoch, and the produce that was waiting fails with
+// INVALID_PRODUCER_EPOCH (what Kafka 3.9 answered in the chaos suite after
+// a 60 s SIGSTOP). Capture took that for another process's fence and
+// stopped the namespace for good. It must recover the producer and commit
+// the batch, while a real second writer with the same transactional id
+// still fences it.
+func TestCommitSurvivesATransactionTimeout(t *testing.T) {
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	seed := kgo.SeedBrokers(kc.ListenAddrs()...)
+	newTxn := func() *kgo.Client {
+		cl, err := kgo.NewClient(append(producerOpts(Config{}.WithDefaults()), seed,
+			kgo.TransactionalID("tidemark-capture-db.c"), kgo.TransactionTimeout(time.Minute), kgo.MaxVersions(txnVersions()))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cl
+	}
+	txn := newTxn()
+	defer txn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := &Capture{cfg: Config{}.WithDefaults(), log: slog.New(slog.DiscardHandler), m: newMetrics(nil)}
+	rec := func(v string) []*kgo.Record { return []*kgo.Record{{Topic: "t", Key: []byte("k"), Value: []byte(v)}} }
+
+	// The first transactional produce is answered as after a timeout abort.
+	kc.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		pr := req.(*kmsg.ProduceRequest)
+		if pr.TransactionID == nil {
+			return nil, nil, false
+		}
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		resp.Version = pr.Version
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.InvalidProducerEpoch.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	if err := c.commit(ctx, txn, rec("kept"), nil); err != nil {
+		t.Fatalf("commit after the coordinator timed the transaction out: %v", err)
+	}
+	if got := committedValues(t, ctx, seed); fmt.Sprint(got) != "[kept]" {
+		t.Fatalf("read_committed sees %v, want [kept]", got)
+	}
+
+	// Another process takes the transactional id: that is a fence.
+	other := newTxn()
+	defer other.Close()
+	if _, _, err := other.ProducerID(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.commit(ctx, txn, rec("fenced"), nil); !errors.Is(err, ErrFenced) {
+		t.Fatalf("commit after another process took the id: %v, want ErrFenced", err)
+	}
+}
+
+// committedValues reads topic t with read_committed isolation.
+func committedValues(t *testing.T, ctx context.Context, seed kgo.Opt) []string {
+	t.Helper()
+	cl, err := kgo.NewClient(seed, kgo.ConsumeTopics("t"), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var out []string
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for pctx.Err() == nil {
+		cl.PollFetches(pctx).EachRecord(func(r *kgo.Record) { out = append(out, string(r.Value)) })
+	}
+	return out
 }
