@@ -67,7 +67,7 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 		lim = rate.NewLimiter(rate.Limit(c.cfg.Backfill.RateLimit), c.cfg.Backfill.ChunkSize)
 	}
 	version := envelope.Below(t0)
-	topic := Topic(c.cfg.TopicPrefix, ns)
+	topic := envelope.Topic(c.cfg.TopicPrefix, ns)
 	start, startDocs := time.Now(), p.Docs
 	// The scan reads chunks ahead while up to Parallelism of them are being
 	// produced; each chunk's acknowledgement is awaited in scan order, so the
@@ -322,7 +322,7 @@ func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
 	}
 	defer scan.close()
 	col := scan.col
-	topic := Topic(c.cfg.TopicPrefix, r.Namespace)
+	topic := envelope.Topic(c.cfg.TopicPrefix, r.Namespace)
 	filter := bson.D{}
 	want := map[string]bool{}
 	if len(r.Keys) > 0 {

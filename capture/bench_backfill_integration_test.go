@@ -83,8 +83,10 @@ func BenchmarkBackfillVsScan(b *testing.B) {
 		if err := c.ensureTopics(ctx); err != nil {
 			b.Fatal(err)
 		}
-		waitLeaders(b, Topic(prefix, ns))
-		b.Cleanup(func() { adm.DeleteTopics(context.Background(), Topic(prefix, ns), envelope.DeadLetterTopic(prefix)) })
+		waitLeaders(b, envelope.Topic(prefix, ns))
+		b.Cleanup(func() {
+			adm.DeleteTopics(context.Background(), envelope.Topic(prefix, ns), envelope.DeadLetterTopic(prefix))
+		})
 		t0, err := c.clusterTime(ctx, ns)
 		if err != nil {
 			b.Fatal(err)

@@ -72,7 +72,7 @@ func BenchmarkCapture(b *testing.B) {
 	if err := c.ensureTopics(ctx); err != nil {
 		b.Fatal(err)
 	}
-	waitLeaders(b, Topic(prefix, ns))
+	waitLeaders(b, envelope.Topic(prefix, ns))
 	b.ResetTimer()
 	start := time.Now()
 	rctx, stop := context.WithCancel(ctx)

@@ -105,8 +105,10 @@ func benchReplay(b *testing.B, batchSize int) {
 		if err := c.ensureTopics(ctx); err != nil {
 			b.Fatal(err)
 		}
-		waitLeaders(b, Topic(prefix, rns))
-		b.Cleanup(func() { adm.DeleteTopics(context.Background(), Topic(prefix, rns), envelope.DeadLetterTopic(prefix)) })
+		waitLeaders(b, envelope.Topic(prefix, rns))
+		b.Cleanup(func() {
+			adm.DeleteTopics(context.Background(), envelope.Topic(prefix, rns), envelope.DeadLetterTopic(prefix))
+		})
 		rctx, stop := context.WithCancel(ctx)
 		start := time.Now()
 		done := make(chan struct{})

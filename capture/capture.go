@@ -210,7 +210,7 @@ func (c *Capture) ensureTopics(ctx context.Context) error {
 	adm := kadm.NewClient(c.plain)
 	topics := []string{envelope.DeadLetterTopic(c.cfg.TopicPrefix)}
 	for _, ns := range c.cfg.Namespaces {
-		topics = append(topics, Topic(c.cfg.TopicPrefix, ns))
+		topics = append(topics, envelope.Topic(c.cfg.TopicPrefix, ns))
 	}
 	resp, err := adm.CreateTopics(ctx, c.cfg.Partitions, c.cfg.ReplicationFactor, nil, topics...)
 	if err != nil {

@@ -159,7 +159,7 @@ func TestIntegrationCaptureSurvivesKills(t *testing.T) {
 	store, _ := checkpoints.OpenFile(cc.StoreDir)
 	waitCtx, waitCancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer waitCancel()
-	latest := readTopic(t, waitCtx, Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, waitCtx, envelope.Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, "sentinel")))]
 		p, _, _ := BackfillProgress(ctx, store, cc.Namespace)
 		return ok && p.Done
@@ -329,7 +329,7 @@ func TestIntegrationSecondWriterFencesFirst(t *testing.T) {
 		}
 	}
 	waitFor := func(id int) {
-		readTopic(t, ctx, Topic(prefix, ns), func(m map[string]envelope.Event) bool {
+		readTopic(t, ctx, envelope.Topic(prefix, ns), func(m map[string]envelope.Event) bool {
 			_, ok := m[string(envelope.Key(rawOf(t, int32(id))))]
 			return ok
 		})
@@ -346,7 +346,7 @@ func TestIntegrationSecondWriterFencesFirst(t *testing.T) {
 			t.Fatal("first capture never produced")
 		case <-time.After(200 * time.Millisecond):
 		}
-		ends, err := adm.ListEndOffsets(ctx, Topic(prefix, ns))
+		ends, err := adm.ListEndOffsets(ctx, envelope.Topic(prefix, ns))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -124,7 +124,7 @@ func TestIntegrationBackfillMixedIDTypes(t *testing.T) {
 	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "zz-sentinel"}}); err != nil {
 		t.Fatal(err)
 	}
-	latest := readTopic(t, ctx, Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, ctx, envelope.Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, "zz-sentinel")))]
 		p, _, _ := BackfillProgress(ctx, store, cc.Namespace)
 		return ok && p.Done
@@ -188,7 +188,7 @@ func TestIntegrationDropAndReseedBeforeFirstStart(t *testing.T) {
 	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "sentinel"}}); err != nil {
 		t.Fatal(err)
 	}
-	latest := readTopic(t, ctx, Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, ctx, envelope.Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, "sentinel")))]
 		p, _, _ := BackfillProgress(ctx, store, cc.Namespace)
 		return ok && p.Done
@@ -278,7 +278,7 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 	if _, err := quiet.InsertOne(ctx, bson.D{{Key: "_id", Value: 2}}); err != nil {
 		t.Fatal(err)
 	}
-	readTopic(t, ctx, Topic(c.cfg.TopicPrefix, ns), func(m map[string]envelope.Event) bool {
+	readTopic(t, ctx, envelope.Topic(c.cfg.TopicPrefix, ns), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, int32(2))))]
 		return ok
 	})
@@ -342,7 +342,7 @@ func TestIntegrationBackfillEveryIDType(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go c.Run(runCtx)
-	latest := readTopic(t, ctx, Topic(prefix, ns), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, ctx, envelope.Topic(prefix, ns), func(m map[string]envelope.Event) bool {
 		p, _, _ := BackfillProgress(ctx, store, ns)
 		return p.Done && int64(len(m)) >= p.Docs && p.Docs > 0
 	})

@@ -160,7 +160,7 @@ func (f *fixture) startPipeline(ctx context.Context, partitions int32) {
 		cp.Close()
 		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		f.adm.DeleteTopics(c, capture.Topic(f.prefix, f.ns), envelope.DeadLetterTopic(f.prefix))
+		f.adm.DeleteTopics(c, envelope.Topic(f.prefix, f.ns), envelope.DeadLetterTopic(f.prefix))
 	})
 	// Ready when the stream has fixed its start and the sink owns the partitions.
 	deadline := time.Now().Add(60 * time.Second)

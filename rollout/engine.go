@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
-	"github.com/tidemarkhq/tidemark/sink"
+	"github.com/tidemarkhq/tidemark/envelope"
 )
 
 // StateKey holds the engine's State.
@@ -52,7 +52,7 @@ type State struct {
 	Halted  bool `json:"halted,omitempty"`
 	Aborted bool `json:"aborted,omitempty"`
 	// Paused are the partitions the rollout paused (resume releases only these).
-	Paused []sink.TopicPartition `json:"paused,omitempty"`
+	Paused []envelope.TopicPartition `json:"paused,omitempty"`
 	// Triggers are keyed by "<stage>/<trigger>".
 	Triggers map[string]TriggerState `json:"triggers,omitempty"`
 	// Applied is the slice the sink was last told to write.
@@ -70,22 +70,22 @@ type State struct {
 
 // Status is GET /v1/plan.
 type Status struct {
-	PlanVersion  string                `json:"plan_version"`
-	DryRun       bool                  `json:"dry_run"`
-	Stage        int                   `json:"stage"`
-	StageName    string                `json:"stage_name"`
-	Stages       []string              `json:"stages"`
-	StageSince   time.Time             `json:"stage_since"`
-	Advance      string                `json:"advance,omitempty"`
-	Slice        map[string]any        `json:"slice"`
-	Reads        Mode                  `json:"reads,omitempty"`
-	Complete     bool                  `json:"complete"`
-	SoftRollback bool                  `json:"soft_rollback"`
-	Reverted     []string              `json:"reverted"`
-	Held         string                `json:"held,omitempty"`
-	Aborted      bool                  `json:"aborted"`
-	Paused       []sink.TopicPartition `json:"paused_by_rollout"`
-	Gates        []GateStatus          `json:"gates"`
+	PlanVersion  string                    `json:"plan_version"`
+	DryRun       bool                      `json:"dry_run"`
+	Stage        int                       `json:"stage"`
+	StageName    string                    `json:"stage_name"`
+	Stages       []string                  `json:"stages"`
+	StageSince   time.Time                 `json:"stage_since"`
+	Advance      string                    `json:"advance,omitempty"`
+	Slice        map[string]any            `json:"slice"`
+	Reads        Mode                      `json:"reads,omitempty"`
+	Complete     bool                      `json:"complete"`
+	SoftRollback bool                      `json:"soft_rollback"`
+	Reverted     []string                  `json:"reverted"`
+	Held         string                    `json:"held,omitempty"`
+	Aborted      bool                      `json:"aborted"`
+	Paused       []envelope.TopicPartition `json:"paused_by_rollout"`
+	Gates        []GateStatus              `json:"gates"`
 	// Widening is the backfill of the keys the current stage added.
 	Widening  *Effect         `json:"widening,omitempty"`
 	Triggers  []TriggerStatus `json:"triggers"`
@@ -863,7 +863,7 @@ func (e *Engine) save(ctx context.Context) error {
 func (e *Engine) refresh(now time.Time, err error) {
 	s := Status{PlanVersion: e.cfg.Version, DryRun: e.cfg.DryRun, Stage: e.st.Stage, StageName: e.st.StageName,
 		StageSince: e.st.StageSince, SoftRollback: e.st.SoftRollback, Held: e.st.Held,
-		Aborted: e.st.Aborted, Paused: append([]sink.TopicPartition{}, e.st.Paused...), Gates: e.gateStatus(now),
+		Aborted: e.st.Aborted, Paused: append([]envelope.TopicPartition{}, e.st.Paused...), Gates: e.gateStatus(now),
 		Triggers: []TriggerStatus{}, RouteGen: e.st.Routes.Generation, Evaluated: now, Reverted: []string{}, Slice: map[string]any{},
 		Following: e.following.Load()}
 	for _, st := range e.cfg.Stages {
@@ -943,8 +943,8 @@ func merge(a, b map[string]any) map[string]any {
 	return out
 }
 
-func mergeTP(a, b []sink.TopicPartition) []sink.TopicPartition {
-	set := map[sink.TopicPartition]bool{}
+func mergeTP(a, b []envelope.TopicPartition) []envelope.TopicPartition {
+	set := map[envelope.TopicPartition]bool{}
 	for _, tp := range a {
 		set[tp] = true
 	}
@@ -954,8 +954,8 @@ func mergeTP(a, b []sink.TopicPartition) []sink.TopicPartition {
 	return sortTP(set)
 }
 
-func sortTP(set map[sink.TopicPartition]bool) []sink.TopicPartition {
-	out := make([]sink.TopicPartition, 0, len(set))
+func sortTP(set map[envelope.TopicPartition]bool) []envelope.TopicPartition {
+	out := make([]envelope.TopicPartition, 0, len(set))
 	for tp, on := range set {
 		if on {
 			out = append(out, tp)

@@ -37,11 +37,9 @@ type Deps struct {
 	Registerer prometheus.Registerer
 }
 
-// TopicPartition names one partition.
-type TopicPartition struct {
-	Topic     string `json:"topic"`
-	Partition int32  `json:"partition"`
-}
+// TopicPartition names one partition (envelope.TopicPartition: the sink,
+// the rollout and the admin API share it).
+type TopicPartition = envelope.TopicPartition
 
 // PartitionLag is how far one partition is behind.
 type PartitionLag struct {
@@ -114,7 +112,7 @@ func New(cfg Config, d Deps) (*Sink, error) {
 	s.rowCounters = map[*transform.Table]rowCounters{}
 	var topics []string
 	for _, ns := range d.Mapping.Namespaces() {
-		topics = append(topics, topicOf(cfg.TopicPrefix, ns))
+		topics = append(topics, envelope.Topic(cfg.TopicPrefix, ns))
 		for _, t := range d.Mapping.Tables(ns) {
 			s.rowCounters[t] = rowCounters{s.met.rows.WithLabelValues(t.QualifiedName(), "upsert"), s.met.rows.WithLabelValues(t.QualifiedName(), "delete")}
 		}
@@ -159,7 +157,7 @@ func (s *Sink) assigned(_ context.Context, _ *kgo.Client, m map[string][]int32) 
 	defer s.mu.Unlock()
 	for t, ps := range m {
 		for _, p := range ps {
-			s.owned[TopicPartition{t, p}] = true
+			s.owned[TopicPartition{Topic: t, Partition: p}] = true
 		}
 	}
 	s.log.Info("partitions assigned", "partitions", m)
@@ -216,8 +214,8 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 	defer s.mu.Unlock()
 	for t, ps := range m {
 		for _, p := range ps {
-			delete(s.owned, TopicPartition{t, p})
-			delete(s.parts, TopicPartition{t, p})
+			delete(s.owned, TopicPartition{Topic: t, Partition: p})
+			delete(s.parts, TopicPartition{Topic: t, Partition: p})
 		}
 	}
 	s.log.Info("partitions revoked", "partitions", m)
@@ -228,11 +226,7 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 // rather than rejoin and fence the other in turn.
 var ErrFenced = errors.New("sink: fenced by another member with the same instance id")
 
-// topicOf is the capture topic of namespace ns (capture.Topic; the sink
-// does not import capture).
-func topicOf(prefix, ns string) string { return prefix + "." + ns }
-
-func (s *Sink) topicOf(ns string) string { return topicOf(s.cfg.TopicPrefix, ns) }
+func (s *Sink) topicOf(ns string) string { return envelope.Topic(s.cfg.TopicPrefix, ns) }
 
 // Close leaves the group. A dynamic member leaves as the client closes (its
 // revoke callback commits). A static member does not (franz-go keeps it in
@@ -432,7 +426,7 @@ func (s *Sink) apply(ctx context.Context, fs kgo.Fetches) error {
 	var wg sync.WaitGroup
 	var results []*pollResult
 	fs.EachPartition(func(p kgo.FetchTopicPartition) {
-		tp := TopicPartition{p.Topic, p.Partition}
+		tp := TopicPartition{Topic: p.Topic, Partition: p.Partition}
 		s.mu.Lock()
 		st := s.parts[tp]
 		if st == nil {
@@ -881,7 +875,7 @@ func (s *Sink) refreshEnds(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ends.Each(func(o kadm.ListedOffset) {
-		tp := TopicPartition{o.Topic, o.Partition}
+		tp := TopicPartition{Topic: o.Topic, Partition: o.Partition}
 		st := s.parts[tp]
 		if o.Err != nil || st == nil || !s.owned[tp] {
 			return
@@ -925,7 +919,7 @@ func (s *Sink) Lag() []PartitionLag {
 func (s *Sink) Applied(topic string, partition int32) envelope.Version {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := s.parts[TopicPartition{topic, partition}]; st != nil {
+	if st := s.parts[TopicPartition{Topic: topic, Partition: partition}]; st != nil {
 		return st.applied
 	}
 	return envelope.Version{}
@@ -1030,7 +1024,7 @@ func (s *Sink) executeRewinds(ctx context.Context) {
 		s.mu.Lock()
 		for t, ps := range r.Targets {
 			for p, off := range ps {
-				tp := TopicPartition{t, p}
+				tp := TopicPartition{Topic: t, Partition: p}
 				if _, done := r.Done[fmt.Sprintf("%s/%d", t, p)]; done || !s.owned[tp] {
 					continue
 				}

@@ -45,7 +45,7 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 		return nil
 	}
 	sig := &rollout.PipelineSignals{Store: d.store, Gatherer: d.reg, Window: cfg.SignalWindow,
-		TopicOf: func(ns string) string { return capture.Topic(d.cfg.Sink.TopicPrefix, ns) }}
+		TopicOf: func(ns string) string { return envelope.Topic(d.cfg.Sink.TopicPrefix, ns) }}
 	if d.sink != nil {
 		sig.Lag = d.sink.Lag
 	}
@@ -278,7 +278,7 @@ func (a *daemonActions) Requests(ctx context.Context, ids []string) (int, error)
 func (a *daemonActions) Partitions(ctx context.Context, s rollout.Slice) ([]sink.TopicPartition, error) {
 	var out []sink.TopicPartition
 	for _, ns := range s.Namespaces() {
-		tps, err := a.d.partitions(ctx, capture.Topic(a.d.cfg.Sink.TopicPrefix, ns), nil)
+		tps, err := a.d.partitions(ctx, envelope.Topic(a.d.cfg.Sink.TopicPrefix, ns), nil)
 		if err != nil {
 			return nil, err
 		}
