@@ -392,7 +392,9 @@ func (e *Engine) Tick(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if st := e.stage(); st != nil && !e.st.Aborted {
+	// deposed: a refused write made this engine a follower; it acts no more.
+	deposed := e.following.Load
+	if st := e.stage(); st != nil && !e.st.Aborted && !deposed() {
 		for _, g := range st.Gates {
 			h := e.hold(e.gates, g.Name)
 			s, has := read(g.Signal)
@@ -417,9 +419,14 @@ func (e *Engine) Tick(ctx context.Context) error {
 			if err := e.fire(ctx, t, h, s, now); err != nil {
 				errs = append(errs, err)
 			}
+			if deposed() {
+				break
+			}
 		}
-		if err := e.maybeAdvance(ctx, now); err != nil {
-			errs = append(errs, err)
+		if !deposed() {
+			if err := e.maybeAdvance(ctx, now); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	err := errors.Join(errs...)
@@ -498,6 +505,9 @@ func (e *Engine) fire(ctx context.Context, t Trigger, h *hold, s Sample, now tim
 		return nil
 	case e.st.Held != "" && t.Action != SoftRollback && t.Action != HardRollback:
 		return nil
+	}
+	if err := e.fence(ctx); err != nil {
+		return err
 	}
 	src := s.Source
 	if src == "" {
@@ -799,6 +809,9 @@ func (e *Engine) maybeAdvance(ctx context.Context, now time.Time) error {
 	gates := e.gateStatus(now)
 	if !allPass(gates) {
 		return nil
+	}
+	if err := e.fence(ctx); err != nil {
+		return err
 	}
 	details := map[string]any{"from": st.Name, "to": next.Name, "gates": gates, "plan_version": e.cfg.Version}
 	if e.cfg.DryRun {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/leader"
 )
 
 // leaderKey holds the elected leader's LeaderRecord.
@@ -50,6 +51,35 @@ type LeaderInfo struct {
 	Election bool          `json:"election"`
 	Leading  bool          `json:"leading"` // this daemon
 	Leader   *LeaderRecord `json:"leader,omitempty"`
+}
+
+// leaderFence is the fence of work done because this daemon leads, other
+// than the plan (whose state carries its own epoch): after catching up with
+// the store, leaderKey must still hold this daemon's term. A newer term
+// there is a DeposedError: audited, counted, and the daemon steps down.
+func (d *daemon) leaderFence(component string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		mine := d.elector.Epoch()
+		if err := checkpoints.Sync(ctx, d.store); err != nil {
+			return fmt.Errorf("%s: check the leadership epoch: %w", component, err)
+		}
+		rec, _, err := checkpoints.GetJSON[LeaderRecord](ctx, d.store, leaderKey)
+		if err != nil {
+			return fmt.Errorf("%s: check the leadership epoch: %w", component, err)
+		}
+		err = leader.Check(leaderKey, mine, rec.Epoch)
+		if err == nil || mine == 0 {
+			return err // mine 0: the role is gone already, nothing to tell
+		}
+		d.log.Error("a newer leader took office; this daemon's write is refused", "component", component, "err", err)
+		if aerr := d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:" + component, Action: "leader.fenced",
+			Target: leaderIdentity(), Result: "refused", Reason: err.Error(),
+			Details: map[string]any{"key": leaderKey, "epoch": mine, "current_epoch": rec.Epoch, "leader": rec.Identity}}); aerr != nil {
+			d.log.Warn("cannot write the audit log", "err", aerr)
+		}
+		d.elector.Deposed(component, err)
+		return err
+	}
 }
 
 // recordLeadership audits every change of this daemon's role until ctx
