@@ -157,6 +157,9 @@ type Engine struct {
 	// fenced is the newest term this engine was deposed from; SetTerm
 	// ignores it and older ones (the elector may not have stepped down yet).
 	fenced int64
+	// lastTick is when the evaluator last evaluated; a longer gap than
+	// expected means this process may have been frozen (see Tick).
+	lastTick time.Time
 	// following is true while another daemon evaluates the plan: set by
 	// rollout.follow, or by SetEvaluating as an election moves the role.
 	following atomic.Bool
@@ -252,7 +255,7 @@ func (e *Engine) stopEvaluating() {
 
 func (e *Engine) startEvaluating(ctx context.Context) error {
 	e.following.Store(false)
-	e.saved = nil
+	e.saved, e.lastTick = nil, time.Time{}
 	clear(e.gates)
 	clear(e.trigs)
 	clear(e.verdicts)
@@ -367,7 +370,7 @@ func (e *Engine) Tick(ctx context.Context) error {
 		e.refresh(now, err)
 		return err
 	}
-	if err := e.checkTerm(ctx); err != nil {
+	if err := e.checkTerm(ctx, now); err != nil {
 		e.refresh(now, err)
 		return err
 	}
@@ -998,9 +1001,20 @@ func (e *Engine) write(ctx context.Context, force bool) error {
 // daemon last read it (no round trip) must not carry a newer term. It
 // catches a deposed leader once its store has caught up; fence catches it
 // otherwise, before any action.
-func (e *Engine) checkTerm(ctx context.Context) error {
+//
+// After a gap of more than two evaluation periods (a process frozen by
+// SIGSTOP or a long pause) the store's view may be as old as the gap, so
+// the first thing the evaluator does is a conditional write (fence): a
+// leader deposed meanwhile writes, audits and decides nothing else.
+func (e *Engine) checkTerm(ctx context.Context, now time.Time) error {
 	if e.deposed == nil {
 		return nil
+	}
+	last := e.lastTick
+	e.lastTick = now
+	if gap := now.Sub(last); !last.IsZero() && gap > 2*e.cfg.Every {
+		e.log.Info("rollout: evaluation was paused; checking the leadership term before anything else", "gap", gap.Round(time.Millisecond))
+		return e.fence(ctx)
 	}
 	st, ok, err := checkpoints.GetJSON[State](ctx, e.store, StateKey)
 	if err != nil || !ok {
@@ -1089,6 +1103,10 @@ func (e *Engine) audit(ctx context.Context, actor, action, target, reason, resul
 		details = map[string]any{}
 	}
 	details["plan_version"] = e.cfg.Version
+	if e.deposed != nil && e.epoch != 0 {
+		// Which term decided: two daemons' entries look alike otherwise.
+		details["leader_epoch"] = e.epoch
+	}
 	err := e.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Time: e.now().UTC(), Actor: actor, Action: action,
 		Target: target, Reason: reason, Result: result, Details: details})
 	if err != nil {
