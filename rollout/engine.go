@@ -1002,17 +1002,21 @@ func (e *Engine) write(ctx context.Context, force bool) error {
 // catches a deposed leader once its store has caught up; fence catches it
 // otherwise, before any action.
 //
-// After a gap of more than two evaluation periods (a process frozen by
-// SIGSTOP or a long pause) the store's view may be as old as the gap, so
-// the first thing the evaluator does is a conditional write (fence): a
-// leader deposed meanwhile writes, audits and decides nothing else.
+// After a gap of more than two evaluation periods, and at least a second
+// more than one (a process frozen by SIGSTOP or a long pause; a busy
+// machine delays ticks by less), the store's view may be as old as the
+// gap, so the first thing the evaluator does is a conditional write
+// (fence): a leader deposed meanwhile writes, audits and decides nothing
+// else. A shorter pause can still depose it (its session may have had
+// little time left); then the fence before each action and each write
+// catches it, though gate changes it observed may be audited first.
 func (e *Engine) checkTerm(ctx context.Context, now time.Time) error {
 	if e.deposed == nil {
 		return nil
 	}
 	last := e.lastTick
 	e.lastTick = now
-	if gap := now.Sub(last); !last.IsZero() && gap > 2*e.cfg.Every {
+	if gap := now.Sub(last); !last.IsZero() && gap > e.cfg.Every+max(e.cfg.Every, time.Second) {
 		e.log.Info("rollout: evaluation was paused; checking the leadership term before anything else", "gap", gap.Round(time.Millisecond))
 		return e.fence(ctx)
 	}
