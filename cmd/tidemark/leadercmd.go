@@ -152,5 +152,5 @@ func (i LeaderInfo) String() string {
 	case i.Leader == nil:
 		return "none yet"
 	}
-	return fmt.Sprintf("%s (admin %s, since %s)", i.Leader.Identity, i.Leader.Admin, i.Leader.Since.Format(time.RFC3339))
+	return fmt.Sprintf("%s (admin %s, since %s, epoch %d)", i.Leader.Identity, i.Leader.Admin, i.Leader.Since.Format(time.RFC3339), i.Leader.Epoch)
 }
