@@ -196,8 +196,8 @@ rollout:
 			return false
 		}
 		st, err := plan(acA)
-		if err != nil || st.Following == i.Leading {
-			return false
+		if err != nil || st.Following == i.Leading || !st.Aborted {
+			return false // a follower takes the stored state at its next evaluation
 		}
 		now, err = leaderOf(acB)
 		return err == nil && now.Leader != nil && now.Leader.Epoch >= epochB
