@@ -29,6 +29,11 @@ type RoundOptions struct {
 	OnProgress func(Progress)
 	// Fresh discards the scope's saved progress instead of resuming it.
 	Fresh bool
+	// Fence, when set, is asked before the round writes shared state (its
+	// progress, summary and verified marks): an error means the round may
+	// no longer write it (a scheduled round whose daemon was deposed as the
+	// elected leader), and the round stops without writing.
+	Fence func(ctx context.Context) error
 }
 
 // roundState is a round's resumable progress, kept in checkpoints under
@@ -84,6 +89,26 @@ type round struct {
 	phase     atomic.Value
 	// inSlice filters the source documents; nil admits every one.
 	inSlice func(namespace string, idKey []byte) bool
+	// fence is RoundOptions.Fence; fenced is its refusal, after which the
+	// round writes nothing more.
+	fence  func(ctx context.Context) error
+	fenced atomic.Pointer[error]
+}
+
+// mayWrite asks the round's fence whether it may still write shared state.
+func (rd *round) mayWrite(ctx context.Context) error {
+	if p := rd.fenced.Load(); p != nil {
+		return *p
+	}
+	if rd.fence == nil {
+		return nil
+	}
+	if err := rd.fence(ctx); err != nil {
+		err = fmt.Errorf("reconcile: round %s may not write its results: %w", rd.rep.ID, err)
+		rd.fenced.Store(&err)
+		return err
+	}
+	return nil
 }
 
 // apply is the rows doc should have in the target: none when the current
@@ -131,7 +156,7 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 	if err != nil {
 		return nil, err
 	}
-	rd := &round{r: r, scope: scope, tables: tables, src: src, started: time.Now(),
+	rd := &round{r: r, scope: scope, tables: tables, src: src, started: time.Now(), fence: o.Fence,
 		srcRows: make([]atomic.Int64, len(tables)), tgtRows: make([]atomic.Int64, len(tables)),
 		docLim: limiter(r.cfg.DocsPerSecond), rowLim: limiter(r.cfg.RowsPerSecond), segDone: map[int]bool{}}
 	rd.phase.Store("scan")
@@ -331,6 +356,9 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 
 // save writes the resumable progress.
 func (rd *round) save(ctx context.Context) error {
+	if err := rd.mayWrite(ctx); err != nil {
+		return err
+	}
 	rd.mu.Lock()
 	st := rd.st
 	st.Exp, st.Act, st.SegDone = nil, nil, nil
@@ -765,6 +793,14 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 		rep.Status = "divergent"
 	default:
 		rep.Status = "clean"
+	}
+	if err := rd.mayWrite(pctx); err != nil {
+		// The report file is this daemon's own; the shared state is not.
+		rep.Status, rep.Error = "incomplete", errors.Join(runErr, err).Error()
+		if werr := r.reports.Write(rep); werr != nil {
+			r.log.Warn("cannot write the report", "err", werr)
+		}
+		return rep, err
 	}
 	if runErr == nil && len(rd.scope.IDs) == 0 {
 		if err := r.d.Store.Delete(pctx, progressKey(rd.scope)); err != nil {

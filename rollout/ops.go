@@ -109,6 +109,10 @@ func (e *Engine) Resume(ctx context.Context, actor, reason string) (Status, erro
 	}
 	before := map[string]any{"held": e.st.Held, "aborted": e.st.Aborted, "soft_rollback": e.st.SoftRollback, "paused": e.st.Paused}
 	var err error
+	if err = e.fence(ctx); err != nil {
+		e.refresh(e.now().UTC(), err)
+		return e.Status(), err
+	}
 	if len(e.st.Paused) > 0 {
 		if err = e.act.Resume(ctx, e.st.Paused, reason); err == nil {
 			e.st.Paused = nil

@@ -54,7 +54,11 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 		sig.Validate = v.check
 		g.Go(func() error { <-ctx.Done(); v.close(); return nil })
 	}
-	e, err := rollout.NewEngine(cfg, d.store, sig, &daemonActions{d: d}, rollout.WithLogger(d.log), rollout.WithRegisterer(d.reg))
+	opts := []rollout.Option{rollout.WithLogger(d.log), rollout.WithRegisterer(d.reg)}
+	if d.elector != nil {
+		opts = append(opts, rollout.WithFencing(func(err error) { d.elector.Deposed("rollout", err) }))
+	}
+	e, err := rollout.NewEngine(cfg, d.store, sig, &daemonActions{d: d}, opts...)
 	if err != nil {
 		return err
 	}
@@ -70,9 +74,11 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 	if d.elector != nil {
 		g.Go(func() error {
 			for {
-				leading, changed := d.elector.State()
+				// Each term's writes carry its epoch; a new term reloads
+				// the state, as another leader may have changed it.
+				epoch, changed := d.elector.Term()
 				var retry <-chan time.Time
-				if err := e.SetEvaluating(ctx, leading); err != nil && ctx.Err() == nil {
+				if err := e.SetTerm(ctx, epoch); err != nil && ctx.Err() == nil {
 					// Still a follower (the stored state could not be read):
 					// try again while the role is this daemon's.
 					d.log.Error("rollout: cannot take over the plan's evaluation; retrying", "err", err)

@@ -164,7 +164,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	d.routes(srv, reg)
 	if cfg.Election.Enabled {
-		d.elector = leader.New(cfg.Election, kopts, log, reg)
+		d.elector = leader.New(cfg.Election, kopts, log, reg, leader.WithTakeOffice(d.takeOffice))
 		g.Go(func() error { return d.elector.Run(gctx) })
 		g.Go(func() error { d.recordLeadership(gctx); return nil })
 	}
