@@ -276,7 +276,8 @@ func compileTable(ns string, ts *TableSpec) (*Table, []error) {
 			if !t.cols[i].fromIDOnly() {
 				t.KeyFromIDOnly = false
 			}
-			if k := t.cols[i].typ.kind; k == kList || k == kSet || k == kMap || k == kUDT {
+			// Cassandra refuses duration in a key; the others have no key encoding here.
+			if k := t.cols[i].typ.kind; k == kList || k == kSet || k == kMap || k == kUDT || k == kTuple || k == kVector || k == kDuration {
 				errs = append(errs, fmt.Errorf("key column %q must have a scalar type", n))
 			}
 		}
