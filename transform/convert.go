@@ -394,6 +394,9 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 		out := make([]any, 0, len(vals))
 		for i, e := range vals {
 			x, err := convertValue(t.elem, "", e, nil)
+			if err == nil {
+				err = innerTuple(t.elem, x)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("[%d]: %w", i, err)
 			}
@@ -421,6 +424,9 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 		out := make(map[string]any, len(elems))
 		for _, e := range elems {
 			x, err := convertValue(t.elem, "", e.Value(), nil)
+			if err == nil {
+				err = innerTuple(t.elem, x)
+			}
 			if err != nil {
 				return nil, fmt.Errorf(".%s: %w", e.Key(), err)
 			}
@@ -446,6 +452,9 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 				continue
 			}
 			x, err := convertValue(f.typ, f.convert, fv, f.fields)
+			if err == nil {
+				err = innerTuple(f.typ, x)
+			}
 			if err != nil {
 				return nil, fmt.Errorf(".%s: %w", f.Name, err)
 			}

@@ -3,6 +3,7 @@ package transform
 import (
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -153,7 +154,7 @@ func toInet(v bson.RawValue, rule string) (any, error) {
 	if a.Is4In6() {
 		return nil, fail(rule, "%s is an IPv4-mapped IPv6 address; the driver writes it as %s: store that", a, a.Unmap())
 	}
-	return a.AsSlice(), nil
+	return net.IP(a.AsSlice()), nil
 }
 
 // toDuration converts integral nanoseconds, or a duration as CQL parses it
@@ -365,12 +366,33 @@ func toTuple(t *cqlType, v bson.RawValue, rule string) (any, error) {
 	out := make([]any, len(vals))
 	for i, e := range vals {
 		x, err := convertValue(t.elems[i], "", e, nil)
+		if err == nil {
+			err = innerTuple(t.elems[i], x)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("[%d]: %w", i, err)
 		}
 		out[i] = x
 	}
 	return out, nil
+}
+
+// innerTuple refuses a null component in a tuple that is not a column by
+// itself (one inside a collection, a tuple or a UDT): gocql v2.1.2 panics
+// reading such a value back into `any` (Unmarshal of a null component into a
+// nil interface), which would stop reconcile at that row.
+func innerTuple(t *cqlType, x any) error {
+	if t.kind != kTuple {
+		return nil
+	}
+	c, _ := x.([]any)
+	for i, e := range c {
+		if e == nil {
+			return fail("tuple", "[%d] is null; a tuple inside a collection, tuple or UDT cannot hold nulls "+
+				"(the driver cannot read them back)", i)
+		}
+	}
+	return nil
 }
 
 // toVector converts an array of exactly the vector's dimensions, each element

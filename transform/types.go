@@ -41,7 +41,6 @@ var scalarKinds = map[string]kind{
 	"time": kTime, "inet": kInet, "duration": kDuration,
 }
 
-
 // cqlType is a parsed CQL type.
 type cqlType struct {
 	kind   kind
