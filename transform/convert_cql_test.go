@@ -368,7 +368,32 @@ collections:
 			t.Errorf("decoded key %s %#v: gocql refuses it: %v", typ, key[i], err)
 		}
 	}
-	if _, err := tbl.AppendCanonical(nil, rows[0].Values); err != nil {
+	expected, err := tbl.AppendCanonical(nil, rows[0].Values)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The same row as gocql scans it: tuples split into components, a null
+	// tuple as zero components, IPv6 as 16 bytes, the vector as []float32.
+	flat := []any{int8(-3), day, 8*time.Hour + 30*time.Minute, net.ParseIP("2001:db8::7"),
+		gocql.Duration{Months: 1, Days: 2, Nanoseconds: 3e9}, int32(4), "four", []float32{0.25, 0.5},
+		int32(0), int32(0), int32(1), "x"}
+	scanned, err := tbl.RowFromScan(flat, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]any{}
+	names := []string{"k_tiny", "k_date", "k_time", "k_inet", "c_dur", "c_tuple[0]", "c_tuple[1]", "c_vec",
+		"c_missing[0]", "c_missing[1]", "c_default[0]", "c_default[1]"}
+	for i, n := range names {
+		byName[n] = flat[i]
+	}
+	for _, got := range [][]any{scanned, tbl.RowFromMap(byName, nil)} {
+		b, err := tbl.AppendCanonical(nil, got)
+		if err != nil || !bytes.Equal(b, expected) {
+			t.Fatalf("scanned row %#v: canonical %x, want %x (%v)", got, b, expected, err)
+		}
+	}
+	if _, err := tbl.RowFromScan(flat[1:], nil); err == nil {
+		t.Fatal("RowFromScan took too few values")
 	}
 }
