@@ -94,7 +94,8 @@ func newStatements(t *transform.Table) statements {
 	names := make([]string, len(t.Columns))
 	marks := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
-		names[i], marks[i] = c.Name, "?"
+		// A tuple is bound component by component (see Placeholder).
+		names[i], marks[i] = c.Name, t.Placeholder(i)
 	}
 	var where []string
 	for _, i := range append(append([]int{}, t.PartitionKey...), t.ClusteringKey...) {
@@ -165,7 +166,7 @@ func (w *CassandraWriter) args(t *transform.Table, c Change) (string, []any) {
 	if c.Row == nil {
 		return w.del[t], append(append(make([]any, 0, len(c.Key)+1), c.Version), c.Key...)
 	}
-	return w.insert[t], append(append(make([]any, 0, len(c.Row.Values)+1), c.Row.Values...), c.Version)
+	return w.insert[t], append(t.AppendBindValues(make([]any, 0, len(c.Row.Values)+1), c.Row.Values), c.Version)
 }
 
 // Write applies cs, which share one partition of t. Every statement carries

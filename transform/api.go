@@ -26,6 +26,7 @@ package transform
 
 import (
 	"fmt"
+	"strings"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"go.mongodb.org/mongo-driver/bson"
@@ -76,6 +77,8 @@ type Table struct {
 	filterSlot int
 	// filtered is true when a filter on a mutable field can drop the row.
 	filtered bool
+	// hasTuple is true when a column is a tuple (see Placeholder).
+	hasTuple bool
 }
 
 // NeedsKeyMap reports whether the sink must remember the key it last wrote for
@@ -180,6 +183,55 @@ func (t *Table) RowFromMap(m map[string]any, dst []any) []any {
 			v[j] = m[gocql.TupleColumnName(c.Name, j)]
 		}
 		dst = append(dst, v)
+	}
+	return dst
+}
+
+// Placeholder is the bind marker of column i in an INSERT's VALUES: "?", or
+// for a tuple a tuple literal of one marker per component, "(?, (?, ?))".
+// gocql v2.1.2 cannot bind a whole tuple to one marker: it expects one value
+// per component of a tuple marker, then marshals them against the statement's
+// columns by position and fails. AppendBindValues gives the values to match.
+func (t *Table) Placeholder(i int) string {
+	return placeholder(t.cols[i].typ)
+}
+
+func placeholder(t *cqlType) string {
+	if t.kind != kTuple {
+		return "?"
+	}
+	marks := make([]string, len(t.elems))
+	for i, e := range t.elems {
+		marks[i] = placeholder(e)
+	}
+	return "(" + strings.Join(marks, ", ") + ")"
+}
+
+// AppendBindValues appends row values (aligned with Columns) to dst as the
+// Placeholders take them: a tuple's components one by one. A null tuple is
+// written as a tuple of nulls, which gocql reads back as the same zero values
+// (and AppendCanonical encodes as null).
+func (t *Table) AppendBindValues(dst, values []any) []any {
+	if !t.hasTuple {
+		return append(dst, values...)
+	}
+	for i, v := range values {
+		dst = appendBind(dst, t.cols[i].typ, v)
+	}
+	return dst
+}
+
+func appendBind(dst []any, t *cqlType, v any) []any {
+	if t.kind != kTuple {
+		return append(dst, v)
+	}
+	c, _ := v.([]any)
+	for i, e := range t.elems {
+		var x any
+		if i < len(c) {
+			x = c[i]
+		}
+		dst = appendBind(dst, e, x)
 	}
 	return dst
 }

@@ -393,6 +393,21 @@ collections:
 			t.Fatalf("scanned row %#v: canonical %x, want %x (%v)", got, b, expected, err)
 		}
 	}
+	// gocql binds a tuple component by component.
+	var marks []string
+	for i := range tbl.Columns {
+		marks = append(marks, tbl.Placeholder(i))
+	}
+	if got := strings.Join(marks, " "); got != "? ? ? ? ? (?, ?) ? (?, ?) (?, ?)" {
+		t.Fatalf("placeholders %q", got)
+	}
+	bind := tbl.AppendBindValues(nil, rows[0].Values)
+	wantBind := []any{int8(-3), day, 8*time.Hour + 30*time.Minute, net.ParseIP("2001:db8::7"),
+		gocql.Duration{Months: 1, Days: 2, Nanoseconds: 3e9}, int32(4), "four", []any{float32(0.25), float32(0.5)},
+		nil, nil, int32(1), "x"}
+	if !reflect.DeepEqual(bind, wantBind) {
+		t.Fatalf("bind values %#v\nwant %#v", bind, wantBind)
+	}
 	if _, err := tbl.RowFromScan(flat[1:], nil); err == nil {
 		t.Fatal("RowFromScan took too few values")
 	}

@@ -256,6 +256,9 @@ func compileTable(ns string, ts *TableSpec) (*Table, []error) {
 		}
 		index[c.Name] = len(t.Columns)
 		t.Columns = append(t.Columns, Column{Name: c.Name, Type: c.typ.String()})
+		if c.typ.kind == kTuple {
+			t.hasTuple = true
+		}
 		t.cols = append(t.cols, c)
 	}
 	if len(ts.PartitionKey) == 0 {
