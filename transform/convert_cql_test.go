@@ -412,3 +412,27 @@ collections:
 		t.Fatal("RowFromScan took too few values")
 	}
 }
+
+// FuzzParseDurationAndTime: the string decoders never panic, a time is
+// always within a day, and a duration's parts never have mixed signs (what
+// Cassandra requires).
+func FuzzParseDurationAndTime(f *testing.F) {
+	for _, s := range []string{"1y2mo3w4d5h6m7s8ms9us10ns", "P1Y2M3DT4H5M6S", "P2W", "P0001-02-03T04:05:06", "-PT1S",
+		"23:59:59.999999999", "1:2:3", "9999999999999h", "P", "µs", "1µs"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if d, err := parseTimeOfDay(s); err == nil && (d < 0 || d >= nsPerDay) {
+			t.Fatalf("time %q = %d", s, d)
+		}
+		d, err := parseDuration(s)
+		if err != nil {
+			return
+		}
+		neg := d.Months < 0 || d.Days < 0 || d.Nanoseconds < 0
+		pos := d.Months > 0 || d.Days > 0 || d.Nanoseconds > 0
+		if neg && pos {
+			t.Fatalf("duration %q = %+v: mixed signs", s, d)
+		}
+	})
+}
