@@ -256,29 +256,44 @@ func TestIntegrationSinkTypeMatrixReplay(t *testing.T) {
 	}
 	for _, want := range [][]byte{[]byte(`"c_set_int": [`), []byte(`"c_udt_nf": {"street": `), []byte(`"c_map_fl": {"a": [`),
 		[]byte(`"s_note": "note `), []byte(`"c_flist": [`), []byte(`"c_timeuuid": "`), []byte(`"c_tiny": -`),
-		[]byte(`"c_date": "19`), []byte(`"c_time": "0`), []byte(`"c_inet": "2001:db8::`), []byte(`"c_inet": "192.168.`),
-		[]byte(`"c_dur": "-`), []byte(`"c_dur": "1y`), []byte(`"c_tuple": [`), []byte(`"c_tuple": null`), []byte(`"c_vec": [`),
+		[]byte(`"c_date": "19`), []byte(`"c_time": "0`), []byte(`"c_inet": "2001:db8:`), []byte(`"c_inet": "192.168.`),
+		[]byte(`"c_dur": "-`), []byte(`"c_dur": "1y`), []byte(`"c_tuple": [`), []byte(`"c_tuple": [null, null, null]`), []byte(`"c_vec": [`),
 		[]byte(`"c_map_tup": {"a": [`)} {
 		if !bytes.Contains(first, want) {
-			t.Fatalf("first pass wrote no %s: the matrix does not exercise it", want)
+			t.Fatalf("first pass wrote no %s: the matrix does not exercise it; first rows:\n%.3000s", want, first)
 		}
 	}
 	// Every row against the source pushed through the transform, read as
 	// reconcile reads it (gocql's generic scan: tuples split, IPv4 in 16
 	// bytes, nulls as zeros), by the checker that does not use reconcile.
-	var final []bson.Raw
-	for i := int64(0); i < n; i++ {
-		v := []int{1, 3, -1, 4}[i%4]
-		if v < 0 {
-			continue // deleted
+	newest := map[int64]event{}
+	for _, e := range evs {
+		if cur, ok := newest[e.id]; !ok || e.ver.Compare(cur.ver) > 0 {
+			newest[e.id] = e
 		}
-		b, err := bson.Marshal(matrixDoc(i, v))
+	}
+	var final []bson.Raw
+	for _, e := range newest {
+		if e.op == envelope.OpDelete {
+			continue
+		}
+		b, err := bson.Marshal(e.doc)
 		if err != nil {
 			t.Fatal(err)
 		}
 		final = append(final, b)
 	}
-	if got, want := testbed.Snapshot(t, s, m, ns), testbed.Expected(t, m, ns, final); !bytes.Equal(got, want) {
+	if len(final) != n-n/4 {
+		t.Fatalf("%d documents survive, want %d", len(final), n-n/4)
+	}
+	// The static column holds the newest note of each partition, not each
+	// document's: it is left out here (the replays below cover it).
+	perDoc, err := transform.Parse(fmt.Appendf(nil, strings.Replace(matrixSpec,
+		"          - {name: s_note, type: text, from: note}\n", "", 1), ks))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := testbed.Snapshot(t, s, perDoc, ns), testbed.Expected(t, perDoc, ns, final); !bytes.Equal(got, want) {
 		t.Fatalf("first pass: Cassandra differs from the source; first difference:\n got %q\nwant %q",
 			testbed.FirstDiff(got, want), testbed.FirstDiff(want, got))
 	}
