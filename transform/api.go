@@ -187,30 +187,59 @@ func (t *Table) RowFromMap(m map[string]any, dst []any) []any {
 	return dst
 }
 
-// Placeholder is the bind marker of column i in an INSERT's VALUES: "?", or
-// for a tuple a tuple literal of one marker per component, "(?, (?, ?))".
-// gocql v2.1.2 cannot bind a whole tuple to one marker: it expects one value
-// per component of a tuple marker, then marshals them against the statement's
-// columns by position and fails. AppendBindValues gives the values to match.
-func (t *Table) Placeholder(i int) string {
-	return placeholder(t.cols[i].typ)
+// HasTuple reports whether a column is a tuple: its INSERT then depends on
+// the row (see InsertMarks).
+func (t *Table) HasTuple() bool { return t.hasTuple }
+
+// InsertMarks is the VALUES list of an INSERT of these row values (aligned
+// with Columns): a bind marker per column, but for a tuple a tuple literal of
+// one marker per component, "(?, (?, ?))", or the literal null for a null
+// one. gocql v2.1.2 cannot bind a whole tuple to one marker: it expects one
+// value per component of a tuple marker, then marshals them against the
+// statement's columns by position and fails. AppendBindValues gives the
+// values to match.
+func (t *Table) InsertMarks(values []any) string {
+	var b strings.Builder
+	for i, c := range t.cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		var v any
+		if i < len(values) {
+			v = values[i]
+		}
+		writeMarks(&b, c.typ, v)
+	}
+	return b.String()
 }
 
-func placeholder(t *cqlType) string {
+func writeMarks(b *strings.Builder, t *cqlType, v any) {
 	if t.kind != kTuple {
-		return "?"
+		b.WriteByte('?')
+		return
 	}
-	marks := make([]string, len(t.elems))
+	c, _ := v.([]any)
+	if c == nil {
+		b.WriteString("null")
+		return
+	}
+	b.WriteByte('(')
 	for i, e := range t.elems {
-		marks[i] = placeholder(e)
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		var x any
+		if i < len(c) {
+			x = c[i]
+		}
+		writeMarks(b, e, x)
 	}
-	return "(" + strings.Join(marks, ", ") + ")"
+	b.WriteByte(')')
 }
 
-// AppendBindValues appends row values (aligned with Columns) to dst as the
-// Placeholders take them: a tuple's components one by one. A null tuple is
-// written as a tuple of nulls, which gocql reads back as the same zero values
-// (and AppendCanonical encodes as null).
+// AppendBindValues appends row values (aligned with Columns) to dst as
+// InsertMarks takes them: a tuple's components one by one, nothing for a
+// null tuple.
 func (t *Table) AppendBindValues(dst, values []any) []any {
 	if !t.hasTuple {
 		return append(dst, values...)
@@ -227,6 +256,9 @@ func appendBind(dst []any, t *cqlType, v any) []any {
 	}
 	c, _ := v.([]any)
 	for i, e := range t.elems {
+		if c == nil {
+			break
+		}
 		var x any
 		if i < len(c) {
 			x = c[i]

@@ -394,17 +394,13 @@ collections:
 		}
 	}
 	// gocql binds a tuple component by component.
-	var marks []string
-	for i := range tbl.Columns {
-		marks = append(marks, tbl.Placeholder(i))
-	}
-	if got := strings.Join(marks, " "); got != "? ? ? ? ? (?, ?) ? (?, ?) (?, ?)" {
-		t.Fatalf("placeholders %q", got)
+	if got := tbl.InsertMarks(rows[0].Values); got != "?, ?, ?, ?, ?, (?, ?), ?, null, (?, ?)" || !tbl.HasTuple() {
+		t.Fatalf("insert marks %q", got)
 	}
 	bind := tbl.AppendBindValues(nil, rows[0].Values)
 	wantBind := []any{int8(-3), day, 8*time.Hour + 30*time.Minute, net.ParseIP("2001:db8::7"),
 		gocql.Duration{Months: 1, Days: 2, Nanoseconds: 3e9}, int32(4), "four", []any{float32(0.25), float32(0.5)},
-		nil, nil, int32(1), "x"}
+		int32(1), "x"}
 	if !reflect.DeepEqual(bind, wantBind) {
 		t.Fatalf("bind values %#v\nwant %#v", bind, wantBind)
 	}
@@ -435,4 +431,42 @@ func FuzzParseDurationAndTime(f *testing.F) {
 			t.Fatalf("duration %q = %+v: mixed signs", s, d)
 		}
 	})
+}
+
+// TestInsertMarksOfNestedTuples: a tuple inside a tuple gets its own literal
+// of markers, or null; the bind values follow the markers one to one.
+func TestInsertMarksOfNestedTuples(t *testing.T) {
+	m, err := Parse([]byte(`
+version: v1
+collections:
+  - namespace: app.n
+    tables:
+      - keyspace: app
+        table: n
+        partition_key: [id]
+        columns:
+          - {name: id, type: text, from: _id, convert: string}
+          - {name: tt, type: "tuple<int, tuple<text, int>>", from: tt}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := m.Tables("app.n")[0]
+	for _, c := range []struct {
+		values []any
+		marks  string
+		bind   []any
+	}{
+		{[]any{"a", []any{int32(1), []any{"x", int32(2)}}}, "?, (?, (?, ?))", []any{"a", int32(1), "x", int32(2)}},
+		{[]any{"a", []any{int32(1), nil}}, "?, (?, null)", []any{"a", int32(1)}},
+		{[]any{"a", []any{nil, nil}}, "?, (?, null)", []any{"a", nil}},
+		{[]any{"a", (*[]any)(nil)}, "?, null", []any{"a"}},
+	} {
+		if got := tbl.InsertMarks(c.values); got != c.marks {
+			t.Errorf("%#v: marks %q, want %q", c.values, got, c.marks)
+		}
+		if got := tbl.AppendBindValues(nil, c.values); !reflect.DeepEqual(got, c.bind) {
+			t.Errorf("%#v: bind %#v, want %#v", c.values, got, c.bind)
+		}
+	}
 }
