@@ -59,6 +59,9 @@ type CassandraWriter struct {
 	consistency string
 	insert      map[*transform.Table]string
 	del         map[*transform.Table]string
+	// insertHead is, for a table with a tuple column, the INSERT up to its
+	// VALUES list, which depends on the row (see transform.Table.InsertMarks).
+	insertHead map[*transform.Table]string
 }
 
 var _ Writer = (*CassandraWriter)(nil)
@@ -66,12 +69,16 @@ var _ Writer = (*CassandraWriter)(nil)
 // NewCassandraWriter prepares statements for every table of m and creates the
 // key map tables it needs. consistency, when set, overrides the tables' own.
 func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapping, consistency string) (*CassandraWriter, error) {
-	w := &CassandraWriter{s: s, m: m, consistency: consistency, insert: map[*transform.Table]string{}, del: map[*transform.Table]string{}}
+	w := &CassandraWriter{s: s, m: m, consistency: consistency, insert: map[*transform.Table]string{}, del: map[*transform.Table]string{},
+		insertHead: map[*transform.Table]string{}}
 	keyspaces := map[string]bool{}
 	for _, ns := range m.Namespaces() {
 		for _, t := range m.Tables(ns) {
 			st := newStatements(t)
 			w.insert[t], w.del[t] = st.insert, st.del
+			if t.HasTuple() {
+				w.insertHead[t] = st.head
+			}
 			if t.NeedsKeyMap() {
 				keyspaces[t.Keyspace] = true
 			}
@@ -86,7 +93,7 @@ func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapp
 	return w, nil
 }
 
-type statements struct{ insert, del string }
+type statements struct{ insert, head, del string }
 
 // newStatements builds the upsert and delete of t: every mapped column on every
 // upsert, and both timestamped with the source version.
@@ -100,12 +107,15 @@ func newStatements(t *transform.Table) statements {
 	for _, i := range append(append([]int{}, t.PartitionKey...), t.ClusteringKey...) {
 		where = append(where, t.Columns[i].Name+" = ?")
 	}
+	head := fmt.Sprintf("INSERT INTO %s (%s) VALUES (", t.QualifiedName(), strings.Join(names, ", "))
 	return statements{
-		insert: fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) USING TIMESTAMP ?", t.QualifiedName(),
-			strings.Join(names, ", "), strings.Join(marks, ", ")),
-		del: fmt.Sprintf("DELETE FROM %s USING TIMESTAMP ? WHERE %s", t.QualifiedName(), strings.Join(where, " AND ")),
+		insert: head + strings.Join(marks, ", ") + insertTail,
+		head:   head,
+		del:    fmt.Sprintf("DELETE FROM %s USING TIMESTAMP ? WHERE %s", t.QualifiedName(), strings.Join(where, " AND ")),
 	}
 }
+
+const insertTail = ") USING TIMESTAMP ?"
 
 func (w *CassandraWriter) consistencyOf(t *transform.Table) gocql.Consistency {
 	c := t.Consistency
@@ -164,6 +174,13 @@ func (w *CassandraWriter) query(t *transform.Table, stmt string, args ...any) *g
 func (w *CassandraWriter) args(t *transform.Table, c Change) (string, []any) {
 	if c.Row == nil {
 		return w.del[t], append(append(make([]any, 0, len(c.Key)+1), c.Version), c.Key...)
+	}
+	if head, ok := w.insertHead[t]; ok {
+		// A tuple is bound component by component, and a null one is written
+		// as the literal null: gocql cannot bind a whole tuple. The statements
+		// differ only by which tuples are null, so gocql prepares a few.
+		return head + t.InsertMarks(c.Row.Values) + insertTail,
+			append(t.AppendBindValues(make([]any, 0, len(c.Row.Values)+1), c.Row.Values), c.Version)
 	}
 	return w.insert[t], append(append(make([]any, 0, len(c.Row.Values)+1), c.Row.Values...), c.Version)
 }

@@ -85,10 +85,9 @@ func Snapshot(t T, s *gocql.Session, m *transform.Mapping, ns string) []byte {
 			if !iter.MapScan(row) {
 				break
 			}
-			vals := make([]any, len(tbl.Columns))
-			for i, c := range tbl.Columns {
-				vals[i] = row[c.Name]
-			}
+			// RowFromMap puts a tuple column, which gocql splits into one
+			// entry per component, back together.
+			vals := tbl.RowFromMap(row, nil)
 			b, err := tbl.AppendCanonical([]byte(tbl.Name+"|"), vals)
 			if err != nil {
 				t.Fatalf("canonical %s: %v", tbl.Name, err)
