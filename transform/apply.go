@@ -125,6 +125,11 @@ func (t *Table) convertError(c *column, doc bson.Raw, err error) *ConvertError {
 	var r *errRule
 	if errors.As(err, &r) {
 		ce.Rule = r.rule
+		if err == error(r) {
+			// The message names the rule once: "by string->int: …", not
+			// "by string->int: string->int: …".
+			ce.Err = r.err
+		}
 	} else {
 		ce.Rule = c.typ.name
 	}

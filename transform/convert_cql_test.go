@@ -2,6 +2,7 @@ package transform
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"net"
 	"reflect"
@@ -468,5 +469,34 @@ collections:
 		if got := tbl.AppendBindValues(nil, c.values); !reflect.DeepEqual(got, c.bind) {
 			t.Errorf("%#v: bind %#v, want %#v", c.values, got, c.bind)
 		}
+	}
+}
+
+// TestConvertErrorNamesTheRuleOnce: a refused value's error says which rule
+// refused it once, then why, and still matches its rule with errors.As.
+func TestConvertErrorNamesTheRuleOnce(t *testing.T) {
+	m, err := Parse([]byte(`
+version: v1
+collections:
+  - namespace: app.t
+    tables:
+      - keyspace: app
+        table: t
+        partition_key: [id]
+        columns:
+          - {name: id, type: text, from: _id}
+          - {name: n, type: tinyint, from: n}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: "a"}, {Key: "n", Value: "seven"}})
+	_, err = m.Apply("app.t", doc)
+	var ce *ConvertError
+	if !errors.As(err, &ce) {
+		t.Fatalf("Apply: %v, want a ConvertError", err)
+	}
+	if ce.Rule != "string->tinyint" || strings.Count(err.Error(), "string->tinyint") != 1 {
+		t.Fatalf("rule %q, message %q: want the rule string->tinyint named once", ce.Rule, err)
 	}
 }
