@@ -15,9 +15,9 @@ import (
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/leader"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/rollout"
