@@ -303,7 +303,8 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 	}
 	checkTimeAxis(t, doc, "lag", "seconds behind", "07:00", "07:00", "08:00")
 	mustContain(t, "lag legend", mustText(t, doc, "data-legend", "tm.app.users/0"), "tm.app.users/0", "3.5 s behind now (1,000 records, paused)", "max 3.5 s")
-	mustContain(t, "lag note", mustText(t, doc, "data-chart-note", "lag"), "3 partitions", "one sample every 10 s", "worst now tm.app.users/0 3.5 s")
+	mustContain(t, "lag note", mustText(t, doc, "data-chart-note", "lag"), "3 partitions", "one sample every 10 s · worst now tm.app.users/0 3.5 s",
+		"worst in the last 1 h tm.app.users/0 3.5 s")
 	mustContain(t, "lag line title", lines["tm.app.users/2"], "tm.app.users/2: 2.0 s behind now (7 records)")
 
 	// Rounds over time: a marker per round in each of the two series, the
@@ -395,7 +396,7 @@ func TestIntegrationStatusPageNotConfigured(t *testing.T) {
 	mustContain(t, "capture", mustText(t, doc, "id", "capture-rows"), "does not run the capture role")
 	mustContain(t, "backfill", mustText(t, doc, "id", "backfill-rows"), "no backfill recorded")
 	mustContain(t, "audit", mustText(t, doc, "id", "audit-rows"), "no audit entries")
-	mustContain(t, "lag chart", mustText(t, doc, "data-empty", "lag-history"), "no lag history yet", "every 10 s", "last 60 min")
+	mustContain(t, "lag chart", mustText(t, doc, "data-empty", "lag-history"), "no lag history yet", "every 10 s", "last 1 h")
 	mustContain(t, "rounds chart", mustText(t, doc, "data-empty", "rounds"), "no reconcile round yet")
 	if keys, _ := spt.Elements(doc, "data-chart"); len(keys) != 0 {
 		t.Errorf("charts drawn without data: %v", keys)

@@ -209,6 +209,12 @@
     if (sec < 7200) return (Math.round(sec / 6) / 10) + " min";
     return (Math.round(sec / 360) / 10) + " h";
   }
+  // spanText names a whole window: 1 h, 30 min.
+  function spanText(sec) {
+    if (sec > 0 && sec % 3600 === 0) return sec / 3600 + " h";
+    if (sec > 0 && sec % 60 === 0) return sec / 60 + " min";
+    return fmtDuration(sec);
+  }
   function emptyNote(key, text) { return el("p", { class: "empty", "data-empty": key, text }); }
 
   async function readLagHistory(st) {
@@ -231,11 +237,18 @@
     const parts = (v.partitions || []).filter((p) => Array.isArray(p.samples) && p.samples.length);
     if (parts.length === 0) {
       fill(box, emptyNote("lag-history", "no lag history yet: the daemon samples its partitions every " + fmtDuration(every) +
-        " and keeps the last " + fmtDuration(window)));
+        " and keeps the last " + spanText(window)));
       return;
     }
     const at = parseTime(v.at);
-    const to = at ? at.getTime() : Date.now(), from = to - window * 1000;
+    // The axis spans the window, or less while the history is younger than
+    // it (at least 5 minutes): a daemon started a minute ago would
+    // otherwise draw its lines in the last sliver of an hour.
+    const to = at ? at.getTime() : Date.now();
+    let oldest = to;
+    for (const p of parts) oldest = Math.min(oldest, parseTime(p.samples[0].time).getTime());
+    const from = Math.max(to - window * 1000, Math.min(oldest - every * 1000, to - 5 * 60 * 1000));
+    const span = (to - from) / 1000;
     let worstNow = null, worstEver = null;
     const series = parts.map((p, i) => {
       const key = p.topic + "/" + p.partition;
@@ -247,19 +260,21 @@
       const now = fmtDuration(last.seconds_behind || 0) + " behind now (" + fmtInt(last.records_behind) + " records" + (last.paused ? ", paused" : "") + ")";
       return Object.assign(charts.style(i), {
         key, points, gap: 2.5 * every * 1000, now, peak,
-        title: key + ": " + now + ", at most " + fmtDuration(peak) + " in the last " + fmtDuration(window),
+        title: key + ": " + now + ", at most " + fmtDuration(peak) + " in the last " + spanText(window),
       });
     });
     const svg = charts.timeChart({
-      name: "lag", title: "seconds behind per partition over the last " + fmtDuration(window),
+      name: "lag", title: "seconds behind per partition over the last " + spanText(window),
       from, to, width: chartWidth(box), height: 220, yLabel: "seconds behind", yFormat: shortDuration, series,
     });
     const legend = el("ul", { class: "chart-legend", "aria-label": "partitions" }, series.map((x) =>
       el("li", { "data-legend": x.key, title: x.title }, charts.swatch(x), el("span", { class: "mono", text: x.key }),
         el("span", { class: "muted", text: x.now + " · max " + fmtDuration(x.peak) }))));
     const note = el("p", { class: "chart-note", "data-chart-note": "lag" },
-      fmtInt(series.length) + " partitions · one sample every " + fmtDuration(every) + " · worst now " + worstNow.key + " " +
-      fmtDuration(worstNow.v) + " · worst in the last " + fmtDuration(window) + " " + worstEver.key + " " + fmtDuration(worstEver.v) +
+      fmtInt(series.length) + " partitions · one sample every " + fmtDuration(every) +
+      (span < window ? " · sampled for " + fmtDuration(span) + " so far (the chart keeps " + spanText(window) + ")" : "") +
+      " · worst now " + worstNow.key + " " + fmtDuration(worstNow.v) +
+      " · worst in the last " + spanText(Math.min(span, window)) + " " + worstEver.key + " " + fmtDuration(worstEver.v) +
       (v.untracked ? " · " + fmtInt(v.untracked) + " more partitions are not kept (the daemon keeps " + fmtInt(v.max_partitions) + ")" : ""));
     fill(box, svg, legend, note);
   }
