@@ -426,6 +426,10 @@ func TestIntegrationStatusPageChartsWithoutSink(t *testing.T) {
 			t.Errorf("rounds series %s: %s points, want 1", key, got)
 		}
 	}
+	// Counts of 0 are labelled in whole keys: 0 and 1, not 0, 0.25, ….
+	if svg, _ := spt.Element(doc, "data-chart", "rounds"); strings.Join(spt.Texts(svg, "data-axis", "y"), " ") != "0 1" {
+		t.Errorf("rounds chart value ticks: %q, want 0 1", spt.Texts(svg, "data-axis", "y"))
+	}
 	for _, p := range asked() {
 		if p == "/v1/lag/history" {
 			t.Errorf("the page asked a daemon without the sink role for its lag history")

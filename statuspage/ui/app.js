@@ -248,7 +248,7 @@
     let oldest = to;
     for (const p of parts) oldest = Math.min(oldest, parseTime(p.samples[0].time).getTime());
     const from = Math.max(to - window * 1000, Math.min(oldest - every * 1000, to - 5 * 60 * 1000));
-    const span = (to - from) / 1000;
+    const sampled = (to - oldest) / 1000; // how long the daemon has sampled, up to the window
     let worstNow = null, worstEver = null;
     const series = parts.map((p, i) => {
       const key = p.topic + "/" + p.partition;
@@ -272,9 +272,9 @@
         el("span", { class: "muted", text: x.now + " · max " + fmtDuration(x.peak) }))));
     const note = el("p", { class: "chart-note", "data-chart-note": "lag" },
       fmtInt(series.length) + " partitions · one sample every " + fmtDuration(every) +
-      (span < window ? " · sampled for " + fmtDuration(span) + " so far (the chart keeps " + spanText(window) + ")" : "") +
+      (sampled < window - every ? " · sampled for " + fmtDuration(sampled) + " so far (the chart keeps " + spanText(window) + ")" : "") +
       " · worst now " + worstNow.key + " " + fmtDuration(worstNow.v) +
-      " · worst in the last " + spanText(Math.min(span, window)) + " " + worstEver.key + " " + fmtDuration(worstEver.v) +
+      " · worst in the last " + (sampled < window - every ? fmtDuration(sampled) : spanText(window)) + " " + worstEver.key + " " + fmtDuration(worstEver.v) +
       (v.untracked ? " · " + fmtInt(v.untracked) + " more partitions are not kept (the daemon keeps " + fmtInt(v.max_partitions) + ")" : ""));
     fill(box, svg, legend, note);
   }
@@ -671,9 +671,10 @@
       return { r, t: t ? t.getTime() : null, divergent: CLASSES.reduce((n, k) => n + (c[k] || 0), 0), inFlight: c.in_flight || 0 };
     }).filter((x) => x.t !== null).sort((a, b) => a.t - b.t);
     if (list.length === 0) { fill(box, emptyNote("rounds", "no reconcile round yet")); return; }
-    let from = list[0].t, to = list[list.length - 1].t;
-    const pad = Math.max(to - from, 10 * 60 * 1000) * 0.05;
-    from -= pad; to += pad;
+    // A little room either side; at least 10 minutes, the newest round at
+    // the right, so a first round or two do not sit on a one-tick axis.
+    const pad = Math.max((list[list.length - 1].t - list[0].t) * 0.05, 30 * 1000);
+    const to = list[list.length - 1].t + pad, from = Math.min(list[0].t - pad, to - 10 * 60 * 1000);
     const point = (x, v) => ({
       t: x.t, v, key: x.r.id, hollow: x.r.status === "incomplete",
       title: "round " + x.r.id + " · " + scopeText(x.r.scope) + " · " + (x.r.status || "") + " · ended " + fmtTime(x.t / 1000) + " UTC: " +
@@ -685,7 +686,7 @@
     ];
     const svg = charts.timeChart({
       name: "rounds", title: "divergent and in-flight keys of the newest " + list.length + " reconcile rounds",
-      from, to, width: chartWidth(box), height: 200, yLabel: "keys", yFormat: fmtInt, series,
+      from, to, width: chartWidth(box), height: 200, yLabel: "keys", yFormat: fmtInt, integer: true, series,
     });
     const legend = el("ul", { class: "chart-legend" },
       series.map((x) => el("li", { "data-legend": x.key }, charts.swatch(x), el("span", { text: x.label }))),

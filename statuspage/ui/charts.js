@@ -33,8 +33,10 @@
     for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
     return 10 * p;
   }
-  function valueTicks(max) {
-    const step = niceStep(max > 0 ? max : 1, 4);
+  // valueTicks runs from 0 to at least max; counts (integer) step by whole
+  // numbers, so a chart of 0s and 1s is not labelled 0, 0, 0, 1.
+  function valueTicks(max, integer) {
+    const step = integer ? Math.max(1, niceStep(max > 0 ? max : 1, 4)) : niceStep(max > 0 ? max : 1, 4);
     const ticks = [0];
     while (ticks.length < 2 || ticks[ticks.length - 1] < max - step * 1e-9) ticks.push(ticks.length * step);
     return ticks;
@@ -58,7 +60,8 @@
   //   name     what the chart shows (aria-label, data-chart)
   //   from,to  the time axis, ms since the epoch
   //   width, height  in CSS pixels (drawn 1:1, so text keeps its size)
-  //   yLabel   the value axis' title; yFormat formats its tick labels
+  //   yLabel   the value axis' title; yFormat formats its tick labels;
+  //            integer keeps its ticks whole numbers
   //   series   [{key, label, color, dash, points: [{t, v}], gap, markers}]
   //            points are joined by a line unless further apart than gap
   //            (ms); a lone point is drawn as a dot. With markers, every
@@ -70,7 +73,7 @@
     const pw = W - m.l - m.r, ph = H - m.t - m.b;
     let max = 0;
     for (const s of o.series) for (const p of s.points) max = Math.max(max, p.v);
-    const yt = valueTicks(max);
+    const yt = valueTicks(max, o.integer);
     const top = yt[yt.length - 1];
     const x = (t) => m.l + ((t - o.from) / Math.max(1, o.to - o.from)) * pw;
     const y = (v) => m.t + ph - (v / top) * ph;
