@@ -538,7 +538,7 @@
       if (!steps.includes(n) && n <= max) steps.push(n);
     }
     return el("span", { class: "scale", "aria-label": "colour scale, divergent keys" }, "divergent keys ", steps.map((n) => {
-      const i = el("i", { "data-scale": n, title: n + " divergent", text: String(n) });
+      const i = el("i", { "data-scale": n, title: fmtInt(n) + " divergent", text: fmtInt(n) });
       i.style.background = heat(n, max);
       return i;
     }));
