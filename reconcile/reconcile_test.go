@@ -282,6 +282,26 @@ func TestReportsFolder(t *testing.T) {
 	}
 }
 
+// TestReportIDsSortWithinASecond: rounds started in the same second sort in
+// the order they started, so "latest" is the newest (two short rounds used
+// to come out in random order); ids keep their documented form.
+func TestReportIDsSortWithinASecond(t *testing.T) {
+	at := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+	for range 200 {
+		var prev string
+		for _, ms := range []int{0, 1, 2, 499, 998, 999, 1000} {
+			id := newID(at.Add(time.Duration(ms) * time.Millisecond))
+			if !idRE.MatchString(id) {
+				t.Fatalf("id %q does not match %s", id, idRE)
+			}
+			if id <= prev {
+				t.Fatalf("id at +%d ms %q sorts before the earlier %q", ms, id, prev)
+			}
+			prev = id
+		}
+	}
+}
+
 func TestScopeKey(t *testing.T) {
 	lo, hi := int64(-5), int64(9)
 	for _, c := range []struct {
