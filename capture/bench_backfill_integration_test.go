@@ -80,8 +80,7 @@ func BenchmarkBackfillVsScan(b *testing.B) {
 			b.Fatal(err)
 		}
 		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6,
-			Backfill: BackfillConfig{ChunkSize: chunk, Parallelism: par}}, mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
-			store, slog.New(slog.DiscardHandler), nil)
+			Backfill: BackfillConfig{ChunkSize: chunk, Parallelism: par}}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}

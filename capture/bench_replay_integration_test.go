@@ -94,8 +94,7 @@ func benchReplay(b *testing.B, batchSize int) {
 			b.Fatal(err)
 		}
 		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize,
-			Backfill: BackfillConfig{Enabled: new(bool)}}, nil, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
-			store, slog.New(slog.DiscardHandler), nil)
+			Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -261,7 +261,7 @@ func newReplayRig(t *testing.T, src *replaySource, cfg Config) *replayRig {
 		cfg.Backfill.Enabled = new(bool)
 	}
 	store := checkpointstest.New()
-	c, err := New(cfg, nil, []kgo.Opt{kgo.SeedBrokers(kc.ListenAddrs()...)}, store, slog.New(slog.DiscardHandler), nil)
+	c, err := New(cfg, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(kc.ListenAddrs()...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

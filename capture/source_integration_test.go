@@ -220,8 +220,7 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 	ns := dbName + ".quiet"
 	store, _ := checkpoints.OpenFile(t.TempDir())
 	c, err := New(Config{TopicPrefix: testbed.UniqueName(t, "idle"), Namespaces: []string{ns}, Partitions: 1,
-		IdlePoll: 100 * time.Millisecond, IdleCheckpointInterval: 300 * time.Millisecond},
-		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+		IdlePoll: 100 * time.Millisecond, IdleCheckpointInterval: 300 * time.Millisecond}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,8 +262,7 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 	// A restart resumes from there and still sees a new write.
 	stop()
 	<-done
-	c2, err := New(Config{TopicPrefix: c.cfg.TopicPrefix, Namespaces: []string{ns}, Partitions: 1},
-		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+	c2, err := New(Config{TopicPrefix: c.cfg.TopicPrefix, Namespaces: []string{ns}, Partitions: 1}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,8 +331,7 @@ func TestIntegrationBackfillEveryIDType(t *testing.T) {
 	ns := dbName + ".c"
 	store, _ := checkpoints.OpenFile(t.TempDir())
 	prefix := testbed.UniqueName(t, "every")
-	c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 2, Backfill: BackfillConfig{ChunkSize: 1}},
-		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+	c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 2, Backfill: BackfillConfig{ChunkSize: 1}}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}

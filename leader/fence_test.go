@@ -70,7 +70,7 @@ func TestDeposedStepsDownAndRejoins(t *testing.T) {
 	var epochs counter
 	cfg := Config{Enabled: true, SessionTimeout: 6 * time.Second}.WithDefaults("test")
 	reg := prometheus.NewRegistry()
-	e := New(cfg, opts, nil, reg, WithTakeOffice(epochs.next))
+	e := New(cfg, Deps{KafkaOpts: opts, Registerer: reg, TakeOffice: epochs.next})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
@@ -117,7 +117,7 @@ func TestTakeOfficeRetries(t *testing.T) {
 		}
 		return 42, nil
 	}
-	e := New(cfg, opts, nil, nil, WithTakeOffice(take))
+	e := New(cfg, Deps{KafkaOpts: opts, TakeOffice: take})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()

@@ -10,7 +10,7 @@
 //
 // Kafka cannot stop a member that does not know it was replaced (a process
 // frozen past its session timeout acts once more on waking), so each term of
-// office has an epoch that only grows (see WithTakeOffice), and every write
+// office has an epoch that only grows (see Deps.TakeOffice), and every write
 // made because this daemon leads carries it: a store that holds a newer
 // epoch refuses the write with a DeposedError (fence.go).
 package leader
@@ -82,7 +82,7 @@ type Elector struct {
 	gauge prometheus.Gauge
 
 	fenced *prometheus.CounterVec
-	// takeOffice gives each term its epoch (WithTakeOffice).
+	// takeOffice gives each term its epoch (Deps.TakeOffice).
 	takeOffice func(context.Context) (int64, error)
 	// rejoin asks Run to leave the group and join again: a member that was
 	// fenced, or could not take office, must not sit on the partition.
@@ -95,36 +95,39 @@ type Elector struct {
 	changed chan struct{} // closed, and replaced, at every change (State)
 }
 
-// Option configures an Elector.
-type Option func(*Elector)
-
-// WithTakeOffice sets how a daemon that was given the partition obtains its
-// term's epoch before it reports itself leading: fn must return a number
-// greater than every epoch returned before, by any daemon (tidemark advances
-// a counter in its checkpoints store by compare-and-swap). Without it the
-// epoch is the group's generation, which Kafka restarts when the group is
-// emptied and removed: good for tests, not for fencing.
-func WithTakeOffice(fn func(context.Context) (int64, error)) Option {
-	return func(e *Elector) { e.takeOffice = fn }
+// Deps are what an elector needs from the daemon.
+type Deps struct {
+	// KafkaOpts connect to Kafka (brokers, TLS, SASL).
+	KafkaOpts []kgo.Opt
+	// TakeOffice is how a daemon that was given the partition obtains its
+	// term's epoch before it reports itself leading: it must return a
+	// number greater than every epoch returned before, by any daemon
+	// (tidemark advances a counter in its checkpoints store by
+	// compare-and-swap). Nil: the epoch is the group's generation, which
+	// Kafka restarts when the group is emptied and removed; good for tests,
+	// not for fencing.
+	TakeOffice func(context.Context) (int64, error)
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the elector's metrics; nil for none.
+	Registerer prometheus.Registerer
 }
 
-// New prepares an elector; kopts connect to Kafka (brokers, TLS, SASL).
-func New(cfg Config, kopts []kgo.Opt, log *slog.Logger, reg prometheus.Registerer, opts ...Option) *Elector {
+// New prepares an elector.
+func New(cfg Config, d Deps) *Elector {
+	log := d.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Elector{cfg: cfg, opts: kopts, log: log.With("stage", "leader"), changed: make(chan struct{}),
-		rejoin: make(chan struct{}, 1),
+	e := &Elector{cfg: cfg, opts: d.KafkaOpts, log: log.With("stage", "leader"), changed: make(chan struct{}),
+		rejoin: make(chan struct{}, 1), takeOffice: d.TakeOffice,
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tidemark_leader",
 			Help: "1 while this daemon is the elected leader (runs scheduled reconcile rounds and evaluates the rollout plan), else 0."}),
 		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tidemark_leader_fenced_writes_total",
 			Help: "Writes refused because a newer leader took office (this daemon's epoch is stale); each makes it step down."},
 			[]string{"component"})}
-	for _, o := range opts {
-		o(e)
-	}
-	if reg != nil {
-		reg.MustRegister(e.gauge, e.fenced)
+	if d.Registerer != nil {
+		d.Registerer.MustRegister(e.gauge, e.fenced)
 	}
 	return e
 }

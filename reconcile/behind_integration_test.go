@@ -29,7 +29,7 @@ func (f *fixture) startCapture(ctx context.Context, partitions int32) (stop func
 	off := false
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cp, err := capture.New(capture.Config{TopicPrefix: f.prefix, Namespaces: []string{f.ns}, Partitions: partitions,
-		Backfill: capture.BackfillConfig{Enabled: &off}}, f.mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, f.store, log, nil)
+		Backfill: capture.BackfillConfig{Enabled: &off}}, capture.Deps{Mongo: f.mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: f.store, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

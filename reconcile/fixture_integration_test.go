@@ -135,7 +135,7 @@ func (f *fixture) startPipeline(ctx context.Context, partitions int32) {
 	kopts := []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cp, err := capture.New(capture.Config{TopicPrefix: f.prefix, Namespaces: []string{f.ns}, Partitions: partitions,
-		Backfill: capture.BackfillConfig{Enabled: &off}}, f.mc, kopts, f.store, log, nil)
+		Backfill: capture.BackfillConfig{Enabled: &off}}, capture.Deps{Mongo: f.mc, KafkaOpts: kopts, Store: f.store, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,7 +70,7 @@ type State struct {
 	WouldAdvance string `json:"would_advance,omitempty"`
 	Routes       Routes `json:"routes"`
 	// LeaderEpoch is the leadership term of the evaluator that last wrote
-	// the state (election on; see WithFencing): an evaluator of an older
+	// the state (election on; see Deps.Deposed): an evaluator of an older
 	// term may no longer write it.
 	LeaderEpoch int64 `json:"leader_epoch,omitempty"`
 }
@@ -104,24 +104,32 @@ type Status struct {
 	Following bool `json:"following"`
 }
 
-// Option configures an Engine.
+// Deps are what an engine needs from the daemon.
+type Deps struct {
+	// Store keeps the plan's state, shared by every daemon.
+	Store checkpoints.Store
+	// Signals are what gates and triggers read.
+	Signals Signals
+	// Actions carry out what the plan decides.
+	Actions Actions
+	// Deposed, when set, turns fencing on: every write of the state, and
+	// every action, is conditional on the leadership term SetTerm gave
+	// this engine; the stored state must not carry a newer term's epoch
+	// (leader.Check). A refused write makes the engine a follower at once
+	// (it acts no more), is audited as leader.fenced, and is passed to
+	// Deposed (the elector counts it and steps down).
+	Deposed func(error)
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the engine's metrics; nil for none.
+	Registerer prometheus.Registerer
+}
+
+// Option tunes an Engine's timing (tests).
 type Option func(*Engine)
 
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
-
-// WithLogger sets the logger.
-func WithLogger(l *slog.Logger) Option { return func(e *Engine) { e.log = l } }
-
-// WithRegisterer registers the engine's metrics.
-func WithRegisterer(r prometheus.Registerer) Option { return func(e *Engine) { e.reg = r } }
-
-// WithFencing makes every write of the state, and every action, conditional
-// on the leadership term SetTerm gave this engine: the stored state must not
-// carry a newer term's epoch (leader.Check). A refused write makes the engine
-// a follower at once (it acts no more), is audited as leader.fenced, and is
-// passed to deposed (the elector counts it and steps down).
-func WithFencing(deposed func(error)) Option { return func(e *Engine) { e.deposed = deposed } }
 
 // WithPoll sets how often drills re-check an effect. Default 200ms.
 func WithPoll(d time.Duration) Option { return func(e *Engine) { e.poll = d } }
@@ -143,7 +151,7 @@ type Engine struct {
 	// ef follows the action's effect until a fresh round judges it.
 	auto func(ctx context.Context, a Action, reason string, details map[string]any, ef *Effect) error
 
-	// deposed is set by WithFencing: fencing is on.
+	// deposed is Deps.Deposed: set, fencing is on.
 	deposed func(error)
 
 	op sync.Mutex // serialises everything that changes st
@@ -180,11 +188,16 @@ type Engine struct {
 
 // NewEngine builds an engine for cfg (already defaulted and validated). Call Start
 // before anything else.
-func NewEngine(cfg Config, store checkpoints.Store, sig Signals, act Actions, opts ...Option) (*Engine, error) {
+func NewEngine(cfg Config, d Deps, opts ...Option) (*Engine, error) {
 	if !cfg.Enabled() {
 		return nil, errors.New("rollout: no plan (rollout.stages is empty)")
 	}
-	e := &Engine{cfg: cfg, store: store, sig: sig, act: act, log: slog.Default(), now: time.Now, poll: 200 * time.Millisecond,
+	log := d.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Engine{cfg: cfg, store: d.Store, sig: d.Signals, act: d.Actions, log: log, reg: d.Registerer, deposed: d.Deposed,
+		now: time.Now, poll: 200 * time.Millisecond,
 		gates: map[string]*hold{}, trigs: map[string]*hold{}, verdicts: map[string]string{},
 		lastEmit: map[string]time.Time{}}
 	for _, o := range opts {
@@ -227,7 +240,7 @@ func (e *Engine) SetEvaluating(ctx context.Context, on bool) error {
 }
 
 // SetTerm is SetEvaluating for an elected leader: epoch is the term this
-// daemon now holds (0: none, follow). Under WithFencing every write carries
+// daemon now holds (0: none, follow). With Deps.Deposed set every write carries
 // it. A new term reloads the stored state even if this engine was
 // evaluating already: another leader may have written it in between.
 func (e *Engine) SetTerm(ctx context.Context, epoch int64) error {
@@ -945,7 +958,7 @@ func (e *Engine) save(ctx context.Context) error {
 
 // fence writes the state under this engine's term before an action: an
 // evaluator that was deposed learns it here, before it acts, and not after.
-// A no-op without WithFencing.
+// A no-op without Deps.Deposed.
 func (e *Engine) fence(ctx context.Context) error {
 	if e.deposed == nil {
 		return nil

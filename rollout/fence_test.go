@@ -94,8 +94,8 @@ func (d *deposals) list() []error {
 
 func fencedEngine(t *testing.T, en *env, store checkpoints.Store, act rollout.Actions, dep *deposals) *rollout.Engine {
 	t.Helper()
-	e, err := rollout.NewEngine(en.cfg, store, en.sig, act, rollout.WithClock(en.clock.Now), rollout.WithPoll(time.Millisecond),
-		rollout.WithLogger(slog.New(slog.DiscardHandler)), rollout.WithFencing(dep.record))
+	e, err := rollout.NewEngine(en.cfg, rollout.Deps{Store: store, Signals: en.sig, Actions: act, Logger: slog.New(slog.DiscardHandler), Deposed: dep.record},
+		rollout.WithClock(en.clock.Now), rollout.WithPoll(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestFencingRefusesADeposedLeader(t *testing.T) {
 	}
 }
 
-// TestFencingOffWithoutElection: an engine without WithFencing writes as
+// TestFencingOffWithoutElection: an engine without Deps.Deposed writes as
 // before, whatever epoch the stored state carries (a daemon whose election
 // was turned off after it ran).
 func TestFencingOffWithoutElection(t *testing.T) {

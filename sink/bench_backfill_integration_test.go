@@ -80,8 +80,7 @@ func BenchmarkBackfillEndToEnd(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		cp, err := capture.New(capture.Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6},
-			mc, kopts, store, slog.New(slog.DiscardHandler), nil)
+		cp, err := capture.New(capture.Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6}, capture.Deps{Mongo: mc, KafkaOpts: kopts, Store: store, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}

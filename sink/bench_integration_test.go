@@ -325,7 +325,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	kopts := []kgo.Opt{kgo.SeedBrokers(brokers...)}
 	quiet := slog.New(slog.DiscardHandler)
 	cp, err := capture.New(capture.Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6,
-		UpdateLookup: "capture", Backfill: capture.BackfillConfig{Enabled: new(bool)}}, mc, kopts, store, quiet, nil)
+		UpdateLookup: "capture", Backfill: capture.BackfillConfig{Enabled: new(bool)}}, capture.Deps{Mongo: mc, KafkaOpts: kopts, Store: store, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}

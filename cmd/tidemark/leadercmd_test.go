@@ -34,7 +34,7 @@ func TestLeaderFence(t *testing.T) {
 	cfg.Admin.Listen = "127.0.0.1:7070"
 	reg := prometheus.NewRegistry()
 	d := &daemon{cfg: cfg, log: slog.New(slog.DiscardHandler), store: store}
-	d.elector = leader.New(cfg.Election, []kgo.Opt{kgo.SeedBrokers(kc.ListenAddrs()...)}, d.log, reg, leader.WithTakeOffice(d.takeOffice))
+	d.elector = leader.New(cfg.Election, leader.Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(kc.ListenAddrs()...)}, TakeOffice: d.takeOffice, Logger: d.log, Registerer: reg})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.elector.Run(ctx) }()

@@ -54,11 +54,11 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 		sig.Validate = v.check
 		g.Go(func() error { <-ctx.Done(); v.close(); return nil })
 	}
-	opts := []rollout.Option{rollout.WithLogger(d.log), rollout.WithRegisterer(d.reg)}
+	deps := rollout.Deps{Store: d.store, Signals: sig, Actions: &daemonActions{d: d}, Logger: d.log, Registerer: d.reg}
 	if d.elector != nil {
-		opts = append(opts, rollout.WithFencing(func(err error) { d.elector.Deposed("rollout", err) }))
+		deps.Deposed = func(err error) { d.elector.Deposed("rollout", err) }
 	}
-	e, err := rollout.NewEngine(cfg, d.store, sig, &daemonActions{d: d}, opts...)
+	e, err := rollout.NewEngine(cfg, deps)
 	if err != nil {
 		return err
 	}

@@ -160,7 +160,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer mc.Disconnect(context.Background())
 		d.mongo = mc
-		cp, err := capture.New(cfg.Capture, mc, kopts, d.store, log, reg)
+		cp, err := capture.New(cfg.Capture, capture.Deps{Mongo: mc, KafkaOpts: kopts, Store: d.store, Logger: log, Registerer: reg})
 		if err != nil {
 			return err
 		}
@@ -171,7 +171,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	d.routes(srv, reg)
 	if cfg.Election.Enabled {
-		d.elector = leader.New(cfg.Election, kopts, log, reg, leader.WithTakeOffice(d.takeOffice))
+		d.elector = leader.New(cfg.Election, leader.Deps{KafkaOpts: kopts, TakeOffice: d.takeOffice, Logger: log, Registerer: reg})
 		g.Go(func() error { return d.elector.Run(gctx) })
 		g.Go(func() error { d.recordLeadership(gctx); return nil })
 	}
