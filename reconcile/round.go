@@ -774,6 +774,11 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	if err := r.reports.Write(rep); err != nil {
 		return rep, err
 	}
+	// Retention: without it a daemon running rounds every few minutes fills
+	// its report volume. A failure to remove old files does not fail the round.
+	if err := r.reports.Prune(r.cfg.KeepReports); err != nil {
+		r.log.Warn("cannot remove old reports", "keep_reports", r.cfg.KeepReports, "err", err)
+	}
 	sum := checkpoints.RoundSummary{ID: rep.ID, Scope: rd.scope.Key(), Start: rep.Start, End: rep.End,
 		Clean: rep.Status == "clean", RowsCompared: rep.RowsCompared, Divergent: divergent, InFlight: rep.Counts["in_flight"],
 		ByClass: map[string]int64{}}
