@@ -19,6 +19,11 @@ type Config struct {
 	// a daemon running rounds every few minutes does not fill its volume.
 	// Default 1000 (ten days of 15-minute rounds).
 	KeepReports int `yaml:"keep_reports"`
+	// KeepVerifiedMarks is how many named verified marks (one per clean
+	// round, the targets of `tidemark rewind --to-mark ID`) each partition
+	// keeps in the checkpoint store besides the newest; older ones are
+	// deleted. Default 20.
+	KeepVerifiedMarks int `yaml:"keep_verified_marks"`
 	// BucketBits sets the tree's leaves to 2^BucketBits token ranges per table.
 	// 0 picks about 64 expected rows per leaf from the collection's size.
 	BucketBits int `yaml:"bucket_bits"`
@@ -57,8 +62,11 @@ type Config struct {
 	SinkGroup string `yaml:"sink_group"`
 }
 
-// DefaultKeepReports is reconcile.keep_reports when unset.
-const DefaultKeepReports = 1000
+// Retention defaults: reconcile.keep_reports and keep_verified_marks when unset.
+const (
+	DefaultKeepReports       = 1000
+	DefaultKeepVerifiedMarks = 20
+)
 
 // WithDefaults fills in zero fields.
 func (c Config) WithDefaults() Config {
@@ -67,6 +75,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.KeepReports == 0 {
 		c.KeepReports = DefaultKeepReports
+	}
+	if c.KeepVerifiedMarks == 0 {
+		c.KeepVerifiedMarks = DefaultKeepVerifiedMarks
 	}
 	if c.TimeBox == 0 {
 		c.TimeBox = time.Hour
@@ -103,6 +114,7 @@ func (c Config) Validate() error {
 		{c.SampleSize < 0 || c.SampleSize > 10_000, "reconcile.sample_size must be 0..10000"},
 		{c.MaxCandidates < 0, "reconcile.max_candidates must not be negative"},
 		{c.KeepReports < 0, "reconcile.keep_reports must not be negative (0 means the default, 1000)"},
+		{c.KeepVerifiedMarks < 0, "reconcile.keep_verified_marks must not be negative (0 means the default, 20)"},
 		{c.Concurrency < 0 || c.Concurrency > 256, "reconcile.concurrency must be 0..256"},
 	}
 	for _, ch := range checks {

@@ -804,7 +804,7 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 			}
 			// Named copies let `tidemark rewind --to-mark ID` reach older
 			// verified rounds, not only the newest.
-			if err := keepNamedMark(pctx, r.d.Store, key, m); err != nil {
+			if err := keepNamedMark(pctx, r.d.Store, key, m, r.cfg.KeepVerifiedMarks); err != nil {
 				return rep, fmt.Errorf("reconcile: record verified mark: %w", err)
 			}
 		}
@@ -818,17 +818,16 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	return rep, nil
 }
 
-// namedMarks is how many named verified marks each partition keeps.
-const namedMarks = 20
-
 // keepNamedMark stores m under key/<name> as well and drops the oldest named
-// copies beyond namedMarks.
-func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m checkpoints.Mark) error {
+// copies beyond keep (reconcile.keep_verified_marks): one is added per clean
+// round, so without the bound the store, which every daemon holds in memory,
+// would grow with every round.
+func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m checkpoints.Mark, keep int) error {
 	if err := checkpoints.PutJSON(ctx, st, key+"/"+m.Name, m); err != nil {
 		return err
 	}
 	all, err := st.List(ctx, key+"/")
-	if err != nil || len(all) <= namedMarks {
+	if err != nil || len(all) <= keep {
 		return err
 	}
 	type named struct {
@@ -843,7 +842,7 @@ func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m chec
 		}
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].wall.Before(ms[j].wall) })
-	for _, x := range ms[:max(0, len(ms)-namedMarks)] {
+	for _, x := range ms[:max(0, len(ms)-keep)] {
 		if err := st.Delete(ctx, x.key); err != nil {
 			return err
 		}
