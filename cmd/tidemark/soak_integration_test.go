@@ -190,7 +190,9 @@ log: {level: info}
 		fmt.Fprintf(&out, " %s %d→%d", p, first[p], last[p])
 	}
 	t.Logf("soak, %v at %.0f changes/s, a sample every %v:\n%s", dur, rate, every, out.String())
-	for _, f := range soakBounds(samples) {
+	fits, fails := soakBounds(samples)
+	t.Logf("fitted rise over the second half:\n  %s", strings.Join(fits, "\n  "))
+	for _, f := range fails {
 		t.Error(f)
 	}
 }
