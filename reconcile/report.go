@@ -186,6 +186,22 @@ var idRE = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$`)
 // Reports is the folder of round reports.
 type Reports struct{ Dir string }
 
+// Prune removes the oldest reports (ids sort by time) until keep remain. A
+// report it cannot remove is left for the next call.
+func (rs Reports) Prune(keep int) error {
+	ids, err := rs.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range ids[:max(len(ids)-keep, 0)] {
+		if err := os.Remove(filepath.Join(rs.Dir, id+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Write stores r as <dir>/<id>.json, atomically.
 func (rs Reports) Write(r *Report) error {
 	if err := os.MkdirAll(rs.Dir, 0o755); err != nil {

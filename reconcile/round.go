@@ -810,6 +810,11 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	if err := r.reports.Write(rep); err != nil {
 		return rep, err
 	}
+	// Retention: without it a daemon running rounds every few minutes fills
+	// its report volume. A failure to remove old files does not fail the round.
+	if err := r.reports.Prune(r.cfg.KeepReports); err != nil {
+		r.log.Warn("cannot remove old reports", "keep_reports", r.cfg.KeepReports, "err", err)
+	}
 	sum := checkpoints.RoundSummary{ID: rep.ID, Scope: rd.scope.Key(), Start: rep.Start, End: rep.End,
 		Clean: rep.Status == "clean", RowsCompared: rep.RowsCompared, Divergent: divergent, InFlight: rep.Counts["in_flight"],
 		ByClass: map[string]int64{}}
@@ -835,7 +840,7 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 			}
 			// Named copies let `tidemark rewind --to-mark ID` reach older
 			// verified rounds, not only the newest.
-			if err := keepNamedMark(pctx, r.d.Store, key, m); err != nil {
+			if err := keepNamedMark(pctx, r.d.Store, key, m, r.cfg.KeepVerifiedMarks); err != nil {
 				return rep, fmt.Errorf("reconcile: record verified mark: %w", err)
 			}
 		}
@@ -849,17 +854,16 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	return rep, nil
 }
 
-// namedMarks is how many named verified marks each partition keeps.
-const namedMarks = 20
-
 // keepNamedMark stores m under key/<name> as well and drops the oldest named
-// copies beyond namedMarks.
-func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m checkpoints.Mark) error {
+// copies beyond keep (reconcile.keep_verified_marks): one is added per clean
+// round, so without the bound the store, which every daemon holds in memory,
+// would grow with every round.
+func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m checkpoints.Mark, keep int) error {
 	if err := checkpoints.PutJSON(ctx, st, key+"/"+m.Name, m); err != nil {
 		return err
 	}
 	all, err := st.List(ctx, key+"/")
-	if err != nil || len(all) <= namedMarks {
+	if err != nil || len(all) <= keep {
 		return err
 	}
 	type named struct {
@@ -874,7 +878,7 @@ func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m chec
 		}
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].wall.Before(ms[j].wall) })
-	for _, x := range ms[:max(0, len(ms)-namedMarks)] {
+	for _, x := range ms[:max(0, len(ms)-keep)] {
 		if err := st.Delete(ctx, x.key); err != nil {
 			return err
 		}

@@ -62,15 +62,20 @@ type CassandraWriter struct {
 	// insertHead is, for a table with a tuple column, the INSERT up to its
 	// VALUES list, which depends on the row (see transform.Table.InsertMarks).
 	insertHead map[*transform.Table]string
+	// goneTTL is, per table with a key map, the gc_grace_seconds read at
+	// start: how long the key map keeps the entry of a document that has no
+	// row in the table any more (see ApplyMapped). 0: kept for good.
+	goneTTL map[*transform.Table]int
 }
 
 var _ Writer = (*CassandraWriter)(nil)
 
-// NewCassandraWriter prepares statements for every table of m and creates the
-// key map tables it needs. consistency, when set, overrides the tables' own.
+// NewCassandraWriter prepares statements for every table of m, creates the
+// key map tables it needs and reads the gc_grace_seconds of the tables that
+// use one. consistency, when set, overrides the tables' own.
 func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapping, consistency string) (*CassandraWriter, error) {
 	w := &CassandraWriter{s: s, m: m, consistency: consistency, insert: map[*transform.Table]string{}, del: map[*transform.Table]string{},
-		insertHead: map[*transform.Table]string{}}
+		insertHead: map[*transform.Table]string{}, goneTTL: map[*transform.Table]int{}}
 	keyspaces := map[string]bool{}
 	for _, ns := range m.Namespaces() {
 		for _, t := range m.Tables(ns) {
@@ -81,6 +86,15 @@ func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapp
 			}
 			if t.NeedsKeyMap() {
 				keyspaces[t.Keyspace] = true
+				var grace int
+				err := s.Query("SELECT gc_grace_seconds FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+					t.Keyspace, t.Name).ScanContext(ctx, &grace)
+				if err != nil && !errors.Is(err, gocql.ErrNotFound) {
+					return nil, fmt.Errorf("sink: read gc_grace_seconds of %s: %w", t.QualifiedName(), err)
+				}
+				// A missing table is reported by the first write, as for
+				// tables without a key map; its entries are then kept.
+				w.goneTTL[t] = grace
 			}
 		}
 	}
@@ -264,8 +278,20 @@ func (w *CassandraWriter) ApplyMapped(ctx context.Context, t *transform.Table, e
 			return err
 		}
 	}
+	// Retention: the entry of a document with no row here (deleted, or
+	// filtered out) expires after the table's gc_grace_seconds; otherwise every
+	// _id ever deleted would keep a key-map row for good. Past that, dropping
+	// the entry is safe: a replay of an older version of the document would
+	// only write rows the tombstones this delete left behind shadow, and those
+	// live for gc_grace_seconds, the same bound past which rewinds are refused.
+	// A later write of the document writes the entry again, without a TTL.
 	q := fmt.Sprintf("INSERT INTO %s.%s (tbl, id, key, version) VALUES (?, ?, ?, ?) USING TIMESTAMP ?", t.Keyspace, KeyMapTable)
-	if err := w.query(t, q, t.Name, id, newKey, ts, ts).ExecContext(ctx); err != nil {
+	args := []any{t.Name, id, newKey, ts, ts}
+	if ttl := w.goneTTL[t]; row == nil && ttl > 0 {
+		q += " AND TTL ?"
+		args = append(args, ttl)
+	}
+	if err := w.query(t, q, args...).ExecContext(ctx); err != nil {
 		return fmt.Errorf("sink: write key map of %s: %w", t.QualifiedName(), classify(err))
 	}
 	return nil

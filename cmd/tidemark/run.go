@@ -209,7 +209,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return hs.Shutdown(sctx)
 	})
 	close(d.ready)
-	log.Info("tidemark running", "roles", cfg.Roles, "admin", "http://"+ln.Addr().String(), "metrics", "http://"+ln.Addr().String()+"/metrics")
+	base := "http://" + ln.Addr().String()
+	if cfg.Admin.TLSCert != "" {
+		base = "https://" + ln.Addr().String()
+	}
+	log.Info("tidemark running", "roles", cfg.Roles, "admin", base, "metrics", base+"/metrics")
 	d.store.Append(ctx, checkpoints.AuditEntry{Actor: "auto:daemon", Action: "daemon.start", Result: "ok",
 		Details: map[string]any{"roles": cfg.Roles, "spec_version": specVersion(d.mapping)}})
 	err = g.Wait()
