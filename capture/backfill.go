@@ -67,77 +67,19 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 		lim = rate.NewLimiter(rate.Limit(c.cfg.Backfill.RateLimit), c.cfg.Backfill.ChunkSize)
 	}
 	version := envelope.Below(t0)
-	topic := Topic(c.cfg.TopicPrefix, ns)
 	start, startDocs := time.Now(), p.Docs
 	// The scan reads chunks ahead while up to Parallelism of them are being
 	// produced; each chunk's acknowledgement is awaited in scan order, so the
 	// checkpoint only ever names a chunk whose every predecessor is in Kafka.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the scan and in-flight chunks when this returns early
-	type chunk struct {
-		n       int
-		lastKey []byte
-		done    chan error
-	}
-	inflight := make(chan *chunk, c.cfg.Backfill.Parallelism)
+	inflight := make(chan *backfillChunk, c.cfg.Backfill.Parallelism)
 	scanErr := make(chan error, 1)
 	scan, err := c.newScanner(ctx, col, t0)
 	if err != nil {
 		return err
 	}
-	go func() {
-		defer close(inflight)
-		defer scan.close()
-		var last *bson.RawValue
-		if p.LastKey != nil {
-			id, err := envelope.ParseKey(p.LastKey)
-			if err != nil {
-				scanErr <- err
-				return
-			}
-			last = &id
-		}
-		for {
-			docs, err := c.readChunk(ctx, ns, scan, last, c.cfg.Backfill.ChunkSize)
-			if err != nil {
-				scanErr <- err
-				return
-			}
-			if len(docs) == 0 {
-				return
-			}
-			lastID := docs[len(docs)-1].Lookup("_id")
-			if lim != nil {
-				if err := lim.WaitN(ctx, min(len(docs), lim.Burst())); err != nil {
-					scanErr <- err
-					return
-				}
-			}
-			// Envelopes are built beside the scan of the next chunk, not before it.
-			ch := &chunk{n: len(docs), lastKey: envelope.Key(lastID), done: make(chan error, 1)}
-			go func() {
-				recs := make([]*kgo.Record, 0, len(docs))
-				for _, doc := range docs {
-					e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
-					rec, dl, _ := c.toRecord(topic, &e)
-					if dl != nil {
-						rec = dl
-					}
-					recs = append(recs, rec)
-				}
-				ch.done <- c.produceAll(ctx, recs)
-			}()
-			select {
-			case inflight <- ch:
-			case <-ctx.Done():
-				return
-			}
-			if len(docs) < c.cfg.Backfill.ChunkSize {
-				return
-			}
-			last = &lastID
-		}
-	}()
+	go c.scanChunks(ctx, ns, scan, p.LastKey, lim, version, inflight, scanErr)
 	for ch := range inflight {
 		if err := <-ch.done; err != nil {
 			return err
@@ -169,6 +111,79 @@ func (c *Capture) initialBackfill(ctx context.Context, ns string, t0 envelope.Ve
 	c.m.backfillDone.WithLabelValues(ns).Set(1)
 	log.Info("backfill done", "docs", p.Docs, "chunks", p.Chunks, "elapsed", time.Since(p.Started).Round(time.Second))
 	return checkpoints.PutJSON(ctx, c.store, backfillKey(ns), p)
+}
+
+// backfillChunk is one chunk of the initial backfill on its way to Kafka:
+// done gets the outcome of producing its n documents.
+type backfillChunk struct {
+	n       int
+	lastKey []byte
+	done    chan error
+}
+
+// scanChunks reads the collection in _id order after lastKey (nil: from the
+// start), one chunk at a time, and queues each chunk on inflight in scan
+// order while its records are produced beside the scan of the next. It
+// closes inflight when the scan ends, after sending a scan error, if any, to
+// scanErr.
+func (c *Capture) scanChunks(ctx context.Context, ns string, scan *scanner, lastKey []byte, lim *rate.Limiter,
+	version envelope.Version, inflight chan<- *backfillChunk, scanErr chan<- error) {
+	defer close(inflight)
+	defer scan.close()
+	var last *bson.RawValue
+	if lastKey != nil {
+		id, err := envelope.ParseKey(lastKey)
+		if err != nil {
+			scanErr <- err
+			return
+		}
+		last = &id
+	}
+	topic := envelope.Topic(c.cfg.TopicPrefix, ns)
+	for {
+		docs, err := c.readChunk(ctx, ns, scan, last, c.cfg.Backfill.ChunkSize)
+		if err != nil {
+			scanErr <- err
+			return
+		}
+		if len(docs) == 0 {
+			return
+		}
+		lastID := docs[len(docs)-1].Lookup("_id")
+		if lim != nil {
+			if err := lim.WaitN(ctx, min(len(docs), lim.Burst())); err != nil {
+				scanErr <- err
+				return
+			}
+		}
+		// Envelopes are built beside the scan of the next chunk, not before it.
+		ch := &backfillChunk{n: len(docs), lastKey: envelope.Key(lastID), done: make(chan error, 1)}
+		go func() { ch.done <- c.produceDocs(ctx, ns, topic, version, docs) }()
+		select {
+		case inflight <- ch:
+		case <-ctx.Done():
+			return
+		}
+		if len(docs) < c.cfg.Backfill.ChunkSize {
+			return
+		}
+		last = &lastID
+	}
+}
+
+// produceDocs produces one backfill record per document, stamped version (a
+// dead letter for a document that cannot be one), and waits for Kafka.
+func (c *Capture) produceDocs(ctx context.Context, ns, topic string, version envelope.Version, docs []bson.Raw) error {
+	recs := make([]*kgo.Record, 0, len(docs))
+	for _, doc := range docs {
+		e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
+		rec, dl, _ := c.toRecord(topic, &e)
+		if dl != nil {
+			rec = dl
+		}
+		recs = append(recs, rec)
+	}
+	return c.produceAll(ctx, recs)
 }
 
 func (c *Capture) progress(log interface {
@@ -322,7 +337,7 @@ func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
 	}
 	defer scan.close()
 	col := scan.col
-	topic := Topic(c.cfg.TopicPrefix, r.Namespace)
+	topic := envelope.Topic(c.cfg.TopicPrefix, r.Namespace)
 	filter := bson.D{}
 	want := map[string]bool{}
 	if len(r.Keys) > 0 {

@@ -33,8 +33,7 @@ func BenchmarkCapture(b *testing.B) {
 	b.Cleanup(func() { mc.Database(db).Drop(context.Background()) })
 	prefix := testbed.UniqueName(b, "bench")
 	store, _ := checkpoints.OpenFile(b.TempDir())
-	c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6, Backfill: BackfillConfig{Enabled: new(bool)}},
-		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.New(slog.DiscardHandler), nil)
+	c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6, Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,7 +71,7 @@ func BenchmarkCapture(b *testing.B) {
 	if err := c.ensureTopics(ctx); err != nil {
 		b.Fatal(err)
 	}
-	waitLeaders(b, Topic(prefix, ns))
+	waitLeaders(b, envelope.Topic(prefix, ns))
 	b.ResetTimer()
 	start := time.Now()
 	rctx, stop := context.WithCancel(ctx)

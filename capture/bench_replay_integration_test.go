@@ -94,8 +94,7 @@ func benchReplay(b *testing.B, batchSize int) {
 			b.Fatal(err)
 		}
 		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize,
-			Backfill: BackfillConfig{Enabled: new(bool)}}, nil, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)},
-			store, slog.New(slog.DiscardHandler), nil)
+			Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -105,8 +104,10 @@ func benchReplay(b *testing.B, batchSize int) {
 		if err := c.ensureTopics(ctx); err != nil {
 			b.Fatal(err)
 		}
-		waitLeaders(b, Topic(prefix, rns))
-		b.Cleanup(func() { adm.DeleteTopics(context.Background(), Topic(prefix, rns), envelope.DeadLetterTopic(prefix)) })
+		waitLeaders(b, envelope.Topic(prefix, rns))
+		b.Cleanup(func() {
+			adm.DeleteTopics(context.Background(), envelope.Topic(prefix, rns), envelope.DeadLetterTopic(prefix))
+		})
 		rctx, stop := context.WithCancel(ctx)
 		start := time.Now()
 		done := make(chan struct{})

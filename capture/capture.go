@@ -125,13 +125,28 @@ type Capture struct {
 	reset   map[string]chan struct{}
 }
 
-// New prepares capture. kafkaOpts are the connection options (seed brokers,
-// TLS, SASL); capture adds its own producer settings. reg may be nil.
-func New(cfg Config, mc *mongo.Client, kafkaOpts []kgo.Opt, store checkpoints.Store, log *slog.Logger, reg prometheus.Registerer) (*Capture, error) {
+// Deps are what capture needs from the daemon.
+type Deps struct {
+	// Mongo is the source.
+	Mongo *mongo.Client
+	// KafkaOpts are the connection options (seed brokers, TLS, SASL);
+	// capture adds its own producer settings.
+	KafkaOpts []kgo.Opt
+	// Store keeps stream positions, backfill progress and requests.
+	Store checkpoints.Store
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives capture's metrics; nil for none.
+	Registerer prometheus.Registerer
+}
+
+// New prepares capture.
+func New(cfg Config, d Deps) (*Capture, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	mc, kafkaOpts, store, log, reg := d.Mongo, d.KafkaOpts, d.Store, d.Logger, d.Registerer
 	if log == nil {
 		log = slog.Default()
 	}
@@ -210,7 +225,7 @@ func (c *Capture) ensureTopics(ctx context.Context) error {
 	adm := kadm.NewClient(c.plain)
 	topics := []string{envelope.DeadLetterTopic(c.cfg.TopicPrefix)}
 	for _, ns := range c.cfg.Namespaces {
-		topics = append(topics, Topic(c.cfg.TopicPrefix, ns))
+		topics = append(topics, envelope.Topic(c.cfg.TopicPrefix, ns))
 	}
 	resp, err := adm.CreateTopics(ctx, c.cfg.Partitions, c.cfg.ReplicationFactor, nil, topics...)
 	if err != nil {

@@ -66,8 +66,7 @@ func runChild(conf string) int {
 		cc.ChunkSize = 2000
 	}
 	c, err := New(Config{TopicPrefix: cc.Prefix, Namespaces: []string{cc.Namespace}, Partitions: 4,
-		BatchSize: 500, Backfill: BackfillConfig{ChunkSize: cc.ChunkSize, RateLimit: cc.RateLimit}}, mc,
-		[]kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.New(slog.NewTextHandler(os.Stderr, nil)), nil)
+		BatchSize: 500, Backfill: BackfillConfig{ChunkSize: cc.ChunkSize, RateLimit: cc.RateLimit}}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -159,7 +158,7 @@ func TestIntegrationCaptureSurvivesKills(t *testing.T) {
 	store, _ := checkpoints.OpenFile(cc.StoreDir)
 	waitCtx, waitCancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer waitCancel()
-	latest := readTopic(t, waitCtx, Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, waitCtx, envelope.Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, "sentinel")))]
 		p, _, _ := BackfillProgress(ctx, store, cc.Namespace)
 		return ok && p.Done
@@ -265,7 +264,7 @@ func TestIntegrationHistoryLost(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	c, err := New(Config{TopicPrefix: testbed.UniqueName(t, "lost"), Namespaces: []string{ns}, Partitions: 1,
-		Backfill: BackfillConfig{Enabled: new(bool)}}, mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), reg)
+		Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default(), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,8 +308,7 @@ func TestIntegrationSecondWriterFencesFirst(t *testing.T) {
 	prefix := testbed.UniqueName(t, "fence")
 	newCapture := func() (*Capture, checkpoints.Store) {
 		store, _ := checkpoints.OpenFile(t.TempDir())
-		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 1, Backfill: BackfillConfig{Enabled: new(bool)}},
-			mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 1, Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,7 +327,7 @@ func TestIntegrationSecondWriterFencesFirst(t *testing.T) {
 		}
 	}
 	waitFor := func(id int) {
-		readTopic(t, ctx, Topic(prefix, ns), func(m map[string]envelope.Event) bool {
+		readTopic(t, ctx, envelope.Topic(prefix, ns), func(m map[string]envelope.Event) bool {
 			_, ok := m[string(envelope.Key(rawOf(t, int32(id))))]
 			return ok
 		})
@@ -346,7 +344,7 @@ func TestIntegrationSecondWriterFencesFirst(t *testing.T) {
 			t.Fatal("first capture never produced")
 		case <-time.After(200 * time.Millisecond):
 		}
-		ends, err := adm.ListEndOffsets(ctx, Topic(prefix, ns))
+		ends, err := adm.ListEndOffsets(ctx, envelope.Topic(prefix, ns))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/tidemarkhq/tidemark/envelope"
 )
 
 // Config is the capture section of the daemon config.
@@ -80,7 +82,7 @@ type BackfillConfig struct {
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
 	if c.TopicPrefix == "" {
-		c.TopicPrefix = "tidemark"
+		c.TopicPrefix = envelope.DefaultTopicPrefix
 	}
 	if c.Partitions == 0 {
 		c.Partitions = 12
@@ -162,6 +164,3 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// Topic is the Kafka topic of a namespace.
-func Topic(prefix, namespace string) string { return prefix + "." + namespace }

@@ -153,7 +153,7 @@ func (c *Capture) skipTooLarge(ctx context.Context, ns string, txn *kgo.Client, 
 	reason := fmt.Sprintf("%s event over 16 MB (BSONObjectTooLarge, 10334): the server cannot send it; "+
 		"its document is unknown here. Re-emit it with `tidemark backfill --namespace %s --ids ...`", ev.Op, ns)
 	b, err := envelope.EncodeDeadLetter(envelope.DeadLetter{Stage: "capture", Reason: reason, Namespace: ns,
-		Key: key, Version: v, Topic: Topic(c.cfg.TopicPrefix, ns), Partition: -1, Offset: -1})
+		Key: key, Version: v, Topic: envelope.Topic(c.cfg.TopicPrefix, ns), Partition: -1, Offset: -1})
 	if err != nil {
 		return err
 	}

@@ -261,7 +261,7 @@ func newReplayRig(t *testing.T, src *replaySource, cfg Config) *replayRig {
 		cfg.Backfill.Enabled = new(bool)
 	}
 	store := checkpointstest.New()
-	c, err := New(cfg, nil, []kgo.Opt{kgo.SeedBrokers(kc.ListenAddrs()...)}, store, slog.New(slog.DiscardHandler), nil)
+	c, err := New(cfg, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(kc.ListenAddrs()...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +359,7 @@ func consumed(t *testing.T, brokers []string, topic string) []*kgo.Record {
 func events(t *testing.T, r *replayRig) []envelope.Event {
 	t.Helper()
 	var out []envelope.Event
-	for _, rec := range consumed(t, r.kafka, Topic("rp", rns)) {
+	for _, rec := range consumed(t, r.kafka, envelope.Topic("rp", rns)) {
 		e, err := envelope.Decode(rec.Value)
 		if err != nil {
 			t.Fatal(err)
@@ -993,9 +993,9 @@ func TestReplayRecordOverTopicLimitIsDeadLettered(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	adm := kadm.NewClient(r.c.plain)
-	res, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kadm.StringPtr("2000")}}, Topic("rp", rns))
+	res, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kadm.StringPtr("2000")}}, envelope.Topic("rp", rns))
 	if err == nil {
-		_, err = res.On(Topic("rp", rns), nil)
+		_, err = res.On(envelope.Topic("rp", rns), nil)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -27,6 +28,14 @@ type scanner struct {
 	col  *mongo.Collection
 	sess mongo.Session
 	rare bool
+	// cur is the open cursor of the scan and curLast the key of the last
+	// document it returned: the next page reads on from it rather than
+	// asking again. A server that answers {_id: {$gt: last}} by filtering
+	// and sorting the collection (the stand-in does) pays that once per scan
+	// instead of once per chunk; a real mongod saves a query plan and a round
+	// trip per chunk.
+	cur     *mongo.Cursor
+	curLast []byte
 }
 
 func (c *Capture) newScanner(ctx context.Context, col *mongo.Collection, t0 envelope.Version) (*scanner, error) {
@@ -52,27 +61,54 @@ func (c *Capture) newScanner(ctx context.Context, col *mongo.Collection, t0 enve
 }
 
 func (s *scanner) close() {
+	s.closeCursor()
 	if s.sess != nil {
 		s.sess.EndSession(context.Background())
 	}
 }
 
-// page reads up to n documents after last, appending to docs. On an error it
+func (s *scanner) closeCursor() {
+	if s.cur != nil {
+		s.cur.Close(context.Background())
+		s.cur, s.curLast = nil, nil
+	}
+}
+
+// page reads up to n documents after last, appending to docs. It reads on
+// from the scan's open cursor when that cursor stopped at last; any other
+// last (the first page, a resume after a restart or an error) opens a new
+// one with the cross-bracket filter of package mongoid. On an error it
 // returns what it read so far, so the caller can resume after the last one.
 func (s *scanner) page(ctx context.Context, last *bson.RawValue, n int, docs []bson.Raw) ([]bson.Raw, error) {
 	if s.sess != nil {
 		ctx = mongo.NewSessionContext(ctx, s.sess)
 	}
-	cur, err := s.col.Find(ctx, mongoid.After(last, s.rare), options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
-		SetHint(bson.D{{Key: "_id", Value: 1}}).SetLimit(int64(n)).SetBatchSize(int32(min(n, 10_000))))
-	if err != nil {
+	if s.cur == nil || last == nil || !bytes.Equal(s.curLast, envelope.Key(*last)) {
+		s.closeCursor()
+		cur, err := s.col.Find(ctx, mongoid.After(last, s.rare), options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).
+			SetHint(bson.D{{Key: "_id", Value: 1}}).SetBatchSize(int32(min(n, 10_000))))
+		if err != nil {
+			return docs, err
+		}
+		s.cur = cur
+	}
+	read := 0
+	for read < n && s.cur.Next(ctx) {
+		docs = append(docs, append(bson.Raw(nil), s.cur.Current...))
+		read++
+	}
+	if err := s.cur.Err(); err != nil {
+		// A killed cursor (an election; getMore is not retryable): the
+		// caller resumes after the last document with a new one.
+		s.closeCursor()
 		return docs, err
 	}
-	defer cur.Close(context.WithoutCancel(ctx))
-	for cur.Next(ctx) {
-		docs = append(docs, append(bson.Raw(nil), cur.Current...))
+	if read < n {
+		s.closeCursor() // exhausted
+		return docs, nil
 	}
-	return docs, cur.Err()
+	s.curLast = envelope.Key(docs[len(docs)-1].Lookup("_id"))
+	return docs, nil
 }
 
 // pager reads one page of a backfill scan; *scanner is the real one.

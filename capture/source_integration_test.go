@@ -124,7 +124,7 @@ func TestIntegrationBackfillMixedIDTypes(t *testing.T) {
 	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "zz-sentinel"}}); err != nil {
 		t.Fatal(err)
 	}
-	latest := readTopic(t, ctx, Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, ctx, envelope.Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, "zz-sentinel")))]
 		p, _, _ := BackfillProgress(ctx, store, cc.Namespace)
 		return ok && p.Done
@@ -188,7 +188,7 @@ func TestIntegrationDropAndReseedBeforeFirstStart(t *testing.T) {
 	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "sentinel"}}); err != nil {
 		t.Fatal(err)
 	}
-	latest := readTopic(t, ctx, Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, ctx, envelope.Topic(prefix, cc.Namespace), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, "sentinel")))]
 		p, _, _ := BackfillProgress(ctx, store, cc.Namespace)
 		return ok && p.Done
@@ -220,8 +220,7 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 	ns := dbName + ".quiet"
 	store, _ := checkpoints.OpenFile(t.TempDir())
 	c, err := New(Config{TopicPrefix: testbed.UniqueName(t, "idle"), Namespaces: []string{ns}, Partitions: 1,
-		IdlePoll: 100 * time.Millisecond, IdleCheckpointInterval: 300 * time.Millisecond},
-		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+		IdlePoll: 100 * time.Millisecond, IdleCheckpointInterval: 300 * time.Millisecond}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,8 +262,7 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 	// A restart resumes from there and still sees a new write.
 	stop()
 	<-done
-	c2, err := New(Config{TopicPrefix: c.cfg.TopicPrefix, Namespaces: []string{ns}, Partitions: 1},
-		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+	c2, err := New(Config{TopicPrefix: c.cfg.TopicPrefix, Namespaces: []string{ns}, Partitions: 1}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +276,7 @@ func TestIntegrationIdleCheckpointAdvances(t *testing.T) {
 	if _, err := quiet.InsertOne(ctx, bson.D{{Key: "_id", Value: 2}}); err != nil {
 		t.Fatal(err)
 	}
-	readTopic(t, ctx, Topic(c.cfg.TopicPrefix, ns), func(m map[string]envelope.Event) bool {
+	readTopic(t, ctx, envelope.Topic(c.cfg.TopicPrefix, ns), func(m map[string]envelope.Event) bool {
 		_, ok := m[string(envelope.Key(rawOf(t, int32(2))))]
 		return ok
 	})
@@ -333,8 +331,7 @@ func TestIntegrationBackfillEveryIDType(t *testing.T) {
 	ns := dbName + ".c"
 	store, _ := checkpoints.OpenFile(t.TempDir())
 	prefix := testbed.UniqueName(t, "every")
-	c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 2, Backfill: BackfillConfig{ChunkSize: 1}},
-		mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, store, slog.Default(), nil)
+	c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 2, Backfill: BackfillConfig{ChunkSize: 1}}, Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +339,7 @@ func TestIntegrationBackfillEveryIDType(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go c.Run(runCtx)
-	latest := readTopic(t, ctx, Topic(prefix, ns), func(m map[string]envelope.Event) bool {
+	latest := readTopic(t, ctx, envelope.Topic(prefix, ns), func(m map[string]envelope.Event) bool {
 		p, _, _ := BackfillProgress(ctx, store, ns)
 		return p.Done && int64(len(m)) >= p.Docs && p.Docs > 0
 	})

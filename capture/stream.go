@@ -142,7 +142,7 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 		return fmt.Errorf("capture: kafka client: %w", err)
 	}
 	defer txn.Close()
-	s := &streamRun{c: c, ns: ns, topic: Topic(c.cfg.TopicPrefix, ns), txn: txn, st: st,
+	s := &streamRun{c: c, ns: ns, topic: envelope.Topic(c.cfg.TopicPrefix, ns), txn: txn, st: st,
 		openedAt: resumeAt, hadToken: st.Token != nil, lastCkpt: time.Now()}
 	return s.run(ctx, cs)
 }

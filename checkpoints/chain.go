@@ -94,6 +94,14 @@ func WithAuditChain(s Store, key []byte, opts ...ChainOption) (*Chained, error) 
 	return c, nil
 }
 
+// Sync is the wrapped store's Sync (see Syncer).
+func (c *Chained) Sync(ctx context.Context) error { return Sync(ctx, c.Store) }
+
+var (
+	_ Syncer = (*KafkaStore)(nil)
+	_ Syncer = (*Chained)(nil)
+)
+
 // Metrics returns the broken-links gauge and the breaks counter.
 func (c *Chained) Metrics() []prometheus.Collector {
 	return []prometheus.Collector{c.brokenG, c.breaksC}

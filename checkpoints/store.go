@@ -147,6 +147,23 @@ func PutJSON(ctx context.Context, s Store, key string, v any) error {
 	return s.Put(ctx, key, b)
 }
 
+// Syncer is a Store whose reads can lag other processes' writes (the Kafka
+// store reads memory that follows the topic); Sync catches up.
+type Syncer interface {
+	// Sync returns once the store has read every write any process had
+	// acknowledged before Sync was called.
+	Sync(ctx context.Context) error
+}
+
+// Sync makes s read every write acknowledged before the call, for a Store
+// that can lag (Syncer); others read their medium and need nothing.
+func Sync(ctx context.Context, s Store) error {
+	if y, ok := s.(Syncer); ok {
+		return y.Sync(ctx)
+	}
+	return nil
+}
+
 // KeyReconcileLatest holds the RoundSummary of the newest finished reconcile round
 // per scope: reconcile writes it, rollout gates and the status page read it.
 const KeyReconcileLatest = PrefixReconcile + "latest/" // + <scope>, e.g. "reconcile/latest/app.users"

@@ -3,6 +3,8 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"io/fs"
@@ -12,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -294,10 +297,25 @@ func TestCompose(t *testing.T) {
 	}
 	// The daemon config names files that must be mounted where it looks.
 	cfg := yamlMap(t, "compose/tidemark.yaml")
-	for _, p := range []string{str(cfg, "spec"), str(cfg, "admin", "tokens_file")} {
+	for _, p := range []string{str(cfg, "spec"), str(cfg, "admin", "tokens_file"), str(cfg, "admin", "tls_cert"), str(cfg, "admin", "tls_key")} {
 		if _, ok := targets["tidemark:"+p]; !ok {
-			t.Errorf("compose/tidemark.yaml names %s, which the tidemark service does not mount", p)
+			t.Errorf("compose/tidemark.yaml names %q, which the tidemark service does not mount", p)
 		}
+	}
+	// TLS: the daemon serves make-secrets' certificate and key, and every
+	// client of the admin API (the CLI in the container, Prometheus) verifies
+	// it against make-secrets' CA.
+	for key, want := range map[string]string{"tls_cert": "./secrets/tidemark.pem", "tls_key": "./secrets/tidemark-key.pem"} {
+		if got := targets["tidemark:"+str(cfg, "admin", key)]; got != want {
+			t.Errorf("admin.%s is mounted from %q, want make-secrets' %s", key, got, want)
+		}
+	}
+	tenv, _ := get(tm, "environment").(map[string]any)
+	if a, _ := tenv["TIDEMARK_ADDR"].(string); !strings.HasPrefix(a, "https://") {
+		t.Errorf("tidemark: TIDEMARK_ADDR %q: the CLI in the container must use https", a)
+	}
+	if ca, _ := tenv["TIDEMARK_CA_FILE"].(string); targets["tidemark:"+ca] != "./secrets/ca.pem" {
+		t.Errorf("tidemark: TIDEMARK_CA_FILE %q is not make-secrets' ca.pem mounted in the container", ca)
 	}
 	if targets["tidemark:"+str(cfg, "spec")] != "../../examples/specs/users.yaml" {
 		t.Errorf("the compose spec should be examples/specs/users.yaml, is %s", targets["tidemark:"+str(cfg, "spec")])
@@ -318,6 +336,15 @@ func TestCompose(t *testing.T) {
 	}
 	if tg := anyStrings(list(job, "static_configs", "0", "targets")); len(tg) != 1 || tg[0] != "tidemark:"+adminPort {
 		t.Errorf("prometheus targets %v, want tidemark:%s", tg, adminPort)
+	}
+	if str(job, "scheme") != "https" {
+		t.Errorf("prometheus scrapes with scheme %q; the admin API serves https only", str(job, "scheme"))
+	}
+	if ca := str(job, "tls_config", "ca_file"); targets["prometheus:"+ca] != "./secrets/ca.pem" {
+		t.Errorf("prometheus tls_config.ca_file %q is not make-secrets' ca.pem mounted in the container", ca)
+	}
+	if get(job, "tls_config", "insecure_skip_verify") == true {
+		t.Error("prometheus must verify tidemark's certificate, not skip it")
 	}
 	prov := yamlMap(t, "grafana/provisioning/dashboards/tidemark.yaml")
 	if dir := str(prov, "providers", "0", "options", "path"); targets["grafana:"+dir] != "../grafana/dashboards" {
@@ -386,18 +413,76 @@ func TestMakeSecrets(t *testing.T) {
 			t.Errorf("secret %s: mode %v is not readable by the containers' users", name, st.Mode())
 		}
 	}
+	checkGeneratedCert(t, dir)
+	if st, err := os.Stat(filepath.Join(dir, "ca-key.pem")); err != nil || st.Mode().Perm()&0o077 != 0 {
+		t.Errorf("ca-key.pem: %v %v: the CA key is mounted nowhere and must be owner-only", st.Mode(), err)
+	}
 	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("secrets directory: %v %v, want mode 0700", st.Mode(), err)
 	}
 	before, _ := os.ReadFile(filepath.Join(dir, "tokens"))
+	beforeCert, _ := os.ReadFile(filepath.Join(dir, "tidemark.pem"))
 	run()
 	after, _ := os.ReadFile(filepath.Join(dir, "tokens"))
 	if !bytes.Equal(before, after) {
 		t.Error("a second run changed the tokens")
 	}
+	if afterCert, _ := os.ReadFile(filepath.Join(dir, "tidemark.pem")); !bytes.Equal(beforeCert, afterCert) {
+		t.Error("a second run changed the certificate")
+	}
+	// A directory made before the certificates existed gets them, and keeps its tokens.
+	for _, f := range []string{"ca.pem", "ca-key.pem", "tidemark.pem", "tidemark-key.pem"} {
+		os.Remove(filepath.Join(dir, f))
+	}
+	run()
+	if again, _ := os.ReadFile(filepath.Join(dir, "tokens")); !bytes.Equal(before, again) {
+		t.Error("adding the certificates changed the tokens")
+	}
+	checkGeneratedCert(t, dir)
 	ignore, err := os.ReadFile("compose/.gitignore")
 	if err != nil || !strings.Contains(string(ignore), "/secrets/") {
 		t.Errorf("compose/.gitignore must keep secrets/ out of git (%v)", err)
+	}
+}
+
+// tlsNames are the names make-secrets' certificate must hold: the Compose
+// service, the Kubernetes Service's forms (kubernetes-scrape.yml verifies
+// against tidemark.tidemark.svc) and the loopback names the CLI uses.
+var tlsNames = []string{"tidemark", "tidemark.tidemark.svc", "tidemark.tidemark.svc.cluster.local", "localhost", "127.0.0.1"}
+
+// checkGeneratedCert checks make-secrets' TLS files: the key pair loads, the
+// server certificate verifies against ca.pem for every name of tlsNames and
+// for server authentication, and the files the containers mount are readable.
+func checkGeneratedCert(t *testing.T, dir string) {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "tidemark.pem"), filepath.Join(dir, "tidemark-key.pem"))
+	if err != nil {
+		t.Fatalf("make-secrets' certificate and key do not load as a pair: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.pem holds no certificate")
+	}
+	for _, name := range tlsNames {
+		if _, err := leaf.Verify(x509.VerifyOptions{DNSName: name, Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			t.Errorf("the certificate does not verify for %s against ca.pem: %v", name, err)
+		}
+	}
+	if leaf.IsCA {
+		t.Error("the server certificate is a CA")
+	}
+	for _, f := range []string{"ca.pem", "tidemark.pem", "tidemark-key.pem"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Mode().Perm()&0o004 == 0 {
+			t.Errorf("%s: %v %v: the containers' users must read it", f, st.Mode(), err)
+		}
 	}
 }
 
@@ -465,7 +550,7 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("%s %s: namespace %q, want tidemark", o.kind(), o.name(), str(o.raw, "metadata", "namespace"))
 		}
 	}
-	for kind, n := range map[string]int{"Namespace": 1, "ServiceAccount": 1, "ConfigMap": 1, "Secret": 1, "Deployment": 2, "Service": 1, "PodDisruptionBudget": 1} {
+	for kind, n := range map[string]int{"Namespace": 1, "ServiceAccount": 1, "ConfigMap": 1, "Secret": 2, "Deployment": 2, "Service": 1, "PodDisruptionBudget": 1} {
 		if len(byKind[kind]) != n {
 			t.Errorf("%d %s objects, want %d", len(byKind[kind]), kind, n)
 		}
@@ -475,17 +560,33 @@ func TestKubernetes(t *testing.T) {
 	}
 	cm := byKind["ConfigMap"][0]
 	cmData, _ := get(cm.raw, "data").(map[string]any)
-	secret := byKind["Secret"][0]
-	secretKeys := map[string]bool{}
-	for k := range get(secret.raw, "stringData").(map[string]any) {
-		secretKeys[k] = true
+	secrets := map[string]map[string]bool{} // Secret name → its keys
+	byName := map[string]k8sObject{}
+	for _, sec := range byKind["Secret"] {
+		byName[sec.name()] = sec
+		secrets[sec.name()] = map[string]bool{}
+		for k := range get(sec.raw, "stringData").(map[string]any) {
+			secrets[sec.name()][k] = true
+		}
+	}
+	secret, tlsSecret := byName["tidemark-secrets"], byName["tidemark-tls"]
+	if secret.raw == nil || tlsSecret.raw == nil {
+		t.Fatalf("want Secrets tidemark-secrets and tidemark-tls, got %v", reflect.ValueOf(byName).MapKeys())
+	}
+	if str(tlsSecret.raw, "type") != "kubernetes.io/tls" {
+		t.Errorf("Secret tidemark-tls: type %q, want kubernetes.io/tls", str(tlsSecret.raw, "type"))
+	}
+	for _, k := range []string{"tls.crt", "tls.key", "ca.crt"} {
+		if !strings.Contains(str(tlsSecret.raw, "stringData", k), "REPLACE") {
+			t.Errorf("tls-secret.example.yaml %s must be a placeholder", k)
+		}
 	}
 
 	deps := map[string]k8sObject{}
 	for _, d := range byKind["Deployment"] {
 		role := str(d.raw, "spec", "template", "metadata", "labels", "app.kubernetes.io/component")
 		deps[role] = d
-		checkDeployment(t, d, cmData, secret.name(), secretKeys)
+		checkDeployment(t, d, cmData, secrets)
 	}
 	capture, sink := deps["capture"], deps["sink"]
 	if capture.raw == nil || sink.raw == nil {
@@ -510,6 +611,16 @@ func TestKubernetes(t *testing.T) {
 		t.Error("the PodDisruptionBudget sets neither maxUnavailable nor minAvailable")
 	}
 	svc := byKind["Service"][0]
+	// Prometheus in the cluster scrapes the pods over https, verifying their
+	// certificate (which names the Service, not pod IPs) against the CA.
+	scrape := yamlMap(t, "prometheus/kubernetes-scrape.yml")
+	job := get(scrape, "scrape_configs", "0")
+	if str(job, "scheme") != "https" || str(job, "tls_config", "ca_file") == "" || get(job, "tls_config", "insecure_skip_verify") == true {
+		t.Errorf("kubernetes-scrape.yml: scheme %q, tls_config %v: want https verified against a CA file", str(job, "scheme"), get(job, "tls_config"))
+	}
+	if sn := str(job, "tls_config", "server_name"); !slices.Contains(tlsNames, sn) {
+		t.Errorf("kubernetes-scrape.yml: tls_config.server_name %q is not a name make-secrets' certificate holds (%v)", sn, tlsNames)
+	}
 	if !selects(get(svc.raw, "spec", "selector"), sink) || !selects(get(svc.raw, "spec", "selector"), capture) {
 		t.Error("the Service must select the capture and the sink pods")
 	}
@@ -565,7 +676,7 @@ func selects(selector any, d k8sObject) bool {
 	return true
 }
 
-func checkDeployment(t *testing.T, d k8sObject, cmData map[string]any, secretName string, secretKeys map[string]bool) {
+func checkDeployment(t *testing.T, d k8sObject, cmData map[string]any, secrets map[string]map[string]bool) {
 	t.Helper()
 	name := d.name()
 	pod := get(d.raw, "spec", "template", "spec")
@@ -614,6 +725,12 @@ func checkDeployment(t *testing.T, d k8sObject, cmData map[string]any, secretNam
 		if port := str(c, probe, "httpGet", "port"); port != "admin" {
 			t.Errorf("%s: %s port %q, want admin", name, probe, port)
 		}
+		if sch := str(c, probe, "httpGet", "scheme"); sch != "HTTPS" {
+			t.Errorf("%s: %s scheme %q, want HTTPS (the admin port serves TLS only)", name, probe, sch)
+		}
+	}
+	if sch := str(d.raw, "spec", "template", "metadata", "annotations", "prometheus.io/scheme"); sch != "https" {
+		t.Errorf("%s: annotation prometheus.io/scheme %q, want https", name, sch)
 	}
 	// Mounts: every volume exists, ConfigMap subPaths are keys, the root
 	// file system being read-only, /var/lib/tidemark must be writable.
@@ -630,8 +747,8 @@ func checkDeployment(t *testing.T, d k8sObject, cmData map[string]any, secretNam
 				t.Errorf("%s: subPath %s is not a key of the ConfigMap", name, str(m, "subPath"))
 			}
 		}
-		if get(v, "secret") != nil && str(v, "secret", "secretName") != secretName {
-			t.Errorf("%s: secret volume names %s, want %s", name, str(v, "secret", "secretName"), secretName)
+		if get(v, "secret") != nil && secrets[str(v, "secret", "secretName")] == nil {
+			t.Errorf("%s: secret volume names %s, which is none of the Secrets shipped", name, str(v, "secret", "secretName"))
 		}
 	}
 	if m := mounts["/var/lib/tidemark"]; m == nil || get(volumes[str(m, "name")], "emptyDir") == nil {
@@ -653,11 +770,16 @@ func checkDeployment(t *testing.T, d k8sObject, cmData map[string]any, secretNam
 	if p := str(cfg, "spec"); mounts[p] == nil || str(mounts[p], "subPath") == "" {
 		t.Errorf("%s: spec %s is not mounted from the ConfigMap", name, p)
 	}
-	for _, p := range []string{str(cfg, "admin", "tokens_file"), str(cfg, "mongo", "uri_file")} {
+	for p, secretName := range map[string]string{
+		str(cfg, "admin", "tokens_file"): "tidemark-secrets",
+		str(cfg, "mongo", "uri_file"):    "tidemark-secrets",
+		str(cfg, "admin", "tls_cert"):    "tidemark-tls",
+		str(cfg, "admin", "tls_key"):     "tidemark-tls",
+	} {
 		dir, key := path.Split(p)
 		sm := mounts[strings.TrimSuffix(dir, "/")]
-		if sm == nil || get(volumes[str(sm, "name")], "secret") == nil || !secretKeys[key] {
-			t.Errorf("%s: %s is not a key of the mounted Secret", name, p)
+		if sm == nil || str(volumes[str(sm, "name")], "secret", "secretName") != secretName || !secrets[secretName][key] {
+			t.Errorf("%s: %q is not a key of the mounted Secret %s", name, p, secretName)
 		}
 	}
 	if !strings.HasPrefix(str(cfg, "reconcile", "report_dir"), "/var/lib/tidemark") {
@@ -679,7 +801,8 @@ func daemonConfig(t *testing.T, cmData map[string]any, key string) map[string]an
 // tags of the daemon's Config structs: the daemon refuses unknown keys at
 // start-up, which no one would see until a container crash-looped. It also
 // checks the choices a container needs: the admin API on all interfaces at
-// the exposed port, and checkpoints in Kafka (a file store dies with the pod).
+// the exposed port, TLS on it, and checkpoints in Kafka (a file store dies
+// with the pod).
 func TestDaemonConfigKeys(t *testing.T) {
 	tree := loadConfigTree(t)
 	configs := map[string][]byte{}
@@ -717,6 +840,9 @@ func TestDaemonConfigKeys(t *testing.T) {
 		}
 		if str(cfg, "checkpoints", "kind") != "kafka" || str(cfg, "checkpoints", "topic") == "" {
 			t.Errorf("%s: checkpoints must be kind kafka with a topic: a file store would not survive the container", where)
+		}
+		if str(cfg, "admin", "tls_cert") == "" || str(cfg, "admin", "tls_key") == "" {
+			t.Errorf("%s: admin.tls_cert and admin.tls_key must be set: the admin API carries bearer tokens", where)
 		}
 		if strings.Contains(str(cfg, "mongo", "uri"), "@") {
 			t.Errorf("%s: credentials in mongo.uri", where)

@@ -29,8 +29,10 @@ import (
 // the probes' routes answer without a token, the two processes move a
 // collection into Cassandra together through the shared Kafka checkpoint store,
 // a pause asked of the capture process's admin API pauses the sink process
-// (any pod answers for all), and every tidemark_* family the processes expose
-// is one the dashboard test's code scan knows.
+// (any pod answers for all), every tidemark_* family the processes expose
+// is one the dashboard test's code scan knows, and the admin API serves TLS
+// with the certificate make-secrets makes for the tidemark-tls Secret: the CLI
+// with its CA accepts it, a client without the CA refuses it.
 func TestIntegrationKubernetesLayout(t *testing.T) {
 	s := testbed.Cassandra(t)
 	mc := testbed.Mongo(t)
@@ -54,6 +56,11 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 	token := layoutToken
 	write("spec.yaml", specText)
 	write("tokens", "ci:"+token+"\n")
+	// The tidemark-tls Secret, as tls-secret.example.yaml says to make it.
+	sec := makeSecrets(t, dir)
+	tlsFiles := map[string]string{"tls.crt": filepath.Join(sec, "tidemark.pem"), "tls.key": filepath.Join(sec, "tidemark-key.pem")}
+	caFile := filepath.Join(sec, "ca.pem")
+	hc := caClient(t, caFile)
 	prefix := testbed.UniqueName(t, "k8s")
 
 	var cmData struct {
@@ -100,6 +107,15 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 		set(1, "checkpoints", "min_insync_replicas")
 		set(addrs[role], "admin", "listen")
 		set(filepath.Join(dir, "tokens"), "admin", "tokens_file")
+		// The manifests mount the Secret's keys at /etc/tidemark/tls (TestKubernetes
+		// checks the mount): point the same keys at make-secrets' files.
+		for _, k := range []string{"tls_cert", "tls_key"} {
+			p := str(cfg, "admin", k)
+			if filepath.Dir(p) != "/etc/tidemark/tls" || tlsFiles[filepath.Base(p)] == "" {
+				t.Fatalf("%s config: admin.%s %q is not a key of the tidemark-tls Secret mount", role, k, p)
+			}
+			set(tlsFiles[filepath.Base(p)], "admin", k)
+		}
 		set(prefix, "capture", "topic_prefix")
 		set([]string{ns}, "capture", "namespaces")
 		set(3, "capture", "partitions")
@@ -115,11 +131,14 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 		testbed.RunDaemon(t, ctx, bin, role+" daemon", path)
 	}
 
-	// The probes: no token, as kubelet sends none.
+	// The probes: no token, as kubelet sends none, over HTTPS.
 	for role, addr := range addrs {
 		for _, path := range []string{"/healthz", "/readyz"} {
-			waitHTTP(t, ctx, role, "http://"+addr+path, "")
+			waitHTTP(t, ctx, hc, role, "https://"+addr+path, "")
 		}
+	}
+	for _, addr := range addrs {
+		checkTLSClients(t, ctx, bin, "https://"+addr, caFile, filepath.Join(dir, "tokens"))
 	}
 
 	want := func() []byte { return testbed.Expected(t, m, ns, testbed.SourceDocs(t, ctx, coll)) }
@@ -149,9 +168,9 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 	post := func(path string) {
 		t.Helper()
 		body := fmt.Sprintf(`{"topic":%q,"reason":"layout test"}`, topic)
-		req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addrs["capture"]+path, strings.NewReader(body))
+		req, _ := http.NewRequestWithContext(ctx, "POST", "https://"+addrs["capture"]+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,9 +181,9 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 		}
 	}
 	post("/v1/pause")
-	waitMetric(t, ctx, "http://"+addrs["sink"]+"/metrics", "tidemark_sink_paused_partitions", "3")
+	waitMetric(t, ctx, hc, "https://"+addrs["sink"]+"/metrics", "tidemark_sink_paused_partitions", "3")
 	post("/v1/resume")
-	waitMetric(t, ctx, "http://"+addrs["sink"]+"/metrics", "tidemark_sink_paused_partitions", "0")
+	waitMetric(t, ctx, hc, "https://"+addrs["sink"]+"/metrics", "tidemark_sink_paused_partitions", "0")
 
 	// Every family the processes expose is known to the code scan that checks
 	// the dashboard, so a metric defined in a way the scan cannot see would
@@ -173,7 +192,7 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 	expect := map[string]string{"capture": "tidemark_capture_events_total", "sink": "tidemark_sink_rows_total"}
 	for role, addr := range addrs {
 		seen, kafka := false, false
-		for _, fam := range families(t, ctx, "http://"+addr+"/metrics") {
+		for _, fam := range families(t, ctx, hc, "https://"+addr+"/metrics") {
 			if !strings.HasPrefix(fam, "tidemark_") {
 				continue
 			}
@@ -196,8 +215,8 @@ func TestIntegrationKubernetesLayout(t *testing.T) {
 	}
 }
 
-// waitHTTP waits until url answers 200.
-func waitHTTP(t *testing.T, ctx context.Context, what, url, token string) []byte {
+// waitHTTP waits until url answers 200 to hc.
+func waitHTTP(t *testing.T, ctx context.Context, hc *http.Client, what, url, token string) []byte {
 	t.Helper()
 	var last string
 	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
@@ -205,7 +224,7 @@ func waitHTTP(t *testing.T, ctx context.Context, what, url, token string) []byte
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			last = err.Error()
 			continue
@@ -226,11 +245,11 @@ func waitHTTP(t *testing.T, ctx context.Context, what, url, token string) []byte
 // route but the probes.
 const layoutToken = "layout-test-token-0123456789"
 
-func waitMetric(t *testing.T, ctx context.Context, url, name, want string) {
+func waitMetric(t *testing.T, ctx context.Context, hc *http.Client, url, name, want string) {
 	t.Helper()
 	var got string
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, name, url, layoutToken)))
+		sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, hc, name, url, layoutToken)))
 		for sc.Scan() {
 			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
 				got = f[1]
@@ -244,10 +263,10 @@ func waitMetric(t *testing.T, ctx context.Context, url, name, want string) {
 }
 
 // families lists the metric families a /metrics page declares (# TYPE lines).
-func families(t *testing.T, ctx context.Context, url string) []string {
+func families(t *testing.T, ctx context.Context, hc *http.Client, url string) []string {
 	t.Helper()
 	var out []string
-	sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, "metrics", url, layoutToken)))
+	sc := bufio.NewScanner(bytes.NewReader(waitHTTP(t, ctx, hc, "metrics", url, layoutToken)))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if f := strings.Fields(sc.Text()); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {

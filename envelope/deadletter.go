@@ -29,7 +29,7 @@ type DeadLetter struct {
 	Time      time.Time `json:"time"`
 }
 
-// DeadLetterTopic is the dead-letter topic for a topic prefix.
+// DeadLetterTopic is the dead-letter topic for a topic prefix (see Topic).
 func DeadLetterTopic(prefix string) string { return prefix + ".deadletter" }
 
 // MaxDeadLetterRecord bounds the copy of the original record kept in a dead letter.

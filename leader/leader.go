@@ -6,7 +6,13 @@
 // partition of a one-partition topic. Kafka's group protocol already gives a
 // partition to one member per generation and hands it on when that member
 // leaves, or stops heartbeating for the session timeout, so tidemark needs no
-// lock service and no compare-and-set in its checkpoints store.
+// lock service.
+//
+// Kafka cannot stop a member that does not know it was replaced (a process
+// frozen past its session timeout acts once more on waking), so each term of
+// office has an epoch that only grows (see Deps.TakeOffice), and every write
+// made because this daemon leads carries it: a store that holds a newer
+// epoch refuses the write with a DeposedError (fence.go).
 package leader
 
 import (
@@ -75,22 +81,53 @@ type Elector struct {
 	log   *slog.Logger
 	gauge prometheus.Gauge
 
+	fenced *prometheus.CounterVec
+	// takeOffice gives each term its epoch (Deps.TakeOffice).
+	takeOffice func(context.Context) (int64, error)
+	// rejoin asks Run to leave the group and join again: a member that was
+	// fenced, or could not take office, must not sit on the partition.
+	rejoin chan struct{}
+
 	mu      sync.Mutex
 	leading bool
+	epoch   int64 // the term's epoch while leading, else 0
 	since   time.Time
 	changed chan struct{} // closed, and replaced, at every change (State)
 }
 
-// New prepares an elector; kopts connect to Kafka (brokers, TLS, SASL).
-func New(cfg Config, kopts []kgo.Opt, log *slog.Logger, reg prometheus.Registerer) *Elector {
+// Deps are what an elector needs from the daemon.
+type Deps struct {
+	// KafkaOpts connect to Kafka (brokers, TLS, SASL).
+	KafkaOpts []kgo.Opt
+	// TakeOffice is how a daemon that was given the partition obtains its
+	// term's epoch before it reports itself leading: it must return a
+	// number greater than every epoch returned before, by any daemon
+	// (tidemark advances a counter in its checkpoints store by
+	// compare-and-swap). Nil: the epoch is the group's generation, which
+	// Kafka restarts when the group is emptied and removed; good for tests,
+	// not for fencing.
+	TakeOffice func(context.Context) (int64, error)
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the elector's metrics; nil for none.
+	Registerer prometheus.Registerer
+}
+
+// New prepares an elector.
+func New(cfg Config, d Deps) *Elector {
+	log := d.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Elector{cfg: cfg, opts: kopts, log: log.With("stage", "leader"), changed: make(chan struct{}),
+	e := &Elector{cfg: cfg, opts: d.KafkaOpts, log: log.With("stage", "leader"), changed: make(chan struct{}),
+		rejoin: make(chan struct{}, 1), takeOffice: d.TakeOffice,
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tidemark_leader",
-			Help: "1 while this daemon is the elected leader (runs scheduled reconcile rounds and evaluates the rollout plan), else 0."})}
-	if reg != nil {
-		reg.MustRegister(e.gauge)
+			Help: "1 while this daemon is the elected leader (runs scheduled reconcile rounds and evaluates the rollout plan), else 0."}),
+		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tidemark_leader_fenced_writes_total",
+			Help: "Writes refused because a newer leader took office (this daemon's epoch is stale); each makes it step down."},
+			[]string{"component"})}
+	if d.Registerer != nil {
+		d.Registerer.MustRegister(e.gauge, e.fenced)
 	}
 	return e
 }
@@ -102,17 +139,39 @@ func (e *Elector) Leading() bool {
 	return e.leading
 }
 
-func (e *Elector) set(leading bool, why string) {
+// Epoch is the current term's epoch while this daemon leads, else 0.
+func (e *Elector) Epoch() int64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.leading == leading {
+	return e.epoch
+}
+
+// Term is Epoch and Changed read together (0 while not leading).
+func (e *Elector) Term() (int64, <-chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.epoch, e.changed
+}
+
+// set records a change of role; epoch is the new term's when leading.
+func (e *Elector) set(leading bool, epoch int64, why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.setLocked(leading, epoch, why)
+}
+
+func (e *Elector) setLocked(leading bool, epoch int64, why string) {
+	if !leading {
+		epoch = 0
+	}
+	if e.leading == leading && e.epoch == epoch {
 		return
 	}
-	e.leading = leading
+	e.leading, e.epoch = leading, epoch
 	if leading {
 		e.since = time.Now()
 		e.gauge.Set(1)
-		e.log.Info("this daemon is the leader now", "group", e.cfg.Group)
+		e.log.Info("this daemon is the leader now", "group", e.cfg.Group, "epoch", epoch)
 	} else {
 		e.gauge.Set(0)
 		e.log.Info("this daemon is no longer the leader", "why", why, "led_for", time.Since(e.since).Round(time.Millisecond))
@@ -156,45 +215,102 @@ func (e *Elector) Run(ctx context.Context) error {
 			}
 			return 30 * time.Second
 		}),
-		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+		kgo.OnPartitionsAssigned(func(cctx context.Context, cl *kgo.Client, m map[string][]int32) {
 			if e.holds(m) {
-				e.set(true, "")
+				e.assigned(cctx, cl)
 			}
 		}),
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			if e.holds(m) {
-				e.set(false, "revoked in a rebalance")
+				e.set(false, 0, "revoked in a rebalance")
 			}
 		}),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			if e.holds(m) {
-				e.set(false, "group session lost")
+				e.set(false, 0, "group session lost")
 			}
 		}),
 	)
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		return fmt.Errorf("leader: kafka client: %w", err)
-	}
-	defer func() {
-		e.set(false, "stopping")
+	defer e.set(false, 0, "stopping")
+	for {
+		cl, err := kgo.NewClient(opts...)
+		if err != nil {
+			return fmt.Errorf("leader: kafka client: %w", err)
+		}
+		rejoin := e.member(ctx, cl)
 		cl.Close() // leaves the group
+		if !rejoin {
+			return nil
+		}
+		e.set(false, 0, "rejoining the group")
+		e.log.Info("election: left the group; joining again")
+	}
+}
+
+// member polls as one member of the group until ctx ends (false) or a
+// rejoin is asked for (true).
+func (e *Elector) member(ctx context.Context, cl *kgo.Client) bool {
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var rejoin atomic.Bool
+	go func() {
+		select {
+		case <-mctx.Done():
+		case <-e.rejoin:
+			rejoin.Store(true)
+			cancel()
+		}
 	}()
 	for {
 		// Nothing is ever produced to the topic: polling only surfaces
 		// errors, such as a group the broker refuses to let us join.
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return nil
+		fs := cl.PollFetches(mctx)
+		if mctx.Err() != nil {
+			return ctx.Err() == nil && rejoin.Load()
 		}
 		fs.EachError(func(t string, p int32, err error) {
 			e.log.Warn("election: consumer error", "topic", t, "err", err)
 		})
 		select {
-		case <-ctx.Done():
-			return nil
+		case <-mctx.Done():
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// assigned takes office: it obtains the term's epoch, retrying for up to a
+// session timeout, and only then reports this daemon leading. It runs in
+// franz-go's assignment callback, which heartbeats meanwhile; a daemon that
+// cannot take office in time leaves the group so another can.
+func (e *Elector) assigned(ctx context.Context, cl *kgo.Client) {
+	if e.takeOffice == nil {
+		_, gen := cl.GroupMetadata()
+		e.set(true, int64(gen), "")
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.SessionTimeout)
+	defer cancel()
+	for {
+		epoch, err := e.takeOffice(ctx)
+		if err == nil {
+			e.set(true, epoch, "")
+			return
+		}
+		e.log.Warn("election: cannot take office (obtain a leadership epoch); retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			e.log.Error("election: could not take office within the session timeout; leaving the group for another daemon", "err", err)
+			e.askRejoin()
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (e *Elector) askRejoin() {
+	select {
+	case e.rejoin <- struct{}{}:
+	default:
 	}
 }
 

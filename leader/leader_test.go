@@ -33,7 +33,7 @@ func join(t *testing.T, opts []kgo.Opt) *member {
 	cfg := Config{Enabled: true}.WithDefaults("test")
 	cfg.SessionTimeout = 6 * time.Second
 	ctx, stop := context.WithCancel(context.Background())
-	m := &member{e: New(cfg, opts, nil, nil), stop: stop, done: make(chan error, 1)}
+	m := &member{e: New(cfg, Deps{KafkaOpts: opts}), stop: stop, done: make(chan error, 1)}
 	go func() { m.done <- m.e.Run(ctx) }()
 	t.Cleanup(func() { stop(); <-m.done })
 	return m

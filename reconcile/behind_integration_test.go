@@ -29,7 +29,7 @@ func (f *fixture) startCapture(ctx context.Context, partitions int32) (stop func
 	off := false
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cp, err := capture.New(capture.Config{TopicPrefix: f.prefix, Namespaces: []string{f.ns}, Partitions: partitions,
-		Backfill: capture.BackfillConfig{Enabled: &off}}, f.mc, []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, f.store, log, nil)
+		Backfill: capture.BackfillConfig{Enabled: &off}}, capture.Deps{Mongo: f.mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: f.store, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func (f *fixture) startSinkOnly(ctx context.Context, partitions int) {
 		sk.Close()
 		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		f.adm.DeleteTopics(c, capture.Topic(f.prefix, f.ns), envelope.DeadLetterTopic(f.prefix))
+		f.adm.DeleteTopics(c, envelope.Topic(f.prefix, f.ns), envelope.DeadLetterTopic(f.prefix))
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for len(sk.Lag()) != partitions {
@@ -96,7 +96,7 @@ func (f *fixture) capturedPast(ctx context.Context, v envelope.Version) {
 // caughtUp waits until the sink group committed every partition's end.
 func (f *fixture) caughtUp(ctx context.Context) {
 	f.t.Helper()
-	topic := capture.Topic(f.prefix, f.ns)
+	topic := envelope.Topic(f.prefix, f.ns)
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		ends, err1 := f.adm.ListEndOffsets(ctx, topic)
@@ -150,7 +150,7 @@ func TestIntegrationRoundWhileSinkBehind(t *testing.T) {
 	stopCapture := f.startCapture(ctx, parts)
 	f.startSinkOnly(ctx, parts)
 	src, _ := newSource(f.mc, f.ns)
-	topic := capture.Topic(f.prefix, f.ns)
+	topic := envelope.Topic(f.prefix, f.ns)
 
 	// A first change applied, so that the partitions have an applied version
 	// the lag is measured from.
@@ -346,7 +346,7 @@ func (f *fixture) injectBackfill(ctx context.Context, src *source, base int64, c
 		return err
 	}
 	defer cl.Close()
-	topic := capture.Topic(f.prefix, f.ns)
+	topic := envelope.Topic(f.prefix, f.ns)
 	var recs []*kgo.Record
 	for id := base; id < base+int64(count); id++ {
 		var doc bson.Raw

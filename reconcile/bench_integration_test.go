@@ -194,6 +194,7 @@ func BenchmarkReconcile(b *testing.B) {
 		b.ReportMetric(float64(plainRows)/bestPlain.Seconds(), "plain_rows/s")
 		b.ReportMetric(float64(rep.RowsCompared)/bestRound.Seconds(), "round_rows/s")
 		b.ReportMetric(ratio, "round/plain")
+		b.ReportMetric(1/ratio, "of-baseline") // throughput: the plain read's time over the round's
 		b.ReportMetric(bestRound.Seconds()/bestSorted.Seconds(), "round/plain_id_order")
 		b.ReportMetric(float64(peak)/(1<<20), "peak_heap_MB")
 		b.Logf("%d documents, %d rows: plain read %s (%.0f rows/s; in _id order %s), clean round %s (%.0f rows/s; scans %.1fs/%.1fs, %d leaves per table) = %.2fx the plain read, %.2fx the _id-ordered one; peak heap in use %.0f MB",

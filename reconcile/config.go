@@ -14,6 +14,16 @@ type Config struct {
 	// ReportDir is the folder each round's JSON report is written to. Default
 	// ./tidemark-reports.
 	ReportDir string `yaml:"report_dir"`
+	// KeepReports is how many report files the folder keeps: after each
+	// round's report is written, the oldest beyond this many are removed, so
+	// a daemon running rounds every few minutes does not fill its volume.
+	// Default 1000 (ten days of 15-minute rounds).
+	KeepReports int `yaml:"keep_reports"`
+	// KeepVerifiedMarks is how many named verified marks (one per clean
+	// round, the targets of `tidemark rewind --to-mark ID`) each partition
+	// keeps in the checkpoint store besides the newest; older ones are
+	// deleted. Default 20.
+	KeepVerifiedMarks int `yaml:"keep_verified_marks"`
 	// BucketBits sets the tree's leaves to 2^BucketBits token ranges per table.
 	// 0 picks about 64 expected rows per leaf from the collection's size.
 	BucketBits int `yaml:"bucket_bits"`
@@ -52,10 +62,22 @@ type Config struct {
 	SinkGroup string `yaml:"sink_group"`
 }
 
+// Retention defaults: reconcile.keep_reports and keep_verified_marks when unset.
+const (
+	DefaultKeepReports       = 1000
+	DefaultKeepVerifiedMarks = 20
+)
+
 // WithDefaults fills in zero fields.
 func (c Config) WithDefaults() Config {
 	if c.ReportDir == "" {
 		c.ReportDir = "tidemark-reports"
+	}
+	if c.KeepReports == 0 {
+		c.KeepReports = DefaultKeepReports
+	}
+	if c.KeepVerifiedMarks == 0 {
+		c.KeepVerifiedMarks = DefaultKeepVerifiedMarks
 	}
 	if c.TimeBox == 0 {
 		c.TimeBox = time.Hour
@@ -91,6 +113,8 @@ func (c Config) Validate() error {
 		{c.TimeBox < 0 || c.InFlightWait < 0 || c.Settle < 0, "reconcile durations must not be negative"},
 		{c.SampleSize < 0 || c.SampleSize > 10_000, "reconcile.sample_size must be 0..10000"},
 		{c.MaxCandidates < 0, "reconcile.max_candidates must not be negative"},
+		{c.KeepReports < 0, "reconcile.keep_reports must not be negative (0 means the default, 1000)"},
+		{c.KeepVerifiedMarks < 0, "reconcile.keep_verified_marks must not be negative (0 means the default, 20)"},
 		{c.Concurrency < 0 || c.Concurrency > 256, "reconcile.concurrency must be 0..256"},
 	}
 	for _, ch := range checks {

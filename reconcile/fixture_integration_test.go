@@ -135,7 +135,7 @@ func (f *fixture) startPipeline(ctx context.Context, partitions int32) {
 	kopts := []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cp, err := capture.New(capture.Config{TopicPrefix: f.prefix, Namespaces: []string{f.ns}, Partitions: partitions,
-		Backfill: capture.BackfillConfig{Enabled: &off}}, f.mc, kopts, f.store, log, nil)
+		Backfill: capture.BackfillConfig{Enabled: &off}}, capture.Deps{Mongo: f.mc, KafkaOpts: kopts, Store: f.store, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func (f *fixture) startPipeline(ctx context.Context, partitions int32) {
 		cp.Close()
 		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		f.adm.DeleteTopics(c, capture.Topic(f.prefix, f.ns), envelope.DeadLetterTopic(f.prefix))
+		f.adm.DeleteTopics(c, envelope.Topic(f.prefix, f.ns), envelope.DeadLetterTopic(f.prefix))
 	})
 	// Ready when the stream has fixed its start and the sink owns the partitions.
 	deadline := time.Now().Add(60 * time.Second)

@@ -194,7 +194,7 @@ func (l *PipelineLag) applied(ctx context.Context, topic string, p int32) envelo
 }
 
 func (l *PipelineLag) Caught(ctx context.Context, ns string, keys [][]byte, v envelope.Version, w *Watermark) (bool, error) {
-	topic := capture.Topic(l.TopicPrefix, ns)
+	topic := envelope.Topic(l.TopicPrefix, ns)
 	n, err := l.partitionCount(ctx, topic)
 	if err != nil {
 		return false, err
@@ -499,7 +499,7 @@ func (l *PipelineLag) changedBetween(ctx context.Context, ns string, from, v env
 }
 
 func (l *PipelineLag) Positions(ctx context.Context, ns string) ([]Position, error) {
-	topic := capture.Topic(l.TopicPrefix, ns)
+	topic := envelope.Topic(l.TopicPrefix, ns)
 	n, err := l.partitionCount(ctx, topic)
 	if err != nil {
 		return nil, err

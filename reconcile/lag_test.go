@@ -87,7 +87,7 @@ func TestPartitionOfIsStable(t *testing.T) {
 func TestCaughtUpRule(t *testing.T) {
 	ctx := t.Context()
 	const ns, prefix, group = "app.users", "tm", "sink"
-	topic := capture.Topic(prefix, ns)
+	topic := envelope.Topic(prefix, ns)
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, topic))
 	if err != nil {
 		t.Fatal(err)

@@ -53,6 +53,18 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 			pending = append(pending, i)
 		}
 	}
+	if err := rd.decide(ctx, cands, pending, out); err != nil {
+		return err
+	}
+	rd.outcomes = out
+	rd.tally(cands, out, fromTree)
+	return nil
+}
+
+// decide re-checks the pending candidates together, pass after pass, until
+// each is decided or InFlightWait has passed since the first pass, and leaves
+// each one's outcome in out: a key still undecided then is in flight.
+func (rd *round) decide(ctx context.Context, cands []candidate, pending []int, out []outcome) error {
 	deadline := time.Now().Add(rd.r.cfg.InFlightWait)
 	pins := make([]pin, len(cands))
 	for first := true; len(pending) > 0; first = false {
@@ -122,7 +134,13 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	rd.outcomes = out
+	return nil
+}
+
+// tally counts the outcomes into the report: per table and class, the
+// divergent keys and their tree leaves (the report's buckets), and a sample,
+// divergent keys first.
+func (rd *round) tally(cands []candidate, out []outcome, fromTree bool) {
 	var inFlight []KeySample
 	hot := map[int]map[uint32]int64{} // by table: divergent keys per tree leaf
 	for i, o := range out {
@@ -187,7 +205,6 @@ func (rd *round) recheckAll(ctx context.Context, cands []candidate, fromTree boo
 		}
 		rd.rep.Sample = append(rd.rep.Sample, s)
 	}
-	return nil
 }
 
 // quickMatch settles, in bulk, the candidates whose document (read in

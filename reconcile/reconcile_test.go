@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -279,6 +281,66 @@ func TestReportsFolder(t *testing.T) {
 	}
 	if _, err := rs.Get("../../etc/passwd"); !errors.Is(err, ErrNoReport) {
 		t.Fatalf("a path was accepted as an id: %v", err)
+	}
+}
+
+// TestReportIDsSortWithinASecond: rounds started in the same second sort in
+// the order they started, so "latest" is the newest (two short rounds used
+// to come out in random order); ids keep their documented form.
+func TestReportIDsSortWithinASecond(t *testing.T) {
+	at := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+	for range 200 {
+		var prev string
+		for _, ms := range []int{0, 1, 2, 499, 998, 999, 1000} {
+			id := newID(at.Add(time.Duration(ms) * time.Millisecond))
+			if !idRE.MatchString(id) {
+				t.Fatalf("id %q does not match %s", id, idRE)
+			}
+			if id <= prev {
+				t.Fatalf("id at +%d ms %q sorts before the earlier %q", ms, id, prev)
+			}
+			prev = id
+		}
+	}
+}
+
+// TestReportsPrune checks reconcile.keep_reports' rule: the newest reports
+// stay, the oldest go, and files that are not reports are left alone.
+func TestReportsPrune(t *testing.T) {
+	rs := Reports{Dir: t.TempDir()}
+	at := time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC)
+	var ids []string
+	for i := range 5 {
+		r := &Report{SchemaVersion: SchemaVersion, ID: newID(at.Add(time.Duration(i) * time.Minute)), Status: "clean"}
+		if err := rs.Write(r); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	other := filepath.Join(rs.Dir, "notes.json")
+	if err := os.WriteFile(other, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Prune(2); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := rs.List(); !slices.Equal(got, ids[3:]) {
+		t.Errorf("after Prune(2): %v, want the newest two %v", got, ids[3:])
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("Prune removed a file that is not a report: %v", err)
+	}
+	if err := rs.Prune(10); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := rs.List(); len(got) != 2 {
+		t.Errorf("Prune(10) of 2 reports left %v", got)
+	}
+	if err := (Config{KeepReports: -1}).WithDefaults().Validate(); err == nil {
+		t.Error("keep_reports -1 accepted")
+	}
+	if c := (Config{}).WithDefaults(); c.KeepReports != DefaultKeepReports {
+		t.Errorf("keep_reports default %d, want %d", c.KeepReports, DefaultKeepReports)
 	}
 }
 

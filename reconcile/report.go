@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -168,17 +169,38 @@ const (
 	WaitUnreadable = "unreadable" // a side or the pipeline's progress could not be read
 )
 
-// newID names a round: sortable by time, unique across daemons.
+// newID names a round: sortable by time, unique across daemons. The
+// suffix's top 10 bits are the millisecond within the second and the other
+// 14 random: rounds of small namespaces finish within a second of each
+// other, and with a wholly random suffix "latest" (the last id in order)
+// was as often the older of two such rounds as the newer.
 func newID(at time.Time) string {
-	var b [3]byte
+	var b [2]byte
 	rand.Read(b[:])
-	return at.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+	ms := uint32(at.Nanosecond() / int(time.Millisecond))
+	return at.UTC().Format("20060102T150405Z") + "-" + fmt.Sprintf("%06x", ms<<14|uint32(binary.BigEndian.Uint16(b[:]))&0x3fff)
 }
 
 var idRE = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$`)
 
 // Reports is the folder of round reports.
 type Reports struct{ Dir string }
+
+// Prune removes the oldest reports (ids sort by time) until keep remain. A
+// report it cannot remove is left for the next call.
+func (rs Reports) Prune(keep int) error {
+	ids, err := rs.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range ids[:max(len(ids)-keep, 0)] {
+		if err := os.Remove(filepath.Join(rs.Dir, id+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // Write stores r as <dir>/<id>.json, atomically.
 func (rs Reports) Write(r *Report) error {

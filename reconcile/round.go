@@ -29,6 +29,11 @@ type RoundOptions struct {
 	OnProgress func(Progress)
 	// Fresh discards the scope's saved progress instead of resuming it.
 	Fresh bool
+	// Fence, when set, is asked before the round writes shared state (its
+	// progress, summary and verified marks): an error means the round may
+	// no longer write it (a scheduled round whose daemon was deposed as the
+	// elected leader), and the round stops without writing.
+	Fence func(ctx context.Context) error
 }
 
 // roundState is a round's resumable progress, kept in checkpoints under
@@ -84,6 +89,26 @@ type round struct {
 	phase     atomic.Value
 	// inSlice filters the source documents; nil admits every one.
 	inSlice func(namespace string, idKey []byte) bool
+	// fence is RoundOptions.Fence; fenced is its refusal, after which the
+	// round writes nothing more.
+	fence  func(ctx context.Context) error
+	fenced atomic.Pointer[error]
+}
+
+// mayWrite asks the round's fence whether it may still write shared state.
+func (rd *round) mayWrite(ctx context.Context) error {
+	if p := rd.fenced.Load(); p != nil {
+		return *p
+	}
+	if rd.fence == nil {
+		return nil
+	}
+	if err := rd.fence(ctx); err != nil {
+		err = fmt.Errorf("reconcile: round %s may not write its results: %w", rd.rep.ID, err)
+		rd.fenced.Store(&err)
+		return err
+	}
+	return nil
 }
 
 // apply is the rows doc should have in the target: none when the current
@@ -131,7 +156,7 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 	if err != nil {
 		return nil, err
 	}
-	rd := &round{r: r, scope: scope, tables: tables, src: src, started: time.Now(),
+	rd := &round{r: r, scope: scope, tables: tables, src: src, started: time.Now(), fence: o.Fence,
 		srcRows: make([]atomic.Int64, len(tables)), tgtRows: make([]atomic.Int64, len(tables)),
 		docLim: limiter(r.cfg.DocsPerSecond), rowLim: limiter(r.cfg.RowsPerSecond), segDone: map[int]bool{}}
 	rd.phase.Store("scan")
@@ -331,6 +356,9 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 
 // save writes the resumable progress.
 func (rd *round) save(ctx context.Context) error {
+	if err := rd.mayWrite(ctx); err != nil {
+		return err
+	}
 	rd.mu.Lock()
 	st := rd.st
 	st.Exp, st.Act, st.SegDone = nil, nil, nil
@@ -766,6 +794,14 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	default:
 		rep.Status = "clean"
 	}
+	if err := rd.mayWrite(pctx); err != nil {
+		// The report file is this daemon's own; the shared state is not.
+		rep.Status, rep.Error = "incomplete", errors.Join(runErr, err).Error()
+		if werr := r.reports.Write(rep); werr != nil {
+			r.log.Warn("cannot write the report", "err", werr)
+		}
+		return rep, err
+	}
 	if runErr == nil && len(rd.scope.IDs) == 0 {
 		if err := r.d.Store.Delete(pctx, progressKey(rd.scope)); err != nil {
 			r.log.Warn("cannot clear round progress", "err", err)
@@ -773,6 +809,11 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	}
 	if err := r.reports.Write(rep); err != nil {
 		return rep, err
+	}
+	// Retention: without it a daemon running rounds every few minutes fills
+	// its report volume. A failure to remove old files does not fail the round.
+	if err := r.reports.Prune(r.cfg.KeepReports); err != nil {
+		r.log.Warn("cannot remove old reports", "keep_reports", r.cfg.KeepReports, "err", err)
 	}
 	sum := checkpoints.RoundSummary{ID: rep.ID, Scope: rd.scope.Key(), Start: rep.Start, End: rep.End,
 		Clean: rep.Status == "clean", RowsCompared: rep.RowsCompared, Divergent: divergent, InFlight: rep.Counts["in_flight"],
@@ -799,7 +840,7 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 			}
 			// Named copies let `tidemark rewind --to-mark ID` reach older
 			// verified rounds, not only the newest.
-			if err := keepNamedMark(pctx, r.d.Store, key, m); err != nil {
+			if err := keepNamedMark(pctx, r.d.Store, key, m, r.cfg.KeepVerifiedMarks); err != nil {
 				return rep, fmt.Errorf("reconcile: record verified mark: %w", err)
 			}
 		}
@@ -813,17 +854,16 @@ func (rd *round) finish(ctx context.Context, runErr error) (*Report, error) {
 	return rep, nil
 }
 
-// namedMarks is how many named verified marks each partition keeps.
-const namedMarks = 20
-
 // keepNamedMark stores m under key/<name> as well and drops the oldest named
-// copies beyond namedMarks.
-func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m checkpoints.Mark) error {
+// copies beyond keep (reconcile.keep_verified_marks): one is added per clean
+// round, so without the bound the store, which every daemon holds in memory,
+// would grow with every round.
+func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m checkpoints.Mark, keep int) error {
 	if err := checkpoints.PutJSON(ctx, st, key+"/"+m.Name, m); err != nil {
 		return err
 	}
 	all, err := st.List(ctx, key+"/")
-	if err != nil || len(all) <= namedMarks {
+	if err != nil || len(all) <= keep {
 		return err
 	}
 	type named struct {
@@ -838,7 +878,7 @@ func keepNamedMark(ctx context.Context, st checkpoints.Store, key string, m chec
 		}
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].wall.Before(ms[j].wall) })
-	for _, x := range ms[:max(0, len(ms)-namedMarks)] {
+	for _, x := range ms[:max(0, len(ms)-keep)] {
 		if err := st.Delete(ctx, x.key); err != nil {
 			return err
 		}

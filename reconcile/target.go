@@ -67,11 +67,17 @@ func (tg *target) scanRange(ctx context.Context, lo, hi int64, fn func(token int
 		iter.Close()
 		return fmt.Errorf("reconcile: read %s: %w", tg.t.QualifiedName(), err)
 	}
-	values := make([]any, len(rd.Values)-1)
+	flat := make([]any, len(rd.Values)-1)
+	values := make([]any, 0, len(tg.t.Columns))
 	for iter.Scan(rd.Values...) {
 		tok := *(rd.Values[0].(*int64))
 		for i, p := range rd.Values[1:] {
-			values[i] = reflect.ValueOf(p).Elem().Interface()
+			flat[i] = reflect.ValueOf(p).Elem().Interface()
+		}
+		// A tuple column comes as one value per component.
+		if values, err = tg.t.RowFromScan(flat, values); err != nil {
+			iter.Close()
+			return err
 		}
 		if err := fn(tok, values); err != nil {
 			iter.Close()
@@ -96,10 +102,7 @@ func (tg *target) read(ctx context.Context, key []any) (values []any, writetime 
 	if !found {
 		return nil, 0, false, nil
 	}
-	values = make([]any, len(tg.t.Columns))
-	for i, c := range tg.t.Columns {
-		values[i] = m[c.Name]
-	}
+	values = tg.t.RowFromMap(m, nil)
 	for k, v := range m {
 		if strings.HasPrefix(strings.ToLower(k), "writetime(") {
 			if w, ok := v.(int64); ok && w > writetime {

@@ -3,7 +3,7 @@ package rollout
 import (
 	"context"
 
-	"github.com/tidemarkhq/tidemark/sink"
+	"github.com/tidemarkhq/tidemark/envelope"
 )
 
 // Signals reads the numbers gates and triggers judge.
@@ -34,24 +34,24 @@ type Actions interface {
 	// Requests counts the ids still waiting for the capture role.
 	Requests(ctx context.Context, ids []string) (int, error)
 	// Partitions lists the partitions that hold the slice's keys.
-	Partitions(ctx context.Context, slice Slice) ([]sink.TopicPartition, error)
+	Partitions(ctx context.Context, slice Slice) ([]envelope.TopicPartition, error)
 	// Pause stores tps as paused for every daemon (operator intent, durable
 	// when it returns) and returns those that were not paused before.
-	Pause(ctx context.Context, tps []sink.TopicPartition, reason string) ([]sink.TopicPartition, error)
+	Pause(ctx context.Context, tps []envelope.TopicPartition, reason string) ([]envelope.TopicPartition, error)
 	// Resume removes tps from the paused intent.
-	Resume(ctx context.Context, tps []sink.TopicPartition, reason string) error
+	Resume(ctx context.Context, tps []envelope.TopicPartition, reason string) error
 	// Paused reports whether every one of tps is paused in the stored intent
 	// and, for partitions this process consumes, in the consumer too.
-	Paused(ctx context.Context, tps []sink.TopicPartition) (bool, error)
+	Paused(ctx context.Context, tps []envelope.TopicPartition) (bool, error)
 	// Rewind moves tps back to their last verified marks through the sink's
 	// rewind requests and returns once every owner moved its positions; the
 	// details say what moved.
-	Rewind(ctx context.Context, tps []sink.TopicPartition, reason string) (map[string]any, error)
+	Rewind(ctx context.Context, tps []envelope.TopicPartition, reason string) (map[string]any, error)
 	// CaughtUp reports whether tps have replayed to their end.
-	CaughtUp(ctx context.Context, tps []sink.TopicPartition) (bool, error)
+	CaughtUp(ctx context.Context, tps []envelope.TopicPartition) (bool, error)
 	// Ends returns tps' end offsets now: every record produced before the
 	// call is below them.
-	Ends(ctx context.Context, tps []sink.TopicPartition) ([]Offset, error)
+	Ends(ctx context.Context, tps []envelope.TopicPartition) ([]Offset, error)
 	// Passed reports whether the sink has committed every record below ends
 	// (a transactional topic's last offset is a commit marker, so one short
 	// of an end passes it).

@@ -108,6 +108,9 @@ func (e *Engine) reemit(ctx context.Context, key string, ef *Effect, now time.Ti
 	for n > 0 && len(ef.Queue) > 0 {
 		d := &ef.Queue[0]
 		take := min(n, len(d.Keys))
+		if err := e.fence(ctx); err != nil {
+			return err
+		}
 		id, err := e.act.Reemit(ctx, d.Namespace, d.Keys[:take], fmt.Sprintf("rollout repair of round %s", d.Round))
 		if err != nil {
 			return err

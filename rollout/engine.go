@@ -1,7 +1,9 @@
 package rollout
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,7 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
-	"github.com/tidemarkhq/tidemark/sink"
+	"github.com/tidemarkhq/tidemark/envelope"
+	"github.com/tidemarkhq/tidemark/leader"
 )
 
 // StateKey holds the engine's State.
@@ -52,7 +55,7 @@ type State struct {
 	Halted  bool `json:"halted,omitempty"`
 	Aborted bool `json:"aborted,omitempty"`
 	// Paused are the partitions the rollout paused (resume releases only these).
-	Paused []sink.TopicPartition `json:"paused,omitempty"`
+	Paused []envelope.TopicPartition `json:"paused,omitempty"`
 	// Triggers are keyed by "<stage>/<trigger>".
 	Triggers map[string]TriggerState `json:"triggers,omitempty"`
 	// Applied is the slice the sink was last told to write.
@@ -66,26 +69,30 @@ type State struct {
 	// WouldAdvance is the stage a dry run announced it would advance to.
 	WouldAdvance string `json:"would_advance,omitempty"`
 	Routes       Routes `json:"routes"`
+	// LeaderEpoch is the leadership term of the evaluator that last wrote
+	// the state (election on; see Deps.Deposed): an evaluator of an older
+	// term may no longer write it.
+	LeaderEpoch int64 `json:"leader_epoch,omitempty"`
 }
 
 // Status is GET /v1/plan.
 type Status struct {
-	PlanVersion  string                `json:"plan_version"`
-	DryRun       bool                  `json:"dry_run"`
-	Stage        int                   `json:"stage"`
-	StageName    string                `json:"stage_name"`
-	Stages       []string              `json:"stages"`
-	StageSince   time.Time             `json:"stage_since"`
-	Advance      string                `json:"advance,omitempty"`
-	Slice        map[string]any        `json:"slice"`
-	Reads        Mode                  `json:"reads,omitempty"`
-	Complete     bool                  `json:"complete"`
-	SoftRollback bool                  `json:"soft_rollback"`
-	Reverted     []string              `json:"reverted"`
-	Held         string                `json:"held,omitempty"`
-	Aborted      bool                  `json:"aborted"`
-	Paused       []sink.TopicPartition `json:"paused_by_rollout"`
-	Gates        []GateStatus          `json:"gates"`
+	PlanVersion  string                    `json:"plan_version"`
+	DryRun       bool                      `json:"dry_run"`
+	Stage        int                       `json:"stage"`
+	StageName    string                    `json:"stage_name"`
+	Stages       []string                  `json:"stages"`
+	StageSince   time.Time                 `json:"stage_since"`
+	Advance      string                    `json:"advance,omitempty"`
+	Slice        map[string]any            `json:"slice"`
+	Reads        Mode                      `json:"reads,omitempty"`
+	Complete     bool                      `json:"complete"`
+	SoftRollback bool                      `json:"soft_rollback"`
+	Reverted     []string                  `json:"reverted"`
+	Held         string                    `json:"held,omitempty"`
+	Aborted      bool                      `json:"aborted"`
+	Paused       []envelope.TopicPartition `json:"paused_by_rollout"`
+	Gates        []GateStatus              `json:"gates"`
 	// Widening is the backfill of the keys the current stage added.
 	Widening  *Effect         `json:"widening,omitempty"`
 	Triggers  []TriggerStatus `json:"triggers"`
@@ -97,17 +104,32 @@ type Status struct {
 	Following bool `json:"following"`
 }
 
-// Option configures an Engine.
+// Deps are what an engine needs from the daemon.
+type Deps struct {
+	// Store keeps the plan's state, shared by every daemon.
+	Store checkpoints.Store
+	// Signals are what gates and triggers read.
+	Signals Signals
+	// Actions carry out what the plan decides.
+	Actions Actions
+	// Deposed, when set, turns fencing on: every write of the state, and
+	// every action, is conditional on the leadership term SetTerm gave
+	// this engine; the stored state must not carry a newer term's epoch
+	// (leader.Check). A refused write makes the engine a follower at once
+	// (it acts no more), is audited as leader.fenced, and is passed to
+	// Deposed (the elector counts it and steps down).
+	Deposed func(error)
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the engine's metrics; nil for none.
+	Registerer prometheus.Registerer
+}
+
+// Option tunes an Engine's timing (tests).
 type Option func(*Engine)
 
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
-
-// WithLogger sets the logger.
-func WithLogger(l *slog.Logger) Option { return func(e *Engine) { e.log = l } }
-
-// WithRegisterer registers the engine's metrics.
-func WithRegisterer(r prometheus.Registerer) Option { return func(e *Engine) { e.reg = r } }
 
 // WithPoll sets how often drills re-check an effect. Default 200ms.
 func WithPoll(d time.Duration) Option { return func(e *Engine) { e.poll = d } }
@@ -129,8 +151,23 @@ type Engine struct {
 	// ef follows the action's effect until a fresh round judges it.
 	auto func(ctx context.Context, a Action, reason string, details map[string]any, ef *Effect) error
 
+	// deposed is Deps.Deposed: set, fencing is on.
+	deposed func(error)
+
 	op sync.Mutex // serialises everything that changes st
 	st State
+	// epoch is the leadership term this engine evaluates under (SetTerm);
+	// saved is the state as last written under it, so an unchanged state
+	// is not written again (each conditional write is a record kept for
+	// good in the Kafka store). Both guarded by op.
+	epoch int64
+	saved []byte
+	// fenced is the newest term this engine was deposed from; SetTerm
+	// ignores it and older ones (the elector may not have stepped down yet).
+	fenced int64
+	// lastTick is when the evaluator last evaluated; a longer gap than
+	// expected means this process may have been frozen (see Tick).
+	lastTick time.Time
 	// following is true while another daemon evaluates the plan: set by
 	// rollout.follow, or by SetEvaluating as an election moves the role.
 	following atomic.Bool
@@ -151,11 +188,16 @@ type Engine struct {
 
 // NewEngine builds an engine for cfg (already defaulted and validated). Call Start
 // before anything else.
-func NewEngine(cfg Config, store checkpoints.Store, sig Signals, act Actions, opts ...Option) (*Engine, error) {
+func NewEngine(cfg Config, d Deps, opts ...Option) (*Engine, error) {
 	if !cfg.Enabled() {
 		return nil, errors.New("rollout: no plan (rollout.stages is empty)")
 	}
-	e := &Engine{cfg: cfg, store: store, sig: sig, act: act, log: slog.Default(), now: time.Now, poll: 200 * time.Millisecond,
+	log := d.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Engine{cfg: cfg, store: d.Store, sig: d.Signals, act: d.Actions, log: log, reg: d.Registerer, deposed: d.Deposed,
+		now: time.Now, poll: 200 * time.Millisecond,
 		gates: map[string]*hold{}, trigs: map[string]*hold{}, verdicts: map[string]string{},
 		lastEmit: map[string]time.Time{}}
 	for _, o := range opts {
@@ -188,16 +230,45 @@ func (e *Engine) SetEvaluating(ctx context.Context, on bool) error {
 	e.op.Lock()
 	defer e.op.Unlock()
 	if !on {
-		if !e.following.Swap(true) {
-			e.log.Info("rollout: following the plan; another daemon evaluates it")
-			e.refresh(e.now().UTC(), nil)
-		}
+		e.stopEvaluating()
 		return nil
 	}
 	if e.cfg.Follow || !e.following.Load() {
 		return nil
 	}
+	return e.startEvaluating(ctx)
+}
+
+// SetTerm is SetEvaluating for an elected leader: epoch is the term this
+// daemon now holds (0: none, follow). With Deps.Deposed set every write carries
+// it. A new term reloads the stored state even if this engine was
+// evaluating already: another leader may have written it in between.
+func (e *Engine) SetTerm(ctx context.Context, epoch int64) error {
+	e.op.Lock()
+	defer e.op.Unlock()
+	if epoch == 0 {
+		e.stopEvaluating()
+		e.epoch = 0
+		return nil
+	}
+	if e.cfg.Follow || (!e.following.Load() && e.epoch == epoch) || epoch <= e.fenced {
+		return nil
+	}
+	e.following.Store(true)
+	e.epoch = epoch
+	return e.startEvaluating(ctx)
+}
+
+func (e *Engine) stopEvaluating() {
+	if !e.following.Swap(true) {
+		e.log.Info("rollout: following the plan; another daemon evaluates it")
+		e.refresh(e.now().UTC(), nil)
+	}
+}
+
+func (e *Engine) startEvaluating(ctx context.Context) error {
 	e.following.Store(false)
+	e.saved, e.lastTick = nil, time.Time{}
 	clear(e.gates)
 	clear(e.trigs)
 	clear(e.verdicts)
@@ -312,6 +383,10 @@ func (e *Engine) Tick(ctx context.Context) error {
 		e.refresh(now, err)
 		return err
 	}
+	if err := e.checkTerm(ctx, now); err != nil {
+		e.refresh(now, err)
+		return err
+	}
 	var samples map[string]Sample
 	var sampleErr error
 	if !e.st.Aborted {
@@ -333,7 +408,9 @@ func (e *Engine) Tick(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if st := e.stage(); st != nil && !e.st.Aborted {
+	// deposed: a refused write made this engine a follower; it acts no more.
+	deposed := e.following.Load
+	if st := e.stage(); st != nil && !e.st.Aborted && !deposed() {
 		for _, g := range st.Gates {
 			h := e.hold(e.gates, g.Name)
 			s, has := read(g.Signal)
@@ -358,9 +435,14 @@ func (e *Engine) Tick(ctx context.Context) error {
 			if err := e.fire(ctx, t, h, s, now); err != nil {
 				errs = append(errs, err)
 			}
+			if deposed() {
+				break
+			}
 		}
-		if err := e.maybeAdvance(ctx, now); err != nil {
-			errs = append(errs, err)
+		if !deposed() {
+			if err := e.maybeAdvance(ctx, now); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	err := errors.Join(errs...)
@@ -439,6 +521,9 @@ func (e *Engine) fire(ctx context.Context, t Trigger, h *hold, s Sample, now tim
 		return nil
 	case e.st.Held != "" && t.Action != SoftRollback && t.Action != HardRollback:
 		return nil
+	}
+	if err := e.fence(ctx); err != nil {
+		return err
 	}
 	src := s.Source
 	if src == "" {
@@ -605,6 +690,9 @@ func (e *Engine) wouldDo(ctx context.Context, a Action, reason string, details m
 // starts. A repair with ef only queues the keys; progress re-emits them at
 // rollout.repair's pace. Without ef (a drill) a repair re-emits them at once.
 func (e *Engine) do(ctx context.Context, a Action, reason string, ef *Effect) (map[string]any, error) {
+	if err := e.fence(ctx); err != nil {
+		return nil, err
+	}
 	switch a {
 	case Halt:
 		// A halt holds the plan: no stage advances, no automatic repair or
@@ -696,6 +784,9 @@ func (e *Engine) setStage(i int) {
 // applySlice hands the sink the current stage's slice and asks for a backfill
 // of every namespace the slice widened, since the sink skipped those keys.
 func (e *Engine) applySlice(ctx context.Context) error {
+	if err := e.fence(ctx); err != nil {
+		return err
+	}
 	want := e.slice()
 	prev := e.st.Applied
 	if err := e.act.ApplySlice(ctx, want); err != nil {
@@ -734,6 +825,9 @@ func (e *Engine) maybeAdvance(ctx context.Context, now time.Time) error {
 	gates := e.gateStatus(now)
 	if !allPass(gates) {
 		return nil
+	}
+	if err := e.fence(ctx); err != nil {
+		return err
 	}
 	details := map[string]any{"from": st.Name, "to": next.Name, "gates": gates, "plan_version": e.cfg.Version}
 	if e.cfg.DryRun {
@@ -853,17 +947,125 @@ func sameCollections(a, b map[string]CollectionRoute) bool {
 }
 
 func (e *Engine) save(ctx context.Context) error {
-	if err := checkpoints.PutJSON(ctx, e.store, StateKey, e.st); err != nil {
+	if e.deposed == nil {
+		if err := checkpoints.PutJSON(ctx, e.store, StateKey, e.st); err != nil {
+			return fmt.Errorf("rollout: save state: %w", err)
+		}
+		return nil
+	}
+	return e.write(ctx, false)
+}
+
+// fence writes the state under this engine's term before an action: an
+// evaluator that was deposed learns it here, before it acts, and not after.
+// A no-op without Deps.Deposed.
+func (e *Engine) fence(ctx context.Context) error {
+	if e.deposed == nil {
+		return nil
+	}
+	return e.write(ctx, true)
+}
+
+// write stores the state if the stored one carries no newer term than this
+// engine's, in one compare-and-swap (checkpoints.Update): a newer leader's
+// write in between makes the swap fail, and the retry reads that leader's
+// epoch. Unless force, a state equal to the one last written is not
+// written again.
+func (e *Engine) write(ctx context.Context, force bool) error {
+	mine := e.epoch
+	if mine == 0 {
+		// Stepped down already (or never given a term): nothing to tell.
+		return fmt.Errorf("%w: %w", ErrRefused, &leader.DeposedError{Key: StateKey})
+	}
+	e.st.LeaderEpoch = mine
+	b, err := json.Marshal(e.st)
+	if err != nil {
+		return fmt.Errorf("rollout: encode state: %w", err)
+	}
+	if !force && bytes.Equal(b, e.saved) {
+		return nil
+	}
+	err = checkpoints.Update(ctx, e.store, StateKey, func(old []byte, found bool) ([]byte, error) {
+		var cur struct {
+			LeaderEpoch int64 `json:"leader_epoch"`
+		}
+		if found {
+			if err := json.Unmarshal(old, &cur); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", StateKey, err)
+			}
+		}
+		if err := leader.Check(StateKey, mine, cur.LeaderEpoch); err != nil {
+			return nil, err
+		}
+		return b, nil
+	})
+	if errors.Is(err, leader.ErrDeposed) {
+		e.stepDown(ctx, err)
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if err != nil {
 		return fmt.Errorf("rollout: save state: %w", err)
 	}
+	e.saved = b
 	return nil
+}
+
+// checkTerm is a leader's cheap check at each evaluation: the state as this
+// daemon last read it (no round trip) must not carry a newer term. It
+// catches a deposed leader once its store has caught up; fence catches it
+// otherwise, before any action.
+//
+// After a gap of more than two evaluation periods, and at least a second
+// more than one (a process frozen by SIGSTOP or a long pause; a busy
+// machine delays ticks by less), the store's view may be as old as the
+// gap, so the first thing the evaluator does is a conditional write
+// (fence): a leader deposed meanwhile writes, audits and decides nothing
+// else. A shorter pause can still depose it (its session may have had
+// little time left); then the fence before each action and each write
+// catches it, though gate changes it observed may be audited first.
+func (e *Engine) checkTerm(ctx context.Context, now time.Time) error {
+	if e.deposed == nil {
+		return nil
+	}
+	last := e.lastTick
+	e.lastTick = now
+	if gap := now.Sub(last); !last.IsZero() && gap > e.cfg.Every+max(e.cfg.Every, time.Second) {
+		e.log.Info("rollout: evaluation was paused; checking the leadership term before anything else", "gap", gap.Round(time.Millisecond))
+		return e.fence(ctx)
+	}
+	st, ok, err := checkpoints.GetJSON[State](ctx, e.store, StateKey)
+	if err != nil || !ok {
+		return nil // the conditional write decides
+	}
+	if err := leader.Check(StateKey, e.epoch, st.LeaderEpoch); err != nil {
+		e.stepDown(ctx, err)
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	return nil
+}
+
+// stepDown makes a deposed evaluator a follower: it acts no more, and the
+// next evaluation follows the stored state, the new leader's.
+func (e *Engine) stepDown(ctx context.Context, err error) {
+	e.following.Store(true)
+	var de *leader.DeposedError
+	errors.As(err, &de)
+	e.log.Error("rollout: a newer leader took office; this daemon stops evaluating the plan", "err", err)
+	details := map[string]any{"key": StateKey}
+	if de != nil {
+		details["epoch"], details["current_epoch"] = de.Epoch, de.Current
+	}
+	e.audit(ctx, AutoActor, "leader.fenced", e.st.StageName, err.Error(), "refused", details)
+	e.fenced = max(e.fenced, e.epoch)
+	e.epoch = 0
+	e.deposed(err)
 }
 
 // refresh rebuilds the status snapshot and the metrics from the state.
 func (e *Engine) refresh(now time.Time, err error) {
 	s := Status{PlanVersion: e.cfg.Version, DryRun: e.cfg.DryRun, Stage: e.st.Stage, StageName: e.st.StageName,
 		StageSince: e.st.StageSince, SoftRollback: e.st.SoftRollback, Held: e.st.Held,
-		Aborted: e.st.Aborted, Paused: append([]sink.TopicPartition{}, e.st.Paused...), Gates: e.gateStatus(now),
+		Aborted: e.st.Aborted, Paused: append([]envelope.TopicPartition{}, e.st.Paused...), Gates: e.gateStatus(now),
 		Triggers: []TriggerStatus{}, RouteGen: e.st.Routes.Generation, Evaluated: now, Reverted: []string{}, Slice: map[string]any{},
 		Following: e.following.Load()}
 	for _, st := range e.cfg.Stages {
@@ -918,6 +1120,10 @@ func (e *Engine) audit(ctx context.Context, actor, action, target, reason, resul
 		details = map[string]any{}
 	}
 	details["plan_version"] = e.cfg.Version
+	if e.deposed != nil && e.epoch != 0 {
+		// Which term decided: two daemons' entries look alike otherwise.
+		details["leader_epoch"] = e.epoch
+	}
 	err := e.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Time: e.now().UTC(), Actor: actor, Action: action,
 		Target: target, Reason: reason, Result: result, Details: details})
 	if err != nil {
@@ -943,8 +1149,8 @@ func merge(a, b map[string]any) map[string]any {
 	return out
 }
 
-func mergeTP(a, b []sink.TopicPartition) []sink.TopicPartition {
-	set := map[sink.TopicPartition]bool{}
+func mergeTP(a, b []envelope.TopicPartition) []envelope.TopicPartition {
+	set := map[envelope.TopicPartition]bool{}
 	for _, tp := range a {
 		set[tp] = true
 	}
@@ -954,8 +1160,8 @@ func mergeTP(a, b []sink.TopicPartition) []sink.TopicPartition {
 	return sortTP(set)
 }
 
-func sortTP(set map[sink.TopicPartition]bool) []sink.TopicPartition {
-	out := make([]sink.TopicPartition, 0, len(set))
+func sortTP(set map[envelope.TopicPartition]bool) []envelope.TopicPartition {
+	out := make([]envelope.TopicPartition, 0, len(set))
 	for tp, on := range set {
 		if on {
 			out = append(out, tp)

@@ -95,8 +95,8 @@ func newEnvPlan(t *testing.T, text string, mutate func(*rollout.Config)) *env {
 // start builds an engine on the env's store, as a restarted daemon would.
 func (en *env) start() {
 	en.t.Helper()
-	e, err := rollout.NewEngine(en.cfg, en.store, en.sig, en.act, rollout.WithClock(en.clock.Now), rollout.WithPoll(time.Millisecond),
-		rollout.WithLogger(slog.New(slog.DiscardHandler)))
+	e, err := rollout.NewEngine(en.cfg, rollout.Deps{Store: en.store, Signals: en.sig, Actions: en.act, Logger: slog.New(slog.DiscardHandler)},
+		rollout.WithClock(en.clock.Now), rollout.WithPoll(time.Millisecond))
 	if err != nil {
 		en.t.Fatal(err)
 	}
@@ -652,8 +652,8 @@ func TestDrillUnknownTrigger(t *testing.T) {
 func TestEvaluatorRoleMovesBetweenEngines(t *testing.T) {
 	en := newEnv(t, nil)
 	a := en.e
-	b, err := rollout.NewEngine(en.cfg, en.store, en.sig, &rollouttest.Actions{}, rollout.WithClock(en.clock.Now),
-		rollout.WithPoll(time.Millisecond), rollout.WithLogger(slog.New(slog.DiscardHandler)))
+	b, err := rollout.NewEngine(en.cfg, rollout.Deps{Store: en.store, Signals: en.sig, Actions: &rollouttest.Actions{}, Logger: slog.New(slog.DiscardHandler)},
+		rollout.WithClock(en.clock.Now), rollout.WithPoll(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
-	"github.com/tidemarkhq/tidemark/sink"
+	"github.com/tidemarkhq/tidemark/envelope"
 )
 
 var errFollower = fmt.Errorf("%w: this daemon follows the plan (rollout.follow, or another daemon is the elected leader: GET /v1/leader names it); send plan commands to the daemon that evaluates it", ErrRefused)
@@ -109,6 +109,10 @@ func (e *Engine) Resume(ctx context.Context, actor, reason string) (Status, erro
 	}
 	before := map[string]any{"held": e.st.Held, "aborted": e.st.Aborted, "soft_rollback": e.st.SoftRollback, "paused": e.st.Paused}
 	var err error
+	if err = e.fence(ctx); err != nil {
+		e.refresh(e.now().UTC(), err)
+		return e.Status(), err
+	}
 	if len(e.st.Paused) > 0 {
 		if err = e.act.Resume(ctx, e.st.Paused, reason); err == nil {
 			e.st.Paused = nil
@@ -273,7 +277,7 @@ func (e *Engine) waitFor(ctx context.Context, check func() (bool, string, error)
 }
 
 // effect checks that action a did what it promises.
-func (e *Engine) effect(ctx context.Context, a Action, saved State, tps []sink.TopicPartition, res map[string]any) (bool, string, error) {
+func (e *Engine) effect(ctx context.Context, a Action, saved State, tps []envelope.TopicPartition, res map[string]any) (bool, string, error) {
 	switch a {
 	case Halt:
 		return e.st.Held != "", fmt.Sprintf("plan held: %q (the sink keeps running)", e.st.Held), nil
@@ -326,14 +330,14 @@ func (e *Engine) routeFileCurrent() (bool, string, error) {
 // restore puts back what action a changed. It returns the partitions it
 // released: those the drill paused, never those a person or an earlier
 // trigger had paused.
-func (e *Engine) restore(ctx context.Context, a Action, saved State) ([]sink.TopicPartition, error) {
+func (e *Engine) restore(ctx context.Context, a Action, saved State) ([]envelope.TopicPartition, error) {
 	switch a {
 	case Halt:
 		e.st.Held, e.st.Halted = saved.Held, saved.Halted
 		return nil, e.save(ctx)
 	case Rewind:
-		var newly []sink.TopicPartition
-		was := map[sink.TopicPartition]bool{}
+		var newly []envelope.TopicPartition
+		was := map[envelope.TopicPartition]bool{}
 		for _, tp := range saved.Paused {
 			was[tp] = true
 		}
@@ -368,13 +372,13 @@ func (e *Engine) restore(ctx context.Context, a Action, saved State) ([]sink.Top
 }
 
 // restored checks that the system is back where the drill found it.
-func (e *Engine) restored(ctx context.Context, a Action, saved State, released []sink.TopicPartition) (bool, string, error) {
+func (e *Engine) restored(ctx context.Context, a Action, saved State, released []envelope.TopicPartition) (bool, string, error) {
 	switch a {
 	case Halt:
 		return e.st.Held == saved.Held, fmt.Sprintf("hold as before: %q", e.st.Held), nil
 	case Rewind:
 		for _, tp := range released {
-			p, err := e.act.Paused(ctx, []sink.TopicPartition{tp})
+			p, err := e.act.Paused(ctx, []envelope.TopicPartition{tp})
 			if err != nil || p {
 				return false, fmt.Sprintf("%s/%d still paused", tp.Topic, tp.Partition), err
 			}

@@ -100,7 +100,7 @@ func TestFollowerAppliesTheEvaluatorsSliceAndRoutes(t *testing.T) {
 	cfg.Follow = true
 	cfg.RouteFile = t.TempDir() + "/follower-routes.json"
 	act := &rollouttest.Actions{}
-	f, err := rollout.NewEngine(cfg, en.store, en.sig, act, rollout.WithClock(en.clock.Now))
+	f, err := rollout.NewEngine(cfg, rollout.Deps{Store: en.store, Signals: en.sig, Actions: act}, rollout.WithClock(en.clock.Now))
 	if err != nil {
 		t.Fatal(err)
 	}

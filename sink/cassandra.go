@@ -59,21 +59,42 @@ type CassandraWriter struct {
 	consistency string
 	insert      map[*transform.Table]string
 	del         map[*transform.Table]string
+	// insertHead is, for a table with a tuple column, the INSERT up to its
+	// VALUES list, which depends on the row (see transform.Table.InsertMarks).
+	insertHead map[*transform.Table]string
+	// goneTTL is, per table with a key map, the gc_grace_seconds read at
+	// start: how long the key map keeps the entry of a document that has no
+	// row in the table any more (see ApplyMapped). 0: kept for good.
+	goneTTL map[*transform.Table]int
 }
 
 var _ Writer = (*CassandraWriter)(nil)
 
-// NewCassandraWriter prepares statements for every table of m and creates the
-// key map tables it needs. consistency, when set, overrides the tables' own.
+// NewCassandraWriter prepares statements for every table of m, creates the
+// key map tables it needs and reads the gc_grace_seconds of the tables that
+// use one. consistency, when set, overrides the tables' own.
 func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapping, consistency string) (*CassandraWriter, error) {
-	w := &CassandraWriter{s: s, m: m, consistency: consistency, insert: map[*transform.Table]string{}, del: map[*transform.Table]string{}}
+	w := &CassandraWriter{s: s, m: m, consistency: consistency, insert: map[*transform.Table]string{}, del: map[*transform.Table]string{},
+		insertHead: map[*transform.Table]string{}, goneTTL: map[*transform.Table]int{}}
 	keyspaces := map[string]bool{}
 	for _, ns := range m.Namespaces() {
 		for _, t := range m.Tables(ns) {
 			st := newStatements(t)
 			w.insert[t], w.del[t] = st.insert, st.del
+			if t.HasTuple() {
+				w.insertHead[t] = st.head
+			}
 			if t.NeedsKeyMap() {
 				keyspaces[t.Keyspace] = true
+				var grace int
+				err := s.Query("SELECT gc_grace_seconds FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+					t.Keyspace, t.Name).ScanContext(ctx, &grace)
+				if err != nil && !errors.Is(err, gocql.ErrNotFound) {
+					return nil, fmt.Errorf("sink: read gc_grace_seconds of %s: %w", t.QualifiedName(), err)
+				}
+				// A missing table is reported by the first write, as for
+				// tables without a key map; its entries are then kept.
+				w.goneTTL[t] = grace
 			}
 		}
 	}
@@ -86,7 +107,7 @@ func NewCassandraWriter(ctx context.Context, s *gocql.Session, m *transform.Mapp
 	return w, nil
 }
 
-type statements struct{ insert, del string }
+type statements struct{ insert, head, del string }
 
 // newStatements builds the upsert and delete of t: every mapped column on every
 // upsert, and both timestamped with the source version.
@@ -100,12 +121,15 @@ func newStatements(t *transform.Table) statements {
 	for _, i := range append(append([]int{}, t.PartitionKey...), t.ClusteringKey...) {
 		where = append(where, t.Columns[i].Name+" = ?")
 	}
+	head := fmt.Sprintf("INSERT INTO %s (%s) VALUES (", t.QualifiedName(), strings.Join(names, ", "))
 	return statements{
-		insert: fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) USING TIMESTAMP ?", t.QualifiedName(),
-			strings.Join(names, ", "), strings.Join(marks, ", ")),
-		del: fmt.Sprintf("DELETE FROM %s USING TIMESTAMP ? WHERE %s", t.QualifiedName(), strings.Join(where, " AND ")),
+		insert: head + strings.Join(marks, ", ") + insertTail,
+		head:   head,
+		del:    fmt.Sprintf("DELETE FROM %s USING TIMESTAMP ? WHERE %s", t.QualifiedName(), strings.Join(where, " AND ")),
 	}
 }
+
+const insertTail = ") USING TIMESTAMP ?"
 
 func (w *CassandraWriter) consistencyOf(t *transform.Table) gocql.Consistency {
 	c := t.Consistency
@@ -164,6 +188,13 @@ func (w *CassandraWriter) query(t *transform.Table, stmt string, args ...any) *g
 func (w *CassandraWriter) args(t *transform.Table, c Change) (string, []any) {
 	if c.Row == nil {
 		return w.del[t], append(append(make([]any, 0, len(c.Key)+1), c.Version), c.Key...)
+	}
+	if head, ok := w.insertHead[t]; ok {
+		// A tuple is bound component by component, and a null one is written
+		// as the literal null: gocql cannot bind a whole tuple. The statements
+		// differ only by which tuples are null, so gocql prepares a few.
+		return head + t.InsertMarks(c.Row.Values) + insertTail,
+			append(t.AppendBindValues(make([]any, 0, len(c.Row.Values)+1), c.Row.Values), c.Version)
 	}
 	return w.insert[t], append(append(make([]any, 0, len(c.Row.Values)+1), c.Row.Values...), c.Version)
 }
@@ -247,8 +278,20 @@ func (w *CassandraWriter) ApplyMapped(ctx context.Context, t *transform.Table, e
 			return err
 		}
 	}
+	// Retention: the entry of a document with no row here (deleted, or
+	// filtered out) expires after the table's gc_grace_seconds; otherwise every
+	// _id ever deleted would keep a key-map row for good. Past that, dropping
+	// the entry is safe: a replay of an older version of the document would
+	// only write rows the tombstones this delete left behind shadow, and those
+	// live for gc_grace_seconds, the same bound past which rewinds are refused.
+	// A later write of the document writes the entry again, without a TTL.
 	q := fmt.Sprintf("INSERT INTO %s.%s (tbl, id, key, version) VALUES (?, ?, ?, ?) USING TIMESTAMP ?", t.Keyspace, KeyMapTable)
-	if err := w.query(t, q, t.Name, id, newKey, ts, ts).ExecContext(ctx); err != nil {
+	args := []any{t.Name, id, newKey, ts, ts}
+	if ttl := w.goneTTL[t]; row == nil && ttl > 0 {
+		q += " AND TTL ?"
+		args = append(args, ttl)
+	}
+	if err := w.query(t, q, args...).ExecContext(ctx); err != nil {
 		return fmt.Errorf("sink: write key map of %s: %w", t.QualifiedName(), classify(err))
 	}
 	return nil

@@ -20,6 +20,8 @@ package sink
 import (
 	"errors"
 	"time"
+
+	"github.com/tidemarkhq/tidemark/envelope"
 )
 
 // Config is the sink section of the daemon config.
@@ -63,6 +65,11 @@ type ThrottleConfig struct {
 	ErrorRate float64 `yaml:"error_rate"`
 	// Window over which p99 and error rate are measured. Default 5s.
 	Window time.Duration `yaml:"window"`
+	// MaxWritesPerSecond caps the rate of Cassandra writes (each row write
+	// and each retry counts), whatever the target's health: for a shared
+	// production cluster with a write budget. Records wait in Kafka, never in
+	// memory; lag grows instead. 0, the default, sets no cap.
+	MaxWritesPerSecond float64 `yaml:"max_writes_per_second"`
 }
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -71,7 +78,7 @@ func (c Config) WithDefaults() Config {
 		c.Group = "tidemark-sink"
 	}
 	if c.TopicPrefix == "" {
-		c.TopicPrefix = "tidemark"
+		c.TopicPrefix = envelope.DefaultTopicPrefix
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = 16
@@ -111,6 +118,9 @@ func (c Config) Validate() error {
 	}
 	if c.Throttle.ErrorRate < 0 || c.Throttle.ErrorRate > 1 {
 		errs = append(errs, errors.New("sink.throttle.error_rate must be between 0 and 1"))
+	}
+	if c.Throttle.MaxWritesPerSecond < 0 {
+		errs = append(errs, errors.New("sink.throttle.max_writes_per_second must not be negative (0: no cap)"))
 	}
 	return errors.Join(errs...)
 }

@@ -101,8 +101,7 @@ func TestIntegrationSinkSurvivesKills(t *testing.T) {
 	}
 	store, _ := checkpoints.OpenFile(t.TempDir())
 	prefix := testbed.UniqueName(t, "kill")
-	cp, err := capture.New(capture.Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6}, mc,
-		[]kgo.Opt{kgo.SeedBrokers(brokers...)}, store, slog.Default(), nil)
+	cp, err := capture.New(capture.Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6}, capture.Deps{Mongo: mc, KafkaOpts: []kgo.Opt{kgo.SeedBrokers(brokers...)}, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}

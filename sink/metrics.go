@@ -11,6 +11,7 @@ type metrics struct {
 	skipped     prometheus.Counter
 	inflight    prometheus.Gauge
 	limit       prometheus.Gauge
+	rateWait    prometheus.Counter
 	paused      prometheus.Gauge
 	lagRecords  *prometheus.GaugeVec
 	lagSeconds  *prometheus.GaugeVec
@@ -36,6 +37,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Cassandra writes in flight."}),
 		limit: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tidemark_sink_inflight_limit",
 			Help: "In-flight writes the throttle currently allows."}),
+		rateWait: prometheus.NewCounter(prometheus.CounterOpts{Name: "tidemark_sink_rate_wait_seconds_total",
+			Help: "Time writes waited for sink.throttle.max_writes_per_second."}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tidemark_sink_paused_partitions",
 			Help: "Partitions paused by an operator or a rollout trigger."}),
 		lagRecords: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tidemark_replication_lag_records",
@@ -44,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Seconds between now and the source cluster time of the last applied record."}, tp),
 	}
 	if reg != nil {
-		reg.MustRegister(m.rows, m.latency, m.batch, m.retries, m.deadLetters, m.skipped, m.inflight, m.limit, m.paused, m.lagRecords, m.lagSeconds)
+		reg.MustRegister(m.rows, m.latency, m.batch, m.retries, m.deadLetters, m.skipped, m.inflight, m.limit, m.rateWait, m.paused, m.lagRecords, m.lagSeconds)
 	}
 	return m
 }

@@ -93,7 +93,7 @@ func TestIntegrationSinkPauseSurvivesRestart(t *testing.T) {
 	write(0, 200, 1)
 	sk, stop, done := start()
 	waitFor("the first 200 records", func() bool { return lagOf(sk, 0).Committed >= 100 && lagOf(sk, 1).Committed >= 100 })
-	if _, err := Pause(ctx, store, []TopicPartition{{topic, 0}}, true); err != nil {
+	if _, err := Pause(ctx, store, []TopicPartition{{Topic: topic, Partition: 0}}, true); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("partition 0 to pause", func() bool { return lagOf(sk, 0).Paused })
@@ -120,7 +120,7 @@ func TestIntegrationSinkPauseSurvivesRestart(t *testing.T) {
 		t.Fatalf("partition 0 was applied after the restart although paused: %d > %d", l.Committed, held)
 	}
 
-	if _, err := Pause(ctx, store, []TopicPartition{{topic, 0}}, false); err != nil {
+	if _, err := Pause(ctx, store, []TopicPartition{{Topic: topic, Partition: 0}}, false); err != nil {
 		t.Fatal(err)
 	}
 	var want []bson.Raw

@@ -52,7 +52,7 @@ func TestIntegrationPipelineMatchesSource(t *testing.T) {
 	prefix := testbed.UniqueName(t, "pipe")
 	kopts := []kgo.Opt{kgo.SeedBrokers(brokers...)}
 	cp, err := capture.New(capture.Config{TopicPrefix: prefix, Namespaces: []string{ns}, Partitions: 6,
-		Backfill: capture.BackfillConfig{ChunkSize: 500}}, mc, kopts, store, slog.Default(), nil)
+		Backfill: capture.BackfillConfig{ChunkSize: 500}}, capture.Deps{Mongo: mc, KafkaOpts: kopts, Store: store, Logger: slog.Default()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,12 @@ package sink
 
 import (
 	"context"
+	"math"
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // throttle bounds in-flight writes and adapts the bound to the target's health:
@@ -21,18 +24,34 @@ type throttle struct {
 	lat   []time.Duration
 	errs  int
 	since time.Time
+	// rate caps writes per second when the config asks for it (nil: no cap).
+	rate *rate.Limiter
 }
 
 func newThrottle(cfg Config, met *metrics) *throttle {
 	t := &throttle{cfg: cfg, met: met, limit: cfg.MaxInFlight, since: time.Now()}
 	t.cond = sync.NewCond(&t.mu)
 	met.limit.Set(float64(t.limit))
+	if r := cfg.Throttle.MaxWritesPerSecond; r > 0 {
+		// A tenth of a second's worth of burst: smooth, but not one timer
+		// wake-up per write at thousands per second.
+		t.rate = rate.NewLimiter(rate.Limit(r), max(1, int(math.Ceil(r/10))))
+	}
 	return t
 }
 
 func (t *throttle) acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if t.rate != nil {
+		// Before taking a slot, so a capped sink does not also hold slots
+		// idle while it waits for its turn.
+		began := time.Now()
+		if err := t.rate.Wait(ctx); err != nil {
+			return err
+		}
+		t.met.rateWait.Add(time.Since(began).Seconds())
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

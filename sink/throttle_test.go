@@ -4,12 +4,14 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // slowTarget stands in for a Cassandra whose latency grows with concurrency,
@@ -132,5 +134,49 @@ func TestThrottleNoLostWakeup(t *testing.T) {
 		if got.Load() < 4 {
 			t.Fatalf("round %d: only %d of the 4 patient waiters got a slot within 5s", round, got.Load())
 		}
+	}
+}
+
+// TestThrottleCapsWriteRate: with sink.throttle.max_writes_per_second set,
+// many eager workers together write no faster than the cap (plus its
+// tenth-of-a-second burst), waiting workers stop when their context ends,
+// and the time they waited is counted.
+func TestThrottleCapsWriteRate(t *testing.T) {
+	const perSecond = 200
+	met := newMetrics(prometheus.NewRegistry())
+	th := newThrottle(Config{MaxInFlight: 64, Throttle: ThrottleConfig{MaxWritesPerSecond: perSecond}}.WithDefaults(), met)
+	ctx, cancel := context.WithCancel(context.Background())
+	var writes atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for th.acquire(ctx) == nil {
+				writes.Add(1)
+				th.release(time.Microsecond, nil)
+			}
+		}()
+	}
+	began := time.Now()
+	for writes.Load() < perSecond/2 && time.Since(began) < 10*time.Second {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	wg.Wait()
+	elapsed := time.Since(began)
+	// Every write was allowed by the limiter: at most its burst plus the
+	// rate times the time it ran.
+	if n, most := writes.Load(), int64(perSecond/10+perSecond*elapsed.Seconds()+1); n > most {
+		t.Fatalf("%d writes in %v, the cap allows at most %d", n, elapsed, most)
+	}
+	if writes.Load() < perSecond/2 {
+		t.Fatalf("only %d writes in %v at a cap of %d/s", writes.Load(), elapsed, perSecond)
+	}
+	if waited := testutil.ToFloat64(met.rateWait); waited <= 0 {
+		t.Fatalf("tidemark_sink_rate_wait_seconds_total is %v after capped writes", waited)
+	}
+	if err := (Config{Throttle: ThrottleConfig{MaxWritesPerSecond: -1}}).Validate(); err == nil || !strings.Contains(err.Error(), "max_writes_per_second") {
+		t.Fatalf("a negative cap: %v", err)
 	}
 }

@@ -4,9 +4,11 @@ package statuspage_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -123,10 +125,66 @@ const auditJSON = `[
   {"time": "2026-11-25T08:00:06Z", "actor": "anonymous", "action": "POST /v1/rewind", "result": "refused: not authenticated"}
 ]`
 
+// historyAt is the right edge of historyJSON's chart: the hour before it is
+// drawn.
+var historyAt = time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+
+// historyJSON has the shape of sink.LagHistoryView (GET /v1/lag/history):
+// partition 0 sampled every 10 s for the whole hour (360 samples) with a
+// 5-minute hole, its lag rising to 3.5 s while paused at the end; partition 1
+// for the last 10 minutes (60), caught up; partition 2 once (a dot).
+func historyJSON() string {
+	type sample struct {
+		Time    time.Time `json:"time"`
+		Seconds float64   `json:"seconds_behind"`
+		Records int64     `json:"records_behind"`
+		Paused  bool      `json:"paused,omitempty"`
+	}
+	type part struct {
+		Topic     string   `json:"topic"`
+		Partition int32    `json:"partition"`
+		Samples   []sample `json:"samples"`
+	}
+	var p0, p1 []sample
+	for i := 359; i >= 0; i-- {
+		at := historyAt.Add(-time.Duration(i) * 10 * time.Second)
+		if i >= 200 && i < 230 {
+			continue // the partition was on another daemon for 5 minutes
+		}
+		s := sample{Time: at, Seconds: 1, Records: 40}
+		if i < 30 {
+			s = sample{Time: at, Seconds: 3.5 - float64(i)/10, Records: 1000 - int64(i)*10, Paused: true}
+		}
+		p0 = append(p0, s)
+		if i < 60 {
+			p1 = append(p1, sample{Time: at, Records: 1})
+		}
+	}
+	v := map[string]any{"at": historyAt, "interval_seconds": 10, "window_seconds": 3600, "max_partitions": 1024, "untracked": 0,
+		"partitions": []part{{"tm.app.users", 0, p0}, {"tm.app.users", 1, p1},
+			{"tm.app.users", 2, []sample{{Time: historyAt.Add(-30 * time.Minute), Seconds: 2, Records: 7}}}}}
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// roundsJSON has the shape of GET /v1/reports (newest first): the two
+// reports of reportJSON and an older incomplete round.
+const roundsJSON = `[
+  {"id": "20261125T080000Z-a1b2c3", "status": "divergent", "scope": "app.users", "start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:01:30Z",
+   "counts": {"missing": 5, "extra": 0, "different": 7, "stale": 0, "in_flight": 3, "resolved": 2}},
+  {"id": "20261125T070000Z-d4e5f6", "status": "divergent", "scope": "app.orders/ks.orders", "start": "2026-11-25T07:00:00Z", "end": "2026-11-25T07:00:10Z",
+   "counts": {"missing": 0, "extra": 0, "different": 3, "stale": 0, "in_flight": 0}},
+  {"id": "20261125T063000Z-0a0b0c", "status": "incomplete", "scope": "app.users", "start": "2026-11-25T06:30:00Z", "end": "2026-11-25T06:45:00Z",
+   "counts": {"missing": 0, "extra": 0, "different": 0, "stale": 0, "in_flight": 41}}]`
+
 func full() fixtures {
 	return fixtures{
 		"/healthz": "ok\n", "/readyz": "ready\n", "/v1/status": statusJSON, "/metrics": metricsText,
 		"/v1/plan": planJSON, "/v1/reports/latest": reportJSON, "/v1/audit": auditJSON,
+		"/v1/lag/history": historyJSON(), "/v1/reports": roundsJSON,
 		"/v1/whoami": `{"name": "wally", "role": "viewer", "routes": [], "allowed": ["GET /v1/status"]}`,
 	}
 }
@@ -224,6 +282,66 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 		t.Errorf("ks.orders cell 4000-4015 shows %q, want 3", got)
 	}
 
+	// The lag chart: one line per partition, with every sample; the time
+	// axis in UTC clock times over the hour before the history's "at".
+	series, lines := spt.Elements(doc, "data-series")
+	if got := strings.Join(series, " "); got != "tm.app.users/0 tm.app.users/1 tm.app.users/2 divergent in_flight" {
+		t.Errorf("chart series: %s", got)
+	}
+	for key, n := range map[string]string{"tm.app.users/0": "330", "tm.app.users/1": "60", "tm.app.users/2": "1"} {
+		if got := spt.Attr(doc, "data-series", key, "data-points"); got != n {
+			t.Errorf("lag series %s draws %s points, want %s", key, got, n)
+		}
+	}
+	// The hole in partition 0 breaks its line: two segments. Partition 2's
+	// one sample is a dot.
+	if d := pathOf(lines["tm.app.users/0"]); strings.Count(d, "M") != 2 || strings.Count(d, "L") != 330-2 {
+		t.Errorf("partition 0's line: %d segments, %d joins; want 2 around the hole and 328: %.200s", strings.Count(d, "M"), strings.Count(d, "L"), d)
+	}
+	if d := pathOf(lines["tm.app.users/2"]); strings.Count(d, "M") != 1 || !strings.HasSuffix(d, "h0.01") {
+		t.Errorf("partition 2's one sample: path %q, want a dot", d)
+	}
+	checkTimeAxis(t, doc, "lag", "seconds behind", "07:00", "07:00", "08:00")
+	mustContain(t, "lag legend", mustText(t, doc, "data-legend", "tm.app.users/0"), "tm.app.users/0", "3.5 s behind now (1,000 records, paused)", "max 3.5 s")
+	mustContain(t, "lag note", mustText(t, doc, "data-chart-note", "lag"), "3 partitions", "one sample every 10 s · worst now tm.app.users/0 3.5 s",
+		"worst in the last 1 h tm.app.users/0 3.5 s")
+	mustContain(t, "lag line title", lines["tm.app.users/2"], "tm.app.users/2: 2.0 s behind now (7 records)")
+
+	// Rounds over time: a marker per round in each of the two series, the
+	// incomplete one open, each titled with its round.
+	for _, key := range []string{"divergent", "in_flight"} {
+		if got := spt.Attr(doc, "data-series", key, "data-points"); got != "3" {
+			t.Errorf("rounds series %s: %s points, want 3", key, got)
+		}
+		if n := strings.Count(lines[key], "<circle"); n != 3 {
+			t.Errorf("rounds series %s: %d markers, want 3", key, n)
+		}
+		if n := strings.Count(lines[key], `class="hollow"`); n != 1 {
+			t.Errorf("rounds series %s: %d open markers, want 1 (the incomplete round)", key, n)
+		}
+	}
+	mustContain(t, "round marker", lines["divergent"], "round 20261125T080000Z-a1b2c3 · app.users · divergent · ended 2026-11-25 08:01:30 UTC: 12 divergent, 3 in flight",
+		"round 20261125T063000Z-0a0b0c · app.users · incomplete")
+	// The axis runs from a little before the first round (06:45) to a
+	// little after the last (08:01:30); its steps depend on the width.
+	checkTimeAxis(t, doc, "rounds", "keys", "06:42", "07:00", "08:00")
+	mustContain(t, "rounds legend", mustText(t, doc, "id", "rounds-chart"), "divergent keys (missing, extra, different, stale)", "in flight",
+		"open circle: an incomplete round")
+	mustContain(t, "rounds note", mustText(t, doc, "data-chart-note", "rounds"), "3 rounds", "newest 20261125T080000Z-a1b2c3: 12 divergent, 3 in flight")
+
+	// The heat-map's colour key runs from 1 to the map's largest count.
+	heatKeys := spt.All(doc, "data-legend", "heat")
+	if len(heatKeys) != 2 {
+		t.Fatalf("%d heat-map legends, want 2", len(heatKeys))
+	}
+	if got := strings.Join(spt.Keys(heatKeys[0], "data-scale"), " "); got != "1 2 5 9" {
+		t.Errorf("ks.users colour scale: %s, want 1 2 5 9", got)
+	}
+	mustContain(t, "heat legend", spt.Text(heatKeys[0]), "divergent keys", "darker = more")
+	if title := spt.Attr(doc, "data-bucket", "ks.users/17", "title"); title != "bucket 17: 2 divergent" {
+		t.Errorf("bucket 17's title: %q", title)
+	}
+
 	keys, rows := spt.Elements(doc, "data-action")
 	if len(keys) != 3 || keys[0] != "POST /v1/rewind" || keys[2] != "daemon.start" {
 		t.Errorf("audit rows newest first: %v", keys)
@@ -237,8 +355,9 @@ func TestIntegrationStatusPageRendersEverySection(t *testing.T) {
 	}
 	mustContain(t, "refused", spt.Cells(rows["POST /v1/rewind"])["result"], "refused")
 
-	allowed := map[string]bool{"/": true, "/ui/app.js": true, "/ui/style.css": true, "/healthz": true, "/readyz": true,
-		"/metrics": true, "/v1/status": true, "/v1/plan": true, "/v1/reports/latest": true, "/v1/audit": true, "/v1/whoami": true}
+	allowed := map[string]bool{"/": true, "/ui/app.js": true, "/ui/charts.js": true, "/ui/style.css": true, "/healthz": true, "/readyz": true,
+		"/metrics": true, "/v1/status": true, "/v1/plan": true, "/v1/reports/latest": true, "/v1/audit": true, "/v1/whoami": true,
+		"/v1/lag/history": true, "/v1/reports": true}
 	// (/v1/trace only on demand: TestIntegrationStatusPageTrace.)
 	polled := 0
 	for _, p := range asked() {
@@ -267,6 +386,8 @@ func TestIntegrationStatusPageNotConfigured(t *testing.T) {
 	delete(fx, "/v1/reports/latest")
 	fx["/v1/status"] = `{"roles": ["sink"], "partitions": [], "paused": null, "backfill": {}}`
 	fx["/v1/audit"] = `[]`
+	fx["/v1/lag/history"] = `{"at": "2026-11-25T08:00:00Z", "interval_seconds": 10, "window_seconds": 3600, "max_partitions": 1024, "untracked": 0, "partitions": []}`
+	delete(fx, "/v1/reports")
 	srv, _ := fixtureServer(t, fx, "")
 	doc := spt.DumpDOM(t, context.Background(), bin, srv.URL+"/", 3*time.Second)
 	mustContain(t, "plan", mustText(t, doc, "id", "plan-body"), "no plan configured")
@@ -275,6 +396,82 @@ func TestIntegrationStatusPageNotConfigured(t *testing.T) {
 	mustContain(t, "capture", mustText(t, doc, "id", "capture-rows"), "does not run the capture role")
 	mustContain(t, "backfill", mustText(t, doc, "id", "backfill-rows"), "no backfill recorded")
 	mustContain(t, "audit", mustText(t, doc, "id", "audit-rows"), "no audit entries")
+	mustContain(t, "lag chart", mustText(t, doc, "data-empty", "lag-history"), "no lag history yet", "every 10 s", "last 1 h")
+	mustContain(t, "rounds chart", mustText(t, doc, "data-empty", "rounds"), "no reconcile round yet")
+	if keys, _ := spt.Elements(doc, "data-chart"); len(keys) != 0 {
+		t.Errorf("charts drawn without data: %v", keys)
+	}
+}
+
+// TestIntegrationStatusPageChartsWithoutSink: a daemon without the sink role
+// has no lag to draw and says why; a clean report, whose tables list no
+// buckets, reads as a clean heat-map, and its one round is drawn.
+func TestIntegrationStatusPageChartsWithoutSink(t *testing.T) {
+	bin := spt.Chromium(t)
+	fx := full()
+	fx["/v1/status"] = `{"roles": ["capture"], "partitions": [], "paused": null, "backfill": {}}`
+	delete(fx, "/v1/lag/history")
+	fx["/v1/reports/latest"] = `{"schema_version": 1, "id": "20261125T080000Z-a1b2c3", "status": "clean", "scope": {"namespace": "app.users"},
+  "start": "2026-11-25T08:00:00Z", "end": "2026-11-25T08:01:30Z", "rows_compared": 100, "bucket_bits": 6,
+  "counts": {"missing": 0, "extra": 0, "different": 0, "stale": 0, "in_flight": 0},
+  "tables": [{"table": "ks.users", "rows_source": 50, "rows_target": 50}]}`
+	fx["/v1/reports"] = `[{"id": "20261125T080000Z-a1b2c3", "status": "clean", "scope": "app.users", "start": "2026-11-25T08:00:00Z",
+  "end": "2026-11-25T08:01:30Z", "counts": {"missing": 0, "extra": 0, "different": 0, "stale": 0, "in_flight": 0}}]`
+	srv, asked := fixtureServer(t, fx, "")
+	doc := spt.DumpDOM(t, context.Background(), bin, srv.URL+"/", 3*time.Second)
+	mustContain(t, "lag chart", mustText(t, doc, "data-empty", "lag-history"), "does not run the sink role")
+	mustContain(t, "heat-map", mustText(t, doc, "id", "reconcile-body"), "Divergence by bucket (ks.users): all 64 buckets agree")
+	for _, key := range []string{"divergent", "in_flight"} {
+		if got := spt.Attr(doc, "data-series", key, "data-points"); got != "1" {
+			t.Errorf("rounds series %s: %s points, want 1", key, got)
+		}
+	}
+	// Counts of 0 are labelled in whole keys: 0 and 1, not 0, 0.25, ….
+	if svg, _ := spt.Element(doc, "data-chart", "rounds"); strings.Join(spt.Texts(svg, "data-axis", "y"), " ") != "0 1" {
+		t.Errorf("rounds chart value ticks: %q, want 0 1", spt.Texts(svg, "data-axis", "y"))
+	}
+	for _, p := range asked() {
+		if p == "/v1/lag/history" {
+			t.Errorf("the page asked a daemon without the sink role for its lag history")
+		}
+	}
+}
+
+// pathOf is the d attribute of the first path in an SVG fragment.
+func pathOf(fragment string) string {
+	m := regexp.MustCompile(`<path\b[^>]*\sd="([^"]*)"`).FindStringSubmatch(fragment)
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+// checkTimeAxis checks a chart's axes: titled, value ticks starting at 0,
+// time ticks as UTC clock times in order, the first between firstMin and
+// firstMax, the last equal to last.
+func checkTimeAxis(t *testing.T, doc, chart, yTitle, firstMin, firstMax, last string) {
+	t.Helper()
+	svg, ok := spt.Element(doc, "data-chart", chart)
+	if !ok {
+		t.Fatalf("no %s chart drawn", chart)
+	}
+	if x, y := spt.Texts(svg, "data-axis-title", "x"), spt.Texts(svg, "data-axis-title", "y"); len(x) != 1 || x[0] != "time (UTC)" || len(y) != 1 || y[0] != yTitle {
+		t.Errorf("%s chart axis titles: x %q, y %q", chart, x, y)
+	}
+	ys := spt.Texts(svg, "data-axis", "y")
+	if len(ys) < 2 || ys[0] != "0" {
+		t.Errorf("%s chart value ticks: %q", chart, ys)
+	}
+	xs := spt.Texts(svg, "data-axis", "x")
+	if len(xs) < 3 || xs[0] < firstMin || xs[0] > firstMax || xs[len(xs)-1] != last {
+		t.Errorf("%s chart time ticks: %q, want the first in %s–%s, the last %s", chart, xs, firstMin, firstMax, last)
+	}
+	for i, x := range xs {
+		if len(x) != 5 || x[2] != ':' || i > 0 && x <= xs[i-1] {
+			t.Errorf("%s chart time ticks not HH:MM in order: %q", chart, xs)
+			break
+		}
+	}
 }
 
 // TestIntegrationStatusPageAsksForToken: with read routes behind a token

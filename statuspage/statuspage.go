@@ -1,8 +1,9 @@
 // Package statuspage is the daemon's status page: static HTML, CSS and plain
 // JavaScript embedded in the binary. The page holds no data of its own; it
 // polls the daemon's JSON API from the same origin (/healthz, /readyz,
-// /v1/status, /v1/plan, /v1/reports/latest, /v1/audit, /v1/whoami) and renders what they
-// answer. Nothing is fetched from outside the machine: there is no CDN, and the
+// /v1/status, /v1/plan, /v1/reports/latest, /v1/audit, /v1/whoami; less often
+// /v1/lag/history and /v1/reports) and renders what they answer, charts
+// included (ui/charts.js draws them as SVG). Nothing is fetched from outside the machine: there is no CDN, and the
 // Content-Security-Policy the handler sends lets the browser load and connect
 // to this origin only.
 package statuspage

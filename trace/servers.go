@@ -218,13 +218,18 @@ func (c CassandraTarget) Row(ctx context.Context, t *transform.Table, key []any)
 	if !found {
 		return TargetRow{}, false, nil
 	}
-	vals := make([]any, len(t.Columns))
-	for i := range t.Columns {
-		vals[i] = reflect.ValueOf(rd.Values[i]).Elem().Interface()
+	// gocql gives a tuple column as one value per component.
+	flat := make([]any, len(rd.Values)-len(timed))
+	for i := range flat {
+		flat[i] = reflect.ValueOf(rd.Values[i]).Elem().Interface()
+	}
+	vals, err := t.RowFromScan(flat, nil)
+	if err != nil {
+		return TargetRow{}, false, fmt.Errorf("read %s: %w", t.QualifiedName(), err)
 	}
 	wts := make([]int64, len(timed))
 	for i := range timed {
-		wts[i], _ = reflect.ValueOf(rd.Values[len(t.Columns)+i]).Elem().Interface().(int64)
+		wts[i], _ = reflect.ValueOf(rd.Values[len(flat)+i]).Elem().Interface().(int64)
 	}
 	row := TargetRow{PrimaryKey: keyNamed(t, t.KeyValues(vals)), Values: named(t, vals), WriteTime: map[string]int64{}, values: vals}
 	var newest int64

@@ -15,6 +15,8 @@
 //   - Row.Values use the Go types gocql v2 marshals for the column's CQL type, and
 //     Table.AppendCanonical accepts both those and what gocql returns when a row
 //     is scanned into `any` (MapScan), so reconcile can hash both sides alike.
+//     gocql splits a tuple column into one scanned value per component:
+//     Table.RowFromScan and Table.RowFromMap put a scanned row back together.
 //   - A Table whose primary key is computed from _id alone has KeyFromIDOnly set,
 //     and KeyForID gives its key values from the _id (used to delete). Otherwise
 //     the sink keeps a key map (table, _id) -> Row.Key to delete the old row when
@@ -23,6 +25,10 @@
 package transform
 
 import (
+	"fmt"
+	"strings"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"go.mongodb.org/mongo-driver/bson"
 )
 
@@ -71,6 +77,8 @@ type Table struct {
 	filterSlot int
 	// filtered is true when a filter on a mutable field can drop the row.
 	filtered bool
+	// hasTuple is true when a column is a tuple (see Placeholder).
+	hasTuple bool
 }
 
 // NeedsKeyMap reports whether the sink must remember the key it last wrote for
@@ -128,3 +136,134 @@ func (e *ConvertError) Error() string {
 }
 
 func (e *ConvertError) Unwrap() error { return e.Err }
+
+// TupleWidth is how many values gocql's Scan and MapScan give for column i:
+// a tuple column is split into one per component, any other is one.
+func (t *Table) TupleWidth(i int) int {
+	if c := t.cols[i]; c.typ.kind == kTuple {
+		return len(c.typ.elems)
+	}
+	return 1
+}
+
+// RowFromScan puts the values gocql's Scan gave for every column selected in
+// Columns order (each tuple column split into its components) back into one
+// value per column, in dst (grown as needed): what AppendCanonical takes.
+func (t *Table) RowFromScan(flat, dst []any) ([]any, error) {
+	dst = dst[:0]
+	for i := range t.cols {
+		n := t.TupleWidth(i)
+		if len(flat) < n {
+			return dst, fmt.Errorf("transform: %s: %d scanned values are too few for its columns", t.QualifiedName(), len(flat))
+		}
+		if t.cols[i].typ.kind == kTuple {
+			dst = append(dst, append([]any(nil), flat[:n]...))
+		} else {
+			dst = append(dst, flat[0])
+		}
+		flat = flat[n:]
+	}
+	if len(flat) != 0 {
+		return dst, fmt.Errorf("transform: %s: %d scanned values left over", t.QualifiedName(), len(flat))
+	}
+	return dst, nil
+}
+
+// RowFromMap is RowFromScan for a row gocql's MapScan read: a tuple column
+// comes as one entry per component, named by gocql.TupleColumnName.
+func (t *Table) RowFromMap(m map[string]any, dst []any) []any {
+	dst = dst[:0]
+	for i, c := range t.cols {
+		if c.typ.kind != kTuple {
+			dst = append(dst, m[c.Name])
+			continue
+		}
+		v := make([]any, t.TupleWidth(i))
+		for j := range v {
+			v[j] = m[gocql.TupleColumnName(c.Name, j)]
+		}
+		dst = append(dst, v)
+	}
+	return dst
+}
+
+// HasTuple reports whether a column is a tuple: its INSERT then depends on
+// the row (see InsertMarks).
+func (t *Table) HasTuple() bool { return t.hasTuple }
+
+// InsertMarks is the VALUES list of an INSERT of these row values (aligned
+// with Columns): a bind marker per column, but for a tuple a tuple literal of
+// one marker per component, "(?, (?, ?))", or the literal null for a null
+// one. gocql v2.1.2 cannot bind a whole tuple to one marker: it expects one
+// value per component of a tuple marker, then marshals them against the
+// statement's columns by position and fails. AppendBindValues gives the
+// values to match.
+func (t *Table) InsertMarks(values []any) string {
+	var b strings.Builder
+	for i, c := range t.cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		var v any
+		if i < len(values) {
+			v = values[i]
+		}
+		writeMarks(&b, c.typ, v)
+	}
+	return b.String()
+}
+
+func writeMarks(b *strings.Builder, t *cqlType, v any) {
+	if t.kind != kTuple {
+		b.WriteByte('?')
+		return
+	}
+	c, _ := v.([]any)
+	if c == nil {
+		b.WriteString("null")
+		return
+	}
+	b.WriteByte('(')
+	for i, e := range t.elems {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		var x any
+		if i < len(c) {
+			x = c[i]
+		}
+		writeMarks(b, e, x)
+	}
+	b.WriteByte(')')
+}
+
+// AppendBindValues appends row values (aligned with Columns) to dst as
+// InsertMarks takes them: a tuple's components one by one, nothing for a
+// null tuple.
+func (t *Table) AppendBindValues(dst, values []any) []any {
+	if !t.hasTuple {
+		return append(dst, values...)
+	}
+	for i, v := range values {
+		dst = appendBind(dst, t.cols[i].typ, v)
+	}
+	return dst
+}
+
+func appendBind(dst []any, t *cqlType, v any) []any {
+	if t.kind != kTuple {
+		return append(dst, v)
+	}
+	c, _ := v.([]any)
+	for i, e := range t.elems {
+		if c == nil {
+			break
+		}
+		var x any
+		if i < len(c) {
+			x = c[i]
+		}
+		dst = appendBind(dst, e, x)
+	}
+	return dst
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"net"
 	"strings"
 	"time"
 
@@ -67,7 +68,7 @@ func (m *Mapping) Apply(namespace string, doc bson.Raw) (rows []Row, err error) 
 				// gocql writes a typed nil map as null but refuses an untyped nil for a UDT.
 				v = map[string]any(nil)
 			}
-			row.Values[i] = v
+			row.Values[i] = typedNull(c.typ, v)
 		}
 		if st.scratch, err = t.appendKey(st.scratch, row.Values, doc); err != nil {
 			return nil, err
@@ -124,6 +125,11 @@ func (t *Table) convertError(c *column, doc bson.Raw, err error) *ConvertError {
 	var r *errRule
 	if errors.As(err, &r) {
 		ce.Rule = r.rule
+		if err == error(r) {
+			// The message names the rule once: "by string->int: …", not
+			// "by string->int: string->int: …".
+			ce.Err = r.err
+		}
 	} else {
 		ce.Rule = c.typ.name
 	}
@@ -136,6 +142,16 @@ func joinPaths(ps [][]string) string {
 		s[i] = strings.Join(p, ".")
 	}
 	return strings.Join(s, ",")
+}
+
+// typedNull is v, or for a null tuple the typed nil gocql writes as null: its
+// tuple marshaller panics on an untyped nil and refuses a nil slice (wrong
+// length), but writes a nil pointer as null.
+func typedNull(t *cqlType, v any) any {
+	if v == nil && t.kind == kTuple {
+		return (*[]any)(nil)
+	}
+	return v
 }
 
 // KeyForID returns the primary key values for a document _id. Only valid when
@@ -250,6 +266,8 @@ func decodeScalar(t *cqlType, b []byte) (any, []byte, error) {
 			return int32(n), b, nil
 		case kSmallint:
 			return int16(n), b, nil
+		case kTinyint:
+			return int8(n), b, nil
 		case kVarint:
 			return big.NewInt(n), b, nil
 		}
@@ -283,6 +301,14 @@ func decodeScalar(t *cqlType, b []byte) (any, []byte, error) {
 			return nil, nil, fmt.Errorf("bad decimal %q", s)
 		}
 		return d, b, nil
+	case tagInet:
+		v, err := readBytes()
+		return net.IP(append([]byte{}, v...)), b, err
+	case tagClock:
+		if len(b) < 8 {
+			return nil, nil, errShort
+		}
+		return time.Duration(binary.BigEndian.Uint64(b)), b[8:], nil
 	case tagUUID:
 		if len(b) < 16 {
 			return nil, nil, errShort

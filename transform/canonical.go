@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"net"
 	"reflect"
 	"slices"
 	"sort"
@@ -32,6 +33,10 @@ const (
 	tagList
 	tagMap
 	tagUDT
+	tagInet
+	tagClock // CQL time: nanoseconds since midnight
+	tagDuration
+	tagTuple
 )
 
 // appendCanonical appends the canonical form of v, read as CQL type t. It takes
@@ -96,9 +101,9 @@ func appendFolded(dst []byte, t *cqlType, v any, fields []*column, fold bool) ([
 		if fold && x == (time.Time{}) {
 			return append(dst, tagNull), nil
 		}
-		if t.kind == kTimestamp {
+		if t.kind == kTimestamp || t.kind == kDate {
 			if x.IsZero() {
-				// gocql scans a null timestamp into the zero time.
+				// gocql scans a null timestamp or date into the zero time.
 				return append(dst, tagNull), nil
 			}
 			return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x.UnixMilli())), nil
@@ -115,8 +120,11 @@ func appendFolded(dst []byte, t *cqlType, v any, fields []*column, fold bool) ([
 			return append(append(dst, tagUUID), x[:]...), nil
 		}
 	case []any:
-		if (t.kind == kList || t.kind == kSet) && x != nil {
+		if (t.kind == kList || t.kind == kSet || t.kind == kVector) && x != nil {
 			return appendList(dst, t, x)
+		}
+		if t.kind == kTuple && x != nil {
+			return appendTuple(dst, t, x)
 		}
 	case map[string]any:
 		if t.kind == kMap && x != nil {
@@ -236,6 +244,36 @@ func appendMap(dst []byte, t *cqlType, x map[string]any) ([]byte, error) {
 	return dst, nil
 }
 
+// appendTuple encodes a tuple's components by their types. gocql scans a
+// null tuple, and null components, as zero values, so, as for UDTs, both
+// sides fold zero components to null, and an all-null tuple to null.
+func appendTuple(dst []byte, t *cqlType, x []any) ([]byte, error) {
+	if len(x) != len(t.elems) {
+		return dst, fmt.Errorf("transform: canonical %s: %d components", t.name, len(x))
+	}
+	start := len(dst)
+	dst = append(dst, tagTuple)
+	allNull := true
+	for i, e := range x {
+		if e != nil && isZero(e) {
+			e = nil
+		}
+		if e == nil {
+			dst = append(dst, tagNull)
+			continue
+		}
+		allNull = false
+		var err error
+		if dst, err = appendCanonical(dst, t.elems[i], e, nil); err != nil {
+			return dst, err
+		}
+	}
+	if allNull {
+		return append(dst[:start], tagNull), nil
+	}
+	return dst, nil
+}
+
 func appendUDT(dst []byte, m map[string]any, fields []*column) ([]byte, error) {
 	// gocql scans a null UDT, and null fields inside one, as zero values,
 	// so zero and null cannot be told apart on the read side: both sides
@@ -309,7 +347,7 @@ func appendCanonicalReflect(dst []byte, t *cqlType, v any, fields []*column) ([]
 		case []byte:
 			return appendBytes(append(dst, tagText), x), nil
 		}
-	case kInt, kBigint, kSmallint, kVarint:
+	case kInt, kBigint, kSmallint, kVarint, kTinyint:
 		if bi, ok := v.(*big.Int); ok {
 			if bi.IsInt64() {
 				return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(bi.Int64())), nil
@@ -340,11 +378,11 @@ func appendCanonicalReflect(dst []byte, t *cqlType, v any, fields []*column) ([]
 			}
 			return append(dst, tagBool, 0), nil
 		}
-	case kTimestamp:
+	case kTimestamp, kDate:
 		switch x := v.(type) {
 		case time.Time:
 			if x.IsZero() {
-				// gocql scans a null timestamp into the zero time.
+				// gocql scans a null timestamp or date into the zero time.
 				return append(dst, tagNull), nil
 			}
 			return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x.UnixMilli())), nil
@@ -369,7 +407,34 @@ func appendCanonicalReflect(dst []byte, t *cqlType, v any, fields []*column) ([]
 		if b, ok := v.([]byte); ok {
 			return appendBytes(append(dst, tagBlob), b), nil
 		}
-	case kList, kSet:
+	case kTime:
+		switch x := v.(type) {
+		case time.Duration:
+			return binary.BigEndian.AppendUint64(append(dst, tagClock), uint64(x)), nil
+		case int64:
+			return binary.BigEndian.AppendUint64(append(dst, tagClock), uint64(x)), nil
+		}
+	case kInet:
+		if ip, ok := v.(net.IP); ok {
+			// gocql reads an IPv4 address as 4 bytes, but net.ParseIP
+			// and others make 16: compare the 4-byte form.
+			if v4 := ip.To4(); v4 != nil {
+				ip = v4
+			}
+			return appendBytes(append(dst, tagInet), ip), nil
+		}
+	case kDuration:
+		if d, ok := v.(gocql.Duration); ok {
+			dst = append(dst, tagDuration)
+			dst = binary.BigEndian.AppendUint32(dst, uint32(d.Months))
+			dst = binary.BigEndian.AppendUint32(dst, uint32(d.Days))
+			return binary.BigEndian.AppendUint64(dst, uint64(d.Nanoseconds)), nil
+		}
+	case kTuple:
+		if x, ok := v.([]any); ok {
+			return appendTuple(dst, t, x)
+		}
+	case kList, kSet, kVector:
 		if rv.Kind() != reflect.Slice && rv.Kind() != reflect.Array {
 			break
 		}

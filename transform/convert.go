@@ -38,8 +38,7 @@ func RegisterFunc(name string, fn Func) {
 
 // unconverted are CQL types the transform has no conversion to; the parser
 // would otherwise read them as names of user-defined types.
-var unconverted = map[string]bool{"tinyint": true, "date": true, "time": true, "inet": true, "duration": true,
-	"tuple": true, "vector": true, "counter": true}
+var unconverted = map[string]bool{"counter": true}
 
 var builtinConverts = map[string]uint8{"": convNone, "json": convJSON, "string": convString, "hex": convHex, "millis": convMillis}
 
@@ -263,22 +262,40 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 		case bsontype.Symbol:
 			return v.Symbol(), nil
 		}
-	case kInt, kSmallint:
+	case kInt, kSmallint, kTinyint:
 		n, err := asInt64(v, rule)
 		if err != nil {
 			return nil, err
 		}
 		lo, hi := int64(math.MinInt32), int64(math.MaxInt32)
-		if t.kind == kSmallint {
+		switch t.kind {
+		case kSmallint:
 			lo, hi = math.MinInt16, math.MaxInt16
+		case kTinyint:
+			lo, hi = math.MinInt8, math.MaxInt8
 		}
 		if n < lo || n > hi {
 			return nil, fail(rule, "%d overflows %s", n, t.name)
 		}
-		if t.kind == kSmallint {
+		switch t.kind {
+		case kSmallint:
 			return int16(n), nil
+		case kTinyint:
+			return int8(n), nil
 		}
 		return int32(n), nil
+	case kDate:
+		return toDate(v, rule)
+	case kTime:
+		return toTime(v, rule)
+	case kInet:
+		return toInet(v, rule)
+	case kDuration:
+		return toDuration(v, rule)
+	case kTuple:
+		return toTuple(t, v, rule)
+	case kVector:
+		return toVector(t, v, rule)
 	case kBigint:
 		return asInt64(v, rule)
 	case kVarint:
@@ -393,6 +410,9 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 		out := make([]any, 0, len(vals))
 		for i, e := range vals {
 			x, err := convertValue(t.elem, "", e, nil)
+			if err == nil {
+				err = innerTuple(t.elem, x)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("[%d]: %w", i, err)
 			}
@@ -422,6 +442,9 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 		out := make(map[string]any, len(elems))
 		for _, e := range elems {
 			x, err := convertValue(t.elem, "", e.Value(), nil)
+			if err == nil {
+				err = innerTuple(t.elem, x)
+			}
 			if err != nil {
 				return nil, fmt.Errorf(".%s: %w", e.Key(), err)
 			}
@@ -445,14 +468,17 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 		for _, f := range fields {
 			fv, err := doc.LookupErr(f.path...)
 			if err != nil {
-				out[f.Name] = f.value
+				out[f.Name] = typedNull(f.typ, f.value)
 				continue
 			}
 			x, err := convertValue(f.typ, f.convert, fv, f.fields)
+			if err == nil {
+				err = innerTuple(f.typ, x)
+			}
 			if err != nil {
 				return nil, fmt.Errorf(".%s: %w", f.Name, err)
 			}
-			out[f.Name] = x
+			out[f.Name] = typedNull(f.typ, x)
 		}
 		return out, nil
 	}

@@ -57,7 +57,8 @@ func (st *applyState) eval(c *column) (any, error) {
 // changes one row must not change another.
 func immutable(v any) bool {
 	switch v.(type) {
-	case nil, string, int32, int64, int16, float64, float32, bool, time.Time, gocql.UUID:
+	case nil, string, int32, int64, int16, int8, float64, float32, bool, time.Time, gocql.UUID,
+		time.Duration, gocql.Duration:
 		return true
 	}
 	return false
@@ -373,12 +374,12 @@ func (st *applyState) udt(fields []*column) (any, bool) {
 	out := make(map[string]any, len(fields))
 	for _, f := range fields {
 		if f.slot < 0 || st.vals[f.slot].typ == 0 {
-			out[f.Name] = f.value
+			out[f.Name] = typedNull(f.typ, f.value)
 			continue
 		}
 		v := st.val(f.slot)
 		if v.typ == bsontype.Null || v.typ == bsontype.Undefined {
-			out[f.Name] = nil
+			out[f.Name] = typedNull(f.typ, nil)
 			continue
 		}
 		x, ok := st.fast(f.typ, f.conv, v, f.fields)

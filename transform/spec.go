@@ -256,6 +256,9 @@ func compileTable(ns string, ts *TableSpec) (*Table, []error) {
 		}
 		index[c.Name] = len(t.Columns)
 		t.Columns = append(t.Columns, Column{Name: c.Name, Type: c.typ.String()})
+		if c.typ.kind == kTuple {
+			t.hasTuple = true
+		}
 		t.cols = append(t.cols, c)
 	}
 	if len(ts.PartitionKey) == 0 {
@@ -276,7 +279,8 @@ func compileTable(ns string, ts *TableSpec) (*Table, []error) {
 			if !t.cols[i].fromIDOnly() {
 				t.KeyFromIDOnly = false
 			}
-			if k := t.cols[i].typ.kind; k == kList || k == kSet || k == kMap || k == kUDT {
+			// Cassandra refuses duration in a key; the others have no key encoding here.
+			if k := t.cols[i].typ.kind; k == kList || k == kSet || k == kMap || k == kUDT || k == kTuple || k == kVector || k == kDuration {
 				errs = append(errs, fmt.Errorf("key column %q must have a scalar type", n))
 			}
 		}

@@ -349,6 +349,13 @@ func Compatible(specType, schemaType string) bool {
 	if a == b {
 		return true
 	}
+	if strings.Contains(a, "tuple<") || strings.Contains(b, "tuple<") {
+		// A tuple is always frozen, and so is everything in it: system_schema
+		// spells tuple<int, list<text>> frozen<tuple<int, frozen<list<text>>>>.
+		if tupleForm(a) == tupleForm(b) {
+			return true
+		}
+	}
 	if inner, ok := frozenUDT(a); ok && inner == b {
 		return true
 	}
@@ -356,4 +363,59 @@ func Compatible(specType, schemaType string) bool {
 		return true
 	}
 	return false
+}
+
+// tupleForm drops the frozen<…> around a tuple and around anything inside
+// one, from a normalised type: the frozen-ness Cassandra implies there.
+func tupleForm(s string) string {
+	var b strings.Builder
+	var walk func(inTuple bool)
+	i := 0
+	name := func() string {
+		start := i
+		for i < len(s) && s[i] != '<' && s[i] != '>' && s[i] != ',' {
+			i++
+		}
+		return s[start:i]
+	}
+	walk = func(inTuple bool) {
+		n := name()
+		if i >= len(s) || s[i] != '<' {
+			b.WriteString(n)
+			return
+		}
+		if n == "frozen" && (inTuple || strings.HasPrefix(s[i+1:], "tuple<")) {
+			i++ // '<'
+			walk(inTuple)
+			if i < len(s) && s[i] == '>' {
+				i++
+			}
+			return
+		}
+		b.WriteString(n)
+		b.WriteByte('<')
+		i++
+		for {
+			walk(inTuple || n == "tuple")
+			if i < len(s) && s[i] == ',' {
+				b.WriteByte(',')
+				i++
+				continue
+			}
+			break
+		}
+		if i < len(s) && s[i] == '>' {
+			b.WriteByte('>')
+			i++
+		}
+	}
+	for i < len(s) {
+		before := i
+		walk(false)
+		if i == before { // a stray '>' or ','
+			b.WriteByte(s[i])
+			i++
+		}
+	}
+	return b.String()
 }

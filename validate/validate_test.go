@@ -53,6 +53,28 @@ func TestCompatible(t *testing.T) {
 		{"frozen<text>", "text", false},
 		{"list<frozen<address>>", "list<frozen<address>>", true},
 		{"", "text", false},
+		// The types the transform learnt last, as system_schema spells them.
+		{"tinyint", "tinyint", true},
+		{"tinyint", "smallint", false},
+		{"date", "date", true},
+		{"time", "time", true},
+		{"time", "timestamp", false},
+		{"inet", "inet", true},
+		{"duration", "duration", true},
+		{"vector<float, 3>", "vector<float, 3>", true},
+		{"vector<float, 3>", "vector<float, 4>", false},
+		{"vector<float, 3>", "vector<double, 3>", false},
+		// A tuple is always frozen, and so is what it holds.
+		{"tuple<int, text>", "frozen<tuple<int, text>>", true},
+		{"frozen<tuple<int, text>>", "frozen<tuple<int, text>>", true},
+		{"tuple<int, list<text>>", "frozen<tuple<int, frozen<list<text>>>>", true},
+		{"map<text, tuple<int, int>>", "map<text, frozen<tuple<int, int>>>", true},
+		{"tuple<int, tuple<int, text>>", "frozen<tuple<int, frozen<tuple<int, text>>>>", true},
+		{"tuple<int, text>", "frozen<tuple<text, int>>", false},
+		{"tuple<int, text>", "frozen<tuple<int, text, int>>", false},
+		{"tuple<int, list<text>>", "frozen<tuple<int, frozen<set<text>>>>", false},
+		// The leniency is for tuples only: a frozen list is not a list.
+		{"map<text, list<int>>", "map<text, frozen<list<int>>>", false},
 	} {
 		if got := Compatible(tc.spec, tc.schema); got != tc.want {
 			t.Errorf("Compatible(%q, %q) = %v, want %v", tc.spec, tc.schema, got, tc.want)

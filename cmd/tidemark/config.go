@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidemarkhq/tidemark/capture"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/leader"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/rollout"
@@ -235,7 +236,7 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Checkpoints.Kind == "kafka" {
 		if c.Checkpoints.Topic == "" {
-			c.Checkpoints.Topic = orDefault(c.Capture.TopicPrefix, "tidemark") + ".checkpoints"
+			c.Checkpoints.Topic = orDefault(c.Capture.TopicPrefix, envelope.DefaultTopicPrefix) + ".checkpoints"
 		}
 		if c.Checkpoints.Partitions == 0 {
 			c.Checkpoints.Partitions = 1
@@ -248,6 +249,11 @@ func (c *Config) applyDefaults() {
 		c.Admin.Listen = "127.0.0.1:7070"
 	}
 	c.Capture = c.Capture.WithDefaults()
+	// The sink reads what capture writes: an unset sink prefix is capture's,
+	// while one the config spells out, even "tidemark", is kept as written.
+	if c.Sink.TopicPrefix == "" {
+		c.Sink.TopicPrefix = c.Capture.TopicPrefix
+	}
 	c.Sink = c.Sink.WithDefaults()
 	if c.Sink.InstanceID == "" {
 		c.Sink.InstanceID = defaultInstanceID(c.Admin.Listen)
@@ -256,9 +262,6 @@ func (c *Config) applyDefaults() {
 	c.Reconcile = c.Reconcile.WithDefaults()
 	if c.Reconcile.SinkGroup == "" {
 		c.Reconcile.SinkGroup = c.Sink.Group
-	}
-	if c.Sink.TopicPrefix != c.Capture.TopicPrefix && c.Sink.TopicPrefix == "tidemark" {
-		c.Sink.TopicPrefix = c.Capture.TopicPrefix
 	}
 	c.Election = c.Election.WithDefaults(c.Capture.TopicPrefix)
 }

@@ -50,6 +50,35 @@ capture: {namespaces: [app.users], topic_prefix: mig}
 	}
 }
 
+// TestConfigTopicPrefixes: an unset sink.topic_prefix is capture's, unset
+// both are envelope.DefaultTopicPrefix, and a sink prefix the config spells
+// out is taken as written, even when it is the default's own spelling: one
+// that differs from capture's is refused, not silently replaced.
+func TestConfigTopicPrefixes(t *testing.T) {
+	for _, c := range []struct{ yaml, capture, sink, checkpoints, err string }{
+		{yaml: "capture: {namespaces: [app.users]}", capture: "tidemark", sink: "tidemark", checkpoints: "tidemark.checkpoints"},
+		{yaml: "capture: {namespaces: [app.users], topic_prefix: mig}", capture: "mig", sink: "mig", checkpoints: "mig.checkpoints"},
+		{yaml: "capture: {namespaces: [app.users], topic_prefix: mig}\nsink: {topic_prefix: mig}", capture: "mig", sink: "mig", checkpoints: "mig.checkpoints"},
+		{yaml: "capture: {namespaces: [app.users], topic_prefix: mig}\nsink: {topic_prefix: tidemark}", err: "sink.topic_prefix must equal capture.topic_prefix"},
+		{yaml: "capture: {namespaces: [app.users]}\nsink: {topic_prefix: other}", err: "sink.topic_prefix must equal capture.topic_prefix"},
+	} {
+		cfg, err := parseConfig([]byte("spec: examples/specs/users.yaml\nadmin: {tokens_file: /t}\n"+c.yaml+"\n"), func(string) string { return "" })
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q: error %v, want %q", c.yaml, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%q: %v", c.yaml, err)
+		}
+		if cfg.Capture.TopicPrefix != c.capture || cfg.Sink.TopicPrefix != c.sink || cfg.Checkpoints.Topic != c.checkpoints {
+			t.Errorf("%q: capture %q, sink %q, checkpoints %q; want %q, %q, %q", c.yaml,
+				cfg.Capture.TopicPrefix, cfg.Sink.TopicPrefix, cfg.Checkpoints.Topic, c.capture, c.sink, c.checkpoints)
+		}
+	}
+}
+
 // TestConfigMongoCredentials: credentials are refused in the config file's
 // mongo.uri and taken from TIDEMARK_MONGO_URI or mongo.uri_file, where
 // docs/configuration.md says they belong; the environment wins.

@@ -9,17 +9,41 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/leader"
 )
 
 // leaderKey holds the elected leader's LeaderRecord.
 const leaderKey = checkpoints.PrefixLeader + "current"
 
 // LeaderRecord is what the elected leader stores, so that any daemon can
-// name it (plan commands go to the leader).
+// name it (plan commands go to the leader), and the newest term's epoch.
 type LeaderRecord struct {
 	Identity string    `json:"identity"` // host/pid
 	Admin    string    `json:"admin"`    // its admin.listen
 	Since    time.Time `json:"since"`
+	// Epoch is the newest term of office: each daemon taking office adds
+	// one by compare-and-swap, so no two terms share an epoch and a later
+	// term's is higher. Writes made because a daemon leads carry it.
+	Epoch int64 `json:"epoch"`
+}
+
+func leaderIdentity() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d", host, os.Getpid())
+}
+
+// takeOffice opens a term: it advances the epoch in leaderKey and names
+// this daemon there, in one compare-and-swap, so two daemons that both
+// believe they were elected (one of them frozen past its session) get
+// different epochs and the later one the higher.
+func (d *daemon) takeOffice(ctx context.Context) (int64, error) {
+	rec, err := checkpoints.UpdateJSON(ctx, d.store, leaderKey, func(old LeaderRecord, _ bool) (LeaderRecord, error) {
+		return LeaderRecord{Identity: leaderIdentity(), Admin: d.cfg.Admin.Listen, Since: time.Now().UTC(), Epoch: old.Epoch + 1}, nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("advance the leadership epoch in %s: %w", leaderKey, err)
+	}
+	return rec.Epoch, nil
 }
 
 // LeaderInfo is the answer of GET /v1/leader.
@@ -29,37 +53,65 @@ type LeaderInfo struct {
 	Leader   *LeaderRecord `json:"leader,omitempty"`
 }
 
-// recordLeadership stores and audits every change of this daemon's role
-// until ctx ends.
+// leaderFence is the fence of work done because this daemon leads, other
+// than the plan (whose state carries its own epoch): after catching up with
+// the store, leaderKey must still hold this daemon's term. A newer term
+// there is a DeposedError: audited, counted, and the daemon steps down.
+func (d *daemon) leaderFence(component string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		mine := d.elector.Epoch()
+		if err := checkpoints.Sync(ctx, d.store); err != nil {
+			return fmt.Errorf("%s: check the leadership epoch: %w", component, err)
+		}
+		rec, _, err := checkpoints.GetJSON[LeaderRecord](ctx, d.store, leaderKey)
+		if err != nil {
+			return fmt.Errorf("%s: check the leadership epoch: %w", component, err)
+		}
+		err = leader.Check(leaderKey, mine, rec.Epoch)
+		if err == nil || mine == 0 {
+			return err // mine 0: the role is gone already, nothing to tell
+		}
+		d.log.Error("a newer leader took office; this daemon's write is refused", "component", component, "err", err)
+		if aerr := d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:" + component, Action: "leader.fenced",
+			Target: leaderIdentity(), Result: "refused", Reason: err.Error(),
+			Details: map[string]any{"key": leaderKey, "epoch": mine, "current_epoch": rec.Epoch, "leader": rec.Identity}}); aerr != nil {
+			d.log.Warn("cannot write the audit log", "err", aerr)
+		}
+		d.elector.Deposed(component, err)
+		return err
+	}
+}
+
+// recordLeadership audits every change of this daemon's role until ctx
+// ends (takeOffice stored the leader record).
 func (d *daemon) recordLeadership(ctx context.Context) {
-	host, _ := os.Hostname()
-	id := fmt.Sprintf("%s/%d", host, os.Getpid())
-	audit := func(action, reason string) {
+	id := leaderIdentity()
+	audit := func(action, reason string, epoch int64) {
 		// Audited even as the daemon stops: giving up the role is an action too.
 		if err := d.store.Append(context.WithoutCancel(ctx), checkpoints.AuditEntry{Actor: "auto:leader", Action: action, Target: id,
-			Result: "ok", Reason: reason, Details: map[string]any{"group": d.cfg.Election.Group, "admin": d.cfg.Admin.Listen}}); err != nil {
+			Result: "ok", Reason: reason, Details: map[string]any{"group": d.cfg.Election.Group, "admin": d.cfg.Admin.Listen,
+				"epoch": epoch}}); err != nil {
 			d.log.Warn("cannot write the audit log", "err", err)
 		}
 	}
-	was := false
+	var was int64 // the epoch of the term this daemon holds, 0 for none
 	for {
-		leading, changed := d.elector.State()
-		if leading && !was {
-			rec := LeaderRecord{Identity: id, Admin: d.cfg.Admin.Listen, Since: time.Now().UTC()}
-			if err := checkpoints.PutJSON(ctx, d.store, leaderKey, rec); err != nil && ctx.Err() == nil {
-				d.log.Warn("cannot record this daemon as the leader", "err", err)
+		epoch, changed := d.elector.Term()
+		if epoch != was {
+			if was != 0 {
+				audit("leader.release", "", was)
 			}
-			audit("leader.acquire", "")
-		} else if !leading && was {
-			audit("leader.release", "")
+			if epoch != 0 {
+				audit("leader.acquire", "", epoch)
+			}
 		}
-		was = leading
+		was = epoch
 		select {
 		case <-ctx.Done():
-			if was {
+			if was != 0 {
 				// The elector gives the role up as it stops, possibly after
 				// this loop has gone: record it here.
-				audit("leader.release", "daemon stopping")
+				audit("leader.release", "daemon stopping", was)
 			}
 			return
 		case <-changed:
@@ -100,5 +152,5 @@ func (i LeaderInfo) String() string {
 	case i.Leader == nil:
 		return "none yet"
 	}
-	return fmt.Sprintf("%s (admin %s, since %s)", i.Leader.Identity, i.Leader.Admin, i.Leader.Since.Format(time.RFC3339))
+	return fmt.Sprintf("%s (admin %s, since %s, epoch %d)", i.Leader.Identity, i.Leader.Admin, i.Leader.Since.Format(time.RFC3339), i.Leader.Epoch)
 }

@@ -114,8 +114,10 @@ func startReconcile(ctx context.Context, d *daemon, srv *admin.Server, g *errgro
 	srv.Handle("POST /v1/repair", http.HandlerFunc(h.repair), true)
 	if every := d.cfg.Reconcile.Interval; every > 0 {
 		log := d.log.With("stage", "reconcile")
-		schedule := func(ctx context.Context) error { return scheduleRounds(ctx, rec, d.mapping, every, log) }
+		schedule := func(ctx context.Context) error { return scheduleRounds(ctx, rec, d.mapping, every, nil, log) }
 		if d.elector != nil {
+			fence := d.leaderFence("reconcile")
+			schedule = func(ctx context.Context) error { return scheduleRounds(ctx, rec, d.mapping, every, fence, log) }
 			// A round cut short when the role moves is resumed by the next
 			// leader's round of the same scope.
 			g.Go(func() error { return d.elector.Lead(ctx, schedule) })
@@ -128,9 +130,9 @@ func startReconcile(ctx context.Context, d *daemon, srv *admin.Server, g *errgro
 
 // scheduleRounds runs a round of every namespace each interval. Without an
 // election, run the schedule on one daemon (interval 0 on the others).
-func scheduleRounds(ctx context.Context, rec *reconcile.Reconciler, m *transform.Mapping, every time.Duration, log interface {
-	Warn(string, ...any)
-}) error {
+// fence, when set, is asked before a round writes shared state.
+func scheduleRounds(ctx context.Context, rec *reconcile.Reconciler, m *transform.Mapping, every time.Duration,
+	fence func(context.Context) error, log interface{ Warn(string, ...any) }) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -140,7 +142,7 @@ func scheduleRounds(ctx context.Context, rec *reconcile.Reconciler, m *transform
 		case <-t.C:
 		}
 		for _, ns := range m.Namespaces() {
-			_, err := rec.Round(ctx, reconcile.Scope{Namespace: ns}, reconcile.RoundOptions{Actor: "auto:reconcile", Reason: "scheduled"})
+			_, err := rec.Round(ctx, reconcile.Scope{Namespace: ns}, reconcile.RoundOptions{Actor: "auto:reconcile", Reason: "scheduled", Fence: fence})
 			if ctx.Err() != nil {
 				return nil
 			}

@@ -45,7 +45,7 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 		return nil
 	}
 	sig := &rollout.PipelineSignals{Store: d.store, Gatherer: d.reg, Window: cfg.SignalWindow,
-		TopicOf: func(ns string) string { return capture.Topic(d.cfg.Sink.TopicPrefix, ns) }}
+		TopicOf: func(ns string) string { return envelope.Topic(d.cfg.Sink.TopicPrefix, ns) }}
 	if d.sink != nil {
 		sig.Lag = d.sink.Lag
 	}
@@ -54,7 +54,11 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 		sig.Validate = v.check
 		g.Go(func() error { <-ctx.Done(); v.close(); return nil })
 	}
-	e, err := rollout.NewEngine(cfg, d.store, sig, &daemonActions{d: d}, rollout.WithLogger(d.log), rollout.WithRegisterer(d.reg))
+	deps := rollout.Deps{Store: d.store, Signals: sig, Actions: &daemonActions{d: d}, Logger: d.log, Registerer: d.reg}
+	if d.elector != nil {
+		deps.Deposed = func(err error) { d.elector.Deposed("rollout", err) }
+	}
+	e, err := rollout.NewEngine(cfg, deps)
 	if err != nil {
 		return err
 	}
@@ -70,9 +74,11 @@ func startRollout(ctx context.Context, d *daemon, srv *admin.Server, g *errgroup
 	if d.elector != nil {
 		g.Go(func() error {
 			for {
-				leading, changed := d.elector.State()
+				// Each term's writes carry its epoch; a new term reloads
+				// the state, as another leader may have changed it.
+				epoch, changed := d.elector.Term()
 				var retry <-chan time.Time
-				if err := e.SetEvaluating(ctx, leading); err != nil && ctx.Err() == nil {
+				if err := e.SetTerm(ctx, epoch); err != nil && ctx.Err() == nil {
 					// Still a follower (the stored state could not be read):
 					// try again while the role is this daemon's.
 					d.log.Error("rollout: cannot take over the plan's evaluation; retrying", "err", err)
@@ -278,7 +284,7 @@ func (a *daemonActions) Requests(ctx context.Context, ids []string) (int, error)
 func (a *daemonActions) Partitions(ctx context.Context, s rollout.Slice) ([]sink.TopicPartition, error) {
 	var out []sink.TopicPartition
 	for _, ns := range s.Namespaces() {
-		tps, err := a.d.partitions(ctx, capture.Topic(a.d.cfg.Sink.TopicPrefix, ns), nil)
+		tps, err := a.d.partitions(ctx, envelope.Topic(a.d.cfg.Sink.TopicPrefix, ns), nil)
 		if err != nil {
 			return nil, err
 		}

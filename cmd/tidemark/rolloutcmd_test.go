@@ -62,7 +62,7 @@ stages:
 	clock := rollouttest.NewClock(time.Now())
 	act := &rollouttest.Actions{}
 	log := slog.New(slog.DiscardHandler)
-	e, err := rollout.NewEngine(cfg, store, &rollouttest.Signals{Clock: clock}, act, rollout.WithLogger(log), rollout.WithPoll(time.Millisecond))
+	e, err := rollout.NewEngine(cfg, rollout.Deps{Store: store, Signals: &rollouttest.Signals{Clock: clock}, Actions: act, Logger: log}, rollout.WithPoll(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

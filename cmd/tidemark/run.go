@@ -52,6 +52,9 @@ type daemon struct {
 	// elector is nil unless election.enabled: then only the leader runs
 	// scheduled rounds and evaluates the rollout plan.
 	elector *leader.Elector
+	// lagHistory is the sink's lag over the last hour, for the status
+	// page's chart; nil without the sink role.
+	lagHistory *sink.LagHistory
 }
 
 // daemonPart is a component another file of this command adds through init
@@ -141,6 +144,10 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer d.sink.Close()
 		roles = append(roles, func() error { return d.sink.Run(gctx) })
+		if d.lagHistory, err = sink.NewLagHistory(sink.DefaultHistoryEvery, sink.DefaultHistoryWindow, sink.DefaultHistoryMaxPartitions); err != nil {
+			return err
+		}
+		roles = append(roles, func() error { return d.lagHistory.Run(gctx, d.sink.Lag) })
 	}
 	if cfg.hasRole("capture") {
 		mo, err := cfg.mongoOptions()
@@ -153,7 +160,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer mc.Disconnect(context.Background())
 		d.mongo = mc
-		cp, err := capture.New(cfg.Capture, mc, kopts, d.store, log, reg)
+		cp, err := capture.New(cfg.Capture, capture.Deps{Mongo: mc, KafkaOpts: kopts, Store: d.store, Logger: log, Registerer: reg})
 		if err != nil {
 			return err
 		}
@@ -164,7 +171,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	d.routes(srv, reg)
 	if cfg.Election.Enabled {
-		d.elector = leader.New(cfg.Election, kopts, log, reg)
+		d.elector = leader.New(cfg.Election, leader.Deps{KafkaOpts: kopts, TakeOffice: d.takeOffice, Logger: log, Registerer: reg})
 		g.Go(func() error { return d.elector.Run(gctx) })
 		g.Go(func() error { d.recordLeadership(gctx); return nil })
 	}
@@ -202,7 +209,11 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return hs.Shutdown(sctx)
 	})
 	close(d.ready)
-	log.Info("tidemark running", "roles", cfg.Roles, "admin", "http://"+ln.Addr().String(), "metrics", "http://"+ln.Addr().String()+"/metrics")
+	base := "http://" + ln.Addr().String()
+	if cfg.Admin.TLSCert != "" {
+		base = "https://" + ln.Addr().String()
+	}
+	log.Info("tidemark running", "roles", cfg.Roles, "admin", base, "metrics", base+"/metrics")
 	d.store.Append(ctx, checkpoints.AuditEntry{Actor: "auto:daemon", Action: "daemon.start", Result: "ok",
 		Details: map[string]any{"roles": cfg.Roles, "spec_version": specVersion(d.mapping)}})
 	err = g.Wait()
@@ -267,6 +278,7 @@ func (d *daemon) routes(srv *admin.Server, reg *prometheus.Registry) {
 	srv.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), false)
 	srv.Handle("GET /v1/status", http.HandlerFunc(d.status), false)
 	srv.Handle("GET /v1/audit", http.HandlerFunc(d.audit), false)
+	srv.Handle("GET /v1/lag/history", http.HandlerFunc(d.lagHistoryView), false)
 	srv.Handle("POST /v1/pause", d.pauseHandler(true), true)
 	srv.Handle("POST /v1/resume", d.pauseHandler(false), true)
 	srv.Handle("POST /v1/rewind", http.HandlerFunc(d.rewind), true)
@@ -306,6 +318,19 @@ func (d *daemon) status(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	admin.WriteJSON(w, 200, st)
+}
+
+// lagHistoryView is GET /v1/lag/history: every partition's lag samples of
+// the last hour, oldest first. A daemon without the sink role has none.
+func (d *daemon) lagHistoryView(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	if d.lagHistory == nil {
+		admin.WriteJSON(w, 200, sink.LagHistoryView{At: now.UTC(), Partitions: []sink.PartitionHistory{}})
+		return
+	}
+	v := d.lagHistory.View(now)
+	v.At = v.At.UTC()
+	admin.WriteJSON(w, 200, v)
 }
 
 func (d *daemon) audit(w http.ResponseWriter, r *http.Request) {

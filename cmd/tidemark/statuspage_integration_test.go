@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,25 +16,32 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
+	"github.com/tidemarkhq/tidemark/reconcile"
+	"github.com/tidemarkhq/tidemark/sink"
 	spt "github.com/tidemarkhq/tidemark/statuspage/statuspagetest"
 	"go.mongodb.org/mongo-driver/bson"
 )
 
 // TestIntegrationStatusPageInBrowser runs the built daemon against the local
-// stack, lets it back-fill and stream some documents, pauses one partition,
-// then loads the status page in headless Chromium and checks that what the
-// page shows is what the API says: roles, spec, every partition's offsets and
-// lag, the paused partition, the backfill, and the audit entries.
+// stack, lets it back-fill and stream some documents, runs a clean reconcile
+// round and one after a row is deleted behind the pipeline's back, pauses
+// one partition, then loads the status page in headless Chromium and checks
+// that what the page shows is what the API says: roles, spec, every
+// partition's offsets and lag, the paused partition, the backfill, the audit
+// entries, and the three charts: one lag line per partition of
+// GET /v1/lag/history, a marker per round of GET /v1/reports in each of the
+// rounds chart's two series, and the divergent round's heat-map cell by cell.
 //
 // With TIDEMARK_STATUSPAGE_SCREENSHOT=docs/status-page.png (relative to the
 // repository root) it also saves the README's screenshot of that page.
 func TestIntegrationStatusPageInBrowser(t *testing.T) {
 	chromium := spt.Chromium(t)
 	e := newDaemonEnv(t, "spg")
-	_, mc, dir, bin, db, ns, _, _ := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
+	cass, mc, dir, bin, db, ns, ks, _ := e.s, e.mc, e.dir, e.bin, e.db, e.ns, e.ks, e.m
 	prefix := testbed.UniqueName(t, "spg")
 	addr := freeAddr(t)
-	cfg := e.config(addr, prefix, ", update_lookup: capture, backfill: {chunk_size: 500}", fmt.Sprintf(`rollout:
+	cfg := e.config(addr, prefix, ", update_lookup: capture, backfill: {chunk_size: 500}", fmt.Sprintf(`reconcile: {report_dir: %[2]s/reports, in_flight_wait: 15s, settle: 1s}
+rollout:
   version: statuspage-plan-1
   every: 500ms
   stages:
@@ -47,7 +55,7 @@ func TestIntegrationStatusPageInBrowser(t *testing.T) {
         - {name: stuck, signal: lag_seconds, above: 3600, for: 1m, action: halt}
     - {name: half, slice: {collections: [%[1]s], share: "50%%"}, advance: manual}
     - {name: all, slice: {collections: [%[1]s], share: "100%%"}, advance: manual}
-`, ns))
+`, ns, dir))
 	os.WriteFile(filepath.Join(dir, "tidemark.yaml"), []byte(cfg), 0o600)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -104,6 +112,41 @@ func TestIntegrationStatusPageInBrowser(t *testing.T) {
 		return st.Backfill[ns].Done && caughtUp(st, -1)
 	})
 
+	// Two rounds for the rounds chart and the heat-map: a clean one, then
+	// one after a row of the slice is deleted in Cassandra behind the
+	// pipeline's back (it reports that row missing, in its bucket).
+	round := func(reason string) reconcile.Report {
+		t.Helper()
+		var started RoundStatus
+		if err := ac.Do(ctx, "POST", "/v1/reconcile", RoundRequest{Reason: reason, Scope: reconcile.Scope{Namespace: ns}}, &started); err != nil || started.Progress == nil {
+			t.Fatalf("POST /v1/reconcile: %v %+v", err, started)
+		}
+		var rep reconcile.Report
+		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(250 * time.Millisecond) {
+			err := ac.Do(ctx, "GET", "/v1/reports/"+started.Progress.ID, nil, &rep)
+			if err == nil && rep.ID == started.Progress.ID {
+				return rep
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %s wrote no report in 2 minutes: %v", started.Progress.ID, err)
+			}
+		}
+	}
+	if rep := round("status page test: clean"); rep.Status != "clean" {
+		t.Fatalf("first round: %s %v", rep.Status, rep.Counts)
+	}
+	var gone string
+	if err := cass.Query("SELECT id FROM " + ks + ".users LIMIT 1").WithContext(ctx).Scan(&gone); err != nil {
+		t.Fatal(err)
+	}
+	if err := cass.Query("DELETE FROM "+ks+".users WHERE id = ?", gone).ExecContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	divergent := round("status page test: a row deleted")
+	if divergent.Status != "divergent" || divergent.Counts[reconcile.ClassMissing] != 1 {
+		t.Fatalf("round after deleting row %s: %s %v", gone, divergent.Status, divergent.Counts)
+	}
+
 	// Pause one partition (an audited change), then keep writing: the other
 	// partitions move on, the paused one holds.
 	topic := prefix + "." + ns
@@ -121,6 +164,19 @@ func TestIntegrationStatusPageInBrowser(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("unauthenticated resume: HTTP %d", resp.StatusCode)
+	}
+
+	// The lag chart needs two samples of every partition (one every 10 s).
+	var hist sink.LagHistoryView
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		hist = sink.LagHistoryView{}
+		err := ac.Do(ctx, "GET", "/v1/lag/history", nil, &hist)
+		if err == nil && len(hist.Partitions) == 3 && !slices.ContainsFunc(hist.Partitions, func(p sink.PartitionHistory) bool { return len(p.Samples) < 2 }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no two lag samples of each of 3 partitions in a minute: %+v (%v)", hist, err)
+		}
 	}
 
 	url := "http://" + addr + "/"
@@ -270,6 +326,27 @@ func TestIntegrationStatusPageInBrowser(t *testing.T) {
 		t.Errorf("the audit table's refused resume row: %v", refused)
 	}
 
+	checkCharts(t, doc, hist, divergent)
+	var rounds []ReportListing
+	if err := ac.Do(ctx, "GET", "/v1/reports", nil, &rounds); err != nil || len(rounds) != 2 {
+		t.Fatalf("GET /v1/reports: %v %+v", err, rounds)
+	}
+	for _, key := range []string{"divergent", "in_flight"} {
+		if got := spt.Attr(doc, "data-series", key, "data-points"); got != "2" {
+			t.Errorf("rounds chart, series %s: %s points, want the 2 rounds", key, got)
+		}
+	}
+	for _, r := range rounds {
+		if n := len(spt.All(doc, "data-point", r.ID)); n != 2 {
+			t.Errorf("rounds chart: round %s has %d markers, want one per series", r.ID, n)
+		}
+	}
+	_, series := spt.Elements(doc, "data-series")
+	if !strings.Contains(series["divergent"], "round "+divergent.ID+" · "+ns+" · divergent · ended ") ||
+		!strings.Contains(series["divergent"], fmt.Sprintf("UTC: 1 divergent, %d in flight", divergent.Counts["in_flight"])) {
+		t.Errorf("rounds chart: no marker titled with round %s and its 1 divergent key:\n%s", divergent.ID, series["divergent"])
+	}
+
 	if shot := os.Getenv("TIDEMARK_STATUSPAGE_SCREENSHOT"); shot != "" {
 		if !filepath.IsAbs(shot) {
 			shot = filepath.Join(testbed.RepoRoot(), shot)
@@ -291,10 +368,104 @@ func TestIntegrationStatusPageInBrowser(t *testing.T) {
 		time.Sleep(4 * time.Second) // let the load show in the lag figures
 		// A short virtual-time budget: the page's clock runs ahead of the
 		// wall clock by up to the budget, which would inflate every "ago".
-		spt.Screenshot(t, ctx, chromium, url, shot, 1280, 900, 1500*time.Millisecond)
+		spt.Screenshot(t, ctx, chromium, url, shot, 1280, 1800, 1500*time.Millisecond)
 		stop()
 		<-done
 		t.Logf("screenshot saved to %s", shot)
+	}
+}
+
+// checkCharts checks the lag chart against the history the API served just
+// before the page loaded (a sample may have come in since: one more point
+// at most), and the heat-maps against the divergent report: one map per
+// table, the table with the deleted row showing 1 in its bucket's cell.
+func checkCharts(t *testing.T, doc string, hist sink.LagHistoryView, rep reconcile.Report) {
+	t.Helper()
+	var want []string
+	for _, p := range hist.Partitions {
+		key := fmt.Sprintf("%s/%d", p.Topic, p.Partition)
+		want = append(want, key)
+		n, _ := strconv.Atoi(spt.Attr(doc, "data-series", key, "data-points"))
+		if n < len(p.Samples) || n > len(p.Samples)+1 {
+			t.Errorf("lag chart, %s: %d points, the API had %d samples", key, n, len(p.Samples))
+		}
+		if _, ok := spt.Element(doc, "data-legend", key); !ok {
+			t.Errorf("lag chart: no legend entry for %s", key)
+		}
+	}
+	var got []string
+	for _, k := range spt.Keys(doc, "data-series") {
+		if k != "divergent" && k != "in_flight" {
+			got = append(got, k)
+		}
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("lag chart series %v, want the history's partitions %v", got, want)
+	}
+	svg, ok := spt.Element(doc, "data-chart", "lag")
+	if !ok {
+		t.Fatal("no lag chart")
+	}
+	if x, y := spt.Texts(svg, "data-axis-title", "x"), spt.Texts(svg, "data-axis-title", "y"); len(x) != 1 || x[0] != "time (UTC)" || len(y) != 1 || y[0] != "seconds behind" {
+		t.Errorf("lag chart axis titles: %q %q", x, y)
+	}
+	// Ticks are UTC clock times from the oldest sample (the daemon has run
+	// for less than the hour) to the history's "at".
+	xs := spt.Texts(svg, "data-axis", "x")
+	oldest := hist.At
+	for _, p := range hist.Partitions {
+		if p.Samples[0].Time.Before(oldest) {
+			oldest = p.Samples[0].Time
+		}
+	}
+	from, to := oldest.Add(-5*time.Minute).UTC().Format("15:04"), hist.At.Add(time.Minute).UTC().Format("15:04")
+	for _, x := range xs {
+		inside := from <= x && x <= to
+		if from > to { // the hour spans midnight
+			inside = x >= from || x <= to
+		}
+		if len(x) != 5 || !inside {
+			t.Errorf("lag chart time tick %q outside %s–%s (ticks %q)", x, from, to, xs)
+		}
+	}
+	if len(xs) < 3 {
+		t.Errorf("lag chart time ticks: %q", xs)
+	}
+
+	cells, text := spt.Elements(doc, "data-bucket")
+	leaves := 1 << rep.BucketBits
+	per := (leaves + 255) / 256
+	perMap := (leaves + per - 1) / per
+	hot := 0
+	for _, tr := range rep.Tables {
+		if len(tr.Buckets) == 0 {
+			continue
+		}
+		hot++
+		n := 0
+		for _, c := range cells {
+			if strings.HasPrefix(c, tr.Table+"/") {
+				n++
+			}
+		}
+		if n != perMap {
+			t.Errorf("heat-map of %s: %d cells, want %d (2^%d buckets)", tr.Table, n, perMap, rep.BucketBits)
+		}
+		for _, b := range tr.Buckets {
+			key := fmt.Sprintf("%s/%d", tr.Table, int(b.ID)/per*per)
+			if got := spt.Text(text[key]); got != strconv.FormatInt(b.Divergent, 10) {
+				t.Errorf("heat-map cell %s shows %q, the report says %d", key, got, b.Divergent)
+			}
+			if title := spt.Attr(doc, "data-bucket", key, "title"); !strings.Contains(title, fmt.Sprintf(": %d divergent", b.Divergent)) {
+				t.Errorf("heat-map cell %s title %q", key, title)
+			}
+		}
+	}
+	if hot != 1 || len(spt.All(doc, "data-legend", "heat")) != 1 {
+		t.Errorf("%d tables with divergent buckets, %d heat-map legends; want 1 each", hot, len(spt.All(doc, "data-legend", "heat")))
+	}
+	if body, _ := spt.Element(doc, "id", "reconcile-body"); !strings.Contains(spt.Text(body), "buckets agree") {
+		t.Errorf("the clean tables' heat-maps do not say they agree: %s", spt.Text(body))
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/tidemarkhq/tidemark/admin"
-	"github.com/tidemarkhq/tidemark/capture"
+	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/trace"
 	"golang.org/x/sync/errgroup"
@@ -64,7 +64,7 @@ func (t *tracer) open() (*trace.Deps, error) {
 		Log:     trace.KafkaLog{Opts: kopts, Admin: t.d.adm, Group: cfg.Reconcile.SinkGroup},
 		Target:  trace.CassandraTarget{Session: conns.cass},
 		Reports: trace.DirReports{Reports: reconcile.Reports{Dir: cfg.Reconcile.ReportDir}},
-		Topic:   func(ns string) string { return capture.Topic(prefix, ns) },
+		Topic:   func(ns string) string { return envelope.Topic(prefix, ns) },
 	}
 	return t.deps, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"text/tabwriter"
 
 	"github.com/tidemarkhq/tidemark/transform"
@@ -79,6 +80,9 @@ func transformCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 func show(v any) any {
 	if v == nil {
 		return "null"
+	}
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+		return "null" // a null tuple is a typed nil pointer (see transform.Placeholder)
 	}
 	if s, ok := v.(fmt.Stringer); ok {
 		return s.String()

@@ -50,11 +50,58 @@ func TestDemoUnderLoad(t *testing.T) {
 	runDemo(t, "DEMO_ADDR=127.0.0.1:17076", "DEMO_DB="+testbed.UniqueName(t, "demoload"))
 }
 
-func runDemo(t *testing.T, env ...string) {
+// TestDemoSlowSink runs the demo's three-stage plan with the sink capped at
+// 300 writes/s (sink.throttle.max_writes_per_second) under 100 changes/s, so
+// each stage's widening backfill puts the pipeline minutes behind and rounds
+// run while it is more than 30 s behind: still no false divergence, only the
+// injected corruption fires a trigger, and the plan completes. The test
+// fails, too, if no round saw the pipeline over 30 s behind: then it did not
+// test what it says. Opt-in like TestDemoUnderLoad (`make demo-load`).
+func TestDemoSlowSink(t *testing.T) {
+	if os.Getenv("TIDEMARK_DEMO_LOAD") == "" {
+		t.Skip("set TIDEMARK_DEMO_LOAD=1 (make demo-load): 5 to 20 minutes with a throttled sink")
+	}
+	dir := runDemo(t, "DEMO_DOCS=20000", "DEMO_RATE=100", "DEMO_SINK_RATE=300",
+		"DEMO_ADDR=127.0.0.1:17077", "DEMO_DB="+testbed.UniqueName(t, "demoslow"))
+	var worst float64
+	var during string
+	for _, rep := range readReports(t, dir) {
+		for _, p := range append(slices.Clone(rep.LagStart), rep.LagEnd...) {
+			if p.SecondsBehind > worst {
+				worst, during = p.SecondsBehind, rep.ID
+			}
+		}
+	}
+	t.Logf("the most a round saw the pipeline behind: %.0f s (round %s)", worst, during)
+	if worst <= 30 {
+		t.Errorf("no round ran with the pipeline more than 30 s behind (at most %.1f s): the sink was not slowed enough to test the loop under lag", worst)
+	}
+}
+
+// readReports reads every reconcile report the demo wrote.
+func readReports(t *testing.T, dir string) []reconcile.Report {
+	t.Helper()
+	paths, _ := filepath.Glob(filepath.Join(dir, "reports", "*.json"))
+	var out []reconcile.Report
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep reconcile.Report
+		if err := json.Unmarshal(b, &rep); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		out = append(out, rep)
+	}
+	return out
+}
+
+func runDemo(t *testing.T, env ...string) (dir string) {
 	testbed.Kafka(t)
 	testbed.Cassandra(t)
 	testbed.Mongo(t)
-	dir := t.TempDir()
+	dir = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "deploy/local/demo")
@@ -91,19 +138,11 @@ func runDemo(t *testing.T, env ...string) {
 	}
 	// No false divergence: every divergent key of every round is one the
 	// demo corrupted.
-	reports, _ := filepath.Glob(filepath.Join(dir, "reports", "*.json"))
+	reports := readReports(t, dir)
 	if len(reports) == 0 {
 		t.Error("no reconcile reports")
 	}
-	for _, p := range reports {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var rep reconcile.Report
-		if err := json.Unmarshal(b, &rep); err != nil {
-			t.Fatalf("%s: %v", p, err)
-		}
+	for _, rep := range reports {
 		for _, k := range rep.Divergent {
 			if id := hex.EncodeToString(k.ID[min(1, len(k.ID)):]); !slices.Contains(injected, id) {
 				t.Errorf("round %s (%s, started %s): %s row %x (document %s) is %s, and the demo did not corrupt it",
@@ -114,4 +153,5 @@ func runDemo(t *testing.T, env ...string) {
 	if t.Failed() {
 		t.Logf("demo output:\n%s", testbed.Tail(string(out), 6000))
 	}
+	return dir
 }

@@ -189,11 +189,9 @@ func eachTargetRow(t T, s *gocql.Session, m *transform.Mapping, ns string, fn fu
 			if !iter.MapScan(row) {
 				break
 			}
-			vals := make([]any, len(tbl.Columns))
-			for i, c := range tbl.Columns {
-				vals[i] = row[c.Name]
-			}
-			fn(tbl, vals)
+			// RowFromMap puts a tuple column, which gocql splits into one
+			// entry per component, back together.
+			fn(tbl, tbl.RowFromMap(row, nil))
 		}
 		if err := iter.Close(); err != nil {
 			t.Fatal(err)

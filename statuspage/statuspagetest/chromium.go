@@ -165,3 +165,34 @@ func Cells(row string) map[string]string {
 
 // Number reads a figure the page printed with thousands separators.
 func Number(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), ",", "") }
+
+// Keys are the values of attribute attr in a fragment, in document order of
+// first appearance.
+func Keys(fragment, attr string) []string {
+	keys, _ := Elements(fragment, attr)
+	return keys
+}
+
+// Texts is the text of every element with attr="value", in document order.
+func Texts(doc, attr, value string) []string {
+	var out []string
+	for _, inner := range All(doc, attr, value) {
+		out = append(out, Text(inner))
+	}
+	return out
+}
+
+// Attr is attribute name of the first element with attr="value" ("" when
+// there is none).
+func Attr(doc, attr, value, name string) string {
+	re := regexp.MustCompile(`<[a-zA-Z][a-zA-Z0-9]*\b[^>]*\s` + regexp.QuoteMeta(attr) + `="` + regexp.QuoteMeta(html.EscapeString(value)) + `"[^>]*>`)
+	tag := re.FindString(doc)
+	if tag == "" {
+		return ""
+	}
+	m := regexp.MustCompile(`\s` + regexp.QuoteMeta(name) + `="([^"]*)"`).FindStringSubmatch(tag)
+	if m == nil {
+		return ""
+	}
+	return html.UnescapeString(m[1])
+}

@@ -193,6 +193,92 @@
     }));
   }
 
+  // ---- lag over the last hour ----------------------------------------------
+  // GET /v1/lag/history: the daemon samples its sink partitions' lag every
+  // interval_seconds and keeps window_seconds of it. The page reads it once
+  // per sample interval, not on every poll: nothing new comes in between.
+
+  const charts = window.tidemarkCharts;
+  let lagHistory = null, lagHistoryRead = 0;
+
+  function chartWidth(box) { return Math.max(420, Math.min(1400, Math.floor(box.clientWidth || 900))); }
+  // shortDuration labels a value axis: 0, 30 s, 2 min, 1.5 h.
+  function shortDuration(sec) {
+    if (sec === 0) return "0";
+    if (sec < 120) return (Math.round(sec * 10) / 10) + " s";
+    if (sec < 7200) return (Math.round(sec / 6) / 10) + " min";
+    return (Math.round(sec / 360) / 10) + " h";
+  }
+  // spanText names a whole window: 1 h, 30 min.
+  function spanText(sec) {
+    if (sec > 0 && sec % 3600 === 0) return sec / 3600 + " h";
+    if (sec > 0 && sec % 60 === 0) return sec / 60 + " min";
+    return fmtDuration(sec);
+  }
+  function emptyNote(key, text) { return el("p", { class: "empty", "data-empty": key, text }); }
+
+  async function readLagHistory(st) {
+    if (st.ok && !(st.body.roles || []).includes("sink")) return null;
+    const every = lagHistory && lagHistory.ok && lagHistory.body.interval_seconds > 0 ? lagHistory.body.interval_seconds : 10;
+    if (lagHistory === null || !lagHistory.ok || Date.now() - lagHistoryRead >= every * 1000) {
+      lagHistory = await get("/v1/lag/history");
+      lagHistoryRead = Date.now();
+    }
+    return lagHistory;
+  }
+
+  function renderLagChart(st, res) {
+    const box = $("lag-chart");
+    if (st.ok && !(st.body.roles || []).includes("sink")) { fill(box, emptyNote("lag-history", "this daemon does not run the sink role: no lag to draw")); return; }
+    if (!res) return;
+    if (!res.ok) { fill(box, el("p", { class: "empty", text: "cannot read /v1/lag/history: " + errText(res) })); return; }
+    const v = res.body || {};
+    const every = v.interval_seconds || 10, window = v.window_seconds || 3600;
+    const parts = (v.partitions || []).filter((p) => Array.isArray(p.samples) && p.samples.length);
+    if (parts.length === 0) {
+      fill(box, emptyNote("lag-history", "no lag history yet: the daemon samples its partitions every " + fmtDuration(every) +
+        " and keeps the last " + spanText(window)));
+      return;
+    }
+    const at = parseTime(v.at);
+    // The axis spans the window, or less while the history is younger than
+    // it (at least 5 minutes): a daemon started a minute ago would
+    // otherwise draw its lines in the last sliver of an hour.
+    const to = at ? at.getTime() : Date.now();
+    let oldest = to;
+    for (const p of parts) oldest = Math.min(oldest, parseTime(p.samples[0].time).getTime());
+    const from = Math.max(to - window * 1000, Math.min(oldest - every * 1000, to - 5 * 60 * 1000));
+    const sampled = (to - oldest) / 1000; // how long the daemon has sampled, up to the window
+    let worstNow = null, worstEver = null;
+    const series = parts.map((p, i) => {
+      const key = p.topic + "/" + p.partition;
+      const points = p.samples.map((x) => ({ t: parseTime(x.time).getTime(), v: Math.max(0, x.seconds_behind || 0) }));
+      const last = p.samples[p.samples.length - 1];
+      const peak = points.reduce((m, x) => Math.max(m, x.v), 0);
+      if (!worstNow || (last.seconds_behind || 0) > worstNow.v) worstNow = { key, v: last.seconds_behind || 0 };
+      if (!worstEver || peak > worstEver.v) worstEver = { key, v: peak };
+      const now = fmtDuration(last.seconds_behind || 0) + " behind now (" + fmtInt(last.records_behind) + " records" + (last.paused ? ", paused" : "") + ")";
+      return Object.assign(charts.style(i), {
+        key, points, gap: 2.5 * every * 1000, now, peak,
+        title: key + ": " + now + ", at most " + fmtDuration(peak) + " in the last " + spanText(window),
+      });
+    });
+    const svg = charts.timeChart({
+      name: "lag", title: "seconds behind per partition over the last " + spanText(window),
+      from, to, width: chartWidth(box), height: 220, yLabel: "seconds behind", yFormat: shortDuration, series,
+    });
+    const legend = el("ul", { class: "chart-legend", "aria-label": "partitions" }, series.map((x) =>
+      el("li", { "data-legend": x.key, title: x.title }, charts.swatch(x), el("span", { class: "mono", text: x.key }),
+        el("span", { class: "muted", text: x.now + " · max " + fmtDuration(x.peak) }))));
+    const note = el("p", { class: "chart-note", "data-chart-note": "lag" },
+      fmtInt(series.length) + " partitions · one sample every " + fmtDuration(every) +
+      (sampled < window - every ? " · sampled for " + fmtDuration(sampled) + " so far (the chart keeps " + spanText(window) + ")" : "") +
+      " · worst now " + worstNow.key + " " + fmtDuration(worstNow.v) +
+      " · worst in the last " + (sampled < window - every ? fmtDuration(sampled) : spanText(window)) + " " + worstEver.key + " " + fmtDuration(worstEver.v) +
+      (v.untracked ? " · " + fmtInt(v.untracked) + " more partitions are not kept (the daemon keeps " + fmtInt(v.max_partitions) + ")" : ""));
+    fill(box, svg, legend, note);
+  }
+
   // ---- capture and backfill ------------------------------------------------
 
   // parseMetrics reads the Prometheus text format: name{labels} value.
@@ -443,6 +529,21 @@
     return "hsl(2, 70%, " + Math.round(62 - 30 * f) + "%)";
   }
 
+  // heatScale is the heat-map's colour key: up to five swatches from 1 to
+  // the map's largest count, on the same log scale as the cells.
+  function heatScale(max) {
+    const steps = [];
+    for (const f of [0, 0.25, 0.5, 0.75, 1]) {
+      const n = Math.max(1, Math.round(Math.expm1(f * Math.log1p(max))));
+      if (!steps.includes(n) && n <= max) steps.push(n);
+    }
+    return el("span", { class: "scale", "aria-label": "colour scale, divergent keys" }, "divergent keys ", steps.map((n) => {
+      const i = el("i", { "data-scale": n, title: fmtInt(n) + " divergent", text: fmtInt(n) });
+      i.style.background = heat(n, max);
+      return i;
+    }));
+  }
+
   function heatMap(label, buckets) {
     const total = buckets.length;
     const max = buckets.reduce((m, b) => Math.max(m, b.divergent), 0);
@@ -469,8 +570,9 @@
     if (hot.length === 0) return el("p", { class: "kv heatwrap", text: "Divergence by bucket" + (label ? " (" + label + ")" : "") + ": all " + leaves + " buckets agree" });
     return el("div", { class: "heatwrap" },
       el("table", { class: "heat" }, el("caption", { class: "kv", text: "Divergence by bucket" + (label ? " (" + label + ")" : "") + ": " + caption }), el("tbody", {}, rows)),
-      el("div", { class: "legend" },
-        el("span", { text: "number = divergent keys in the bucket, darker = more; · = none" }),
+      el("div", { class: "legend", "data-legend": "heat" },
+        heatScale(max),
+        el("span", { text: "number = divergent keys in the cell, darker = more; · = none; hover a cell for its bucket" }),
         hot.length ? el("span", { text: "most divergent: " + hot.slice(0, 5).map((b) => (b.last > b.id ? "buckets " + b.id + "–" + b.last : "bucket " + b.id) + " (" + b.divergent + ")").join(", ") }) : ""));
   }
 
@@ -523,7 +625,9 @@
       const top = bucketsOf(r, r.bucket_bits);
       if (top && top.length) { parts.push(heatMap("", top)); maps++; }
       for (const t of tables) {
-        const b = bucketsOf(t, r.bucket_bits);
+        // A report leaves out a table's bucket list when no bucket holds a
+        // divergent key: with bucket_bits known, that is a clean map.
+        const b = bucketsOf(t, r.bucket_bits) || (r.bucket_bits > 0 && t.buckets === undefined ? bucketsOf({ buckets: [] }, r.bucket_bits) : null);
         if (b && b.length) { parts.push(heatMap(t.table || "", b)); maps++; }
       }
       if (!maps) parts.push(el("p", { class: "empty", text: "this report has no per-bucket figures for a heat-map" }));
@@ -536,6 +640,62 @@
         el("h3", {}, el("span", { class: "mono", text: scopeText(r.scope) }), " ", verdict, r.id ? el("span", { class: "muted mono", text: " " + r.id }) : ""),
         facts, parts);
     })));
+  }
+
+  // ---- rounds over time ----------------------------------------------------
+  // GET /v1/reports lists the newest 100 rounds with their counts. It reads
+  // every report file, so the page asks for it only when the latest report
+  // changed, not on every poll.
+
+  let roundsFor = null, rounds = null; // the latest report ids rounds was read for
+
+  async function readRounds(rep) {
+    if (!rep.ok) return null;
+    const key = reportsOf(rep.body).map((r) => r.id || "").join(",");
+    if (rounds === null || !rounds.ok || key !== roundsFor) {
+      rounds = await get("/v1/reports");
+      roundsFor = key;
+    }
+    return rounds;
+  }
+
+  function renderRounds(rep, res) {
+    const box = $("rounds-chart");
+    if (rep.status === 404 || (res && res.status === 404)) { fill(box, emptyNote("rounds", "no reconcile round yet")); return; }
+    if (!rep.ok) { fill(box, el("p", { class: "empty", text: "cannot read /v1/reports/latest: " + errText(rep) })); return; }
+    if (!res) return;
+    if (!res.ok) { fill(box, el("p", { class: "empty", text: "cannot read /v1/reports: " + errText(res) })); return; }
+    const list = (Array.isArray(res.body) ? res.body : []).map((r) => {
+      const c = r.counts || {};
+      const t = parseTime(r.end) || parseTime(r.start);
+      return { r, t: t ? t.getTime() : null, divergent: CLASSES.reduce((n, k) => n + (c[k] || 0), 0), inFlight: c.in_flight || 0 };
+    }).filter((x) => x.t !== null).sort((a, b) => a.t - b.t);
+    if (list.length === 0) { fill(box, emptyNote("rounds", "no reconcile round yet")); return; }
+    // A little room either side; at least 10 minutes, the newest round at
+    // the right, so a first round or two do not sit on a one-tick axis.
+    const pad = Math.max((list[list.length - 1].t - list[0].t) * 0.05, 30 * 1000);
+    const to = list[list.length - 1].t + pad, from = Math.min(list[0].t - pad, to - 10 * 60 * 1000);
+    const point = (x, v) => ({
+      t: x.t, v, key: x.r.id, hollow: x.r.status === "incomplete",
+      title: "round " + x.r.id + " · " + scopeText(x.r.scope) + " · " + (x.r.status || "") + " · ended " + fmtTime(x.t / 1000) + " UTC: " +
+        fmtInt(x.divergent) + " divergent, " + fmtInt(x.inFlight) + " in flight",
+    });
+    const series = [
+      { key: "divergent", label: "divergent keys (missing, extra, different, stale)", color: "#c0392b", markers: true, points: list.map((x) => point(x, x.divergent)) },
+      { key: "in_flight", label: "in flight (on their way at the end of the round; re-checked, never divergence)", color: "#b7791f", dash: "6 3", markers: true, points: list.map((x) => point(x, x.inFlight)) },
+    ];
+    const svg = charts.timeChart({
+      name: "rounds", title: "divergent and in-flight keys of the newest " + list.length + " reconcile rounds",
+      from, to, width: chartWidth(box), height: 200, yLabel: "keys", yFormat: fmtInt, integer: true, series,
+    });
+    const legend = el("ul", { class: "chart-legend" },
+      series.map((x) => el("li", { "data-legend": x.key }, charts.swatch(x), el("span", { text: x.label }))),
+      list.some((x) => x.r.status === "incomplete") ? el("li", { "data-legend": "incomplete", text: "open circle: an incomplete round (time box or cancel)" }) : "");
+    const newest = list[list.length - 1];
+    const note = el("p", { class: "chart-note", "data-chart-note": "rounds" },
+      fmtInt(list.length) + (list.length === 100 ? " (the newest 100)" : "") + " rounds, " + fmtTime(list[0].t / 1000) + " to " + fmtTime(newest.t / 1000) +
+      " UTC · newest " + newest.r.id + ": " + fmtInt(newest.divergent) + " divergent, " + fmtInt(newest.inFlight) + " in flight");
+    fill(box, svg, legend, note);
   }
 
   // ---- audit ---------------------------------------------------------------
@@ -651,8 +811,11 @@
     authNeeded([hz, st, audit]);
     renderWho(who);
     if (hz.status !== 0) {
+      const [hist, roundList] = await Promise.all([readLagHistory(st), readRounds(rep)]);
       renderHealth(hz, rz, st);
       renderLag(st);
+      renderLagChart(st, hist);
+      renderRounds(rep, roundList);
       renderCapture(st, metrics);
       renderBackfill(st);
       renderPlan(plan);
