@@ -123,6 +123,32 @@ type Capture struct {
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
 	reset   map[string]chan struct{}
+	// fenced is when each namespace's producer was last fenced (see
+	// retryFence).
+	fenced map[string]time.Time
+}
+
+// A fence is retried once, after fenceRetryDelay, unless the namespace was
+// fenced within fenceRetryWindow before. Kafka answers PRODUCER_FENCED to the
+// commit of a transaction it aborted on its timeout while it could not
+// answer (a stalled or frozen broker), which franz-go does not recover: that
+// transaction's records were never committed, so a fresh producer resumes
+// from the last checkpoint and loses nothing. A second capture process for
+// the stream fences again at its next retry, and the second fence within
+// the window stops this one for good: two writers never take turns.
+var (
+	fenceRetryDelay  = 10 * time.Second
+	fenceRetryWindow = 10 * time.Minute
+)
+
+// retryFence reports whether ns, fenced now, gets its one retry.
+func (c *Capture) retryFence(ns string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	last, ok := c.fenced[ns]
+	c.fenced[ns] = now
+	return !ok || now.Sub(last) >= fenceRetryWindow
 }
 
 // Deps are what capture needs from the daemon.
@@ -159,7 +185,7 @@ func New(cfg Config, d Deps) (*Capture, error) {
 	}
 	return &Capture{cfg: cfg, mongo: mc, src: mongoSource{mc}, kopts: kafkaOpts, plain: plain, store: store,
 		log: log.With("stage", "capture"), m: newMetrics(reg), running: map[string]context.CancelFunc{},
-		reset: map[string]chan struct{}{}}, nil
+		reset: map[string]chan struct{}{}, fenced: map[string]time.Time{}}, nil
 }
 
 func producerOpts(cfg Config) []kgo.Opt {
@@ -288,7 +314,21 @@ func (c *Capture) runNamespace(ctx context.Context, ns string) error {
 			case errors.Is(err, ErrInvalidated):
 				c.m.invalidated.WithLabelValues(ns).Set(1)
 				return err
-			case errors.Is(err, ErrFenced), errors.Is(err, ErrUnresumable):
+			case errors.Is(err, ErrFenced):
+				if !c.retryFence(ns) {
+					return err
+				}
+				log.Warn("capture was fenced; retrying once with a fresh producer (Kafka may have aborted a transaction it could not answer in time); a second fence within the window stops this namespace",
+					"err", err, "after", fenceRetryDelay, "window", fenceRetryWindow)
+				c.store.Append(context.WithoutCancel(gctx), checkpoints.AuditEntry{Actor: "auto:capture", Action: "capture.fence_retry",
+					Target: ns, Result: "retrying once: " + err.Error()})
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-time.After(fenceRetryDelay):
+				}
+				continue
+			case errors.Is(err, ErrUnresumable):
 				return err
 			case errors.Is(err, errSkipped):
 				backoff = 100 * time.Millisecond

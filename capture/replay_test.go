@@ -242,6 +242,7 @@ func cmdErr(code int32, name string) error {
 
 // replayRig is capture wired to a replay source and an in-process Kafka.
 type replayRig struct {
+	kc    *kfake.Cluster
 	c     *Capture
 	src   *replaySource
 	store *checkpointstest.Memory
@@ -272,7 +273,7 @@ func newReplayRig(t *testing.T, src *replaySource, cfg Config) *replayRig {
 	if err := c.ensureTopics(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &replayRig{c: c, src: src, store: store, kafka: kc.ListenAddrs()}
+	return &replayRig{kc: kc, c: c, src: src, store: store, kafka: kc.ListenAddrs()}
 }
 
 func (r *replayRig) state(t *testing.T) streamState {
