@@ -1157,18 +1157,5 @@ func mergeTP(a, b []envelope.TopicPartition) []envelope.TopicPartition {
 	for _, tp := range b {
 		set[tp] = true
 	}
-	return sortTP(set)
-}
-
-func sortTP(set map[envelope.TopicPartition]bool) []envelope.TopicPartition {
-	out := make([]envelope.TopicPartition, 0, len(set))
-	for tp, on := range set {
-		if on {
-			out = append(out, tp)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].Topic < out[j].Topic || out[i].Topic == out[j].Topic && out[i].Partition < out[j].Partition
-	})
-	return out
+	return envelope.Members(set)
 }

@@ -291,14 +291,5 @@ func mergePaused(cur, tps []TopicPartition, pause bool) []TopicPartition {
 	for _, tp := range tps {
 		set[tp] = pause
 	}
-	out := []TopicPartition{}
-	for tp, on := range set {
-		if on {
-			out = append(out, tp)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].Topic < out[j].Topic || out[i].Topic == out[j].Topic && out[i].Partition < out[j].Partition
-	})
-	return out
+	return envelope.Members(set)
 }

@@ -61,21 +61,9 @@ func toDate(v bson.RawValue, rule string) (any, error) {
 // "hh:mm:ss[.fffffffff]" string (CQL's time literal) to a time, as gocql
 // takes and returns it: a time.Duration.
 func toTime(v bson.RawValue, rule string) (any, error) {
-	if v.Type == bsontype.String {
-		d, err := parseTimeOfDay(v.StringValue())
-		if err != nil {
-			return nil, fail(rule, "%v", err)
-		}
-		return d, nil
-	}
-	switch v.Type {
-	case bsontype.Int32, bsontype.Int64, bsontype.Double, bsontype.Decimal128:
-	default:
-		return nil, fail(rule, "no conversion from %s to time", v.Type)
-	}
-	n, err := asInt64(v, rule)
-	if err != nil {
-		return nil, err
+	parsed, n, err := parsedOrInteger(v, rule, "time", func(s string) (any, error) { return parseTimeOfDay(s) })
+	if parsed != nil || err != nil {
+		return parsed, err
 	}
 	if n < 0 || n >= nsPerDay {
 		return nil, fail(rule, "%d ns is not a time of day (0 to %d)", n, int64(nsPerDay-1))
@@ -162,23 +150,29 @@ func toInet(v bson.RawValue, rule string) (any, error) {
 // a negative one), to a gocql.Duration. Months, days and nanoseconds stay
 // apart, as Cassandra keeps them: a month is not a number of days.
 func toDuration(v bson.RawValue, rule string) (any, error) {
-	if v.Type == bsontype.String {
-		d, err := parseDuration(v.StringValue())
-		if err != nil {
-			return nil, fail(rule, "%v", err)
-		}
-		return d, nil
-	}
-	switch v.Type {
-	case bsontype.Int32, bsontype.Int64, bsontype.Double, bsontype.Decimal128:
-	default:
-		return nil, fail(rule, "no conversion from %s to duration", v.Type)
-	}
-	n, err := asInt64(v, rule)
-	if err != nil {
-		return nil, err
+	parsed, n, err := parsedOrInteger(v, rule, "duration", func(s string) (any, error) { return parseDuration(s) })
+	if parsed != nil || err != nil {
+		return parsed, err
 	}
 	return gocql.Duration{Nanoseconds: n}, nil
+}
+
+// parsedOrInteger is what time and duration share: a string goes through
+// parse (its value returned as parsed), an integral number of nanoseconds
+// comes back as n, and any other BSON type is refused, naming to.
+func parsedOrInteger(v bson.RawValue, rule, to string, parse func(string) (any, error)) (parsed any, n int64, err error) {
+	switch v.Type {
+	case bsontype.String:
+		p, err := parse(v.StringValue())
+		if err != nil {
+			return nil, 0, fail(rule, "%v", err)
+		}
+		return p, 0, nil
+	case bsontype.Int32, bsontype.Int64, bsontype.Double, bsontype.Decimal128:
+		n, err := asInt64(v, rule)
+		return nil, n, err
+	}
+	return nil, 0, fail(rule, "no conversion from %s to %s", v.Type, to)
 }
 
 // durationUnits are CQL's duration units, longest first where one is a

@@ -41,28 +41,11 @@ rollout:
 	addrA, addrB := "127.0.0.1:17096", "127.0.0.1:17097"
 	cfgA := e.config(addrA, prefix, "", extra("a"))
 	cfgB := strings.Replace(e.config(addrB, prefix, "", extra("b")), "roles: [capture, sink]", "roles: [sink]", 1)
-	for name, body := range map[string]string{"a.yaml": cfgA, "b.yaml": cfgB} {
-		if err := os.WriteFile(filepath.Join(e.dir, name), []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.writeConfigs(t, map[string]string{"a.yaml": cfgA, "b.yaml": cfgB})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	acA, _ := admin.NewClient(addrA, e.tokenFile)
 	acB, _ := admin.NewClient(addrB, e.tokenFile)
-	leaderOf := func(ac *admin.Client) (LeaderInfo, error) {
-		var info LeaderInfo
-		err := ac.Do(ctx, "GET", "/v1/leader", nil, &info)
-		return info, err
-	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(90 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 90s", what)
-			}
-		}
-	}
 	reports := func(name string) int {
 		es, _ := os.ReadDir(filepath.Join(e.dir, "reports-"+name))
 		n := 0
@@ -87,10 +70,10 @@ rollout:
 	}
 
 	a := testbed.RunDaemon(t, ctx, e.bin, "daemon a", filepath.Join(e.dir, "a.yaml"))
-	waitFor("daemon a leads", func() bool { i, err := leaderOf(acA); return err == nil && i.Leading })
+	waitFor(t, "daemon a leads", func() bool { i, err := leaderOf(ctx, acA); return err == nil && i.Leading })
 	testbed.RunDaemon(t, ctx, e.bin, "daemon b", filepath.Join(e.dir, "b.yaml"))
 	var infoB LeaderInfo
-	waitFor("daemon b answers", func() bool { var err error; infoB, err = leaderOf(acB); return err == nil })
+	waitFor(t, "daemon b answers", func() bool { var err error; infoB, err = leaderOf(ctx, acB); return err == nil })
 	if infoB.Leading || infoB.Leader == nil || infoB.Leader.Admin != addrA {
 		t.Fatalf("daemon b: %+v, want a follower naming a (%s) as the leader", infoB, addrA)
 	}
@@ -98,7 +81,7 @@ rollout:
 	if err := acB.Do(ctx, "GET", "/v1/status", nil, &st); err != nil || st.Leader.Leading || st.Leader.Leader == nil || st.Leader.Leader.Admin != addrA {
 		t.Fatalf("daemon b's status names the leader %+v (%v), want a", st.Leader, err)
 	}
-	waitFor("a's plan evaluated", func() bool { return !plan(acA).Following })
+	waitFor(t, "a's plan evaluated", func() bool { return !plan(acA).Following })
 	if !plan(acB).Following {
 		t.Fatal("daemon b evaluates the plan while a leads")
 	}
@@ -106,10 +89,10 @@ rollout:
 	if err := abort(acB); !errors.As(err, &he) || he.Code != 409 || !strings.Contains(he.Msg, "/v1/leader") {
 		t.Fatalf("abort on the follower: %v, want 409 naming /v1/leader", err)
 	}
-	waitFor("a scheduled round on the leader", func() bool { return reports("a") > 0 })
+	waitFor(t, "a scheduled round on the leader", func() bool { return reports("a") > 0 })
 	// While the leader runs two more rounds, the follower runs none.
 	n := reports("a")
-	waitFor("two more rounds on the leader", func() bool { return reports("a") >= n+2 })
+	waitFor(t, "two more rounds on the leader", func() bool { return reports("a") >= n+2 })
 	if n := reports("b"); n != 0 {
 		t.Fatalf("the follower ran %d scheduled rounds", n)
 	}
@@ -118,16 +101,16 @@ rollout:
 	if err := a.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("daemon b leads", func() bool { i, err := leaderOf(acB); return err == nil && i.Leading })
+	waitFor(t, "daemon b leads", func() bool { i, err := leaderOf(ctx, acB); return err == nil && i.Leading })
 	t.Logf("daemon b took over %.1fs after daemon a was killed", time.Since(killed).Seconds())
-	waitFor("b's plan evaluated", func() bool { return !plan(acB).Following })
+	waitFor(t, "b's plan evaluated", func() bool { return !plan(acB).Following })
 	if err := abort(acB); err != nil {
 		t.Fatalf("abort on the new leader: %v", err)
 	}
 	if !plan(acB).Aborted {
 		t.Fatal("the new leader's plan is not aborted")
 	}
-	waitFor("a scheduled round on the new leader", func() bool { return reports("b") > 0 })
+	waitFor(t, "a scheduled round on the new leader", func() bool { return reports("b") > 0 })
 	store, err := checkpoints.OpenFile(filepath.Join(e.dir, "state"))
 	if err != nil {
 		t.Fatal(err)

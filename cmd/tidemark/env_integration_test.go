@@ -3,13 +3,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/transform"
 	"go.mongodb.org/mongo-driver/mongo"
@@ -71,4 +74,31 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testbed.RemoveTidemark()
 	os.Exit(code)
+}
+
+// writeConfigs writes each named config into the environment's folder.
+func (e *daemonEnv) writeConfigs(t *testing.T, configs map[string]string) {
+	t.Helper()
+	for name, body := range configs {
+		if err := os.WriteFile(filepath.Join(e.dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// leaderOf asks a daemon whom it knows as the elected leader.
+func leaderOf(ctx context.Context, ac *admin.Client) (LeaderInfo, error) {
+	var info LeaderInfo
+	err := ac.Do(ctx, "GET", "/v1/leader", nil, &info)
+	return info, err
+}
+
+// waitFor polls cond every 100 ms until it holds, failing the test after 90 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(90 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 90s", what)
+		}
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -58,28 +57,11 @@ rollout:
 	}
 	cfgA := kafkaStore(e.config(addrA, prefix, "", extra))
 	cfgB := strings.Replace(kafkaStore(e.config(addrB, prefix, "", extra)), "roles: [capture, sink]", "roles: [sink]", 1)
-	for name, body := range map[string]string{"a.yaml": cfgA, "b.yaml": cfgB} {
-		if err := os.WriteFile(filepath.Join(e.dir, name), []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.writeConfigs(t, map[string]string{"a.yaml": cfgA, "b.yaml": cfgB})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	acA, _ := admin.NewClient(addrA, e.tokenFile)
 	acB, _ := admin.NewClient(addrB, e.tokenFile)
-	leaderOf := func(ac *admin.Client) (LeaderInfo, error) {
-		var info LeaderInfo
-		err := ac.Do(ctx, "GET", "/v1/leader", nil, &info)
-		return info, err
-	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(90 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 90s", what)
-			}
-		}
-	}
 	plan := func(ac *admin.Client) (rollout.Status, error) {
 		var st rollout.Status
 		err := ac.Do(ctx, "GET", "/v1/plan", nil, &st)
@@ -117,9 +99,9 @@ rollout:
 	// The cleanups run last first: continue a before RunDaemon's cleanup
 	// interrupts it, whatever happens below.
 	t.Cleanup(func() { a.Process.Signal(syscall.SIGCONT) })
-	waitFor("daemon a leads", func() bool { i, err := leaderOf(acA); return err == nil && i.Leading })
+	waitFor(t, "daemon a leads", func() bool { i, err := leaderOf(ctx, acA); return err == nil && i.Leading })
 	var last rollout.Status
-	waitFor("a evaluates the plan and its gate holds", func() bool {
+	waitFor(t, "a evaluates the plan and its gate holds", func() bool {
 		var err error
 		last, err = plan(acA)
 		if err != nil {
@@ -132,9 +114,9 @@ rollout:
 	})
 	testbed.RunDaemon(t, ctx, e.bin, "daemon b", filepath.Join(e.dir, "b.yaml"))
 	var infoB LeaderInfo
-	waitFor("daemon b follows a", func() bool {
+	waitFor(t, "daemon b follows a", func() bool {
 		var err error
-		infoB, err = leaderOf(acB)
+		infoB, err = leaderOf(ctx, acB)
 		return err == nil && infoB.Leader != nil && infoB.Leader.Admin == addrA
 	})
 	epochA := infoB.Leader.Epoch
@@ -152,14 +134,14 @@ rollout:
 	if err := a.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("daemon b takes office", func() bool { i, err := leaderOf(acB); return err == nil && i.Leading })
+	waitFor(t, "daemon b takes office", func() bool { i, err := leaderOf(ctx, acB); return err == nil && i.Leading })
 	t.Logf("daemon b took office %.1fs after daemon a was frozen", time.Since(frozen).Seconds())
-	waitFor("b evaluates the plan", func() bool { st, err := plan(acB); return err == nil && !st.Following })
+	waitFor(t, "b evaluates the plan", func() bool { st, err := plan(acB); return err == nil && !st.Following })
 	var stB rollout.Status
 	if err := acB.Do(ctx, "POST", "/v1/plan/abort", map[string]any{"reason": "fencing test"}, &stB); err != nil || !stB.Aborted {
 		t.Fatalf("operator abort on the new leader: %v (aborted %v)", err, stB.Aborted)
 	}
-	infoB, err = leaderOf(acB)
+	infoB, err = leaderOf(ctx, acB)
 	if err != nil || infoB.Leader == nil || infoB.Leader.Epoch <= epochA {
 		t.Fatalf("b's term: %+v (%v), want an epoch above a's %d", infoB.Leader, err, epochA)
 	}
@@ -180,7 +162,7 @@ rollout:
 	t.Logf("daemon a continued after %.1fs frozen", woke.Sub(frozen).Seconds())
 
 	var fenced []checkpoints.AuditEntry
-	waitFor("a's refusal is audited", func() bool { fenced = audits(acB, "leader.fenced", time.Time{}); return len(fenced) > 0 })
+	waitFor(t, "a's refusal is audited", func() bool { fenced = audits(acB, "leader.fenced", time.Time{}); return len(fenced) > 0 })
 	f := fenced[0]
 	if len(fenced) != 1 || f.Actor != "auto:rollout" || f.Result != "refused" ||
 		fmt.Sprint(f.Details["epoch"]) != fmt.Sprint(epochA) || fmt.Sprint(f.Details["current_epoch"]) != fmt.Sprint(epochB) {
@@ -190,8 +172,8 @@ rollout:
 	// role again; then it takes office under a newer epoch still, from the
 	// state b stored.
 	var now LeaderInfo
-	waitFor("a's term ends", func() bool {
-		i, err := leaderOf(acA)
+	waitFor(t, "a's term ends", func() bool {
+		i, err := leaderOf(ctx, acA)
 		if err != nil || (i.Leading && (i.Leader == nil || i.Leader.Epoch <= epochB)) {
 			return false
 		}
@@ -199,7 +181,7 @@ rollout:
 		if err != nil || st.Following == i.Leading || !st.Aborted {
 			return false // a follower takes the stored state at its next evaluation
 		}
-		now, err = leaderOf(acB)
+		now, err = leaderOf(ctx, acB)
 		return err == nil && now.Leader != nil && now.Leader.Epoch >= epochB
 	})
 	t.Logf("now leading: %s under epoch %d", now.Leader.Admin, now.Leader.Epoch)
