@@ -191,3 +191,32 @@ func (f *fixture) reconciler(cfg Config) *Reconciler {
 	}
 	return r
 }
+
+// insertAndWrite inserts docs into the source collection and writes their
+// rows straight into Cassandra, stamped just below now, as a caught-up
+// pipeline would have: a clean start for a round. It returns the version
+// the rows carry.
+func (f *fixture) insertAndWrite(t *testing.T, ctx context.Context, docs []any) envelope.Version {
+	t.Helper()
+	if _, err := f.coll.InsertMany(ctx, docs); err != nil {
+		t.Fatal(err)
+	}
+	w, err := sink.NewCassandraWriter(ctx, f.s, f.m, "ONE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := envelope.Below(envelope.Version{T: uint32(time.Now().Unix())})
+	for _, d := range docs {
+		raw, _ := bson.Marshal(d)
+		rows, err := f.m.Apply(f.ns, raw)
+		if err != nil {
+			t.Fatalf("%v: %v", d, err)
+		}
+		for i := range rows {
+			if err := w.Write(ctx, rows[i].Table, []sink.Change{{Row: &rows[i], Version: v.Micros()}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return v
+}

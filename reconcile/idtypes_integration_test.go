@@ -10,9 +10,7 @@ import (
 	"time"
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
-	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/mongoid"
-	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/tidemarkhq/tidemark/transform"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/bsontype"
@@ -66,26 +64,7 @@ collections:
 	for i, id := range ids {
 		docs[i] = bson.D{{Key: "_id", Value: id}, {Key: "n", Value: int32(i)}}
 	}
-	if _, err := f.coll.InsertMany(ctx, docs); err != nil {
-		t.Fatal(err)
-	}
-	w, err := sink.NewCassandraWriter(ctx, f.s, f.m, "ONE")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := envelope.Below(envelope.Version{T: uint32(time.Now().Unix())})
-	for _, d := range docs {
-		raw, _ := bson.Marshal(d)
-		rows, err := f.m.Apply(f.ns, raw)
-		if err != nil {
-			t.Fatalf("%v: %v", d, err)
-		}
-		for i := range rows {
-			if err := w.Write(ctx, rows[i].Table, []sink.Change{{Row: &rows[i], Version: v.Micros()}}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	f.insertAndWrite(t, ctx, docs)
 	return f, len(ids)
 }
 
