@@ -153,7 +153,7 @@ func TestConfigKeysDocumented(t *testing.T) {
 		code  []string
 		pages []string
 	}{
-		{"daemon config", append(append(append(append(goFiles("cmd/tidemark/config.go"), goFiles("capture/config.go")...),
+		{"daemon config", append(append(append(append(goFiles("config/*.go"), goFiles("capture/config.go")...),
 			goFiles("sink/config.go")...), goFiles("reconcile/config.go")...), goFiles("leader/*.go")...),
 			[]string{"docs/configuration.md", "docs/reconcile.md"}},
 		{"mapping spec", goFiles("transform/spec.go"), []string{"docs/spec.md"}},

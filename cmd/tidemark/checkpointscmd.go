@@ -11,11 +11,8 @@ import (
 	"strings"
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/config"
 )
-
-func init() {
-	register(&command{Name: "checkpoints", Short: "copy a file checkpoint store into the configured store (the move to the Kafka store)", Run: checkpointsCmd})
-}
 
 const checkpointsHelp = `usage: tidemark checkpoints copy --from DIR [--config FILE] --reason TEXT
 
@@ -47,7 +44,7 @@ func checkpointsCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	if *from == "" || strings.TrimSpace(*reason) == "" {
 		return &exitError{code: 2, err: errors.New("--from and --reason are required")}
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -63,7 +60,7 @@ func checkpointsCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		return &exitError{code: 2, err: err}
 	}
 	defer src.Close()
-	dst, err := cfg.openCheckpoints(ctx, slog.New(slog.DiscardHandler), nil)
+	dst, err := cfg.OpenCheckpoints(ctx, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return err
 	}

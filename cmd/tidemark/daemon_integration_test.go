@@ -17,6 +17,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -81,7 +82,7 @@ func TestIntegrationDaemonRewindWhileRunning(t *testing.T) {
 		t.Fatalf("unauthenticated pause was not refused: %v %s", err, out)
 	}
 	topic := prefix + "." + ns
-	var before Status
+	var before daemon.Status
 	ac, _ := admin.NewClient(addr, filepath.Join(dir, "token"))
 	if err := ac.Do(ctx, "GET", "/v1/status", nil, &before); err != nil {
 		t.Fatal(err)
@@ -94,7 +95,7 @@ func TestIntegrationDaemonRewindWhileRunning(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rewind: %v\n%s", err, out)
 	}
-	var plan RewindPlan
+	var plan daemon.RewindPlan
 	if err := json.Unmarshal([]byte(out), &plan); err != nil || !plan.Executed || plan.Replay != 300 || len(plan.Done) != 3 {
 		t.Fatalf("rewind plan: %+v %v\n%s", plan, err, out)
 	}
@@ -135,7 +136,7 @@ func TestIntegrationDaemonRewindWhileRunning(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rewind --to-time: %v\n%s", err, out)
 	}
-	plan = RewindPlan{}
+	plan = daemon.RewindPlan{}
 	if err := json.Unmarshal([]byte(out), &plan); err != nil || !plan.Executed || len(plan.Partitions) != 2 || len(plan.Done) != 2 {
 		t.Fatalf("rewind --to-time plan: %+v %v\n%s", plan, err, out)
 	}
@@ -217,11 +218,11 @@ func TestIntegrationDaemonRewindWhileRunning(t *testing.T) {
 
 // waitCaughtUp waits until every partition has committed at least as far as
 // before and is caught up with its high watermark.
-func waitCaughtUp(t *testing.T, ctx context.Context, ac *admin.Client, before Status) {
+func waitCaughtUp(t *testing.T, ctx context.Context, ac *admin.Client, before daemon.Status) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		var st Status
+		var st daemon.Status
 		if err := ac.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
 			t.Fatalf("daemon stopped answering after the rewind: %v", err)
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/rollout"
 )
@@ -72,12 +73,12 @@ rollout:
 	a := testbed.RunDaemon(t, ctx, e.bin, "daemon a", filepath.Join(e.dir, "a.yaml"))
 	waitFor(t, "daemon a leads", func() bool { i, err := leaderOf(ctx, acA); return err == nil && i.Leading })
 	testbed.RunDaemon(t, ctx, e.bin, "daemon b", filepath.Join(e.dir, "b.yaml"))
-	var infoB LeaderInfo
+	var infoB daemon.LeaderInfo
 	waitFor(t, "daemon b answers", func() bool { var err error; infoB, err = leaderOf(ctx, acB); return err == nil })
 	if infoB.Leading || infoB.Leader == nil || infoB.Leader.Admin != addrA {
 		t.Fatalf("daemon b: %+v, want a follower naming a (%s) as the leader", infoB, addrA)
 	}
-	var st Status
+	var st daemon.Status
 	if err := acB.Do(ctx, "GET", "/v1/status", nil, &st); err != nil || st.Leader.Leading || st.Leader.Leader == nil || st.Leader.Leader.Admin != addrA {
 		t.Fatalf("daemon b's status names the leader %+v (%v), want a", st.Leader, err)
 	}

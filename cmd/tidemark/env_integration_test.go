@@ -13,6 +13,7 @@ import (
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/transform"
 	"go.mongodb.org/mongo-driver/mongo"
@@ -87,8 +88,8 @@ func (e *daemonEnv) writeConfigs(t *testing.T, configs map[string]string) {
 }
 
 // leaderOf asks a daemon whom it knows as the elected leader.
-func leaderOf(ctx context.Context, ac *admin.Client) (LeaderInfo, error) {
-	var info LeaderInfo
+func leaderOf(ctx context.Context, ac *admin.Client) (daemon.LeaderInfo, error) {
+	var info daemon.LeaderInfo
 	err := ac.Do(ctx, "GET", "/v1/leader", nil, &info)
 	return info, err
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/rollout"
 )
@@ -113,7 +114,7 @@ rollout:
 		return !last.Following && len(last.Gates) == 1 && last.Gates[0].Observed == rollout.ObsOK
 	})
 	testbed.RunDaemon(t, ctx, e.bin, "daemon b", filepath.Join(e.dir, "b.yaml"))
-	var infoB LeaderInfo
+	var infoB daemon.LeaderInfo
 	waitFor(t, "daemon b follows a", func() bool {
 		var err error
 		infoB, err = leaderOf(ctx, acB)
@@ -171,7 +172,7 @@ rollout:
 	// a's term is over. Its group member rejoins, so Kafka may hand it the
 	// role again; then it takes office under a newer epoch still, from the
 	// state b stored.
-	var now LeaderInfo
+	var now daemon.LeaderInfo
 	waitFor(t, "a's term ends", func() bool {
 		i, err := leaderOf(ctx, acA)
 		if err != nil || (i.Leading && (i.Leader == nil || i.Leader.Epoch <= epochB)) {

@@ -17,19 +17,12 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/config"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/envelope"
 	"github.com/tidemarkhq/tidemark/sink"
 	"go.mongodb.org/mongo-driver/bson"
 )
-
-func init() {
-	register(&command{Name: "status", Short: "show roles, per-partition lag, paused partitions and backfill progress", Run: statusCmd})
-	register(&command{Name: "pause", Short: "pause a topic or some of its partitions (nothing is lost; Kafka buffers)", Run: pauseCmd(true)})
-	register(&command{Name: "resume", Short: "resume paused partitions", Run: pauseCmd(false)})
-	register(&command{Name: "rewind", Short: "move the sink back (to a time, an offset, a verified mark, or by N records); dry run unless --execute", Run: rewindCmd})
-	register(&command{Name: "audit", Short: "show the audit log of operator and automatic actions; audit verify checks its HMAC chain", Run: auditCmd})
-	register(&command{Name: "backfill", Short: "re-emit a namespace, a filter or some _ids from the source (also the history-lost recovery)", Run: backfillCmd})
-}
 
 // clientFlags are the flags every API command takes.
 type clientFlags struct {
@@ -86,7 +79,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	var st Status
+	var st daemon.Status
 	if err := cl.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
 		return err
 	}
@@ -94,7 +87,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return printJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "roles: %s   spec: %s\n", strings.Join(st.Roles, ","), st.SpecVersion)
-	fmt.Fprintf(stdout, "leader: %s\n\n", st.Leader)
+	fmt.Fprintf(stdout, "leader: %s\n\n", leaderText(st.Leader))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TOPIC\tPART\tCOMMITTED\tEND\tBEHIND\tLAG(s)\tAPPLIED VERSION\tPAUSED")
 	for _, p := range st.Partitions {
@@ -188,7 +181,7 @@ func pauseCmd(pause bool) func(context.Context, []string, io.Writer, io.Writer) 
 		var out struct {
 			Paused []sink.TopicPartition `json:"paused"`
 		}
-		if err := cl.Do(ctx, "POST", "/v1/"+name, PauseRequest{Topic: *topic, Partitions: ps, Reason: *reason}, &out); err != nil {
+		if err := cl.Do(ctx, "POST", "/v1/"+name, daemon.PauseRequest{Topic: *topic, Partitions: ps, Reason: *reason}, &out); err != nil {
 			return err
 		}
 		if *cf.json {
@@ -216,7 +209,7 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	req := RewindRequest{Topic: *topic, Partitions: ps, Reason: *reason, Execute: *execute, ToMark: *toMark}
+	req := daemon.RewindRequest{Topic: *topic, Partitions: ps, Reason: *reason, Execute: *execute, ToMark: *toMark}
 	if *toTime != "" {
 		t, err := time.Parse(time.RFC3339, *toTime)
 		if err != nil {
@@ -237,7 +230,7 @@ func rewindCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	var plan RewindPlan
+	var plan daemon.RewindPlan
 	if err := cl.Do(ctx, "POST", "/v1/rewind", req, &plan); err != nil {
 		return err
 	}
@@ -377,7 +370,7 @@ func backfillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		"resume_after_invalidate": *afterInv}
 	if *ids != "" {
 		var keys [][]byte
-		for _, s := range splitList(*ids) {
+		for _, s := range config.SplitList(*ids) {
 			var d bson.D
 			if err := bson.UnmarshalExtJSON([]byte(`{"v":`+s+`}`), false, &d); err != nil {
 				return &exitError{code: 2, err: fmt.Errorf("--ids: %s: %w", s, err)}
@@ -404,4 +397,17 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// leaderText is the leader line of `tidemark status`.
+func leaderText(i daemon.LeaderInfo) string {
+	switch {
+	case !i.Election:
+		return "no election (election.enabled is off)"
+	case i.Leading:
+		return "this daemon"
+	case i.Leader == nil:
+		return "none yet"
+	}
+	return fmt.Sprintf("%s (admin %s, since %s, epoch %d)", i.Leader.Identity, i.Leader.Admin, i.Leader.Since.Format(time.RFC3339), i.Leader.Epoch)
 }

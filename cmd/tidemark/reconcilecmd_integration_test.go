@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"go.mongodb.org/mongo-driver/bson"
@@ -97,7 +98,7 @@ func TestIntegrationReconcileThroughTheDaemon(t *testing.T) {
 	}
 
 	ac, _ := admin.NewClient(addr, filepath.Join(dir, "token"))
-	var list []ReportListing
+	var list []daemon.ReportListing
 	if err := ac.Do(ctx, "GET", "/v1/reports", nil, &list); err != nil || len(list) < 2 {
 		t.Fatalf("GET /v1/reports: %v %+v", err, list)
 	}

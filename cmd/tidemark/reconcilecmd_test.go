@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tidemarkhq/tidemark/config"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/reconcile"
 )
 
@@ -50,17 +52,17 @@ func TestRepairNeedsReasonAndKeys(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "--reason") {
 		t.Fatalf("repair without a reason: %v", err)
 	}
-	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x"}, "t"); err == nil || statusOf(err) != 400 {
-		t.Fatalf("repair without keys: %d %v", statusOf(err), err)
+	if _, err := daemon.Repair(ctx, nil, daemon.RepairRequest{Reason: "x"}, "t"); err == nil || daemon.StatusOf(err) != 400 {
+		t.Fatalf("repair without keys: %d %v", daemon.StatusOf(err), err)
 	}
-	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x", Report: "latest", IDs: []string{"1"}}, "t"); err == nil || statusOf(err) != 400 {
-		t.Fatalf("repair with both: %d %v", statusOf(err), err)
+	if _, err := daemon.Repair(ctx, nil, daemon.RepairRequest{Reason: "x", Report: "latest", IDs: []string{"1"}}, "t"); err == nil || daemon.StatusOf(err) != 400 {
+		t.Fatalf("repair with both: %d %v", daemon.StatusOf(err), err)
 	}
-	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x", IDs: []string{"1"}}, "t"); err == nil || statusOf(err) != 400 {
-		t.Fatalf("repair of _ids without a namespace: %d %v", statusOf(err), err)
+	if _, err := daemon.Repair(ctx, nil, daemon.RepairRequest{Reason: "x", IDs: []string{"1"}}, "t"); err == nil || daemon.StatusOf(err) != 400 {
+		t.Fatalf("repair of _ids without a namespace: %d %v", daemon.StatusOf(err), err)
 	}
-	if _, err := runRepair(ctx, nil, RepairRequest{Reason: "x", Keys: []reconcile.KeyRef{{Table: "a.b", Key: []byte{1}}}}, "t"); err == nil || statusOf(err) != 400 {
-		t.Fatalf("repair of keys without a namespace: %d %v", statusOf(err), err)
+	if _, err := daemon.Repair(ctx, nil, daemon.RepairRequest{Reason: "x", Keys: []reconcile.KeyRef{{Table: "a.b", Key: []byte{1}}}}, "t"); err == nil || daemon.StatusOf(err) != 400 {
+		t.Fatalf("repair of keys without a namespace: %d %v", daemon.StatusOf(err), err)
 	}
 	err = repairCmd(ctx, []string{"--namespace", "a.b", "--keys", "a.users:zz", "--reason", "x"}, &out, &errb)
 	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), "--keys") {
@@ -69,14 +71,14 @@ func TestRepairNeedsReasonAndKeys(t *testing.T) {
 }
 
 func TestReconcileConfigDefaults(t *testing.T) {
-	c, err := parseConfig([]byte("spec: s.yaml\nadmin: {tokens_file: t}\ncapture: {namespaces: [app.users]}\nsink: {group: g1}\nreconcile: {interval: 30m}\n"), func(string) string { return "" })
+	c, err := config.Parse([]byte("spec: s.yaml\nadmin: {tokens_file: t}\ncapture: {namespaces: [app.users]}\nsink: {group: g1}\nreconcile: {interval: 30m}\n"), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Reconcile.Interval != 30*time.Minute || c.Reconcile.SinkGroup != "g1" || c.Reconcile.SampleSize != 100 {
 		t.Fatalf("reconcile config %+v", c.Reconcile)
 	}
-	if _, err := parseConfig([]byte("spec: s.yaml\nadmin: {tokens_file: t}\ncapture: {namespaces: [app.users]}\nreconcile: {bucket_bits: 30}\n"), func(string) string { return "" }); err == nil ||
+	if _, err := config.Parse([]byte("spec: s.yaml\nadmin: {tokens_file: t}\ncapture: {namespaces: [app.users]}\nreconcile: {bucket_bits: 30}\n"), func(string) string { return "" }); err == nil ||
 		!strings.Contains(err.Error(), "bucket_bits") {
 		t.Fatalf("bad bucket_bits accepted: %v", err)
 	}

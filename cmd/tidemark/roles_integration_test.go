@@ -26,7 +26,7 @@ func TestIntegrationRoleMatrix(t *testing.T) {
 	prefix := testbed.UniqueName(t, "rol")
 	addr := freeAddr(t)
 	var lines []string
-	for r, tok := range matrixTokens {
+	for r, tok := range testbed.MatrixTokens {
 		lines = append(lines, fmt.Sprintf("%s-user:%s:%s", r, tok, r))
 	}
 	if err := os.WriteFile(filepath.Join(e.dir, "matrix-tokens"), []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
@@ -49,7 +49,7 @@ func TestIntegrationRoleMatrix(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	testbed.RunDaemon(t, ctx, e.bin, "daemon", path)
-	ac := &admin.Client{Base: "http://" + addr, Token: matrixTokens[admin.RoleAdmin], HTTP: &http.Client{Timeout: 30 * time.Second}}
+	ac := &admin.Client{Base: "http://" + addr, Token: testbed.MatrixTokens[admin.RoleAdmin], HTTP: &http.Client{Timeout: 30 * time.Second}}
 	var who admin.Whoami
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(250 * time.Millisecond) {
 		err := ac.Do(ctx, "GET", "/v1/whoami", nil, &who)
@@ -68,12 +68,12 @@ func TestIntegrationRoleMatrix(t *testing.T) {
 		seen[r.Pattern] = true
 	}
 	// Every route of the matrix is registered by the full daemon.
-	for p := range wantRoles {
+	for p := range testbed.RoleMatrix {
 		if !seen[p] {
 			t.Errorf("the daemon does not register %s", p)
 		}
 	}
-	checkRoleMatrix(t, ac.Base, who.Routes, func() int {
+	testbed.CheckRoleMatrix(t, ac.Base, who.Routes, func() int {
 		var es []map[string]any
 		if err := ac.Do(ctx, "GET", "/v1/audit", nil, &es); err != nil {
 			t.Fatal(err)

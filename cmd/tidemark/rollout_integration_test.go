@@ -20,6 +20,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/rollout"
 )
@@ -147,7 +148,7 @@ func TestIntegrationRolloutDrills(t *testing.T) {
 	if !strings.Contains(rep.Steps[1].Detail, "plan held") {
 		t.Fatalf("the drill did not see the plan held: %+v", rep.Steps[1])
 	}
-	var st Status
+	var st daemon.Status
 	if err := ac.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +187,7 @@ func TestIntegrationRolloutDrills(t *testing.T) {
 	var inKey string
 	for i := 0; i < 600; i++ {
 		id := fmt.Sprint(i)
-		var ra RouteAnswer
+		var ra daemon.RouteAnswer
 		if err := ac.Do(ctx, "GET", "/v1/route?collection="+ns+"&id="+id, nil, &ra); err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +200,7 @@ func TestIntegrationRolloutDrills(t *testing.T) {
 		t.Fatal("no key routes to the new store in a 50% slice")
 	}
 	route := func() (rollout.Mode, rollout.Mode) {
-		var ra RouteAnswer
+		var ra daemon.RouteAnswer
 		if err := ac.Do(ctx, "GET", "/v1/route?collection="+ns+"&id="+inKey, nil, &ra); err != nil {
 			t.Fatal(err)
 		}
@@ -507,7 +508,7 @@ rollout:
 	}
 	// The rewind replayed and resumed: no partition stays paused, and the
 	// data is still the slice.
-	var ds Status
+	var ds daemon.Status
 	ac.Do(ctx, "GET", "/v1/status", nil, &ds)
 	if len(ds.Paused) != 0 {
 		t.Fatalf("paused after the rewind: %v", ds.Paused)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tidemarkhq/tidemark/admin"
+	"github.com/tidemarkhq/tidemark/daemon"
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/tidemarkhq/tidemark/reconcile"
 	"github.com/tidemarkhq/tidemark/sink"
@@ -80,11 +81,11 @@ rollout:
 		t.Fatal(err)
 	}
 	// waitStatus polls /v1/status until ok accepts it.
-	waitStatus := func(what string, ok func(Status) bool) Status {
+	waitStatus := func(what string, ok func(daemon.Status) bool) daemon.Status {
 		t.Helper()
-		var st Status
+		var st daemon.Status
 		for deadline := time.Now().Add(2 * time.Minute); ; {
-			st = Status{}
+			st = daemon.Status{}
 			err := ac.Do(ctx, "GET", "/v1/status", nil, &st)
 			if err == nil && ok(st) {
 				return st
@@ -97,7 +98,7 @@ rollout:
 	}
 	// A transactional topic ends with a commit marker, so a caught-up
 	// partition is at most one offset behind its high watermark.
-	caughtUp := func(st Status, skip int32) bool {
+	caughtUp := func(st daemon.Status, skip int32) bool {
 		if len(st.Partitions) != 3 {
 			return false
 		}
@@ -108,7 +109,7 @@ rollout:
 		}
 		return true
 	}
-	waitStatus("backfill done and sink caught up", func(st Status) bool {
+	waitStatus("backfill done and sink caught up", func(st daemon.Status) bool {
 		return st.Backfill[ns].Done && caughtUp(st, -1)
 	})
 
@@ -117,8 +118,8 @@ rollout:
 	// pipeline's back (it reports that row missing, in its bucket).
 	round := func(reason string) reconcile.Report {
 		t.Helper()
-		var started RoundStatus
-		if err := ac.Do(ctx, "POST", "/v1/reconcile", RoundRequest{Reason: reason, Scope: reconcile.Scope{Namespace: ns}}, &started); err != nil || started.Progress == nil {
+		var started daemon.RoundStatus
+		if err := ac.Do(ctx, "POST", "/v1/reconcile", daemon.RoundRequest{Reason: reason, Scope: reconcile.Scope{Namespace: ns}}, &started); err != nil || started.Progress == nil {
 			t.Fatalf("POST /v1/reconcile: %v %+v", err, started)
 		}
 		var rep reconcile.Report
@@ -150,12 +151,12 @@ rollout:
 	// Pause one partition (an audited change), then keep writing: the other
 	// partitions move on, the paused one holds.
 	topic := prefix + "." + ns
-	if err := ac.Do(ctx, "POST", "/v1/pause", PauseRequest{Topic: topic, Partitions: []int32{0}, Reason: "status page browser test"}, nil); err != nil {
+	if err := ac.Do(ctx, "POST", "/v1/pause", daemon.PauseRequest{Topic: topic, Partitions: []int32{0}, Reason: "status page browser test"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus("partition 0 paused", func(st Status) bool { return len(st.Partitions) == 3 && st.Partitions[0].Paused })
+	waitStatus("partition 0 paused", func(st daemon.Status) bool { return len(st.Partitions) == 3 && st.Partitions[0].Paused })
 	insert(2000, 600)
-	waitStatus("partitions 1 and 2 caught up", func(st Status) bool { return caughtUp(st, 0) })
+	waitStatus("partitions 1 and 2 caught up", func(st daemon.Status) bool { return caughtUp(st, 0) })
 	// A change without a token is refused and audited as refused.
 	resp, err := http.Post("http://"+addr+"/v1/resume", "application/json", strings.NewReader(`{"topic":"`+topic+`","reason":"no token"}`))
 	if err != nil {
@@ -181,12 +182,12 @@ rollout:
 
 	url := "http://" + addr + "/"
 	var doc string
-	var st Status
+	var st daemon.Status
 	// The page and the API are read at different moments; with partition 0
 	// paused and no writes the figures hold still, but retry if a commit
 	// marker or a mark moved in between.
 	for attempt := 0; ; attempt++ {
-		var before, after Status
+		var before, after daemon.Status
 		if err := ac.Do(ctx, "GET", "/v1/status", nil, &before); err != nil {
 			t.Fatal(err)
 		}
@@ -327,7 +328,7 @@ rollout:
 	}
 
 	checkCharts(t, doc, hist, divergent)
-	var rounds []ReportListing
+	var rounds []daemon.ReportListing
 	if err := ac.Do(ctx, "GET", "/v1/reports", nil, &rounds); err != nil || len(rounds) != 2 {
 		t.Fatalf("GET /v1/reports: %v %+v", err, rounds)
 	}
@@ -469,7 +470,7 @@ func checkCharts(t *testing.T, doc string, hist sink.LagHistoryView, rep reconci
 	}
 }
 
-func sameOffsets(a, b Status) bool {
+func sameOffsets(a, b daemon.Status) bool {
 	if len(a.Partitions) != len(b.Partitions) {
 		return false
 	}

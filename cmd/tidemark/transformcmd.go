@@ -14,10 +14,6 @@ import (
 	"go.mongodb.org/mongo-driver/bson"
 )
 
-func init() {
-	register(&command{Name: "transform", Short: "print the rows a document (extended JSON) would become under a spec", Run: transformCmd})
-}
-
 func transformCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("transform", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tidemarkhq/tidemark/config"
 	"github.com/tidemarkhq/tidemark/transform"
 	"github.com/tidemarkhq/tidemark/validate"
 	"go.mongodb.org/mongo-driver/bson"
@@ -42,10 +43,6 @@ Exit status: 0 the gate passes; 1 it fails (each problem is listed);
 2 usage, config or connection error (nothing was validated).
 
 Flags:`
-
-func init() {
-	register(&command{Name: "validate", Short: "check a spec against the live Cassandra schema and a sample of live documents (the first gate)", Run: validateCmd})
-}
 
 func validateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
@@ -101,7 +98,7 @@ func validateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cl, err := cfg.cassandraCluster()
+	cl, err := cfg.CassandraCluster()
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -111,7 +108,7 @@ func validateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			cfg.Cassandra.Hosts, err)}
 	}
 	defer cass.Close()
-	mo, err := cfg.mongoOptions()
+	mo, err := cfg.MongoOptions()
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -156,16 +153,9 @@ func printValidateReport(w io.Writer, r *validate.Report, asJSON bool) error {
 
 // validateConfig is the daemon config when one is named; otherwise the
 // defaults with the environment overrides, which is all validate needs.
-func validateConfig(path string) (*Config, error) {
+func validateConfig(path string) (*config.Config, error) {
 	if path != "" {
-		return loadConfig(path)
+		return config.Load(path)
 	}
-	var c Config
-	for k, set := range envOverrides {
-		if v := envLookup(k); v != "" {
-			set(&c, v)
-		}
-	}
-	c.applyDefaults()
-	return &c, nil
+	return config.FromEnv(envLookup), nil
 }

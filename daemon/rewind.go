@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -16,53 +16,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// RewindRequest is the body of POST /v1/rewind. Exactly one target is set.
-type RewindRequest struct {
-	Topic      string     `json:"topic"`
-	Partitions []int32    `json:"partitions,omitempty"`
-	ToTime     *time.Time `json:"to_time,omitempty"`
-	ToOffset   *int64     `json:"to_offset,omitempty"`
-	By         *int64     `json:"by,omitempty"`
-	// ToMark is the name of a verified mark (a clean reconcile round's report
-	// id), or "latest" for each partition's newest verified mark.
-	ToMark  string `json:"to_mark,omitempty"`
-	Execute bool   `json:"execute"`
-	Reason  string `json:"reason"`
-}
-
-// RewindPlan is what a rewind would do, per partition.
-type RewindPlan struct {
-	ID         string           `json:"id"`
-	Topic      string           `json:"topic"`
-	Partitions []PartitionPlan  `json:"partitions"`
-	Replay     int64            `json:"records_to_replay"`
-	GCGrace    int              `json:"gc_grace_seconds"`
-	Executed   bool             `json:"executed"`
-	Done       map[string]int64 `json:"done,omitempty"`
-}
-
-// PartitionPlan is one partition's move.
-type PartitionPlan struct {
-	Partition int32 `json:"partition"`
-	Current   int64 `json:"current"`
-	Target    int64 `json:"target"`
-	Start     int64 `json:"log_start"`
-	Replay    int64 `json:"replay"`
-	// FirstVersion and FirstTime describe the oldest record the replay starts
-	// with (absent when nothing is replayed).
-	FirstVersion string     `json:"first_version,omitempty"`
-	FirstTime    *time.Time `json:"first_time,omitempty"`
-	// Mark names the verified mark the target came from.
-	Mark string `json:"mark,omitempty"`
-}
-
-func decode(r *http.Request, v any) error {
-	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
-		return fmt.Errorf("request body: %w", err)
-	}
-	return nil
-}
-
 func (d *daemon) rewind(w http.ResponseWriter, r *http.Request) {
 	var req RewindRequest
 	if err := decode(r, &req); err != nil {
@@ -71,7 +24,7 @@ func (d *daemon) rewind(w http.ResponseWriter, r *http.Request) {
 	}
 	plan, err := d.planRewind(r.Context(), req)
 	if err != nil {
-		admin.WriteError(w, statusOf(err), err)
+		admin.WriteError(w, StatusOf(err), err)
 		return
 	}
 	if !req.Execute {
@@ -260,7 +213,7 @@ func (d *daemon) describeReplay(ctx context.Context, plan *RewindPlan) error {
 	if len(at) == 0 {
 		return nil
 	}
-	kopts, err := d.cfg.kafkaOpts()
+	kopts, err := d.cfg.KafkaOpts()
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
+	"github.com/tidemarkhq/tidemark/config"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -43,7 +44,7 @@ func (s slowStore) CompareAndSwap(ctx context.Context, k string, old int64, v []
 func TestConcurrentPausesAreNotLost(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "tokens"), []byte("op:cas-operator-0123456789:operator\n"), 0o600)
-	cfg := &Config{Admin: AdminConfig{TokensFile: filepath.Join(dir, "tokens")}}
+	cfg := &config.Config{Admin: config.AdminConfig{TokensFile: filepath.Join(dir, "tokens")}}
 	store := slowStore{checkpointstest.New()}
 	log := slog.New(slog.DiscardHandler)
 	reg := prometheus.NewRegistry()

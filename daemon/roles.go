@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"log/slog"
@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidemarkhq/tidemark/admin"
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/config"
 )
 
 // routeRoles is the role each mutating admin route needs; read routes need
@@ -33,7 +34,7 @@ var routeRoles = map[string]admin.Role{
 
 // newAdminServer loads the tokens file and builds the admin API's server.
 // Lines without a role keep working as admin, with a warning per name.
-func newAdminServer(cfg *Config, store checkpoints.Store, log *slog.Logger, reg prometheus.Registerer) (*admin.Server, error) {
+func newAdminServer(cfg *config.Config, store checkpoints.Store, log *slog.Logger, reg prometheus.Registerer) (*admin.Server, error) {
 	tf, err := admin.LoadTokenFile(cfg.Admin.TokensFile)
 	if err != nil {
 		return nil, err

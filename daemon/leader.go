@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -14,18 +14,6 @@ import (
 
 // leaderKey holds the elected leader's LeaderRecord.
 const leaderKey = checkpoints.PrefixLeader + "current"
-
-// LeaderRecord is what the elected leader stores, so that any daemon can
-// name it (plan commands go to the leader), and the newest term's epoch.
-type LeaderRecord struct {
-	Identity string    `json:"identity"` // host/pid
-	Admin    string    `json:"admin"`    // its admin.listen
-	Since    time.Time `json:"since"`
-	// Epoch is the newest term of office: each daemon taking office adds
-	// one by compare-and-swap, so no two terms share an epoch and a later
-	// term's is higher. Writes made because a daemon leads carry it.
-	Epoch int64 `json:"epoch"`
-}
 
 func leaderIdentity() string {
 	host, _ := os.Hostname()
@@ -44,13 +32,6 @@ func (d *daemon) takeOffice(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("advance the leadership epoch in %s: %w", leaderKey, err)
 	}
 	return rec.Epoch, nil
-}
-
-// LeaderInfo is the answer of GET /v1/leader.
-type LeaderInfo struct {
-	Election bool          `json:"election"`
-	Leading  bool          `json:"leading"` // this daemon
-	Leader   *LeaderRecord `json:"leader,omitempty"`
 }
 
 // leaderFence is the fence of work done because this daemon leads, other
@@ -140,17 +121,4 @@ func (d *daemon) leaderState(ctx context.Context) (LeaderInfo, error) {
 		info.Leader = &rec
 	}
 	return info, err
-}
-
-// String is the leader line of `tidemark status`.
-func (i LeaderInfo) String() string {
-	switch {
-	case !i.Election:
-		return "no election (election.enabled is off)"
-	case i.Leading:
-		return "this daemon"
-	case i.Leader == nil:
-		return "none yet"
-	}
-	return fmt.Sprintf("%s (admin %s, since %s, epoch %d)", i.Leader.Identity, i.Leader.Admin, i.Leader.Since.Format(time.RFC3339), i.Leader.Epoch)
 }

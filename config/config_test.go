@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"os"
@@ -14,7 +14,7 @@ kafka: {sasl: {mechanism: GSSAPI}}
 admin: {tls_cert: /x.pem}
 capture: {namespaces: [nodot]}
 `
-	_, err := parseConfig([]byte(bad), func(string) string { return "" })
+	_, err := Parse([]byte(bad), func(string) string { return "" })
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
@@ -27,7 +27,7 @@ capture: {namespaces: [nodot]}
 	if strings.Contains(err.Error(), "hunter2") {
 		t.Error("a password reached the error message")
 	}
-	if _, err := parseConfig([]byte("spec: x\nbogus: 1\n"), func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "bogus") {
+	if _, err := Parse([]byte("spec: x\nbogus: 1\n"), func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "bogus") {
 		t.Errorf("unknown key: %v", err)
 	}
 }
@@ -38,7 +38,7 @@ admin: {tokens_file: /etc/tidemark/tokens}
 capture: {namespaces: [app.users], topic_prefix: mig}
 `
 	env := map[string]string{"TIDEMARK_KAFKA_BROKERS": "k1:9092, k2:9092", "TIDEMARK_ADMIN_LISTEN": "127.0.0.1:9999", "TIDEMARK_ROLES": "sink"}
-	c, err := parseConfig([]byte(good), func(k string) string { return env[k] })
+	c, err := Parse([]byte(good), func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestConfigTopicPrefixes(t *testing.T) {
 		{yaml: "capture: {namespaces: [app.users], topic_prefix: mig}\nsink: {topic_prefix: tidemark}", err: "sink.topic_prefix must equal capture.topic_prefix"},
 		{yaml: "capture: {namespaces: [app.users]}\nsink: {topic_prefix: other}", err: "sink.topic_prefix must equal capture.topic_prefix"},
 	} {
-		cfg, err := parseConfig([]byte("spec: examples/specs/users.yaml\nadmin: {tokens_file: /t}\n"+c.yaml+"\n"), func(string) string { return "" })
+		cfg, err := Parse([]byte("spec: examples/specs/users.yaml\nadmin: {tokens_file: /t}\n"+c.yaml+"\n"), func(string) string { return "" })
 		if c.err != "" {
 			if err == nil || !strings.Contains(err.Error(), c.err) {
 				t.Errorf("%q: error %v, want %q", c.yaml, err, c.err)
@@ -100,7 +100,7 @@ func TestConfigMongoCredentials(t *testing.T) {
 		{name: "default", wantHosts: "127.0.0.1:27017"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := parseConfig([]byte(base+tc.mongo), func(k string) string {
+			c, err := Parse([]byte(base+tc.mongo), func(k string) string {
 				if k == "TIDEMARK_MONGO_URI" {
 					return tc.env
 				}
@@ -115,7 +115,7 @@ func TestConfigMongoCredentials(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			o, err := c.mongoOptions()
+			o, err := c.MongoOptions()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -141,11 +141,11 @@ func TestConfigWarnsOfPlainWithoutTLS(t *testing.T) {
 		{"kafka: {sasl: {mechanism: SCRAM-SHA-512, username: u}}\n", false},
 		{"", false},
 	} {
-		c, err := parseConfig([]byte(base+tc.kafka), func(string) string { return "" })
+		c, err := Parse([]byte(base+tc.kafka), func(string) string { return "" })
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := strings.Join(c.warnings(), "\n")
+		w := strings.Join(c.Warnings(), "\n")
 		if got := strings.Contains(w, "PLAIN without kafka.tls.enabled"); got != tc.warn {
 			t.Errorf("%q: warnings %q, want the PLAIN warning: %v", tc.kafka, w, tc.warn)
 		}
@@ -170,7 +170,7 @@ func TestSinkInstanceID(t *testing.T) {
 		{"env wins", base + "admin: {tokens_file: t}\nsink: {instance_id: sink-a}\n", "tidemark-sink-2", "tidemark-sink-2"},
 		{"port 0", base + "admin: {tokens_file: t, listen: 127.0.0.1:0}\n", "", ""},
 	} {
-		c, err := parseConfig([]byte(tc.yaml), func(k string) string {
+		c, err := Parse([]byte(tc.yaml), func(k string) string {
 			if k == "TIDEMARK_SINK_INSTANCE_ID" {
 				return tc.env
 			}

@@ -1,7 +1,8 @@
-package main
+package config
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -51,7 +52,7 @@ type Config struct {
 	// scheduled reconcile rounds and evaluates the rollout plan.
 	Election leader.Config `yaml:"election"`
 	Log      LogConfig     `yaml:"log"`
-	// Audit chains the audit log with an HMAC (see auditcmd.go).
+	// Audit chains the audit log with an HMAC (see audit.go).
 	Audit AuditConfig `yaml:"audit"`
 }
 
@@ -115,8 +116,8 @@ type CheckpointsConfig struct {
 	MinInsyncReplicas int   `yaml:"min_insync_replicas"`
 }
 
-// openCheckpoints opens the store the config names.
-func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) (checkpoints.Store, error) {
+// OpenCheckpoints opens the store the config names.
+func (c *Config) OpenCheckpoints(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) (checkpoints.Store, error) {
 	// Return a nil interface, not a nil pointer in one, on failure.
 	if c.Checkpoints.Kind == "file" {
 		s, err := checkpoints.OpenFile(c.Checkpoints.Dir)
@@ -125,7 +126,7 @@ func (c *Config) openCheckpoints(ctx context.Context, log *slog.Logger, reg prom
 		}
 		return c.withAuditChain(s, log, reg)
 	}
-	kopts, err := c.kafkaOpts()
+	kopts, err := c.KafkaOpts()
 	if err != nil {
 		return nil, err
 	}
@@ -159,10 +160,10 @@ type LogConfig struct {
 
 // envOverrides are the fields settable from the environment.
 var envOverrides = map[string]func(*Config, string){
-	"TIDEMARK_ROLES":             func(c *Config, v string) { c.Roles = splitList(v) },
-	"TIDEMARK_KAFKA_BROKERS":     func(c *Config, v string) { c.Kafka.Brokers = splitList(v) },
+	"TIDEMARK_ROLES":             func(c *Config, v string) { c.Roles = SplitList(v) },
+	"TIDEMARK_KAFKA_BROKERS":     func(c *Config, v string) { c.Kafka.Brokers = SplitList(v) },
 	"TIDEMARK_MONGO_URI":         func(c *Config, v string) { c.Mongo.envURI = v },
-	"TIDEMARK_CASSANDRA_HOSTS":   func(c *Config, v string) { c.Cassandra.Hosts = splitList(v) },
+	"TIDEMARK_CASSANDRA_HOSTS":   func(c *Config, v string) { c.Cassandra.Hosts = SplitList(v) },
 	"TIDEMARK_ADMIN_LISTEN":      func(c *Config, v string) { c.Admin.Listen = v },
 	"TIDEMARK_ADMIN_TOKENS_FILE": func(c *Config, v string) { c.Admin.TokensFile = v },
 	"TIDEMARK_CHECKPOINTS_DIR":   func(c *Config, v string) { c.Checkpoints.Dir = v },
@@ -173,7 +174,8 @@ var envOverrides = map[string]func(*Config, string){
 	"TIDEMARK_SINK_INSTANCE_ID":  func(c *Config, v string) { c.Sink.InstanceID = v },
 }
 
-func splitList(v string) []string {
+// SplitList splits a comma-separated list, dropping empty entries.
+func SplitList(v string) []string {
 	var out []string
 	for _, s := range strings.Split(v, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -183,17 +185,18 @@ func splitList(v string) []string {
 	return out
 }
 
-// loadConfig reads path, applies environment overrides and defaults, and
+// Load reads path, applies environment overrides and defaults, and
 // validates, listing every problem at once.
-func loadConfig(path string) (*Config, error) {
+func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return parseConfig(b, os.Getenv)
+	return Parse(b, os.Getenv)
 }
 
-func parseConfig(b []byte, getenv func(string) string) (*Config, error) {
+// Parse is Load of a file's bytes, with getenv for the environment.
+func Parse(b []byte, getenv func(string) string) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -210,6 +213,20 @@ func parseConfig(b []byte, getenv func(string) string) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// FromEnv is the configuration of no file: the defaults with the
+// environment's overrides. It is not validated: it is for commands that
+// need only connections (tidemark validate), not a daemon's whole setup.
+func FromEnv(getenv func(string) string) *Config {
+	var c Config
+	for k, set := range envOverrides {
+		if v := getenv(k); v != "" {
+			set(&c, v)
+		}
+	}
+	c.applyDefaults()
+	return &c
 }
 
 func (c *Config) applyDefaults() {
@@ -236,7 +253,7 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Checkpoints.Kind == "kafka" {
 		if c.Checkpoints.Topic == "" {
-			c.Checkpoints.Topic = orDefault(c.Capture.TopicPrefix, envelope.DefaultTopicPrefix) + ".checkpoints"
+			c.Checkpoints.Topic = cmp.Or(c.Capture.TopicPrefix, envelope.DefaultTopicPrefix) + ".checkpoints"
 		}
 		if c.Checkpoints.Partitions == 0 {
 			c.Checkpoints.Partitions = 1
@@ -266,7 +283,8 @@ func (c *Config) applyDefaults() {
 	c.Election = c.Election.WithDefaults(c.Capture.TopicPrefix)
 }
 
-func (c *Config) hasRole(r string) bool {
+// HasRole says whether the daemon runs role r (capture, sink).
+func (c *Config) HasRole(r string) bool {
 	for _, x := range c.Roles {
 		if x == r {
 			return true
@@ -282,7 +300,7 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("roles: unknown role %q (capture, sink)", r))
 		}
 	}
-	if c.Spec == "" && c.hasRole("sink") {
+	if c.Spec == "" && c.HasRole("sink") {
 		errs = append(errs, errors.New("spec: the sink role needs a mapping spec path"))
 	}
 	errs = append(errs, c.Checkpoints.validate()...)
@@ -300,7 +318,7 @@ func (c *Config) validate() error {
 	if c.Mongo.URI != "" && strings.Contains(c.Mongo.URI, "@") {
 		errs = append(errs, errors.New("mongo.uri: credentials do not belong in the config file; use mongo.uri_file or TIDEMARK_MONGO_URI"))
 	}
-	if c.hasRole("capture") {
+	if c.HasRole("capture") {
 		if err := c.Capture.Validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -367,9 +385,9 @@ func (j joined) Error() string {
 }
 func (j joined) Unwrap() []error { return j }
 
-// warnings are settings that work but expose something; run logs them at
+// Warnings are settings that work but expose something; run logs them at
 // start.
-func (c *Config) warnings() []string {
+func (c *Config) Warnings() []string {
 	var w []string
 	if c.Kafka.SASL.Mechanism == "PLAIN" && !c.Kafka.TLS.Enabled {
 		w = append(w, "kafka.sasl.mechanism PLAIN without kafka.tls.enabled sends the password in clear text; enable TLS or use SCRAM")
@@ -414,8 +432,8 @@ func tlsConfig(t TLSConfig) (*tls.Config, error) {
 	return c, nil
 }
 
-// kafkaOpts are the connection options every Kafka client of the daemon uses.
-func (c *Config) kafkaOpts() ([]kgo.Opt, error) {
+// KafkaOpts are the connection options every Kafka client of the daemon uses.
+func (c *Config) KafkaOpts() ([]kgo.Opt, error) {
 	// franz-go refreshes metadata at most every 5 s by default, so a
 	// record for a topic or partition it has not seen yet (a topic the
 	// daemon just created, a partition just added) waited up to 5 s. A
@@ -445,7 +463,9 @@ func (c *Config) kafkaOpts() ([]kgo.Opt, error) {
 	return opts, nil
 }
 
-func (c *Config) mongoOptions() (*options.ClientOptions, error) {
+// MongoOptions are the source's client options: the URI (from the environment,
+// a file or the config, in that order), TLS.
+func (c *Config) MongoOptions() (*options.ClientOptions, error) {
 	uri := c.Mongo.URI
 	switch {
 	case c.Mongo.envURI != "":
@@ -468,7 +488,8 @@ func (c *Config) mongoOptions() (*options.ClientOptions, error) {
 	return o, nil
 }
 
-func (c *Config) cassandraCluster() (*gocql.ClusterConfig, error) {
+// CassandraCluster is the target's cluster config: hosts, timeouts, auth, TLS.
+func (c *Config) CassandraCluster() (*gocql.ClusterConfig, error) {
 	cl := gocql.NewCluster(c.Cassandra.Hosts...)
 	cl.Timeout = c.Cassandra.Timeout
 	cl.ConnectTimeout = c.Cassandra.Timeout
@@ -489,21 +510,15 @@ func (c *Config) cassandraCluster() (*gocql.ClusterConfig, error) {
 	return cl, nil
 }
 
-func newLogger(c LogConfig) *slog.Logger {
+// NewLogger is the daemon's and the CLI's slog logger, on stderr.
+func NewLogger(c LogConfig) *slog.Logger {
 	var lvl slog.Level
-	lvl.UnmarshalText([]byte(strings.ToUpper(orDefault(c.Level, "info"))))
+	lvl.UnmarshalText([]byte(strings.ToUpper(cmp.Or(c.Level, "info"))))
 	opts := &slog.HandlerOptions{Level: lvl}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
-}
-
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
 }
 
 // defaultInstanceID is the sink's static group member id when the config

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tidemarkhq/tidemark/capture"
+	"github.com/tidemarkhq/tidemark/config"
 	"github.com/tidemarkhq/tidemark/sink"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -49,7 +50,7 @@ func rewindDaemon(t *testing.T) *daemon {
 	if err := adm.CommitAllOffsets(ctx, "g", offs); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &Config{Capture: capture.Config{Namespaces: []string{"app.users"}}}
+	cfg := &config.Config{Capture: capture.Config{Namespaces: []string{"app.users"}}}
 	cfg.Kafka.Brokers = c.ListenAddrs()
 	cfg.Sink = sink.Config{Group: "g"}
 	return &daemon{cfg: cfg, adm: adm}
@@ -86,8 +87,8 @@ func TestRewindTargetsOutsideTheLogAreRefused(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			plan, err := d.planRewind(context.Background(), c.req)
 			if c.target == nil {
-				if err == nil || statusOf(err) != c.status || !strings.Contains(err.Error(), c.want) {
-					t.Fatalf("got %v (status %d), want %d with %q", err, statusOf(err), c.status, c.want)
+				if err == nil || StatusOf(err) != c.status || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("got %v (status %d), want %d with %q", err, StatusOf(err), c.status, c.want)
 				}
 				return
 			}
@@ -111,11 +112,11 @@ func TestRewindTargetsOutsideTheLogAreRefused(t *testing.T) {
 }
 
 func TestBackfillOfAnUncapturedNamespaceIsRefused(t *testing.T) {
-	d := &daemon{cfg: &Config{Capture: capture.Config{Namespaces: []string{"app.users"}}}}
+	d := &daemon{cfg: &config.Config{Capture: capture.Config{Namespaces: []string{"app.users"}}}}
 	for ns, want := range map[string]int{"": 400, "app.orders": 404, "app.users": 0} {
 		err := d.checkBackfillNamespace(ns)
-		if (want == 0) != (err == nil) || (err != nil && statusOf(err) != want) {
-			t.Errorf("%q: %v (status %d), want %d", ns, err, statusOf(err), want)
+		if (want == 0) != (err == nil) || (err != nil && StatusOf(err) != want) {
+			t.Errorf("%q: %v (status %d), want %d", ns, err, StatusOf(err), want)
 		}
 	}
 }

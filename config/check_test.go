@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"strings"
@@ -44,7 +44,7 @@ func TestConfigRefusesValuesThatBreakLater(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			y := base + tc.yaml
-			_, err := parseConfig([]byte(y), func(k string) string { return tc.env[k] })
+			_, err := Parse([]byte(y), func(k string) string { return tc.env[k] })
 			if err == nil {
 				t.Fatalf("accepted:\n%s", y)
 			}
@@ -58,7 +58,7 @@ func TestConfigRefusesValuesThatBreakLater(t *testing.T) {
 	// The same file without the bad values loads, so each case above fails
 	// for its own value only.
 	for _, ok := range []string{"", "sink: {retry_backoff: 250ms, consistency: local_one}\nlog: {level: DEBUG, format: json}\n"} {
-		if _, err := parseConfig([]byte(base+ok), func(string) string { return "" }); err != nil {
+		if _, err := Parse([]byte(base+ok), func(string) string { return "" }); err != nil {
 			t.Errorf("valid config refused: %v\n%s", err, ok)
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"encoding/json"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
+	"github.com/tidemarkhq/tidemark/config"
 	"github.com/tidemarkhq/tidemark/sink"
 )
 
@@ -25,7 +26,7 @@ func TestLagHistoryAPI(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tokens"), []byte("v:viewer-token-0123456789:viewer\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &Config{Admin: AdminConfig{TokensFile: filepath.Join(dir, "tokens")}}
+	cfg := &config.Config{Admin: config.AdminConfig{TokensFile: filepath.Join(dir, "tokens")}}
 	log := slog.New(slog.DiscardHandler)
 	get := func(d *daemon) map[string]any {
 		t.Helper()

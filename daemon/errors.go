@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 )
 
 // Kinds of failure a request can end in. Domain functions wrap them (with
-// invalidf and friends) and say nothing of HTTP; statusOf maps them to a
+// invalidf and friends) and say nothing of HTTP; StatusOf maps them to a
 // status code in the handler.
 var (
 	errInvalid  = errors.New("invalid request")      // 400: the request cannot be carried out as given
@@ -37,9 +37,9 @@ func conflictf(format string, args ...any) error {
 	return &kindError{kind: errConflict, msg: fmt.Sprintf(format, args...)}
 }
 
-// statusOf maps an error of a request to its HTTP status: 500 for anything
+// StatusOf maps an error of a request to its HTTP status: 500 for anything
 // that is not one of the request's own kinds.
-func statusOf(err error) int {
+func StatusOf(err error) int {
 	switch {
 	case errors.Is(err, errInvalid):
 		return http.StatusBadRequest
@@ -51,3 +51,12 @@ func statusOf(err error) int {
 		return http.StatusInternalServerError
 	}
 }
+
+// SetupError is a problem of the configuration or the spec found as the
+// daemon starts (an unreadable tokens file, a spec that does not load or
+// does not fit the target tables): a person must fix it; restarting does
+// not.
+type SetupError struct{ Err error }
+
+func (e *SetupError) Error() string { return e.Err.Error() }
+func (e *SetupError) Unwrap() error { return e.Err }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
+	"github.com/tidemarkhq/tidemark/config"
 	"github.com/tidemarkhq/tidemark/leader"
 )
 
@@ -29,7 +30,7 @@ func TestLeaderFence(t *testing.T) {
 	}
 	defer kc.Close()
 	store := checkpointstest.New()
-	cfg := &Config{}
+	cfg := &config.Config{}
 	cfg.Election = leader.Config{Enabled: true, SessionTimeout: 6 * time.Second}.WithDefaults("fence")
 	cfg.Admin.Listen = "127.0.0.1:7070"
 	reg := prometheus.NewRegistry()
