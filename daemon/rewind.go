@@ -68,22 +68,8 @@ func (d *daemon) rewind(w http.ResponseWriter, r *http.Request) {
 // offset -5 or "by a million" meant something else, and "from the start"
 // silently could replay weeks.
 func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan, error) {
-	targets := 0
-	for _, set := range []bool{req.ToTime != nil, req.ToOffset != nil, req.By != nil, req.ToMark != ""} {
-		if set {
-			targets++
-		}
-	}
-	if targets != 1 {
-		return nil, invalidf("give exactly one of to_time, to_offset, by, to_mark")
-	}
-	switch {
-	case req.ToOffset != nil && *req.ToOffset < 0:
-		return nil, invalidf("to_offset %d is negative; offsets start at 0", *req.ToOffset)
-	case req.By != nil && *req.By < 0:
-		return nil, invalidf("by %d is negative; a rewind goes back by a positive number of records", *req.By)
-	case req.ToTime != nil && req.ToTime.UnixMilli() < 0:
-		return nil, invalidf("to_time %s is before 1970; Kafka timestamps start at the Unix epoch", req.ToTime.Format(time.RFC3339))
+	if err := req.check(); err != nil {
+		return nil, err
 	}
 	tps, err := d.partitions(ctx, req.Topic, req.Partitions)
 	if err != nil {
@@ -126,33 +112,9 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 		if s, ok := starts.Lookup(tp.Topic, tp.Partition); ok {
 			start = s.Offset
 		}
-		var target int64
-		var mark string
-		switch {
-		case req.ToMark != "":
-			mk, ok := marks[tp.Partition]
-			if !ok {
-				return nil, notFoundf("partition %d of %s has no verified mark named %q; list them with `tidemark status --json` (verified marks) or run `tidemark reconcile`", tp.Partition, req.Topic, req.ToMark)
-			}
-			target, mark = mk.Offset, mk.Name
-		case req.ToOffset != nil:
-			target = *req.ToOffset
-			if target < start {
-				return nil, invalidf("partition %d: offset %d is no longer in the log, which holds %d to %d; rewind to an offset in that range", tp.Partition, target, start, cur)
-			}
-		case req.By != nil:
-			target = cur - *req.By
-			if target < start {
-				return nil, invalidf("partition %d: by %d goes past the start of the log (offset %d); at most %d records can be replayed there", tp.Partition, *req.By, start, cur-start)
-			}
-		default:
-			target = atTime[tp.Partition]
-		}
-		// A verified mark or a time older than the log's start replays
-		// what the log still holds: both name a moment, not an offset.
-		target = max(target, start)
-		if target > cur {
-			return nil, invalidf("partition %d: target %d is ahead of the committed offset %d; a rewind only goes back", tp.Partition, target, cur)
+		target, mark, err := req.target(tp.Partition, cur, start, atTime, marks)
+		if err != nil {
+			return nil, err
 		}
 		plan.Partitions = append(plan.Partitions, PartitionPlan{Partition: tp.Partition, Current: cur, Target: target, Start: start, Replay: cur - target, Mark: mark})
 		plan.Replay += cur - target
@@ -161,19 +123,86 @@ func (d *daemon) planRewind(ctx context.Context, req RewindRequest) (*RewindPlan
 	if err := d.describeReplay(ctx, plan); err != nil {
 		return nil, err
 	}
-	// Whatever the target kind, what matters for resurrection is how old the
-	// oldest replayed write is: Cassandra may already have purged a tombstone
-	// older than gc_grace_seconds that this write would otherwise lose to.
-	if grace > 0 {
-		for _, p := range plan.Partitions {
-			if p.FirstTime != nil && time.Since(*p.FirstTime) > time.Duration(grace)*time.Second {
-				return nil, conflictf("refused: partition %d would replay from offset %d, written %s, further back than the target tables' gc_grace_seconds (%ds); "+
-					"tombstones older than that may be purged, and replaying older inserts could resurrect deleted rows. Rewind less far, or re-backfill with `tidemark backfill`",
-					p.Partition, p.Target, p.FirstTime.Format(time.RFC3339), grace)
-			}
-		}
+	if err := plan.checkGrace(); err != nil {
+		return nil, err
 	}
 	return plan, nil
+}
+
+// check refuses a request that names no target, several, or one that
+// cannot be right whatever the log holds.
+func (req RewindRequest) check() error {
+	targets := 0
+	for _, set := range []bool{req.ToTime != nil, req.ToOffset != nil, req.By != nil, req.ToMark != ""} {
+		if set {
+			targets++
+		}
+	}
+	if targets != 1 {
+		return invalidf("give exactly one of to_time, to_offset, by, to_mark")
+	}
+	switch {
+	case req.ToOffset != nil && *req.ToOffset < 0:
+		return invalidf("to_offset %d is negative; offsets start at 0", *req.ToOffset)
+	case req.By != nil && *req.By < 0:
+		return invalidf("by %d is negative; a rewind goes back by a positive number of records", *req.By)
+	case req.ToTime != nil && req.ToTime.UnixMilli() < 0:
+		return invalidf("to_time %s is before 1970; Kafka timestamps start at the Unix epoch", req.ToTime.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// target is where the request moves partition p, whose committed offset
+// is cur and whose log starts at start; mark names the verified mark it
+// came from. atTime and marks are the offsets at to_time and the verified
+// marks, when the request names them.
+func (req RewindRequest) target(p int32, cur, start int64, atTime map[int32]int64, marks map[int32]checkpoints.Mark) (target int64, mark string, err error) {
+	switch {
+	case req.ToMark != "":
+		mk, ok := marks[p]
+		if !ok {
+			return 0, "", notFoundf("partition %d of %s has no verified mark named %q; list them with `tidemark status --json` (verified marks) or run `tidemark reconcile`", p, req.Topic, req.ToMark)
+		}
+		target, mark = mk.Offset, mk.Name
+	case req.ToOffset != nil:
+		target = *req.ToOffset
+		if target < start {
+			return 0, "", invalidf("partition %d: offset %d is no longer in the log, which holds %d to %d; rewind to an offset in that range", p, target, start, cur)
+		}
+	case req.By != nil:
+		target = cur - *req.By
+		if target < start {
+			return 0, "", invalidf("partition %d: by %d goes past the start of the log (offset %d); at most %d records can be replayed there", p, *req.By, start, cur-start)
+		}
+	default:
+		target = atTime[p]
+	}
+	// A verified mark or a time older than the log's start replays
+	// what the log still holds: both name a moment, not an offset.
+	target = max(target, start)
+	if target > cur {
+		return 0, "", invalidf("partition %d: target %d is ahead of the committed offset %d; a rewind only goes back", p, target, cur)
+	}
+	return target, mark, nil
+}
+
+// checkGrace refuses a plan that would replay a write older than the target
+// tables' gc_grace_seconds. Whatever the target kind, what matters for
+// resurrection is how old the oldest replayed write is: Cassandra may
+// already have purged a tombstone older than that which this write would
+// otherwise lose to.
+func (plan *RewindPlan) checkGrace() error {
+	if plan.GCGrace <= 0 {
+		return nil
+	}
+	for _, p := range plan.Partitions {
+		if p.FirstTime != nil && time.Since(*p.FirstTime) > time.Duration(plan.GCGrace)*time.Second {
+			return conflictf("refused: partition %d would replay from offset %d, written %s, further back than the target tables' gc_grace_seconds (%ds); "+
+				"tombstones older than that may be purged, and replaying older inserts could resurrect deleted rows. Rewind less far, or re-backfill with `tidemark backfill`",
+				p.Partition, p.Target, p.FirstTime.Format(time.RFC3339), plan.GCGrace)
+		}
+	}
+	return nil
 }
 
 // verifiedMarks returns, per partition of topic, the verified mark named name
