@@ -14,7 +14,7 @@ import (
 	"github.com/tidemarkhq/tidemark/config"
 )
 
-const checkpointsHelp = `usage: tidemark checkpoints copy --from DIR [--config FILE] --reason TEXT
+const checkpointsHelp = `usage: tidemark checkpoints copy --from DIR [--config FILE] --reason TEXT [--json]
 
 Copies every key (resume tokens, backfill progress, marks, operator intent,
 rollout state) and every audit entry of the file store in DIR into the store
@@ -37,6 +37,7 @@ func checkpointsCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	from := fs.String("from", "", "directory of the file store to copy")
 	cfgPath := fs.String("config", "tidemark.yaml", "daemon config whose checkpoints section names the destination")
 	reason := fs.String("reason", "", "why (required; goes to the audit log)")
+	asJSON := fs.Bool("json", false, "print JSON for machines")
 	fs.Usage = func() { fmt.Fprintln(stderr, checkpointsHelp); fs.PrintDefaults() }
 	if err := parseArgs(fs, args[1:]); err != nil {
 		return &exitError{code: 2, err: err}
@@ -80,6 +81,9 @@ func checkpointsCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	if err != nil {
 		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, map[string]any{"from": *from, "store": cfg.Checkpoints.Kind, "keys": res.Keys, "audit_entries": res.AuditEntries})
 	}
 	fmt.Fprintf(stdout, "copied %d keys and %d audit entries from %s into the %s store\n", res.Keys, res.AuditEntries, *from, cfg.Checkpoints.Kind)
 	return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,8 +21,9 @@ func transformCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	spec := fs.String("spec", "", "mapping spec (YAML)")
 	docPath := fs.String("doc", "", "document in MongoDB extended JSON ('-' for stdin)")
 	ns := fs.String("namespace", "", "db.collection (default: the spec's only namespace)")
+	asJSON := fs.Bool("json", false, "print JSON for machines")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tidemark transform --spec FILE --doc FILE.json [--namespace db.coll]")
+		fmt.Fprintln(stderr, "usage: tidemark transform --spec FILE --doc FILE.json [--namespace db.coll] [--json]")
 		fs.PrintDefaults()
 	}
 	if err := parseArgs(fs, args); err != nil {
@@ -58,6 +60,9 @@ func transformCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
+	if *asJSON {
+		return printJSON(stdout, transformOutput(m, *ns, rows))
+	}
 	fmt.Fprintf(stdout, "spec %s (checksum %s)\n", m.Version(), m.Checksum()[:12])
 	for _, r := range rows {
 		fmt.Fprintf(stdout, "\n%s\n", r.Table.QualifiedName())
@@ -73,12 +78,65 @@ func transformCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return nil
 }
 
-func show(v any) any {
-	if v == nil {
-		return "null"
+// transformJSON is `tidemark transform --json`: the rows a document becomes,
+// each column with its CQL type and value (a CQL value without a JSON form,
+// such as a UUID, an inet or a duration, as its CQL text).
+type transformJSON struct {
+	Spec      string         `json:"spec_version"`
+	Checksum  string         `json:"spec_checksum"`
+	Namespace string         `json:"namespace"`
+	Rows      []transformRow `json:"rows"`
+}
+
+type transformRow struct {
+	Table   string            `json:"table"`
+	Columns []transformColumn `json:"columns"`
+}
+
+type transformColumn struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Value any    `json:"value"`
+}
+
+func transformOutput(m *transform.Mapping, ns string, rows []transform.Row) transformJSON {
+	out := transformJSON{Spec: m.Version(), Checksum: m.Checksum(), Namespace: ns, Rows: []transformRow{}}
+	for _, r := range rows {
+		tr := transformRow{Table: r.Table.QualifiedName()}
+		for i, c := range r.Table.Columns {
+			var v any // null
+			switch x := r.Values[i]; {
+			case isNull(x):
+			case isJSON(x):
+				v = x // a time as RFC 3339, say, rather than Go's String
+			default:
+				v = show(x)
+			}
+			tr.Columns = append(tr.Columns, transformColumn{Name: c.Name, Type: fmt.Sprint(c.Type), Value: v})
+		}
+		out.Rows = append(out.Rows, tr)
 	}
-	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
-		return "null" // a null tuple is a typed nil pointer (see transform.Placeholder)
+	return out
+}
+
+func isJSON(v any) bool {
+	_, ok := v.(json.Marshaler)
+	return ok
+}
+
+// isNull says whether a transformed value is CQL null: nil, or a typed nil
+// pointer (a null tuple, see transform.Placeholder).
+func isNull(v any) bool {
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
+}
+
+func show(v any) any {
+	if isNull(v) {
+		return "null"
 	}
 	if s, ok := v.(fmt.Stringer); ok {
 		return s.String()
