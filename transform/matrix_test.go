@@ -4,53 +4,21 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"flag"
 	"fmt"
 	"math"
 	"math/big"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/tidemarkhq/tidemark/internal/golden"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/bsontype"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"gopkg.in/inf.v0"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
-
-// checkGolden compares got with testdata/name; -update rewrites the file.
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := "testdata/" + name
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if bytes.Equal(got, want) {
-		return
-	}
-	g, w := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
-	for i := 0; i < len(g) && i < len(w); i++ {
-		if g[i] != w[i] {
-			t.Fatalf("%s line %d:\ngot  %s\nwant %s", path, i+1, g[i], w[i])
-		}
-	}
-	t.Fatalf("%s: %d lines, want %d", path, len(g), len(w))
-}
 
 // matrixInputs are values of every BSON type a document can hold, with the
 // edge values each conversion rule tests (ranges, fractions, NaN, subtypes,
@@ -173,7 +141,7 @@ func TestConversionMatrix(t *testing.T) {
 			}
 		}
 	}
-	checkGolden(t, "conversions.golden", out.Bytes())
+	golden.Check(t, "conversions.golden", out.Bytes())
 }
 
 type readBackCase struct {
@@ -241,7 +209,7 @@ func TestCanonicalReadBackMatrix(t *testing.T) {
 		b, err := appendCanonicalReflect(nil, col.typ, c.v, col.fields)
 		fmt.Fprintf(&out, " reflect %x %v\n", b, err)
 	}
-	checkGolden(t, "canonical.golden", out.Bytes())
+	golden.Check(t, "canonical.golden", out.Bytes())
 }
 
 // TestDecodeKeyMatrix decodes canonical key bytes of every tag, whole,
@@ -282,5 +250,5 @@ func TestDecodeKeyMatrix(t *testing.T) {
 			}
 		}
 	}
-	checkGolden(t, "decode.golden", out.Bytes())
+	golden.Check(t, "decode.golden", out.Bytes())
 }
