@@ -274,102 +274,129 @@ func (c Config) Validate() error {
 		}
 		return nil
 	}
-	var errs []error
-	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf("rollout."+format, a...)) }
-	if c.Version == "" {
-		add("version: required; it names the plan in audit entries and route files")
-	}
-	if c.Every < 100*time.Millisecond || c.SignalWindow <= 0 || c.DrillTimeout <= 0 {
-		add("every (at least 100ms), signal_window and drill_timeout must be positive")
-	}
-	if c.Repair.MaxKeys < 1 || c.Repair.MaxKeys > repairKeysLimit || c.Repair.KeysPerSecond <= 0 || c.Repair.MaxLagSeconds <= 0 {
-		add("repair: max_keys between 1 and %d (what a round summary lists), keys_per_second and max_lag_seconds above 0",
-			repairKeysLimit)
-	}
-	checkTrigger := func(where string, t Trigger) {
-		if t.Name == "" {
-			add("%s: a trigger needs a name (drills name it)", where)
-		}
-		if !knownSignals[t.Signal] {
-			add("%s trigger %q: unknown signal %q (%s)", where, t.Name, t.Signal, signalList())
-		}
-		if t.Above == nil && t.Below == nil {
-			add("%s trigger %q: give above and/or below", where, t.Name)
-		}
-		switch t.Action {
-		case Halt, Rewind, Repair, SoftRollback, HardRollback:
-		default:
-			add("%s trigger %q: action %q (halt, rewind, repair, soft-rollback, hard-rollback)", where, t.Name, t.Action)
-		}
-		if t.For < 0 || t.Cooldown < 0 || t.MaxAttempts < 1 {
-			add("%s trigger %q: for and cooldown must not be negative, max_attempts at least 1", where, t.Name)
-		}
-	}
+	var ps problems
+	c.validateSettings(&ps)
 	for _, t := range c.Triggers {
-		checkTrigger("triggers", t)
+		t.validate("triggers", &ps)
 	}
 	names := map[string]bool{}
 	for i, s := range c.Stages {
 		where := fmt.Sprintf("stages[%d]", i)
 		if s.Name == "" {
-			add("%s: a stage needs a name", where)
+			ps.add("%s: a stage needs a name", where)
 		} else if names[s.Name] {
-			add("%s: stage name %q used twice", where, s.Name)
+			ps.add("%s: stage name %q used twice", where, s.Name)
 		}
 		names[s.Name] = true
-		if len(s.Slice.Collections) == 0 {
-			add("%s (%s): slice.collections: list at least one db.collection", where, s.Name)
-		}
-		for _, ns := range s.Slice.Collections {
-			if db, coll, ok := strings.Cut(ns, "."); !ok || db == "" || coll == "" {
-				add("%s (%s): slice.collections: %q is not db.collection", where, s.Name, ns)
-			}
-		}
-		if s.Slice.Share <= 0 || s.Slice.Share > 10000 {
-			add("%s (%s): slice.share must be above 0%% and at most 100%%", where, s.Name)
-		}
-		switch s.Reads {
-		case Legacy, Shadow, New:
-		default:
-			add("%s (%s): reads %q (legacy, shadow, new)", where, s.Name, s.Reads)
-		}
-		if s.Advance != "auto" && s.Advance != "manual" {
-			add("%s (%s): advance %q (auto, manual)", where, s.Name, s.Advance)
-		}
-		gnames := map[string]bool{}
-		for _, g := range s.Gates {
-			if g.Name == "" || gnames[g.Name] {
-				add("%s (%s): every gate needs a unique name", where, s.Name)
-			}
-			gnames[g.Name] = true
-			if !knownSignals[g.Signal] {
-				add("%s gate %q: unknown signal %q (%s)", where, g.Name, g.Signal, signalList())
-			}
-			if g.Max == nil && g.Min == nil {
-				add("%s gate %q: give max and/or min", where, g.Name)
-			}
-			if g.Window <= 0 {
-				add("%s gate %q: window must be positive", where, g.Name)
-			}
-		}
-		tnames := map[string]bool{}
-		for _, t := range c.Triggers {
-			tnames[t.Name] = true
-		}
-		for _, t := range s.Triggers {
-			checkTrigger(where, t)
-			if tnames[t.Name] {
-				add("%s (%s): trigger name %q used twice (plan-wide triggers count)", where, s.Name, t.Name)
-			}
-			tnames[t.Name] = true
-		}
+		s.validate(where, &ps)
+		c.validateStageTriggers(where, s, &ps)
 		if i > 0 {
 			if err := c.Stages[i-1].Slice.Slice().within(s.Slice.Slice()); err != nil {
-				add("%s (%s): a stage must widen the previous one: %v", where, s.Name, err)
+				ps.add("%s (%s): a stage must widen the previous one: %v", where, s.Name, err)
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(ps...)
+}
+
+// problems collects what Validate finds, each prefixed with "rollout.".
+type problems []error
+
+func (ps *problems) add(format string, a ...any) {
+	*ps = append(*ps, fmt.Errorf("rollout."+format, a...))
+}
+
+// validateSettings checks the plan-wide settings: version, periods, repair.
+func (c Config) validateSettings(ps *problems) {
+	if c.Version == "" {
+		ps.add("version: required; it names the plan in audit entries and route files")
+	}
+	if c.Every < 100*time.Millisecond || c.SignalWindow <= 0 || c.DrillTimeout <= 0 {
+		ps.add("every (at least 100ms), signal_window and drill_timeout must be positive")
+	}
+	if c.Repair.MaxKeys < 1 || c.Repair.MaxKeys > repairKeysLimit || c.Repair.KeysPerSecond <= 0 || c.Repair.MaxLagSeconds <= 0 {
+		ps.add("repair: max_keys between 1 and %d (what a round summary lists), keys_per_second and max_lag_seconds above 0",
+			repairKeysLimit)
+	}
+}
+
+// validate checks a stage's slice, modes and gates; where names it.
+func (s Stage) validate(where string, ps *problems) {
+	if len(s.Slice.Collections) == 0 {
+		ps.add("%s (%s): slice.collections: list at least one db.collection", where, s.Name)
+	}
+	for _, ns := range s.Slice.Collections {
+		if db, coll, ok := strings.Cut(ns, "."); !ok || db == "" || coll == "" {
+			ps.add("%s (%s): slice.collections: %q is not db.collection", where, s.Name, ns)
+		}
+	}
+	if s.Slice.Share <= 0 || s.Slice.Share > 10000 {
+		ps.add("%s (%s): slice.share must be above 0%% and at most 100%%", where, s.Name)
+	}
+	switch s.Reads {
+	case Legacy, Shadow, New:
+	default:
+		ps.add("%s (%s): reads %q (legacy, shadow, new)", where, s.Name, s.Reads)
+	}
+	if s.Advance != "auto" && s.Advance != "manual" {
+		ps.add("%s (%s): advance %q (auto, manual)", where, s.Name, s.Advance)
+	}
+	gnames := map[string]bool{}
+	for _, g := range s.Gates {
+		if g.Name == "" || gnames[g.Name] {
+			ps.add("%s (%s): every gate needs a unique name", where, s.Name)
+		}
+		gnames[g.Name] = true
+		g.validate(where, ps)
+	}
+}
+
+func (g Gate) validate(where string, ps *problems) {
+	if !knownSignals[g.Signal] {
+		ps.add("%s gate %q: unknown signal %q (%s)", where, g.Name, g.Signal, signalList())
+	}
+	if g.Max == nil && g.Min == nil {
+		ps.add("%s gate %q: give max and/or min", where, g.Name)
+	}
+	if g.Window <= 0 {
+		ps.add("%s gate %q: window must be positive", where, g.Name)
+	}
+}
+
+// validateStageTriggers checks a stage's triggers, whose names must differ
+// from each other and from the plan-wide triggers'.
+func (c Config) validateStageTriggers(where string, s Stage, ps *problems) {
+	tnames := map[string]bool{}
+	for _, t := range c.Triggers {
+		tnames[t.Name] = true
+	}
+	for _, t := range s.Triggers {
+		t.validate(where, ps)
+		if tnames[t.Name] {
+			ps.add("%s (%s): trigger name %q used twice (plan-wide triggers count)", where, s.Name, t.Name)
+		}
+		tnames[t.Name] = true
+	}
+}
+
+func (t Trigger) validate(where string, ps *problems) {
+	if t.Name == "" {
+		ps.add("%s: a trigger needs a name (drills name it)", where)
+	}
+	if !knownSignals[t.Signal] {
+		ps.add("%s trigger %q: unknown signal %q (%s)", where, t.Name, t.Signal, signalList())
+	}
+	if t.Above == nil && t.Below == nil {
+		ps.add("%s trigger %q: give above and/or below", where, t.Name)
+	}
+	switch t.Action {
+	case Halt, Rewind, Repair, SoftRollback, HardRollback:
+	default:
+		ps.add("%s trigger %q: action %q (halt, rewind, repair, soft-rollback, hard-rollback)", where, t.Name, t.Action)
+	}
+	if t.For < 0 || t.Cooldown < 0 || t.MaxAttempts < 1 {
+		ps.add("%s trigger %q: for and cooldown must not be negative, max_attempts at least 1", where, t.Name)
+	}
 }
 
 func signalList() string {

@@ -216,99 +216,27 @@ func (t *Table) DecodeKey(b []byte) ([]any, error) {
 
 var errShort = errors.New("short key")
 
+// decodeScalar reads one key value that appendCanonical encoded, as the Go
+// type gocql binds for t, and returns the bytes after it.
 func decodeScalar(t *cqlType, b []byte) (any, []byte, error) {
 	if len(b) < 1 {
 		return nil, nil, errShort
 	}
 	tag, b := b[0], b[1:]
-	readBytes := func() ([]byte, error) {
-		if len(b) < 4 {
-			return nil, errShort
-		}
-		n := binary.BigEndian.Uint32(b)
-		if uint64(len(b)-4) < uint64(n) {
-			return nil, errShort
-		}
-		v := b[4 : 4+n]
-		b = b[4+n:]
-		return v, nil
-	}
 	switch tag {
-	case tagText:
-		v, err := readBytes()
-		return string(v), b, err
-	case tagBlob:
-		v, err := readBytes()
-		return append([]byte{}, v...), b, err
+	case tagText, tagBlob, tagInet:
+		return decodeBytes(tag, b)
+	case tagDecimal:
+		return decodeDecimal(b)
 	case tagInt:
-		if len(b) < 1 {
-			return nil, nil, errShort
-		}
-		if b[0] == 1 {
-			b = b[1:]
-			s, err := readBytes()
-			if err != nil {
-				return nil, nil, err
-			}
-			bi, ok := new(big.Int).SetString(string(s), 10)
-			if !ok {
-				return nil, nil, fmt.Errorf("bad varint %q", s)
-			}
-			return bi, b, nil
-		}
-		if len(b) < 9 {
-			return nil, nil, errShort
-		}
-		n := int64(binary.BigEndian.Uint64(b[1:9]))
-		b = b[9:]
-		switch t.kind {
-		case kInt:
-			return int32(n), b, nil
-		case kSmallint:
-			return int16(n), b, nil
-		case kTinyint:
-			return int8(n), b, nil
-		case kVarint:
-			return big.NewInt(n), b, nil
-		}
-		return n, b, nil
-	case tagFloat:
-		if len(b) < 8 {
-			return nil, nil, errShort
-		}
-		f := math.Float64frombits(binary.BigEndian.Uint64(b))
-		if t.kind == kFloat {
-			return float32(f), b[8:], nil
-		}
-		return f, b[8:], nil
+		return decodeInt(t, b)
+	case tagFloat, tagTime, tagClock:
+		return decodeFixed64(t, tag, b)
 	case tagBool:
 		if len(b) < 1 {
 			return nil, nil, errShort
 		}
 		return b[0] == 1, b[1:], nil
-	case tagTime:
-		if len(b) < 8 {
-			return nil, nil, errShort
-		}
-		return time.UnixMilli(int64(binary.BigEndian.Uint64(b))).UTC(), b[8:], nil
-	case tagDecimal:
-		s, err := readBytes()
-		if err != nil {
-			return nil, nil, err
-		}
-		d, ok := new(inf.Dec).SetString(string(s))
-		if !ok {
-			return nil, nil, fmt.Errorf("bad decimal %q", s)
-		}
-		return d, b, nil
-	case tagInet:
-		v, err := readBytes()
-		return net.IP(append([]byte{}, v...)), b, err
-	case tagClock:
-		if len(b) < 8 {
-			return nil, nil, errShort
-		}
-		return time.Duration(binary.BigEndian.Uint64(b)), b[8:], nil
 	case tagUUID:
 		if len(b) < 16 {
 			return nil, nil, errShort
@@ -318,6 +246,96 @@ func decodeScalar(t *cqlType, b []byte) (any, []byte, error) {
 		return u, b[16:], nil
 	}
 	return nil, nil, fmt.Errorf("tag %d cannot be a key value", tag)
+}
+
+// lengthPrefixed splits b after a 32-bit length and that many bytes; a
+// short b is returned whole with errShort.
+func lengthPrefixed(b []byte) (v, rest []byte, err error) {
+	if len(b) < 4 {
+		return nil, b, errShort
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint64(len(b)-4) < uint64(n) {
+		return nil, b, errShort
+	}
+	return b[4 : 4+n], b[4+n:], nil
+}
+
+// decodeBytes decodes text, blob and inet, copying what the key's bytes
+// must not share.
+func decodeBytes(tag byte, b []byte) (any, []byte, error) {
+	v, rest, err := lengthPrefixed(b)
+	switch tag {
+	case tagText:
+		return string(v), rest, err
+	case tagBlob:
+		return append([]byte{}, v...), rest, err
+	}
+	return net.IP(append([]byte{}, v...)), rest, err
+}
+
+func decodeDecimal(b []byte) (any, []byte, error) {
+	s, rest, err := lengthPrefixed(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, ok := new(inf.Dec).SetString(string(s))
+	if !ok {
+		return nil, nil, fmt.Errorf("bad decimal %q", s)
+	}
+	return d, rest, nil
+}
+
+// decodeInt decodes a 64-bit integer as t's Go type, or a varint beyond 64
+// bits from its decimal text.
+func decodeInt(t *cqlType, b []byte) (any, []byte, error) {
+	if len(b) < 1 {
+		return nil, nil, errShort
+	}
+	if b[0] == 1 {
+		s, rest, err := lengthPrefixed(b[1:])
+		if err != nil {
+			return nil, nil, err
+		}
+		bi, ok := new(big.Int).SetString(string(s), 10)
+		if !ok {
+			return nil, nil, fmt.Errorf("bad varint %q", s)
+		}
+		return bi, rest, nil
+	}
+	if len(b) < 9 {
+		return nil, nil, errShort
+	}
+	n, rest := int64(binary.BigEndian.Uint64(b[1:9])), b[9:]
+	switch t.kind {
+	case kInt:
+		return int32(n), rest, nil
+	case kSmallint:
+		return int16(n), rest, nil
+	case kTinyint:
+		return int8(n), rest, nil
+	case kVarint:
+		return big.NewInt(n), rest, nil
+	}
+	return n, rest, nil
+}
+
+// decodeFixed64 decodes the 8-byte values: a double (a float for a float
+// column), a timestamp in milliseconds, a time in nanoseconds.
+func decodeFixed64(t *cqlType, tag byte, b []byte) (any, []byte, error) {
+	if len(b) < 8 {
+		return nil, nil, errShort
+	}
+	n, rest := binary.BigEndian.Uint64(b), b[8:]
+	switch {
+	case tag == tagTime:
+		return time.UnixMilli(int64(n)).UTC(), rest, nil
+	case tag == tagClock:
+		return time.Duration(n), rest, nil
+	case t.kind == kFloat:
+		return float32(math.Float64frombits(n)), rest, nil
+	}
+	return math.Float64frombits(n), rest, nil
 }
 
 // AppendCanonical appends a canonical, type-aware encoding of a full row's values

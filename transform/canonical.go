@@ -341,179 +341,239 @@ func appendCanonicalReflect(dst []byte, t *cqlType, v any, fields []*column) ([]
 	}
 	switch t.kind {
 	case kText:
-		switch x := v.(type) {
-		case string:
-			return appendBytes(append(dst, tagText), []byte(x)), nil
-		case []byte:
-			return appendBytes(append(dst, tagText), x), nil
-		}
+		return canonicalText(dst, t, v)
 	case kInt, kBigint, kSmallint, kVarint, kTinyint:
-		if bi, ok := v.(*big.Int); ok {
-			if bi.IsInt64() {
-				return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(bi.Int64())), nil
-			}
-			return appendBytes(append(dst, tagInt, 1), []byte(bi.String())), nil
-		}
-		if n, ok := toInt64(v); ok {
-			return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(n)), nil
-		}
+		return canonicalInt(dst, t, v)
 	case kDouble, kFloat:
-		var f float64
-		switch x := v.(type) {
-		case float64:
-			f = x
-		case float32:
-			f = float64(x)
-		default:
-			return dst, fmt.Errorf("transform: canonical %s: unexpected %T", t.name, v)
-		}
-		if math.IsNaN(f) {
-			f = math.NaN() // one NaN bit pattern
-		}
-		return binary.BigEndian.AppendUint64(append(dst, tagFloat), math.Float64bits(f)), nil
+		return canonicalFloat(dst, t, v)
 	case kBoolean:
-		if b, ok := v.(bool); ok {
-			if b {
-				return append(dst, tagBool, 1), nil
-			}
-			return append(dst, tagBool, 0), nil
-		}
+		return canonicalBool(dst, t, v)
 	case kTimestamp, kDate:
-		switch x := v.(type) {
-		case time.Time:
-			if x.IsZero() {
-				// gocql scans a null timestamp or date into the zero time.
-				return append(dst, tagNull), nil
-			}
-			return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x.UnixMilli())), nil
-		case int64:
-			return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x)), nil
-		}
+		return canonicalTime(dst, t, v)
 	case kDecimal:
-		switch x := v.(type) {
-		case *inf.Dec:
-			return appendBytes(append(dst, tagDecimal), []byte(x.String())), nil
-		case inf.Dec:
-			return appendBytes(append(dst, tagDecimal), []byte(x.String())), nil
-		}
+		return canonicalDecimal(dst, t, v)
 	case kUUID:
-		switch x := v.(type) {
-		case gocql.UUID:
-			return append(append(dst, tagUUID), x[:]...), nil
-		case [16]byte:
-			return append(append(dst, tagUUID), x[:]...), nil
-		}
+		return canonicalUUID(dst, t, v)
 	case kBlob:
-		if b, ok := v.([]byte); ok {
-			return appendBytes(append(dst, tagBlob), b), nil
-		}
+		return canonicalBlob(dst, t, v)
 	case kTime:
-		switch x := v.(type) {
-		case time.Duration:
-			return binary.BigEndian.AppendUint64(append(dst, tagClock), uint64(x)), nil
-		case int64:
-			return binary.BigEndian.AppendUint64(append(dst, tagClock), uint64(x)), nil
-		}
+		return canonicalClock(dst, t, v)
 	case kInet:
-		if ip, ok := v.(net.IP); ok {
-			// gocql reads an IPv4 address as 4 bytes, but net.ParseIP
-			// and others make 16: compare the 4-byte form.
-			if v4 := ip.To4(); v4 != nil {
-				ip = v4
-			}
-			return appendBytes(append(dst, tagInet), ip), nil
-		}
+		return canonicalInet(dst, t, v)
 	case kDuration:
-		if d, ok := v.(gocql.Duration); ok {
-			dst = append(dst, tagDuration)
-			dst = binary.BigEndian.AppendUint32(dst, uint32(d.Months))
-			dst = binary.BigEndian.AppendUint32(dst, uint32(d.Days))
-			return binary.BigEndian.AppendUint64(dst, uint64(d.Nanoseconds)), nil
-		}
+		return canonicalDuration(dst, t, v)
 	case kTuple:
 		if x, ok := v.([]any); ok {
 			return appendTuple(dst, t, x)
 		}
 	case kList, kSet, kVector:
-		if rv.Kind() != reflect.Slice && rv.Kind() != reflect.Array {
-			break
-		}
-		if rv.Len() == 0 {
-			return append(dst, tagNull), nil
-		}
-		dst = binary.BigEndian.AppendUint32(append(dst, tagList), uint32(rv.Len()))
-		if t.kind == kSet {
-			// Sets come back from Cassandra in its own order; sort canonically.
-			elems := make([][]byte, rv.Len())
-			for i := range elems {
-				b, err := appendCanonical(nil, t.elem, rv.Index(i).Interface(), nil)
-				if err != nil {
-					return dst, err
-				}
-				elems[i] = b
-			}
-			sort.Slice(elems, func(i, j int) bool { return bytes.Compare(elems[i], elems[j]) < 0 })
-			for _, e := range elems {
-				dst = append(dst, e...)
-			}
-			return dst, nil
-		}
-		for i := 0; i < rv.Len(); i++ {
-			var err error
-			if dst, err = appendCanonical(dst, t.elem, rv.Index(i).Interface(), nil); err != nil {
-				return dst, err
-			}
-		}
-		return dst, nil
+		return canonicalSequence(dst, t, rv)
 	case kMap:
-		if rv.Kind() != reflect.Map {
-			break
-		}
-		if rv.Len() == 0 {
-			return append(dst, tagNull), nil
-		}
-		keys := rv.MapKeys()
-		sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
-		dst = binary.BigEndian.AppendUint32(append(dst, tagMap), uint32(len(keys)))
-		for _, k := range keys {
-			dst = appendBytes(dst, []byte(k.String()))
-			var err error
-			if dst, err = appendCanonical(dst, t.elem, rv.MapIndex(k).Interface(), nil); err != nil {
-				return dst, err
-			}
-		}
-		return dst, nil
+		return canonicalMap(dst, t, rv)
 	case kUDT:
-		m, ok := v.(map[string]any)
-		if !ok {
-			break
+		if m, ok := v.(map[string]any); ok {
+			return appendUDT(dst, m, fields)
 		}
-		// gocql scans a null UDT, and null fields inside one, as zero values,
-		// so zero and null cannot be told apart on the read side: both sides
-		// fold them to null (and an all-null UDT to a null column) to compare alike.
-		allNull := true
-		for _, f := range fields {
-			if x := m[f.Name]; x != nil && !reflect.ValueOf(x).IsZero() {
-				allNull = false
-			}
+	}
+	return unexpected(dst, t, v)
+}
+
+// unexpected refuses a Go value that is no form of a value of t.
+func unexpected(dst []byte, t *cqlType, v any) ([]byte, error) {
+	return dst, fmt.Errorf("transform: canonical %s: unexpected %T", t.name, v)
+}
+
+func canonicalText(dst []byte, t *cqlType, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case string:
+		return appendBytes(append(dst, tagText), []byte(x)), nil
+	case []byte:
+		return appendBytes(append(dst, tagText), x), nil
+	}
+	return unexpected(dst, t, v)
+}
+
+// canonicalInt encodes every integer type as a 64-bit value, and a varint
+// beyond 64 bits as its decimal text.
+func canonicalInt(dst []byte, t *cqlType, v any) ([]byte, error) {
+	if bi, ok := v.(*big.Int); ok {
+		if bi.IsInt64() {
+			return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(bi.Int64())), nil
 		}
-		if allNull {
+		return appendBytes(append(dst, tagInt, 1), []byte(bi.String())), nil
+	}
+	if n, ok := toInt64(v); ok {
+		return binary.BigEndian.AppendUint64(append(dst, tagInt, 0), uint64(n)), nil
+	}
+	return unexpected(dst, t, v)
+}
+
+// canonicalFloat encodes a float as the double it widens to, so a float
+// column compares alike whether read as float32 or written as float64.
+func canonicalFloat(dst []byte, t *cqlType, v any) ([]byte, error) {
+	var f float64
+	switch x := v.(type) {
+	case float64:
+		f = x
+	case float32:
+		f = float64(x)
+	default:
+		return unexpected(dst, t, v)
+	}
+	if math.IsNaN(f) {
+		f = math.NaN() // one NaN bit pattern
+	}
+	return binary.BigEndian.AppendUint64(append(dst, tagFloat), math.Float64bits(f)), nil
+}
+
+func canonicalBool(dst []byte, t *cqlType, v any) ([]byte, error) {
+	b, ok := v.(bool)
+	if !ok {
+		return unexpected(dst, t, v)
+	}
+	if b {
+		return append(dst, tagBool, 1), nil
+	}
+	return append(dst, tagBool, 0), nil
+}
+
+// canonicalTime encodes a timestamp or date as milliseconds since 1970.
+func canonicalTime(dst []byte, t *cqlType, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case time.Time:
+		if x.IsZero() {
+			// gocql scans a null timestamp or date into the zero time.
 			return append(dst, tagNull), nil
 		}
-		dst = append(dst, tagUDT)
-		for _, f := range fields {
-			x := m[f.Name]
-			if x != nil && reflect.ValueOf(x).IsZero() {
-				x = nil
-			}
-			var err error
-			if dst, err = appendCanonical(dst, f.typ, x, f.fields); err != nil {
-				return dst, err
-			}
-		}
-		return dst, nil
+		return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x.UnixMilli())), nil
+	case int64:
+		return binary.BigEndian.AppendUint64(append(dst, tagTime), uint64(x)), nil
 	}
-	return dst, fmt.Errorf("transform: canonical %s: unexpected %T", t.name, v)
+	return unexpected(dst, t, v)
+}
+
+func canonicalDecimal(dst []byte, t *cqlType, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case *inf.Dec:
+		return appendBytes(append(dst, tagDecimal), []byte(x.String())), nil
+	case inf.Dec:
+		return appendBytes(append(dst, tagDecimal), []byte(x.String())), nil
+	}
+	return unexpected(dst, t, v)
+}
+
+func canonicalUUID(dst []byte, t *cqlType, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case gocql.UUID:
+		return append(append(dst, tagUUID), x[:]...), nil
+	case [16]byte:
+		return append(append(dst, tagUUID), x[:]...), nil
+	}
+	return unexpected(dst, t, v)
+}
+
+func canonicalBlob(dst []byte, t *cqlType, v any) ([]byte, error) {
+	if b, ok := v.([]byte); ok {
+		return appendBytes(append(dst, tagBlob), b), nil
+	}
+	return unexpected(dst, t, v)
+}
+
+// canonicalClock encodes a CQL time as nanoseconds since midnight.
+func canonicalClock(dst []byte, t *cqlType, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case time.Duration:
+		return binary.BigEndian.AppendUint64(append(dst, tagClock), uint64(x)), nil
+	case int64:
+		return binary.BigEndian.AppendUint64(append(dst, tagClock), uint64(x)), nil
+	}
+	return unexpected(dst, t, v)
+}
+
+func canonicalInet(dst []byte, t *cqlType, v any) ([]byte, error) {
+	ip, ok := v.(net.IP)
+	if !ok {
+		return unexpected(dst, t, v)
+	}
+	// gocql reads an IPv4 address as 4 bytes, but net.ParseIP
+	// and others make 16: compare the 4-byte form.
+	if v4 := ip.To4(); v4 != nil {
+		ip = v4
+	}
+	return appendBytes(append(dst, tagInet), ip), nil
+}
+
+func canonicalDuration(dst []byte, t *cqlType, v any) ([]byte, error) {
+	d, ok := v.(gocql.Duration)
+	if !ok {
+		return unexpected(dst, t, v)
+	}
+	dst = append(dst, tagDuration)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(d.Months))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(d.Days))
+	return binary.BigEndian.AppendUint64(dst, uint64(d.Nanoseconds)), nil
+}
+
+// canonicalSequence encodes a list, set or vector held in a slice or array
+// of any element type; an empty one is null.
+func canonicalSequence(dst []byte, t *cqlType, rv reflect.Value) ([]byte, error) {
+	if rv.Kind() != reflect.Slice && rv.Kind() != reflect.Array {
+		return unexpected(dst, t, rv.Interface())
+	}
+	if rv.Len() == 0 {
+		return append(dst, tagNull), nil
+	}
+	dst = binary.BigEndian.AppendUint32(append(dst, tagList), uint32(rv.Len()))
+	if t.kind == kSet {
+		return appendSortedElems(dst, t, rv)
+	}
+	for i := 0; i < rv.Len(); i++ {
+		var err error
+		if dst, err = appendCanonical(dst, t.elem, rv.Index(i).Interface(), nil); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+// appendSortedElems appends a set's elements in canonical order: sets come
+// back from Cassandra in its own order.
+func appendSortedElems(dst []byte, t *cqlType, rv reflect.Value) ([]byte, error) {
+	elems := make([][]byte, rv.Len())
+	for i := range elems {
+		b, err := appendCanonical(nil, t.elem, rv.Index(i).Interface(), nil)
+		if err != nil {
+			return dst, err
+		}
+		elems[i] = b
+	}
+	sort.Slice(elems, func(i, j int) bool { return bytes.Compare(elems[i], elems[j]) < 0 })
+	for _, e := range elems {
+		dst = append(dst, e...)
+	}
+	return dst, nil
+}
+
+// canonicalMap encodes a map of any value type, entries in key order; an
+// empty one is null.
+func canonicalMap(dst []byte, t *cqlType, rv reflect.Value) ([]byte, error) {
+	if rv.Kind() != reflect.Map {
+		return unexpected(dst, t, rv.Interface())
+	}
+	if rv.Len() == 0 {
+		return append(dst, tagNull), nil
+	}
+	keys := rv.MapKeys()
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	dst = binary.BigEndian.AppendUint32(append(dst, tagMap), uint32(len(keys)))
+	for _, k := range keys {
+		dst = appendBytes(dst, []byte(k.String()))
+		var err error
+		if dst, err = appendCanonical(dst, t.elem, rv.MapIndex(k).Interface(), nil); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
 }
 
 func appendBytes(dst, b []byte) []byte {

@@ -200,8 +200,6 @@ func fail(rule, format string, a ...any) error {
 	return &errRule{rule: rule, err: fmt.Errorf(format, a...)}
 }
 
-// convertValue applies the type-driven conversion of v (never missing, may be
-// an explicit null) into a value for t.
 // emptyNested is the value of an empty array or document inside a
 // collection, where convertValue's nil (right for a column: Cassandra stores
 // an empty collection as null) would read as a null element and refuse a
@@ -218,72 +216,39 @@ func emptyNested(t *cqlType, v bson.RawValue) any {
 	return nil
 }
 
+// convertValue applies the type-driven conversion of v (never missing, may be
+// an explicit null) into a value for t, unless convert names a builtin
+// override. A convert naming a registered Func is not applied here: the
+// column calls its Func itself.
 func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column) (any, error) {
 	if v.Type == bsontype.Null || v.Type == bsontype.Undefined {
 		return nil, nil
 	}
-	switch convert {
-	case "json":
-		if t.kind != kText {
-			return nil, fail("json", "json conversion needs a text column, not %s", t.name)
-		}
-		return canonicalJSON(v)
-	case "hex":
-		switch v.Type {
-		case bsontype.ObjectID:
-			return v.ObjectID().Hex(), nil
-		case bsontype.Binary:
-			_, b := v.Binary()
-			return hex.EncodeToString(b), nil
-		}
-		return nil, fail("hex", "cannot hex-encode %s", v.Type)
-	case "millis":
-		if t.kind != kTimestamp {
-			return nil, fail("millis", "needs a timestamp column")
-		}
-		n, err := asInt64(v, "millis")
-		if err != nil {
-			return nil, err
-		}
-		return time.UnixMilli(n).UTC(), nil
-	case "string":
-		return asString(v)
+	if x, ok, err := convertOverride(t, convert, v); ok {
+		return x, err
 	}
 	rule := v.Type.String() + "->" + t.name
 	switch t.kind {
 	case kText:
-		switch v.Type {
-		case bsontype.String:
-			return v.StringValue(), nil
-		case bsontype.ObjectID:
-			return v.ObjectID().Hex(), nil
-		case bsontype.EmbeddedDocument, bsontype.Array:
-			return canonicalJSON(v)
-		case bsontype.Symbol:
-			return v.Symbol(), nil
-		}
+		return toText(t, v, rule)
 	case kInt, kSmallint, kTinyint:
-		n, err := asInt64(v, rule)
-		if err != nil {
-			return nil, err
-		}
-		lo, hi := int64(math.MinInt32), int64(math.MaxInt32)
-		switch t.kind {
-		case kSmallint:
-			lo, hi = math.MinInt16, math.MaxInt16
-		case kTinyint:
-			lo, hi = math.MinInt8, math.MaxInt8
-		}
-		if n < lo || n > hi {
-			return nil, fail(rule, "%d overflows %s", n, t.name)
-		}
-		switch t.kind {
-		case kSmallint:
-			return int16(n), nil
-		case kTinyint:
-			return int8(n), nil
-		}
-		return int32(n), nil
+		return toBoundedInt(t, v, rule)
+	case kBigint:
+		return asInt64(v, rule)
+	case kVarint:
+		return toVarint(v, rule)
+	case kDouble, kFloat:
+		return toFloat(t, v, rule)
+	case kBoolean:
+		return toBoolean(t, v, rule)
+	case kTimestamp:
+		return toTimestamp(t, v, rule)
+	case kDecimal:
+		return toDecimal(t, v, rule)
+	case kUUID:
+		return toUUID(t, v, rule)
+	case kBlob:
+		return toBlob(t, v, rule)
 	case kDate:
 		return toDate(v, rule)
 	case kTime:
@@ -296,193 +261,335 @@ func convertValue(t *cqlType, convert string, v bson.RawValue, fields []*column)
 		return toTuple(t, v, rule)
 	case kVector:
 		return toVector(t, v, rule)
-	case kBigint:
-		return asInt64(v, rule)
-	case kVarint:
-		if v.Type == bsontype.Decimal128 {
-			d, err := decimal(v)
-			if err != nil || d.Scale() > 0 && new(inf.Dec).Round(d, 0, inf.RoundExact) == nil {
-				return nil, fail(rule, "%s is not an integer", v.Decimal128())
-			}
-			return new(big.Int).Set(new(inf.Dec).Round(d, 0, inf.RoundExact).UnscaledBig()), nil
-		}
-		n, err := asInt64(v, rule)
-		if err != nil {
-			return nil, err
-		}
-		return big.NewInt(n), nil
-	case kDouble, kFloat:
-		var f float64
-		switch v.Type {
-		case bsontype.Double:
-			f = v.Double()
-		case bsontype.Int32:
-			f = float64(v.Int32())
-		case bsontype.Int64:
-			n := v.Int64()
-			// Beyond 2^53 a double cannot hold every integer: refuse rather than round.
-			if n > 1<<53 || n < -(1<<53) {
-				return nil, fail(rule, "%d loses precision as a double", n)
-			}
-			f = float64(n)
-		default:
-			return nil, fail(rule, "cannot convert %s to %s", v.Type, t.name)
-		}
-		if t.kind == kFloat {
-			if !math.IsInf(f, 0) && !math.IsNaN(f) && math.Abs(f) > math.MaxFloat32 {
-				return nil, fail(rule, "%g overflows float", f)
-			}
-			return float32(f), nil
-		}
-		return f, nil
-	case kBoolean:
-		if v.Type == bsontype.Boolean {
-			return v.Boolean(), nil
-		}
-	case kTimestamp:
-		switch v.Type {
-		case bsontype.DateTime:
-			return time.UnixMilli(v.DateTime()).UTC(), nil
-		case bsontype.Timestamp:
-			ts, _ := v.Timestamp()
-			return time.Unix(int64(ts), 0).UTC(), nil
-		}
-	case kDecimal:
-		switch v.Type {
-		case bsontype.Decimal128:
-			return decimal(v)
-		case bsontype.Int32, bsontype.Int64:
-			n, _ := asInt64(v, rule)
-			return inf.NewDec(n, 0), nil
-		case bsontype.Double:
-			f := v.Double()
-			if math.IsNaN(f) || math.IsInf(f, 0) {
-				return nil, fail(rule, "%g has no decimal form", f)
-			}
-			d, ok := new(inf.Dec).SetString(strconv.FormatFloat(f, 'f', -1, 64))
-			if !ok {
-				return nil, fail(rule, "cannot parse %g", f)
-			}
-			return d, nil
-		}
-	case kUUID:
-		switch v.Type {
-		case bsontype.String:
-			u, err := gocql.ParseUUID(v.StringValue())
-			if err != nil {
-				return nil, fail(rule, "%q is not a UUID", v.StringValue())
-			}
-			return u, nil
-		case bsontype.Binary:
-			sub, b := v.Binary()
-			if (sub == 3 || sub == 4) && len(b) == 16 {
-				var u gocql.UUID
-				copy(u[:], b)
-				return u, nil
-			}
-			return nil, fail(rule, "binary subtype %d of %d bytes is not a UUID", sub, len(b))
-		case bsontype.ObjectID:
-			// Four zero bytes then the 12 ObjectId bytes: deterministic and reversible.
-			var u gocql.UUID
-			oid := v.ObjectID()
-			copy(u[4:], oid[:])
-			return u, nil
-		}
-	case kBlob:
-		switch v.Type {
-		case bsontype.Binary:
-			_, b := v.Binary()
-			return append([]byte{}, b...), nil
-		case bsontype.ObjectID:
-			oid := v.ObjectID()
-			return append([]byte{}, oid[:]...), nil
-		case bsontype.String:
-			return []byte(v.StringValue()), nil
-		}
 	case kList, kSet:
-		if v.Type != bsontype.Array {
-			break
-		}
-		vals, err := v.Array().Values()
-		if err != nil {
-			return nil, fail(rule, "%v", err)
-		}
-		out := make([]any, 0, len(vals))
-		for i, e := range vals {
-			x, err := convertValue(t.elem, "", e, nil)
-			if err == nil {
-				err = innerTuple(t.elem, x)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("[%d]: %w", i, err)
-			}
-			if x == nil {
-				if x = emptyNested(t.elem, e); x == nil {
-					return nil, fail(rule, "[%d] is null; CQL collections cannot hold nulls", i)
-				}
-			}
-			out = append(out, x)
-		}
-		if len(out) == 0 {
-			// Cassandra stores an empty collection as null; say so explicitly.
-			return nil, nil
-		}
-		if t.kind == kSet {
-			return sortedSet(t.elem, out)
-		}
-		return out, nil
+		return toListOrSet(t, v, rule)
 	case kMap:
-		if v.Type != bsontype.EmbeddedDocument {
-			break
-		}
-		elems, err := v.Document().Elements()
-		if err != nil {
-			return nil, fail(rule, "%v", err)
-		}
-		out := make(map[string]any, len(elems))
-		for _, e := range elems {
-			x, err := convertValue(t.elem, "", e.Value(), nil)
-			if err == nil {
-				err = innerTuple(t.elem, x)
-			}
-			if err != nil {
-				return nil, fmt.Errorf(".%s: %w", e.Key(), err)
-			}
-			if x == nil {
-				if x = emptyNested(t.elem, e.Value()); x == nil {
-					return nil, fail(rule, "%s is null; CQL maps cannot hold nulls", e.Key())
-				}
-			}
-			out[e.Key()] = x
-		}
-		if len(out) == 0 {
-			return nil, nil
-		}
-		return out, nil
+		return toMap(t, v, rule)
 	case kUDT:
-		if v.Type != bsontype.EmbeddedDocument {
-			break
-		}
-		doc := v.Document()
-		out := make(map[string]any, len(fields))
-		for _, f := range fields {
-			fv, err := doc.LookupErr(f.path...)
-			if err != nil {
-				out[f.Name] = typedNull(f.typ, f.value)
-				continue
-			}
-			x, err := convertValue(f.typ, f.convert, fv, f.fields)
-			if err == nil {
-				err = innerTuple(f.typ, x)
-			}
-			if err != nil {
-				return nil, fmt.Errorf(".%s: %w", f.Name, err)
-			}
-			out[f.Name] = typedNull(f.typ, x)
-		}
-		return out, nil
+		return toUDT(t, v, rule, fields)
 	}
-	return nil, fail(rule, "no conversion from %s to %s", v.Type, t.name)
+	return nil, noConversion(t, v, rule)
+}
+
+// noConversion is the refusal of a BSON type the CQL type has no rule for.
+func noConversion(t *cqlType, v bson.RawValue, rule string) error {
+	return fail(rule, "no conversion from %s to %s", v.Type, t.name)
+}
+
+// convertOverride applies a builtin convert (json, hex, millis, string);
+// ok is false for no convert or a registered Func's name.
+func convertOverride(t *cqlType, convert string, v bson.RawValue) (x any, ok bool, err error) {
+	switch convert {
+	case "json":
+		if t.kind != kText {
+			return nil, true, fail("json", "json conversion needs a text column, not %s", t.name)
+		}
+		x, err = canonicalJSON(v)
+	case "hex":
+		x, err = hexText(v)
+	case "millis":
+		x, err = millisTimestamp(t, v)
+	case "string":
+		x, err = asString(v)
+	default:
+		return nil, false, nil
+	}
+	return x, true, err
+}
+
+func hexText(v bson.RawValue) (any, error) {
+	switch v.Type {
+	case bsontype.ObjectID:
+		return v.ObjectID().Hex(), nil
+	case bsontype.Binary:
+		_, b := v.Binary()
+		return hex.EncodeToString(b), nil
+	}
+	return nil, fail("hex", "cannot hex-encode %s", v.Type)
+}
+
+func millisTimestamp(t *cqlType, v bson.RawValue) (any, error) {
+	if t.kind != kTimestamp {
+		return nil, fail("millis", "needs a timestamp column")
+	}
+	n, err := asInt64(v, "millis")
+	if err != nil {
+		return nil, err
+	}
+	return time.UnixMilli(n).UTC(), nil
+}
+
+// toText takes strings and symbols as they are, an ObjectId as its hex, and
+// a document or array as its JSON.
+func toText(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	switch v.Type {
+	case bsontype.String:
+		return v.StringValue(), nil
+	case bsontype.ObjectID:
+		return v.ObjectID().Hex(), nil
+	case bsontype.EmbeddedDocument, bsontype.Array:
+		return canonicalJSON(v)
+	case bsontype.Symbol:
+		return v.Symbol(), nil
+	}
+	return nil, noConversion(t, v, rule)
+}
+
+// toBoundedInt converts an integral number to int, smallint or tinyint,
+// refusing one out of the type's range.
+func toBoundedInt(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	n, err := asInt64(v, rule)
+	if err != nil {
+		return nil, err
+	}
+	lo, hi := int64(math.MinInt32), int64(math.MaxInt32)
+	switch t.kind {
+	case kSmallint:
+		lo, hi = math.MinInt16, math.MaxInt16
+	case kTinyint:
+		lo, hi = math.MinInt8, math.MaxInt8
+	}
+	if n < lo || n > hi {
+		return nil, fail(rule, "%d overflows %s", n, t.name)
+	}
+	switch t.kind {
+	case kSmallint:
+		return int16(n), nil
+	case kTinyint:
+		return int8(n), nil
+	}
+	return int32(n), nil
+}
+
+// toVarint converts an integral number, and a Decimal128 of any size that
+// has no fraction.
+func toVarint(v bson.RawValue, rule string) (any, error) {
+	if v.Type == bsontype.Decimal128 {
+		d, err := decimal(v)
+		if err != nil || d.Scale() > 0 && new(inf.Dec).Round(d, 0, inf.RoundExact) == nil {
+			return nil, fail(rule, "%s is not an integer", v.Decimal128())
+		}
+		return new(big.Int).Set(new(inf.Dec).Round(d, 0, inf.RoundExact).UnscaledBig()), nil
+	}
+	n, err := asInt64(v, rule)
+	if err != nil {
+		return nil, err
+	}
+	return big.NewInt(n), nil
+}
+
+// toFloat converts a number to double or float, refusing what it would
+// round: an int64 beyond 2^53, or a double beyond float's range.
+func toFloat(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	var f float64
+	switch v.Type {
+	case bsontype.Double:
+		f = v.Double()
+	case bsontype.Int32:
+		f = float64(v.Int32())
+	case bsontype.Int64:
+		n := v.Int64()
+		// Beyond 2^53 a double cannot hold every integer: refuse rather than round.
+		if n > 1<<53 || n < -(1<<53) {
+			return nil, fail(rule, "%d loses precision as a double", n)
+		}
+		f = float64(n)
+	default:
+		return nil, fail(rule, "cannot convert %s to %s", v.Type, t.name)
+	}
+	if t.kind == kFloat {
+		if !math.IsInf(f, 0) && !math.IsNaN(f) && math.Abs(f) > math.MaxFloat32 {
+			return nil, fail(rule, "%g overflows float", f)
+		}
+		return float32(f), nil
+	}
+	return f, nil
+}
+
+func toBoolean(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	if v.Type == bsontype.Boolean {
+		return v.Boolean(), nil
+	}
+	return nil, noConversion(t, v, rule)
+}
+
+// toTimestamp converts a Date, and a BSON Timestamp by its seconds.
+func toTimestamp(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	switch v.Type {
+	case bsontype.DateTime:
+		return time.UnixMilli(v.DateTime()).UTC(), nil
+	case bsontype.Timestamp:
+		ts, _ := v.Timestamp()
+		return time.Unix(int64(ts), 0).UTC(), nil
+	}
+	return nil, noConversion(t, v, rule)
+}
+
+// toDecimal converts a Decimal128 or an integer exactly, and a finite double
+// by its shortest decimal form.
+func toDecimal(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	switch v.Type {
+	case bsontype.Decimal128:
+		return decimal(v)
+	case bsontype.Int32, bsontype.Int64:
+		n, _ := asInt64(v, rule)
+		return inf.NewDec(n, 0), nil
+	case bsontype.Double:
+		f := v.Double()
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fail(rule, "%g has no decimal form", f)
+		}
+		d, ok := new(inf.Dec).SetString(strconv.FormatFloat(f, 'f', -1, 64))
+		if !ok {
+			return nil, fail(rule, "cannot parse %g", f)
+		}
+		return d, nil
+	}
+	return nil, noConversion(t, v, rule)
+}
+
+// toUUID converts a UUID string, a UUID binary (subtype 3 or 4), and an
+// ObjectId.
+func toUUID(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	switch v.Type {
+	case bsontype.String:
+		u, err := gocql.ParseUUID(v.StringValue())
+		if err != nil {
+			return nil, fail(rule, "%q is not a UUID", v.StringValue())
+		}
+		return u, nil
+	case bsontype.Binary:
+		sub, b := v.Binary()
+		if (sub == 3 || sub == 4) && len(b) == 16 {
+			var u gocql.UUID
+			copy(u[:], b)
+			return u, nil
+		}
+		return nil, fail(rule, "binary subtype %d of %d bytes is not a UUID", sub, len(b))
+	case bsontype.ObjectID:
+		// Four zero bytes then the 12 ObjectId bytes: deterministic and reversible.
+		var u gocql.UUID
+		oid := v.ObjectID()
+		copy(u[4:], oid[:])
+		return u, nil
+	}
+	return nil, noConversion(t, v, rule)
+}
+
+// toBlob copies the bytes of a binary, an ObjectId or a string: the value
+// must not share the document's memory.
+func toBlob(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	switch v.Type {
+	case bsontype.Binary:
+		_, b := v.Binary()
+		return append([]byte{}, b...), nil
+	case bsontype.ObjectID:
+		oid := v.ObjectID()
+		return append([]byte{}, oid[:]...), nil
+	case bsontype.String:
+		return []byte(v.StringValue()), nil
+	}
+	return nil, noConversion(t, v, rule)
+}
+
+// convertInner converts a value inside a collection, tuple or UDT, where a
+// tuple may not hold nulls (see innerTuple).
+func convertInner(t *cqlType, convert string, v bson.RawValue, fields []*column) (any, error) {
+	x, err := convertValue(t, convert, v, fields)
+	if err == nil {
+		err = innerTuple(t, x)
+	}
+	return x, err
+}
+
+// element converts a list, set or map element; nil is a null element, which
+// the caller refuses.
+func element(t *cqlType, v bson.RawValue) (any, error) {
+	x, err := convertInner(t, "", v, nil)
+	if err != nil || x != nil {
+		return x, err
+	}
+	return emptyNested(t, v), nil
+}
+
+// toListOrSet converts an array element by element; a set is sorted and
+// rid of duplicates, and an empty one is null.
+func toListOrSet(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	if v.Type != bsontype.Array {
+		return nil, noConversion(t, v, rule)
+	}
+	vals, err := v.Array().Values()
+	if err != nil {
+		return nil, fail(rule, "%v", err)
+	}
+	out := make([]any, 0, len(vals))
+	for i, e := range vals {
+		x, err := element(t.elem, e)
+		if err != nil {
+			return nil, fmt.Errorf("[%d]: %w", i, err)
+		}
+		if x == nil {
+			return nil, fail(rule, "[%d] is null; CQL collections cannot hold nulls", i)
+		}
+		out = append(out, x)
+	}
+	if len(out) == 0 {
+		// Cassandra stores an empty collection as null; say so explicitly.
+		return nil, nil
+	}
+	if t.kind == kSet {
+		return sortedSet(t.elem, out)
+	}
+	return out, nil
+}
+
+// toMap converts a document field by field; an empty one is null.
+func toMap(t *cqlType, v bson.RawValue, rule string) (any, error) {
+	if v.Type != bsontype.EmbeddedDocument {
+		return nil, noConversion(t, v, rule)
+	}
+	elems, err := v.Document().Elements()
+	if err != nil {
+		return nil, fail(rule, "%v", err)
+	}
+	out := make(map[string]any, len(elems))
+	for _, e := range elems {
+		x, err := element(t.elem, e.Value())
+		if err != nil {
+			return nil, fmt.Errorf(".%s: %w", e.Key(), err)
+		}
+		if x == nil {
+			return nil, fail(rule, "%s is null; CQL maps cannot hold nulls", e.Key())
+		}
+		out[e.Key()] = x
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// toUDT converts a document by the UDT's fields, each looked up at its path
+// with its own conversion; a missing field is its default or null.
+func toUDT(t *cqlType, v bson.RawValue, rule string, fields []*column) (any, error) {
+	if v.Type != bsontype.EmbeddedDocument {
+		return nil, noConversion(t, v, rule)
+	}
+	doc := v.Document()
+	out := make(map[string]any, len(fields))
+	for _, f := range fields {
+		fv, err := doc.LookupErr(f.path...)
+		if err != nil {
+			out[f.Name] = typedNull(f.typ, f.value)
+			continue
+		}
+		x, err := convertInner(f.typ, f.convert, fv, f.fields)
+		if err != nil {
+			return nil, fmt.Errorf(".%s: %w", f.Name, err)
+		}
+		out[f.Name] = typedNull(f.typ, x)
+	}
+	return out, nil
 }
 
 func asInt64(v bson.RawValue, rule string) (int64, error) {

@@ -359,10 +359,7 @@ func toTuple(t *cqlType, v bson.RawValue, rule string) (any, error) {
 	}
 	out := make([]any, len(vals))
 	for i, e := range vals {
-		x, err := convertValue(t.elems[i], "", e, nil)
-		if err == nil {
-			err = innerTuple(t.elems[i], x)
-		}
+		x, err := convertInner(t.elems[i], "", e, nil)
 		if err != nil {
 			return nil, fmt.Errorf("[%d]: %w", i, err)
 		}

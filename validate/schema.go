@@ -40,72 +40,112 @@ type schemaColumn struct {
 	typ      string
 }
 
+// tableProblems collects the problems found in one table of a namespace.
+type tableProblems struct {
+	ns, table string
+	list      []Problem
+}
+
+func (tp *tableProblems) add(kind, column, format string, a ...any) {
+	tp.list = append(tp.list, Problem{Kind: kind, Namespace: tp.ns, Table: tp.table, Column: column, Message: fmt.Sprintf(format, a...)})
+}
+
 // checkTable lists every way t differs from the live table. An error means
 // system_schema could not be read.
 func (c *schemaChecker) checkTable(ctx context.Context, ns string, t *transform.Table) ([]Problem, error) {
 	qn := t.QualifiedName()
-	problem := func(kind, column, format string, a ...any) Problem {
-		return Problem{Kind: kind, Namespace: ns, Table: qn, Column: column, Message: fmt.Sprintf(format, a...)}
-	}
+	tp := &tableProblems{ns: ns, table: qn}
 	ok, err := c.keyspaceExists(ctx, t.Keyspace)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return []Problem{problem(KindMissingKeyspace, "", "keyspace %s does not exist; create it (and the table) before running the sink", t.Keyspace)}, nil
+		tp.add(KindMissingKeyspace, "", "keyspace %s does not exist; create it (and the table) before running the sink", t.Keyspace)
+		return tp.list, nil
 	}
-	var ps []Problem
 	// UDTs are checked whether or not the table exists: the operator needs to
 	// create them first either way.
-	for _, col := range t.Columns {
-		for _, name := range udtNames(col.Type) {
-			key := t.Keyspace + "." + name
-			u, err := c.udt(ctx, t.Keyspace, name)
-			if err != nil {
-				return nil, err
-			}
-			if u == nil && !c.typeReported[key] {
-				c.typeReported[key] = true
-				ps = append(ps, problem(KindMissingType, col.Name, "user-defined type %s does not exist (CREATE TYPE %s (...))", key, key))
-			}
-		}
+	if err := c.checkTypesExist(ctx, t, tp); err != nil {
+		return nil, err
 	}
 	cols, err := c.columns(ctx, t.Keyspace, t.Name)
 	if err != nil {
 		return nil, err
 	}
 	if cols == nil {
-		msg := fmt.Sprintf("table %s does not exist (see the spec's columns for its CREATE TABLE)", qn)
-		var view string
-		err := c.s.Query(`SELECT view_name FROM system_schema.views WHERE keyspace_name = ? AND view_name = ?`,
-			t.Keyspace, t.Name).ScanContext(ctx, &view)
-		switch {
-		case err == nil:
-			msg = fmt.Sprintf("%s is a materialized view; the sink can only write to base tables", qn)
-		case !errors.Is(err, gocql.ErrNotFound):
-			return nil, fmt.Errorf("validate: read system_schema.views for %s: %w", qn, err)
+		msg, err := c.whyNoTable(ctx, t)
+		if err != nil {
+			return nil, err
 		}
-		return append(ps, problem(KindMissingTable, "", "%s", msg)), nil
+		tp.add(KindMissingTable, "", "%s", msg)
+		return tp.list, nil
 	}
+	checkColumns(t, cols, tp)
+	checkKeys(t, cols, tp)
+	if err := c.checkUDTFields(ctx, ns, t, tp); err != nil {
+		return nil, err
+	}
+	return tp.list, nil
+}
 
+// checkTypesExist reports each user-defined type the columns name that the
+// keyspace lacks, once however many columns use it.
+func (c *schemaChecker) checkTypesExist(ctx context.Context, t *transform.Table, tp *tableProblems) error {
+	for _, col := range t.Columns {
+		for _, name := range udtNames(col.Type) {
+			key := t.Keyspace + "." + name
+			u, err := c.udt(ctx, t.Keyspace, name)
+			if err != nil {
+				return err
+			}
+			if u == nil && !c.typeReported[key] {
+				c.typeReported[key] = true
+				tp.add(KindMissingType, col.Name, "user-defined type %s does not exist (CREATE TYPE %s (...))", key, key)
+			}
+		}
+	}
+	return nil
+}
+
+// whyNoTable says why the table has no columns: it does not exist, or it
+// is a materialized view.
+func (c *schemaChecker) whyNoTable(ctx context.Context, t *transform.Table) (string, error) {
+	qn := t.QualifiedName()
+	var view string
+	err := c.s.Query(`SELECT view_name FROM system_schema.views WHERE keyspace_name = ? AND view_name = ?`,
+		t.Keyspace, t.Name).ScanContext(ctx, &view)
+	switch {
+	case err == nil:
+		return fmt.Sprintf("%s is a materialized view; the sink can only write to base tables", qn), nil
+	case !errors.Is(err, gocql.ErrNotFound):
+		return "", fmt.Errorf("validate: read system_schema.views for %s: %w", qn, err)
+	}
+	return fmt.Sprintf("table %s does not exist (see the spec's columns for its CREATE TABLE)", qn), nil
+}
+
+// checkColumns reports each spec column the table lacks or types otherwise.
+func checkColumns(t *transform.Table, cols []schemaColumn, tp *tableProblems) {
+	qn := t.QualifiedName()
 	byName := make(map[string]schemaColumn, len(cols))
 	for _, sc := range cols {
 		byName[sc.name] = sc
 	}
-	specCols := make(map[string]bool, len(t.Columns))
 	for _, col := range t.Columns {
-		specCols[col.Name] = true
 		sc, ok := byName[col.Name]
 		if !ok {
-			ps = append(ps, problem(KindMissingColumn, col.Name, "%s has no column %s (ALTER TABLE %s ADD %s %s, or drop it from the spec)",
-				qn, col.Name, qn, col.Name, col.Type))
+			tp.add(KindMissingColumn, col.Name, "%s has no column %s (ALTER TABLE %s ADD %s %s, or drop it from the spec)",
+				qn, col.Name, qn, col.Name, col.Type)
 			continue
 		}
 		if !Compatible(col.Type, sc.typ) {
-			ps = append(ps, problem(KindTypeMismatch, col.Name, "spec type %s, table type %s", col.Type, sc.typ))
+			tp.add(KindTypeMismatch, col.Name, "spec type %s, table type %s", col.Type, sc.typ)
 		}
 	}
+}
 
+// checkKeys reports a partition or clustering key that differs from the
+// table's, and a primary key column the spec does not write.
+func checkKeys(t *transform.Table, cols []schemaColumn, tp *tableProblems) {
 	names := func(idx []int) []string {
 		out := make([]string, len(idx))
 		for i, j := range idx {
@@ -122,34 +162,46 @@ func (c *schemaChecker) checkTable(ctx context.Context, ns string, t *transform.
 	} {
 		live := keyColumns(cols, k.schemaKind)
 		if strings.Join(live, ",") != strings.Join(k.spec, ",") {
-			ps = append(ps, problem(k.kind, "", "spec %s (%s), table %s (%s)", k.label, listOrNone(k.spec),
-				k.label, listOrNone(live)))
+			tp.add(k.kind, "", "spec %s (%s), table %s (%s)", k.label, listOrNone(k.spec), k.label, listOrNone(live))
 		}
+	}
+	specCols := make(map[string]bool, len(t.Columns))
+	for _, col := range t.Columns {
+		specCols[col.Name] = true
 	}
 	for _, sc := range cols {
 		if (sc.kind == "partition_key" || sc.kind == "clustering") && !specCols[sc.name] {
-			ps = append(ps, problem(KindUnmappedKeyColumn, sc.name, "primary key column %s (%s) is not among the spec's columns; every write would fail",
-				sc.name, sc.typ))
+			tp.add(KindUnmappedKeyColumn, sc.name, "primary key column %s (%s) is not among the spec's columns; every write would fail",
+				sc.name, sc.typ)
 		}
 	}
+}
 
-	if c.spec != nil {
-		if ts := c.tableSpec(ns, t); ts != nil {
-			for i := range ts.Columns {
-				cs := &ts.Columns[i]
-				if name, ok := frozenUDT(normType(cs.Type)); ok && len(cs.Fields) > 0 {
-					fps, err := c.checkFields(ctx, t.Keyspace, name, cs.Fields, cs.Name)
-					if err != nil {
-						return nil, err
-					}
-					for _, p := range fps {
-						ps = append(ps, problem(KindUDTField, p.column, "%s", p.msg))
-					}
-				}
-			}
+// checkUDTFields checks the fields the spec writes into each frozen UDT
+// column against the type's (the spec is optional: without it, only types).
+func (c *schemaChecker) checkUDTFields(ctx context.Context, ns string, t *transform.Table, tp *tableProblems) error {
+	if c.spec == nil {
+		return nil
+	}
+	ts := c.tableSpec(ns, t)
+	if ts == nil {
+		return nil
+	}
+	for i := range ts.Columns {
+		cs := &ts.Columns[i]
+		name, ok := frozenUDT(normType(cs.Type))
+		if !ok || len(cs.Fields) == 0 {
+			continue
+		}
+		fps, err := c.checkFields(ctx, t.Keyspace, name, cs.Fields, cs.Name)
+		if err != nil {
+			return err
+		}
+		for _, p := range fps {
+			tp.add(KindUDTField, p.column, "%s", p.msg)
 		}
 	}
-	return ps, nil
+	return nil
 }
 
 type fieldProblem struct{ column, msg string }

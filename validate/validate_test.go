@@ -3,19 +3,15 @@ package validate
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/tidemarkhq/tidemark/internal/golden"
 	"github.com/tidemarkhq/tidemark/transform"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 func TestCompatible(t *testing.T) {
 	for _, tc := range []struct {
@@ -265,8 +261,8 @@ func TestReportGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "report.txt", text.Bytes())
-	golden(t, "report.json", append(js, '\n'))
+	golden.Check(t, "report.txt", text.Bytes())
+	golden.Check(t, "report.json", append(js, '\n'))
 
 	compact, _ := json.Marshal(r)
 	var back Report
@@ -282,26 +278,5 @@ func TestReportGolden(t *testing.T) {
 	if err := r.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "pass.txt", text.Bytes())
-}
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	golden.Check(t, "pass.txt", text.Bytes())
 }

@@ -133,7 +133,41 @@ func narrate(ctx context.Context, coll *mongo.Collection, addr, outPath string, 
 }
 
 func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, rows int) error {
-	// 1. Backfill, with the change stream already open.
+	if err := n.backfill(ctx, docs); err != nil {
+		return err
+	}
+
+	// Streaming under a steady write load, for the rest of the demo.
+	wctx, stopWork := context.WithCancel(ctx)
+	defer stopWork()
+	workDone := make(chan struct{})
+	go func() {
+		defer close(workDone)
+		workload(wctx, coll, docs, rate, time.Hour)
+	}()
+	defer func() { stopWork(); <-workDone }()
+	n.step("streaming", "a workload of %d changes/s (updates, inserts, deletes) runs against MongoDB from now on", rate)
+
+	ps, err := n.followPlan(ctx, docs, rows)
+	if err != nil {
+		return err
+	}
+	n.out.PlanComplete = true
+	n.step("plan complete", "stage %q reached with every gate passing: %s", ps.StageName, gateLine(ps))
+
+	// The workload stops, and one more scheduled round, started after
+	// everything, must be clean: with nothing in flight, every row is
+	// compared as it will stay (the rounds above ran under the load). Under
+	// the load, a round over the whole key space can also outlast the wait on
+	// a slow machine, as the stand-in's change history grows.
+	stopWork()
+	<-workDone
+	return n.finalRound(ctx)
+}
+
+// backfill waits for the backfill, which runs with the change stream
+// already open, drawing its progress.
+func (n *narrator) backfill(ctx context.Context, docs int) error {
 	var st daemonStatus
 	err := waitFor(ctx, "backfill", 10*time.Minute, 500*time.Millisecond, func() (bool, error) {
 		if err := n.ac.Do(ctx, "GET", "/v1/status", nil, &st); err != nil {
@@ -150,27 +184,19 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 	p := st.Backfill[ns()]
 	n.step("backfill", "%d documents of "+ns()+" re-emitted below T0 in %s while the change stream was already open",
 		p.Docs, p.Updated.Sub(p.Started).Round(time.Second))
+	return nil
+}
 
-	// 2. Streaming under a steady write load, for the rest of the demo.
-	wctx, stopWork := context.WithCancel(ctx)
-	defer stopWork()
-	workDone := make(chan struct{})
-	go func() {
-		defer close(workDone)
-		workload(wctx, coll, docs, rate, time.Hour)
-	}()
-	defer func() { stopWork(); <-workDone }()
-	n.step("streaming", "a workload of %d changes/s (updates, inserts, deletes) runs against MongoDB from now on", rate)
-
-	// 3. The plan: watch the stages advance, inject a divergence once the
-	// second stage is reached, and wait for the plan to complete.
+// followPlan watches the plan's stages advance, injects a divergence once
+// the second stage is reached, and waits for the plan to complete.
+func (n *narrator) followPlan(ctx context.Context, docs, rows int) (rollout.Status, error) {
 	var ps rollout.Status
 	seen := map[string]bool{}
-	injectedAt := time.Time{}
+	injected := false
 	lastLine := ""
 	// Three widenings each re-emit the whole collection; on a 2-core machine
 	// shared with other work the sink took up to 10 minutes to apply one.
-	err = waitFor(ctx, "the rollout plan to complete", 25*time.Minute, time.Second, func() (bool, error) {
+	err := waitFor(ctx, "the rollout plan to complete", 25*time.Minute, time.Second, func() (bool, error) {
 		if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &ps); err != nil {
 			return false, err
 		}
@@ -183,73 +209,83 @@ func (n *narrator) run(ctx context.Context, coll *mongo.Collection, docs, rate, 
 			fmt.Printf("  gates: %s\n", line)
 			lastLine = line
 		}
-		if ps.Stage == 1 && injectedAt.IsZero() {
-			// A clean round of the widened slice first, one that started
-			// after the keys the stage added were back-filled.
-			applied, err := n.wideningApplied(ctx)
-			if err != nil {
+		if ps.Stage == 1 && !injected {
+			injected = true
+			if err := n.divergeAndRepair(ctx, docs, rows); err != nil {
 				return false, failed{err}
 			}
-			if err := n.cleanRoundAfter(ctx, applied); err != nil {
-				return false, failed{err}
-			}
-			// Corrupt the rows between two rounds, so that one round sees
-			// all of them rather than a round already under way seeing some.
-			if err := n.betweenRounds(ctx); err != nil {
-				return false, failed{err}
-			}
-			injectedAt = time.Now()
-			n.out.Injected = inject(docs, rows)
-			if len(n.out.Injected) == 0 {
-				return false, failed{errors.New("no reserved document has rows in the slice to corrupt")}
-			}
-			n.step("injected divergence", "%d rows of %s corrupted directly in Cassandra (age = -1): %s",
-				len(n.out.Injected), ns(), strings.Join(n.out.Injected, ", "))
-			// Judge from what the system recorded (the trigger's firing names
-			// the round it acted on; its verdict names the round that judged
-			// it), not by racing the rounds: a repair can heal the rows
-			// before the narrator looks at the next round.
-			if err := n.repaired(ctx, injectedAt); err != nil {
-				return false, failed{err}
-			}
-			// The stage waits for a person: advance it as an operator would,
-			// with a reason (refused unless every gate passes).
-			err = waitFor(ctx, "the half stage's gates to pass", 3*time.Minute, time.Second, func() (bool, error) {
-				var st rollout.Status
-				if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &st); err != nil {
-					return false, err
-				}
-				for _, g := range st.Gates {
-					if g.State != "pass" {
-						return false, nil
-					}
-				}
-				return true, nil
-			})
-			if err == nil {
-				var st rollout.Status
-				err = n.ac.Do(ctx, "POST", "/v1/plan/advance", map[string]any{"reason": "demo: the half stage is clean again after the repair"}, &st)
-			}
-			if err != nil {
-				return false, failed{err}
-			}
-			n.step("operator advance", "tidemark plan advance --reason \"the half stage is clean again after the repair\" (audited)")
 		}
-		return ps.Complete && !injectedAt.IsZero(), nil
+		return ps.Complete && injected, nil
+	})
+	return ps, err
+}
+
+// divergeAndRepair corrupts rows of the widened slice once a clean round has
+// covered it, waits for a trigger to repair them, and advances the stage as
+// an operator would.
+func (n *narrator) divergeAndRepair(ctx context.Context, docs, rows int) error {
+	// A clean round of the widened slice first, one that started
+	// after the keys the stage added were back-filled.
+	applied, err := n.wideningApplied(ctx)
+	if err != nil {
+		return err
+	}
+	if err := n.cleanRoundAfter(ctx, applied); err != nil {
+		return err
+	}
+	// Corrupt the rows between two rounds, so that one round sees
+	// all of them rather than a round already under way seeing some.
+	if err := n.betweenRounds(ctx); err != nil {
+		return err
+	}
+	injectedAt := time.Now()
+	n.out.Injected = inject(docs, rows)
+	if len(n.out.Injected) == 0 {
+		return errors.New("no reserved document has rows in the slice to corrupt")
+	}
+	n.step("injected divergence", "%d rows of %s corrupted directly in Cassandra (age = -1): %s",
+		len(n.out.Injected), ns(), strings.Join(n.out.Injected, ", "))
+	// Judge from what the system recorded (the trigger's firing names
+	// the round it acted on; its verdict names the round that judged
+	// it), not by racing the rounds: a repair can heal the rows
+	// before the narrator looks at the next round.
+	if err := n.repaired(ctx, injectedAt); err != nil {
+		return err
+	}
+	return n.advanceWhenGatesPass(ctx)
+}
+
+// advanceWhenGatesPass advances the stage, which waits for a person, as an
+// operator would: with a reason, once every gate passes (the daemon refuses
+// it otherwise).
+func (n *narrator) advanceWhenGatesPass(ctx context.Context) error {
+	err := waitFor(ctx, "the half stage's gates to pass", 3*time.Minute, time.Second, func() (bool, error) {
+		var st rollout.Status
+		if err := n.ac.Do(ctx, "GET", "/v1/plan", nil, &st); err != nil {
+			return false, err
+		}
+		for _, g := range st.Gates {
+			if g.State != "pass" {
+				return false, nil
+			}
+		}
+		return true, nil
 	})
 	if err != nil {
 		return err
 	}
-	n.out.PlanComplete = true
-	n.step("plan complete", "stage %q reached with every gate passing: %s", ps.StageName, gateLine(ps))
+	var st rollout.Status
+	reason := map[string]any{"reason": "demo: the half stage is clean again after the repair"}
+	if err := n.ac.Do(ctx, "POST", "/v1/plan/advance", reason, &st); err != nil {
+		return err
+	}
+	n.step("operator advance", "tidemark plan advance --reason \"the half stage is clean again after the repair\" (audited)")
+	return nil
+}
 
-	// 4. The workload stops, and one more scheduled round, started after
-	// everything, must be clean: with nothing in flight, every row is
-	// compared as it will stay (the rounds above ran under the load). Under
-	// the load, a round over the whole key space can also outlast the wait on
-	// a slow machine, as the stand-in's change history grows.
-	stopWork()
-	<-workDone
+// finalRound waits for a round started now, records it and the triggers
+// that fired, and fails unless the round is clean.
+func (n *narrator) finalRound(ctx context.Context) error {
 	rep, err := n.roundStartedAfter(ctx, time.Now())
 	if err != nil {
 		return fmt.Errorf("final reconcile round: %w", err)
