@@ -981,6 +981,35 @@ func (s *KafkaStore) AuditLog(ctx context.Context) ([]AuditEntry, error) {
 	return append([]AuditEntry(nil), s.audit...), nil
 }
 
+// AuditLogSince returns the audit entry at index n-1 of the log order and
+// every entry after it (see AuditTailReader): a copy of the tail only.
+func (s *KafkaStore) AuditLogSince(ctx context.Context, n int) (*AuditEntry, []AuditEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if err := s.stopped(); err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return auditSince(s.audit, n)
+}
+
+// auditSince is AuditLogSince over a log held in memory.
+func auditSince(log []AuditEntry, n int) (*AuditEntry, []AuditEntry, error) {
+	if n < 0 || n > len(log) {
+		return nil, nil, nil
+	}
+	tail := append([]AuditEntry(nil), log[n:]...)
+	if n == 0 {
+		return nil, tail, nil
+	}
+	last := log[n-1]
+	return &last, tail, nil
+}
+
+var _ AuditTailReader = (*KafkaStore)(nil)
+
 // Close stops the reader and the client. Calls after Close return ErrClosed.
 func (s *KafkaStore) Close() error {
 	s.closeOnce.Do(func() {
