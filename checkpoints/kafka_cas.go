@@ -268,7 +268,7 @@ func (s *KafkaStore) applyCASLocked(r *kgo.Record) {
 	l.live[rkey] = casLive{off: r.Offset}
 	s.casOwner[rkey] = c.Key
 	l.pending = append(l.pending, ev)
-	s.decideLocked(ev)
+	s.decideLocked(ev, false)
 }
 
 // applySettleLocked takes the state a settle holds unless a settle with a
@@ -292,7 +292,7 @@ func (s *KafkaStore) applySettleLocked(r *kgo.Record, st casSettle) {
 	for _, ev := range l.pending {
 		if ev.off > st.Through {
 			keep = append(keep, ev)
-			s.decideLocked(ev)
+			s.decideLocked(ev, true)
 		}
 	}
 	clear(l.pending[len(keep):])
@@ -308,8 +308,10 @@ func (s *KafkaStore) notePlainLocked(key string, r *kgo.Record, value []byte) {
 }
 
 // decideLocked decides a conditional record (or applies a plain one)
-// against the key's current state.
-func (s *KafkaStore) decideLocked(ev casEvent) {
+// against the key's current state. again is set when a settle decides it
+// a second time: its writer, if this store, may have collected the first
+// outcome already (and a live reader's second decision is the same).
+func (s *KafkaStore) decideLocked(ev casEvent, again bool) {
 	c := ev.c
 	e := s.kv[c.Key]
 	var cur int64
@@ -317,7 +319,7 @@ func (s *KafkaStore) decideLocked(ev casEvent) {
 		cur = e.version
 	}
 	ok := c.Any || cur == c.Expect
-	if !ev.plain && ev.writer == s.writer {
+	if _, waiting := s.casResults[ev.rkey]; !ev.plain && ev.writer == s.writer && (!again || waiting) {
 		s.casResults[ev.rkey] = ok
 	}
 	if !ok {

@@ -134,12 +134,14 @@ func writeCASLog(t *testing.T, writers, changes, keys int, deletes bool) []*kgo.
 	kopts := []kgo.Opt{kgo.SeedBrokers(kf.ListenAddrs()...)}
 	quiet := KafkaLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	var wg sync.WaitGroup
+	var stores []*KafkaStore
 	for w := 0; w < writers; w++ {
 		s, err := OpenKafka(ctx, "cp", kopts, quiet)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close()
+		stores = append(stores, s)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -167,6 +169,16 @@ func writeCASLog(t *testing.T, writers, changes, keys int, deletes bool) []*kgo.
 	wg.Wait()
 	if t.Failed() {
 		t.FailNow()
+	}
+	// Every outcome was collected: a settle deciding a record again must
+	// not leave one behind for a writer that is no longer waiting.
+	for i, s := range stores {
+		s.mu.Lock()
+		n := len(s.casResults)
+		s.mu.Unlock()
+		if n != 0 {
+			t.Fatalf("writer %d holds %d uncollected outcomes", i, n)
+		}
 	}
 	return fetchAll(t, ctx, kopts, "cp")
 }
