@@ -154,11 +154,9 @@ func (t *chainTip) frontier() []string {
 	return out
 }
 
-// fingerprint names an entry: its MAC when it has one, else a hash of it.
+// fingerprint names an entry by a hash of all of it: its MAC alone would
+// not change when someone alters the entry and leaves the MAC as it was.
 func fingerprint(e AuditEntry) string {
-	if e.Chain != nil && e.Chain.MAC != "" {
-		return e.Chain.MAC
-	}
 	b, _ := json.Marshal(e)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

@@ -235,8 +235,12 @@ func TestAuditChainAppendChecksWhatIsNew(t *testing.T) {
 		{"a verified entry deleted", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
 			return append(es[:1:1], es[2:]...)
 		}, checkpoints.BreakMissing, true},
-		{"the last verified entry altered", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+		{"A's own newest entry altered", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
 			es[3] = forge(es[3])
+			return es
+		}, checkpoints.BreakForged, true},
+		{"the last verified entry altered", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
+			es[2] = forge(es[2])
 			return es
 		}, checkpoints.BreakForged, true},
 		{"an earlier verified entry altered in place", func(es []checkpoints.AuditEntry) []checkpoints.AuditEntry {
