@@ -37,6 +37,17 @@ type AuditLogReader interface {
 	AuditLog(ctx context.Context) ([]AuditEntry, error)
 }
 
+// AuditTailReader is implemented by stores that can return the end of the
+// audit log without copying all of it, so that Chained.Append costs the same
+// at ten entries and at ten million.
+type AuditTailReader interface {
+	// AuditLogSince returns the entry at index n-1 of the log order (nil
+	// for n == 0, or when the log has fewer than n entries) and every entry
+	// after it. The entry at n-1 lets a caller that has verified the first n
+	// entries see whether they are still the ones it verified.
+	AuditLogSince(ctx context.Context, n int) (last *AuditEntry, tail []AuditEntry, err error)
+}
+
 // MinChainKey is the shortest HMAC key accepted: 32 bytes, SHA-256's size.
 const MinChainKey = 32
 
@@ -59,6 +70,96 @@ type Chained struct {
 	brokenG prometheus.Gauge
 	breaksC prometheus.Counter
 	seen    map[string]bool // breaks already counted, by Break.String(); guarded by mu
+	tip     chainTip        // what Append has verified so far; guarded by mu
+}
+
+// chainTip is what Append knows of an intact prefix of the log (in log
+// order): how long it is, a fingerprint of its last entry, and enough of
+// its links to extend the check to entries appended since, by this daemon
+// or another, one entry at a time. Verify and Audit still check the whole
+// chain; the tip only spares Append from doing so.
+type chainTip struct {
+	n     int             // entries verified, from the start of the log
+	last  string          // fingerprint of entry n-1; "" when n == 0
+	macs  map[string]bool // MACs of the verified entries
+	ids   map[string]bool // their chain ids
+	named map[string]bool // MACs that some verified entry names
+	front map[string]bool // verified MACs no verified entry names: the frontier
+	begun bool            // a chained entry was seen: unchained ones are breaks from now on
+}
+
+func newChainTip() chainTip {
+	return chainTip{macs: map[string]bool{}, ids: map[string]bool{}, named: map[string]bool{}, front: map[string]bool{}}
+}
+
+// extend checks e as the entry after the tip and takes it in. It returns
+// false, leaving the tip as it was, for an entry that is not intact or does
+// not link to verified entries only: the caller then verifies the whole
+// chain, which names the break.
+func (t *chainTip) extend(e AuditEntry, key []byte) bool {
+	if e.Chain == nil {
+		if t.begun {
+			return false
+		}
+		t.n, t.last = t.n+1, fingerprint(e)
+		return true
+	}
+	if !validMAC(key, e) || t.ids[e.Chain.ID] || t.macs[e.Chain.MAC] {
+		return false
+	}
+	for _, p := range e.Chain.Prev {
+		if !t.macs[p] {
+			return false
+		}
+	}
+	t.take(e, true)
+	return true
+}
+
+// take moves the tip past e; an intact e joins the links.
+func (t *chainTip) take(e AuditEntry, intact bool) {
+	t.n, t.last = t.n+1, fingerprint(e)
+	if !intact {
+		return
+	}
+	for _, p := range e.Chain.Prev {
+		t.named[p] = true
+		delete(t.front, p)
+	}
+	t.macs[e.Chain.MAC], t.ids[e.Chain.ID], t.begun = true, true, true
+	if !t.named[e.Chain.MAC] {
+		t.front[e.Chain.MAC] = true
+	}
+}
+
+// rebuildTip makes a tip of the whole log after a full verification
+// counted and logged its breaks: entries whose MAC checks out take part in
+// the links (as in the frontier a full check links to), the others are
+// passed over, so that the appends after a break are cheap again.
+func rebuildTip(all []AuditEntry, key []byte) chainTip {
+	t := newChainTip()
+	for _, e := range all {
+		t.take(e, validMAC(key, e))
+		t.begun = t.begun || e.Chain != nil
+	}
+	return t
+}
+
+func (t *chainTip) frontier() []string {
+	out := make([]string, 0, len(t.front))
+	for m := range t.front {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// fingerprint names an entry by a hash of all of it: its MAC alone would
+// not change when someone alters the entry and leaves the MAC as it was.
+func fingerprint(e AuditEntry) string {
+	b, _ := json.Marshal(e)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // ChainOption configures WithAuditChain.
@@ -82,7 +183,7 @@ func WithAuditChain(s Store, key []byte, opts ...ChainOption) (*Chained, error) 
 	if len(key) < MinChainKey {
 		return nil, ErrChainKey
 	}
-	c := &Chained{Store: s, key: append([]byte(nil), key...), log: slog.Default(), seen: map[string]bool{},
+	c := &Chained{Store: s, key: append([]byte(nil), key...), log: slog.Default(), seen: map[string]bool{}, tip: newChainTip(),
 		brokenG: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tidemark_audit_chain_broken_links",
 			Help: "Broken links the newest verification of the audit chain found (forged, altered, deleted, reordered or unsigned entries); 0 when intact."}),
 		breaksC: prometheus.NewCounter(prometheus.CounterOpts{Name: "tidemark_audit_chain_breaks_total",
@@ -110,6 +211,13 @@ func (c *Chained) Metrics() []prometheus.Collector {
 // Append links e to the frontier of the chain and appends it. Entries are
 // stored as their JSON reads back, so the MAC covers exactly what a reader
 // will decode.
+//
+// It checks only the entries appended since its previous call (by any
+// daemon): their MACs, ids and links, against what it verified before. Only
+// when one of them does not check out, or the entries it verified before
+// are no longer the log's first ones, does it verify the whole chain (which
+// counts and logs the break, as Verify does) and link to the frontier of
+// the intact entries, as a full check would.
 func (c *Chained) Append(ctx context.Context, e AuditEntry) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
@@ -121,15 +229,62 @@ func (c *Chained) Append(ctx context.Context, e AuditEntry) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	all, err := c.ordered(ctx)
+	prev, err := c.linkTo(ctx)
 	if err != nil {
 		return fmt.Errorf("checkpoints: audit chain: read the log to link to: %w", err)
 	}
 	id := make([]byte, 12)
 	rand.Read(id)
-	e.Chain = &ChainLink{ID: hex.EncodeToString(id), Prev: frontier(all, c.key)}
+	e.Chain = &ChainLink{ID: hex.EncodeToString(id), Prev: prev}
 	e.Chain.MAC = macOf(c.key, e)
 	return c.Store.Append(ctx, e)
+}
+
+// linkTo returns the frontier a new entry names: from the tip extended by
+// the entries appended since, or, when that fails, from the whole log.
+// Called with mu held.
+func (c *Chained) linkTo(ctx context.Context) ([]string, error) {
+	last, tail, err := c.since(ctx, c.tip.n)
+	if err != nil {
+		return nil, err
+	}
+	if (c.tip.n == 0) == (last == nil) && (last == nil || fingerprint(*last) == c.tip.last) {
+		tip := c.tip
+		ok := true
+		for _, e := range tail {
+			if ok = tip.extend(e, c.key); !ok {
+				break
+			}
+		}
+		if ok {
+			c.tip = tip
+			return tip.frontier(), nil
+		}
+	}
+	// Tampered with, or the store's order changed: check everything.
+	all, err := c.ordered(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep := VerifyChain(all, c.key)
+	c.recordLocked(rep)
+	c.tip = rebuildTip(all, c.key)
+	return rep.Head, nil
+}
+
+// since returns the entry at n-1 and the entries after it, in log order.
+func (c *Chained) since(ctx context.Context, n int) (*AuditEntry, []AuditEntry, error) {
+	if r, ok := c.Store.(AuditTailReader); ok {
+		return r.AuditLogSince(ctx, n)
+	}
+	all, err := c.ordered(ctx)
+	if err != nil || n == 0 {
+		return nil, all, err
+	}
+	if n > len(all) {
+		return nil, nil, nil
+	}
+	return &all[n-1], all[n:], nil
 }
 
 // Audit verifies the whole chain, counts what is broken, and returns the
@@ -164,6 +319,13 @@ func (c *Chained) Verify(ctx context.Context) (ChainReport, error) {
 	rep := VerifyChain(all, c.key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.recordLocked(rep)
+	return rep, nil
+}
+
+// recordLocked sets the metrics from a verification of the whole chain and
+// logs breaks not seen before. Called with mu held.
+func (c *Chained) recordLocked(rep ChainReport) {
 	c.brokenG.Set(float64(len(rep.Breaks)))
 	for _, b := range rep.Breaks {
 		if k := b.String(); !c.seen[k] {
@@ -172,7 +334,6 @@ func (c *Chained) Verify(ctx context.Context) (ChainReport, error) {
 			c.log.Error("checkpoints: the audit chain is broken", "link", k)
 		}
 	}
-	return rep, nil
 }
 
 // Run verifies the chain every interval until ctx ends, so the metric moves

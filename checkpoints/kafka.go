@@ -49,6 +49,9 @@ import (
 //     changes it describes are in a single total order.
 //   - A sync marker: key "_sync", written by Open and Sync to learn where the
 //     end of each partition is (see Sync).
+//   - A conditional write (CompareAndSwap) and the settle that follows it:
+//     keys "_cas/<writer>/<seq>", tombstoned once a later settle makes them
+//     unnecessary (see kafka_cas.go).
 //
 // Keys starting with "_" belong to the store; Put and Delete refuse them.
 //
@@ -80,10 +83,15 @@ type KafkaStore struct {
 	// casResults holds whether each of this store's conditional records
 	// was accepted, by record key, until its writer collects it.
 	casResults map[string]bool
-	parts      int           // partitions known; grows if partitions are added
-	notify     chan struct{} // closed and replaced whenever applied moves
-	lastErr    error         // the consumer's newest fetch error, for diagnostics
-	failed     error         // set if the consumer stopped for good
+	// casKeys holds, per key that conditional records changed, what
+	// settling it needs (see kafka_cas.go); casOwner maps each live
+	// "_cas/" record key to the key it changes.
+	casKeys  map[string]*casLog
+	casOwner map[string]string
+	parts    int           // partitions known; grows if partitions are added
+	notify   chan struct{} // closed and replaced whenever applied moves
+	lastErr  error         // the consumer's newest fetch error, for diagnostics
+	failed   error         // set if the consumer stopped for good
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -210,6 +218,8 @@ func OpenKafka(ctx context.Context, topic string, kopts []kgo.Opt, opts ...Kafka
 		applied:    map[int32]int64{},
 		notify:     make(chan struct{}),
 		casResults: map[string]bool{},
+		casKeys:    map[string]*casLog{},
+		casOwner:   map[string]string{},
 		done:       make(chan struct{}),
 		damaged:    damagedCounter(cfg.reg),
 	}
@@ -548,6 +558,9 @@ func (s *KafkaStore) applyLocked(r *kgo.Record) {
 		}
 		if r.Value == nil {
 			*e = kafkaEntry{intact: true, part: r.Partition, version: r.Offset + 1, cas: e.cas}
+			if e.cas {
+				s.notePlainLocked(key, r, nil)
+			}
 			return
 		}
 		f, err := decodeFrame(r.Key, r.Value)
@@ -560,6 +573,9 @@ func (s *KafkaStore) applyLocked(r *kgo.Record) {
 			return
 		}
 		*e = kafkaEntry{value: bytes.Clone(f.payload), present: true, intact: true, part: r.Partition, version: r.Offset + 1, cas: e.cas}
+		if e.cas {
+			s.notePlainLocked(key, r, f.payload)
+		}
 	}
 }
 
@@ -803,112 +819,6 @@ func (s *KafkaStore) GetVersion(ctx context.Context, key string) ([]byte, int64,
 	return v, ver, nil
 }
 
-// casRecord is the payload of a conditional record.
-type casRecord struct {
-	Key    string `json:"key"`
-	Expect int64  `json:"expect"`
-	// Any makes the record unconditional (a Delete of a key that has
-	// conditional records, see Delete).
-	Any    bool   `json:"any,omitempty"`
-	Delete bool   `json:"delete,omitempty"`
-	Value  []byte `json:"value,omitempty"`
-}
-
-// CompareAndSwap writes a conditional record: the key, the version it
-// expects and the new value, under a record key of its own
-// ("_cas/<writer>/<seq>") on the key's partition. Every reader applies the
-// log in the same order and takes the record only if the key's version is
-// then still the expected one, so every daemon makes the same decision;
-// the writer learns its outcome when it reads its own record back. The
-// records are never compacted away (their keys are unique), so a reader
-// that starts later decides the same. A rejected record changes nothing.
-//
-// Mixing plain Put with CompareAndSwap on one key stays consistent in log
-// order, but keep such keys to CompareAndSwap (Update): a plain Put that
-// compaction later removes could change which of the conditional records a
-// new reader accepts.
-func (s *KafkaStore) CompareAndSwap(ctx context.Context, key string, old int64, value []byte) (int64, error) {
-	if err := s.checkKey(key); err != nil {
-		return 0, err
-	}
-	return s.conditional(ctx, casRecord{Key: key, Expect: old, Delete: value == nil, Value: value})
-}
-
-func (s *KafkaStore) conditional(ctx context.Context, c casRecord) (int64, error) {
-	if err := s.stopped(); err != nil {
-		return 0, err
-	}
-	ctx, cancel := withTimeout(ctx, s.cfg.timeout)
-	defer cancel()
-	payload, err := json.Marshal(c)
-	if err != nil {
-		return 0, err
-	}
-	seq := s.seq.Add(1)
-	rkey := fmt.Sprintf("%s%s/%d", casPrefix, s.writer, seq)
-	s.mu.Lock()
-	home := int32(s.byKey.Partition(&kgo.Record{Key: []byte(c.Key)}, s.parts))
-	s.mu.Unlock()
-	acked, err := s.produce(ctx, &kgo.Record{Key: []byte(rkey), Value: appendFrame(nil, rkey, kindCAS, s.writer, seq, payload), Partition: home})
-	if err != nil {
-		return 0, s.writeErr("compare-and-swap", c.Key, err)
-	}
-	r := acked[0]
-	if err := s.waitApplied(ctx, r.Partition, r.Offset); err != nil {
-		return 0, s.readErr(r, err)
-	}
-	s.mu.Lock()
-	ok, known := s.casResults[rkey]
-	delete(s.casResults, rkey)
-	s.mu.Unlock()
-	switch {
-	case !known:
-		return 0, fmt.Errorf("checkpoints: compare-and-swap of %q: record %s read back without a decision (damaged?)", c.Key, rkey)
-	case !ok:
-		return 0, ErrConflict
-	}
-	return r.Offset + 1, nil
-}
-
-// applyCASLocked decides a conditional record.
-func (s *KafkaStore) applyCASLocked(r *kgo.Record) {
-	if r.Value == nil {
-		return
-	}
-	f, err := decodeFrame(r.Key, r.Value)
-	var c casRecord
-	if err == nil && f.kind != kindCAS {
-		err = fmt.Errorf("frame kind %q on a compare-and-swap key", f.kind)
-	}
-	if err == nil {
-		err = json.Unmarshal(f.payload, &c)
-	}
-	if err == nil && (c.Key == "" || strings.HasPrefix(c.Key, reservedPrefix)) {
-		err = fmt.Errorf("compare-and-swap of reserved key %q", c.Key)
-	}
-	if err != nil {
-		s.damagedLocked(r, err)
-		return
-	}
-	e := s.kv[c.Key]
-	var cur int64
-	if e != nil && e.intact {
-		cur = e.version
-	}
-	ok := c.Any || cur == c.Expect
-	if f.writer == s.writer {
-		s.casResults[string(r.Key)] = ok
-	}
-	if !ok {
-		return
-	}
-	if c.Delete {
-		s.kv[c.Key] = &kafkaEntry{intact: true, part: r.Partition, version: r.Offset + 1, cas: true}
-		return
-	}
-	s.kv[c.Key] = &kafkaEntry{value: bytes.Clone(c.Value), present: true, intact: true, part: r.Partition, version: r.Offset + 1, cas: true}
-}
-
 // List returns the keys under prefix with an intact value. A key whose only
 // records are damaged is left out (Get reports it).
 func (s *KafkaStore) List(ctx context.Context, prefix string) (map[string][]byte, error) {
@@ -981,6 +891,35 @@ func (s *KafkaStore) AuditLog(ctx context.Context) ([]AuditEntry, error) {
 	return append([]AuditEntry(nil), s.audit...), nil
 }
 
+// AuditLogSince returns the audit entry at index n-1 of the log order and
+// every entry after it (see AuditTailReader): a copy of the tail only.
+func (s *KafkaStore) AuditLogSince(ctx context.Context, n int) (*AuditEntry, []AuditEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if err := s.stopped(); err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return auditSince(s.audit, n)
+}
+
+// auditSince is AuditLogSince over a log held in memory.
+func auditSince(log []AuditEntry, n int) (*AuditEntry, []AuditEntry, error) {
+	if n < 0 || n > len(log) {
+		return nil, nil, nil
+	}
+	tail := append([]AuditEntry(nil), log[n:]...)
+	if n == 0 {
+		return nil, tail, nil
+	}
+	last := log[n-1]
+	return &last, tail, nil
+}
+
+var _ AuditTailReader = (*KafkaStore)(nil)
+
 // Close stops the reader and the client. Calls after Close return ErrClosed.
 func (s *KafkaStore) Close() error {
 	s.closeOnce.Do(func() {
@@ -999,10 +938,11 @@ func (s *KafkaStore) Close() error {
 
 // Frame kinds.
 const (
-	kindValue byte = 'v'
-	kindAudit byte = 'a'
-	kindSync  byte = 's'
-	kindCAS   byte = 'c'
+	kindValue  byte = 'v'
+	kindAudit  byte = 'a'
+	kindSync   byte = 's'
+	kindCAS    byte = 'c'
+	kindSettle byte = 'd'
 )
 
 const frameMagic = "tmck1"
@@ -1041,7 +981,7 @@ func frameSum(key, header, payload []byte) uint64 {
 
 // KafkaRecord is one decoded record of the checkpoints topic.
 type KafkaRecord struct {
-	Kind    string // "value", "audit", "sync" or "cas"
+	Kind    string // "value", "audit", "sync", "cas" or "settle"
 	Writer  string // host and random id of the Store instance that wrote it
 	Seq     uint64 // the writer's sequence number
 	Payload []byte // the value given to Put, or the audit entry's JSON
@@ -1056,7 +996,7 @@ func ParseKafkaRecord(key, value []byte) (KafkaRecord, error) {
 	if err != nil {
 		return KafkaRecord{}, err
 	}
-	kind := map[byte]string{kindValue: "value", kindAudit: "audit", kindSync: "sync", kindCAS: "cas"}[f.kind]
+	kind := map[byte]string{kindValue: "value", kindAudit: "audit", kindSync: "sync", kindCAS: "cas", kindSettle: "settle"}[f.kind]
 	if kind == "" {
 		return KafkaRecord{}, fmt.Errorf("unknown frame kind %q", f.kind)
 	}

@@ -122,6 +122,24 @@ func (m *Memory) AuditLog(context.Context) ([]checkpoints.AuditEntry, error) {
 	return append([]checkpoints.AuditEntry(nil), m.audit...), nil
 }
 
+// AuditLogSince returns the entry at index n-1 and every entry after it, in
+// the order they were appended (see checkpoints.AuditTailReader).
+func (m *Memory) AuditLogSince(_ context.Context, n int) (*checkpoints.AuditEntry, []checkpoints.AuditEntry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n < 0 || n > len(m.audit) {
+		return nil, nil, nil
+	}
+	tail := append([]checkpoints.AuditEntry(nil), m.audit[n:]...)
+	if n == 0 {
+		return nil, tail, nil
+	}
+	last := m.audit[n-1]
+	return &last, tail, nil
+}
+
+var _ checkpoints.AuditTailReader = (*Memory)(nil)
+
 // Tamper replaces the audit log with what edit returns, as someone with
 // write access to the storage could, for tests of the audit chain.
 func (m *Memory) Tamper(edit func([]checkpoints.AuditEntry) []checkpoints.AuditEntry) {

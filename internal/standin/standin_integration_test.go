@@ -482,3 +482,68 @@ func TestIntegrationStandinEventShapes(t *testing.T) {
 		t.Fatal("an event after invalidate")
 	}
 }
+
+// TestIntegrationStandinSampleManyTimes runs $sample often enough on a
+// collection large enough for TimSort to check its comparator (32 or more
+// documents): mongo-java-server's own $sample sorted by a random comparator
+// and now and then failed with "Comparison method violates its general
+// contract!". Every answer must hold size distinct documents of the
+// collection, for sizes below, at and above the collection's.
+func TestIntegrationStandinSampleManyTimes(t *testing.T) {
+	s := testbed.StartStandin(t)
+	cl := connect(t, s.URI)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const docs = 1000
+	coll := cl.Database("sample").Collection("c")
+	batch := make([]any, docs)
+	for i := range batch {
+		batch[i] = bson.D{{Key: "_id", Value: int32(i)}}
+	}
+	if _, err := coll.InsertMany(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		size, rounds, want int
+	}{
+		{size: 0, rounds: 5, want: 0},
+		{size: 1, rounds: 20, want: 1},
+		{size: 50, rounds: 200, want: 50},
+		{size: docs, rounds: 20, want: docs},
+		{size: 2 * docs, rounds: 5, want: docs},
+	} {
+		t.Run(fmt.Sprint("size=", tc.size), func(t *testing.T) {
+			first := map[int32]int{} // how often each _id came first
+			for r := 0; r < tc.rounds; r++ {
+				cur, err := coll.Aggregate(ctx, mongo.Pipeline{{{Key: "$sample", Value: bson.D{{Key: "size", Value: tc.size}}}}})
+				if err != nil {
+					t.Fatalf("round %d: %v", r, err)
+				}
+				var got []struct {
+					ID int32 `bson:"_id"`
+				}
+				if err := cur.All(ctx, &got); err != nil {
+					t.Fatalf("round %d: %v", r, err)
+				}
+				seen := map[int32]bool{}
+				for _, d := range got {
+					if d.ID < 0 || d.ID >= docs || seen[d.ID] {
+						t.Fatalf("round %d: _id %d is not in the collection or came twice", r, d.ID)
+					}
+					seen[d.ID] = true
+				}
+				if len(got) != tc.want {
+					t.Fatalf("round %d: %d documents, want %d", r, len(got), tc.want)
+				}
+				if len(got) > 0 {
+					first[got[0].ID]++
+				}
+			}
+			// The order is random too: 20 samples of the whole collection
+			// that all start with one document would mean it is not.
+			if tc.want > 1 && tc.rounds >= 20 && len(first) == 1 {
+				t.Fatalf("every sample started with _id %v", first)
+			}
+		})
+	}
+}

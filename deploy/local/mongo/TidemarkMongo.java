@@ -10,6 +10,8 @@
 //   CappedOplog,        change streams that continue from their position and
 //   ChangeStreamCursor  fail with ChangeStreamHistoryLost (286) past the cap
 //   IdOrderedCollection an ordered _id index for finds sorted by _id
+//   SampleStage         $sample without a random comparator (it shadows
+//                       the library's class of the same name)
 //
 // It stands in for a replica set because no mongod can be installed on the
 // build machines.
