@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -94,7 +95,7 @@ func benchReplay(b *testing.B, batchSize int) {
 			b.Fatal(err)
 		}
 		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize,
-			Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(testbed.KafkaBrokers()...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
+			Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{KafkaOpts: append(benchKgoLog(b), kgo.SeedBrokers(testbed.KafkaBrokers()...)), Store: store, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -172,4 +173,16 @@ func benchReplay(b *testing.B, batchSize int) {
 	b.ReportMetric(sum(rawSteady)/passes, "baseline_raw_produce_events/s")
 	b.ReportMetric(sum(capSteady)/sum(rawSteady), "of-baseline")
 	b.ReportMetric(sum(capRates)/sum(rawRates), "whole-run-of-baseline")
+}
+
+func benchKgoLog(b *testing.B) []kgo.Opt {
+	p := os.Getenv("TIDEMARK_BENCH_KGO_LOG")
+	if p == "" {
+		return nil
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return []kgo.Opt{kgo.WithLogger(kgo.BasicLogger(f, kgo.LogLevelDebug, func() string { return time.Now().Format("15:04:05.000 ") }))}
 }

@@ -186,13 +186,17 @@ type streamRun struct {
 	// noPBRT is set once an empty batch left the resume token unchanged:
 	// the server sends no post-batch resume tokens.
 	noPBRT bool
-	// inflight reports the outcome of the transaction and checkpoint flush
-	// started in the background; next is the state it checkpoints.
-	inflight chan error
-	next     streamState
+	// commits takes flushed batches and commits them in groups; tail is
+	// the checkpoint of the last batch queued, or st when none is.
+	commits *committer
+	tail    streamState
+	queued  bool
 }
 
 func (s *streamRun) run(ctx context.Context, cs changeStream) error {
+	s.commits = newCommitter(s.c, s.ns, s.txn, s.c.cfg.MaxTxnRecords)
+	go s.commits.run(ctx)
+	defer s.commits.close()
 	err := s.read(ctx, cs)
 	if serr := s.settle(); err == nil {
 		err = serr
@@ -355,13 +359,13 @@ func (s *streamRun) failed(ctx context.Context, err error) error {
 	return classify(s.ns, s.st.position(), err)
 }
 
-// flush produces the pending events in one Kafka transaction, then
-// checkpoints tok, the resume token after the last of them. The transaction
-// and its checkpoint run in the background while the next batch is read and
-// encoded; at most one is in flight, and the next flush (and everything that
-// reads the committed state) waits for it first with settle. A failed commit
-// ends the stream, which reopens at the last checkpoint: nothing read after
-// it is lost, since it was never checkpointed.
+// flush encodes the pending events and queues them, with tok (the resume
+// token after the last of them) as their checkpoint, for the committer,
+// which commits them in a Kafka transaction, possibly with batches queued
+// before and after, and then checkpoints. Reading goes on meanwhile; what
+// reads the committed state waits for the queue first with settle. A failed
+// commit ends the stream, which reopens at the last checkpoint: nothing read
+// after it is lost, since it was never checkpointed.
 func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 	c := s.c
 	evs := s.pending
@@ -393,41 +397,33 @@ func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 	if tv, ok := mongoid.TokenTime(tok); ok && last.Before(tv) {
 		last = tv
 	}
-	if err := s.settle(); err != nil {
-		return err
-	}
 	next := s.st
+	if s.queued {
+		next = s.tail
+	}
 	next.Token, next.StartAfter = append([]byte(nil), tok...), false
 	next.T, next.I, next.AtT, next.AtI, next.Time = last.T, last.I, 0, 0, time.Now().UTC()
-	done := make(chan error, 1)
-	s.next, s.inflight = next, done
-	go func() {
-		err := c.commit(ctx, s.txn, batch, dead)
-		if err == nil {
-			err = checkpoints.PutJSON(ctx, c.store, streamKey(s.ns), next)
-		}
-		done <- err
-	}()
-	return nil
+	s.tail, s.queued = next, true
+	return s.commits.enqueue(ctx, txnBatch{recs: batch, dead: dead, state: next})
 }
 
-// settle waits for the transaction in flight, if any, and makes its
-// checkpoint the stream's committed state. The receive does not select on
-// ctx: the commit ends when ctx does, and the transactional client must not
-// be closed under it.
+// settle waits until every queued batch is committed and checkpointed, and
+// makes the newest checkpoint the stream's committed state. It does not give
+// up when ctx ends: the committer does, and the transactional client must not
+// be used by anything else while a commit is under way.
 func (s *streamRun) settle() error {
-	if s.inflight == nil {
+	if !s.queued {
 		return nil
 	}
-	err := <-s.inflight
-	s.inflight = nil
+	st, err := s.commits.settle()
 	if err != nil {
 		return err
 	}
-	s.st = s.next
-	s.lastCkpt = time.Now()
-	s.c.m.producedTime.WithLabelValues(s.ns).Set(float64(s.st.T))
-	s.c.m.checkpointTS.WithLabelValues(s.ns).Set(float64(s.st.Time.Unix()))
+	s.queued = false
+	if st != nil {
+		s.st = *st
+		s.lastCkpt = time.Now()
+	}
 	return nil
 }
 
@@ -449,9 +445,9 @@ func (s *streamRun) checkpoint(ctx context.Context, tok bson.Raw, at envelope.Ve
 // (before 4.0.7, and the stand-in) advance to before, the newest oplog entry
 // read before the empty batch, when it is known.
 func (s *streamRun) idle(ctx context.Context, tok bson.Raw, before envelope.Version) error {
-	if s.inflight != nil {
-		// The batch in flight checkpoints now: the idle checkpoint is due
-		// IdleCheckpointInterval after it, as after any other.
+	if s.queued {
+		// The batches queued checkpoint now: the idle checkpoint is due
+		// IdleCheckpointInterval after them, as after any other.
 		return s.settle()
 	}
 	if tok != nil && !bytes.Equal(tok, s.st.Token) {
