@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,7 +80,9 @@ func benchReplay(b *testing.B, batchSize int) {
 		}
 		return steps
 	}
-	b.Logf("events: %d, event size %d B, record value %d B", n, len(events[0]), len(recs[0].Value))
+	maxTxn, _ := strconv.Atoi(os.Getenv("TIDEMARK_CAPTURE_BENCH_MAX_TXN_RECORDS"))
+	b.Logf("events: %d, event size %d B, record value %d B, max_txn_records %d (0: default)", n, len(events[0]),
+		len(recs[0].Value), maxTxn)
 
 	adm := testbed.KafkaAdmin(b)
 	// Rates over the whole run, and steady: after the first batch is in
@@ -94,7 +97,7 @@ func benchReplay(b *testing.B, batchSize int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize,
+		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize, MaxTxnRecords: maxTxn,
 			Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{KafkaOpts: append(benchKgoLog(b), kgo.SeedBrokers(testbed.KafkaBrokers()...)), Store: store, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
@@ -138,7 +141,7 @@ func benchReplay(b *testing.B, batchSize int) {
 		topic := prefix + ".raw"
 		testbed.CreateTopic(b, adm, topic, 6)
 		waitLeaders(b, topic)
-		raw, err := kgo.NewClient(append(producerOpts(Config{BatchSize: batchSize}.WithDefaults()),
+		raw, err := kgo.NewClient(append(append(producerOpts(Config{BatchSize: batchSize}.WithDefaults()), benchKgoLog(b)...),
 			kgo.SeedBrokers(testbed.KafkaBrokers()...), kgo.DefaultProduceTopic(topic))...)
 		if err != nil {
 			b.Fatal(err)

@@ -33,9 +33,9 @@ func (b *txnBatch) size() int { return len(b.recs) + len(b.dead) }
 // quick, or the stream quiet, a batch commits at once, as it would alone.
 //
 // The checkpoint of a group is the state of its last batch, written after
-// the transaction committed and before the next transaction begins. Batches
-// are queued in stream order and a group is a prefix of what is left, so the
-// resume token stored never names an event whose records are not in Kafka.
+// the transaction committed (see run). Batches are queued in stream order
+// and a group is a prefix of what is left, so the resume token stored never
+// names an event whose records are not in Kafka.
 type committer struct {
 	c          *Capture
 	ns         string
@@ -53,8 +53,10 @@ type committer struct {
 	// queue is what was flushed and not yet taken by the loop (guarded by mu).
 	queue  txnBatch
 	queued bool
-	// busy is true while the loop commits a group (guarded by mu).
-	busy bool
+	// inflight counts groups taken whose commit or checkpoint has not
+	// ended: at most two, one committing and one checkpointing (guarded
+	// by mu).
+	inflight int
 	// committed is the newest checkpoint written, until the reader takes it
 	// (guarded by mu).
 	committed *streamState
@@ -79,10 +81,25 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// run commits queued groups until ctx ends, Close is called, or a commit
-// fails. It records why it stopped in err, so that no reader waits for it.
+// run commits queued groups until ctx ends, close is called, or a commit
+// or checkpoint fails, and records why it stopped, so that no reader waits
+// for it.
+//
+// A group's checkpoint is written while the next group commits: the
+// checkpoint only has to follow its own commit, and writing it (a Kafka
+// round trip, or two fsyncs in the file store) between two transactions
+// held up every one. Checkpoints are still written one at a time and in
+// order. If one fails, the stream ends; records of the group committing
+// meanwhile are in Kafka without a checkpoint and are produced again after
+// the restart, which version-stamped writes make harmless.
 func (g *committer) run(ctx context.Context) {
 	defer close(g.exited)
+	var ckpt chan error // the checkpoint write in flight, if any
+	defer func() {
+		if ckpt != nil {
+			<-ckpt
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -97,42 +114,53 @@ func (g *committer) run(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		err := g.commit(ctx, b)
-		g.mu.Lock()
-		g.busy = false
-		if err != nil {
-			g.err = err
-		} else {
-			st := b.state
-			g.committed = &st
-			g.c.m.producedTime.WithLabelValues(g.ns).Set(float64(st.T))
-			g.c.m.checkpointTS.WithLabelValues(g.ns).Set(float64(st.Time.Unix()))
+		err := g.c.commit(ctx, g.txn, b.recs, b.dead)
+		if err == nil && ckpt != nil {
+			err = <-ckpt
+			ckpt = nil
 		}
-		g.mu.Unlock()
-		signal(g.changed)
 		if err != nil {
+			g.finish(nil, err)
 			return
 		}
+		ckpt = make(chan error, 1)
+		go func(st streamState, done chan<- error) {
+			err := checkpoints.PutJSON(ctx, g.c.store, streamKey(g.ns), st)
+			g.finish(&st, err)
+			done <- err
+		}(b.state, ckpt)
 	}
 }
 
-// take removes the queued group and marks the loop busy with it.
+// take removes the queued group and counts it as in flight.
 func (g *committer) take() (txnBatch, bool) {
 	g.mu.Lock()
 	b, ok := g.queue, g.queued
 	g.queue, g.queued = txnBatch{}, false
-	g.busy = ok
+	if ok {
+		g.inflight++
+	}
 	g.mu.Unlock()
 	signal(g.changed)
 	return b, ok
 }
 
-// commit produces one group in a Kafka transaction, then checkpoints it.
-func (g *committer) commit(ctx context.Context, b txnBatch) error {
-	if err := g.c.commit(ctx, g.txn, b.recs, b.dead); err != nil {
-		return err
+// finish records the end of a group taken: checkpointed at st, or failed.
+func (g *committer) finish(st *streamState, err error) {
+	g.mu.Lock()
+	g.inflight--
+	switch {
+	case err != nil:
+		if g.err == nil {
+			g.err = err
+		}
+	default:
+		g.committed = st
+		g.c.m.producedTime.WithLabelValues(g.ns).Set(float64(st.T))
+		g.c.m.checkpointTS.WithLabelValues(g.ns).Set(float64(st.Time.Unix()))
 	}
-	return checkpoints.PutJSON(ctx, g.c.store, streamKey(g.ns), b.state)
+	g.mu.Unlock()
+	signal(g.changed)
 }
 
 func (g *committer) halt(err error) {
@@ -163,7 +191,7 @@ func (g *committer) enqueue(ctx context.Context, b txnBatch) error {
 // and returns the newest checkpoint written since the last call (nil if
 // none). It does not give up when ctx ends: the loop does, and reports it.
 func (g *committer) settle() (*streamState, error) {
-	err := g.waitFor(context.Background(), func() bool { return !g.queued && !g.busy })
+	err := g.waitFor(context.Background(), func() bool { return !g.queued && g.inflight == 0 })
 	g.mu.Lock()
 	st := g.committed
 	g.committed = nil
