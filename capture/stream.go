@@ -510,7 +510,8 @@ func coalesce(evs []changeEvent) []changeEvent {
 		lastByDocKey map[string]int
 		order        []string
 	}
-	out := evs[:0:0]
+	// Sized once: growing it by appends was a visible share of a flush.
+	out := make([]changeEvent, 0, len(evs))
 	for start := 0; start < len(evs); {
 		end := start + 1
 		for end < len(evs) && evs[end].group() == evs[start].group() {
