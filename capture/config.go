@@ -114,7 +114,7 @@ func (c Config) WithDefaults() Config {
 		c.Backfill.ChunkSize = 1000
 	}
 	if c.Backfill.Parallelism == 0 {
-		// 8 kept the backfill at 0.6-0.84 of a plain scan where 4 gave
+		// 8 kept the backfill at 0.60-0.84 of a plain scan where 4 gave
 		// 0.38-0.61 (docs/performance.md).
 		c.Backfill.Parallelism = 8
 	}
