@@ -187,6 +187,12 @@ func (g *committer) enqueue(ctx context.Context, b txnBatch) error {
 	return g.waitFor(ctx, func() bool { return !g.queued || g.queue.size() < g.maxRecords })
 }
 
+// waitTaken waits until the loop has taken everything queued (it may still
+// be committing it), or the loop's error.
+func (g *committer) waitTaken(ctx context.Context) error {
+	return g.waitFor(ctx, func() bool { return !g.queued })
+}
+
 // settle waits until every queued group is committed, or the loop failed,
 // and returns the newest checkpoint written since the last call (nil if
 // none). It does not give up when ctx ends: the loop does, and reports it.

@@ -198,6 +198,12 @@ type streamRun struct {
 	commits *committer
 	tail    streamState
 	queued  bool
+	// inBatch is true between the first and the last event of a server
+	// batch, batchLen is its length, and caughtUp says the last batch was
+	// short (or empty after events): the server had no more.
+	inBatch  bool
+	batchLen int
+	caughtUp bool
 }
 
 func (s *streamRun) run(ctx context.Context, cs changeStream) error {
@@ -225,6 +231,18 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 				before = v
 			}
 		}
+		if s.caughtUp {
+			// The server had no more to give: poll again once the committer
+			// has taken what was flushed, one group behind it, rather than
+			// at once. Reading ahead only pays while there is a backlog; a
+			// reader that caught up would poll the server again and again for
+			// a few events each, every poll a round trip for the server (and
+			// a scan of the whole oplog for the mongo-java-server stand-in).
+			s.caughtUp = false
+			if err := s.commits.waitTaken(ctx); err != nil {
+				return err
+			}
+		}
 		polled := time.Now()
 		if !cs.TryNext(ctx) {
 			if err := cs.Err(); err != nil {
@@ -242,6 +260,7 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 				if err := s.flush(ctx, cs.ResumeToken()); err != nil {
 					return err
 				}
+				s.caughtUp = true
 			} else if idleDue {
 				if err := s.idle(ctx, cs.ResumeToken(), before); err != nil {
 					return err
@@ -267,6 +286,14 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 			continue
 		}
 		s.empties = 0
+		if !s.inBatch {
+			s.inBatch, s.batchLen = true, cs.RemainingBatchLength()+1
+		}
+		if cs.RemainingBatchLength() == 0 {
+			// The last event of a server batch; a short batch means the
+			// server had no more.
+			s.inBatch, s.caughtUp = false, s.batchLen < c.cfg.BatchSize
+		}
 		raw := cs.Current()
 		if split, err := raw.LookupErr("splitEvent"); err == nil {
 			s.frags = append(s.frags, append(bson.Raw(nil), raw...))
