@@ -53,6 +53,7 @@ func TestGroupCommitCheckpointsOnlyCommittedEvents(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
 		batches, size  int // server batches of size events
+		batchSize      int // capture.batch_size; 0: size (full batches, a backlog)
 		txnEvents      int // events per MongoDB transaction (1: none)
 		maxTxnRecords  int
 		endTxnDelay    time.Duration
@@ -65,6 +66,10 @@ func TestGroupCommitCheckpointsOnlyCommittedEvents(t *testing.T) {
 			endTxnDelay: 20 * time.Millisecond, minTxn: 1000 / (50 + 25), maxTxn: 40},
 		{name: "MongoDB transactions cut across batches", batches: 30, size: 20, txnEvents: 7, maxTxnRecords: 10_000,
 			endTxnDelay: 30 * time.Millisecond, minTxn: 1, maxTxn: 30},
+		// Short batches: the server had no more, so the reader polls once
+		// per commit instead of reading ahead; each batch commits alone.
+		{name: "caught up: short batches are not read ahead", batches: 20, size: 5, batchSize: 25, txnEvents: 1,
+			maxTxnRecords: 10_000, endTxnDelay: 20 * time.Millisecond, minTxn: 19, maxTxn: 22},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			kc, err := kfake.NewCluster(kfake.NumBrokers(1))
@@ -83,7 +88,10 @@ func TestGroupCommitCheckpointsOnlyCommittedEvents(t *testing.T) {
 			})
 			steps, all := groupScript(tc.batches, tc.size, tc.txnEvents)
 			store := &heldPuts{Store: checkpointstest.New(), key: streamKey(rns), puts: make(chan []byte), release: make(chan struct{})}
-			cfg := Config{Namespaces: []string{rns}, Partitions: 3, TopicPrefix: "rp", BatchSize: tc.size,
+			if tc.batchSize == 0 {
+				tc.batchSize = tc.size
+			}
+			cfg := Config{Namespaces: []string{rns}, Partitions: 3, TopicPrefix: "rp", BatchSize: tc.batchSize,
 				MaxTxnRecords: tc.maxTxnRecords, IdlePoll: time.Millisecond, IdleCheckpointInterval: time.Hour,
 				Backfill: BackfillConfig{Enabled: new(bool)}}
 			brokers := kc.ListenAddrs()
