@@ -134,8 +134,10 @@ func benchReplay(b *testing.B, batchSize int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := New(Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize, MaxTxnRecords: maxTxn,
-			Backfill: BackfillConfig{Enabled: new(bool)}}, Deps{KafkaOpts: append(benchKgoLog(b), kgo.SeedBrokers(testbed.KafkaBrokers()...)), Store: store, Logger: slog.New(slog.DiscardHandler)})
+		cfg := Config{TopicPrefix: prefix, Namespaces: []string{rns}, Partitions: 6, BatchSize: batchSize,
+			MaxTxnRecords: maxTxn, Backfill: BackfillConfig{Enabled: new(bool)}}
+		c, err := New(cfg, Deps{KafkaOpts: append(benchKgoLog(b), kgo.SeedBrokers(testbed.KafkaBrokers()...)),
+			Store: store, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -176,8 +178,9 @@ func benchReplay(b *testing.B, batchSize int) {
 		c.Close()
 
 		rawPass(prefix + ".raw")
-		b.Logf("pass %d: raw produce %.0f events/s (steady %.0f/s), capture %.0f events/s (%v; steady %.0f/s), raw produce %.0f events/s (steady %.0f/s)",
-			pass, rawRates[pass], rawSteady[pass], capRates[pass], el.Round(time.Millisecond), capSteady[pass], rawRates[pass+1], rawSteady[pass+1])
+		b.Logf("pass %d: raw produce %.0f events/s (steady %.0f/s), capture %.0f events/s (%v; steady %.0f/s), "+
+			"raw produce %.0f events/s (steady %.0f/s)", pass, rawRates[pass], rawSteady[pass], capRates[pass],
+			el.Round(time.Millisecond), capSteady[pass], rawRates[pass+1], rawSteady[pass+1])
 	}
 	// Each capture pass is divided by the mean of the raw passes on either
 	// side of it, and the median of those ratios is the result (as in
@@ -224,7 +227,8 @@ func benchKgoLog(b *testing.B) []kgo.Opt {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return []kgo.Opt{kgo.WithLogger(kgo.BasicLogger(f, kgo.LogLevelDebug, func() string { return time.Now().Format("15:04:05.000 ") }))}
+	stamp := func() string { return time.Now().Format("15:04:05.000 ") }
+	return []kgo.Opt{kgo.WithLogger(kgo.BasicLogger(f, kgo.LogLevelDebug, stamp))}
 }
 
 // cpuTimes is CPU time used by this process and by the stack's Kafka (zero

@@ -87,7 +87,8 @@ func TestGroupCommitCheckpointsOnlyCommittedEvents(t *testing.T) {
 				return nil, nil, false
 			})
 			steps, all := groupScript(tc.batches, tc.size, tc.txnEvents)
-			store := &heldPuts{Store: checkpointstest.New(), key: streamKey(rns), puts: make(chan []byte), release: make(chan struct{})}
+			store := &heldPuts{Store: checkpointstest.New(), key: streamKey(rns), puts: make(chan []byte),
+				release: make(chan struct{})}
 			if tc.batchSize == 0 {
 				tc.batchSize = tc.size
 			}
@@ -95,7 +96,8 @@ func TestGroupCommitCheckpointsOnlyCommittedEvents(t *testing.T) {
 				MaxTxnRecords: tc.maxTxnRecords, IdlePoll: time.Millisecond, IdleCheckpointInterval: time.Hour,
 				Backfill: BackfillConfig{Enabled: new(bool)}}
 			brokers := kc.ListenAddrs()
-			c, err := New(cfg, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(brokers...)}, Store: store, Logger: slog.New(slog.DiscardHandler)})
+			c, err := New(cfg, Deps{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(brokers...)}, Store: store,
+				Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				t.Fatal(err)
 			}
