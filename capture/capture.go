@@ -194,6 +194,13 @@ func producerOpts(cfg Config) []kgo.Opt {
 		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes) + 1024),
 		kgo.MaxBufferedRecords(4 * cfg.BatchSize),
 		kgo.ProducerLinger(5 * time.Millisecond),
+		// A partition just created (capture creates its topics at start), or
+		// whose leader moved, can answer NOT_LEADER_FOR_PARTITION after the
+		// metadata named its leader; franz-go retries after the next metadata
+		// refresh, at most one per MetadataMinAge, 5 s by default. That was
+		// the 5 s first transaction seen in the benchmarks (both capture and
+		// raw produce). A metadata request is small.
+		kgo.MetadataMinAge(250 * time.Millisecond),
 		// Record retries stay at the default, unlimited: Kafka being down blocks
 		// capture with bounded memory (MaxBufferedRecords) and never drops a record.
 	}

@@ -202,19 +202,33 @@ func rawOf(t *testing.T, v any) bson.RawValue {
 	return bson.RawValue{Type: typ, Value: data}
 }
 
-// readTopic reads a topic (read_committed) until done holds, keeping for each
-// key the event with the newest version; update events without a document
-// carry no state and are skipped.
+// readTopic reads a topic (read_committed) until done holds and, from then,
+// until every partition's end offset as of that moment, keeping for each key
+// the event with the newest version; update events without a document carry
+// no state and are skipped. Reading on to the end offsets makes sure a record
+// acknowledged before done held (a backfill chunk on a partition the reader
+// had not caught up with) is read too: stopping at done alone lost one in a
+// run of TestIntegrationBackfillMixedIDTypes. Control records are kept only to
+// see offsets move past a transaction's marker, the last offset of a
+// partition written in transactions.
 func readTopic(t *testing.T, ctx context.Context, topic string, done func(map[string]envelope.Event) bool) map[string]envelope.Event {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...), kgo.ConsumeTopics(topic),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(testbed.KafkaBrokers()...), kgo.ConsumeTopics(topic), kgo.KeepControlRecords(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
 	latest := map[string]envelope.Event{}
-	for !done(latest) {
+	next := map[int32]int64{} // per partition, the offset after the last record read
+	var ends map[int32]int64
+	for {
+		if ends == nil && done(latest) {
+			ends = endOffsets(t, ctx, cl, topic)
+		}
+		if ends != nil && reached(next, ends) {
+			return latest
+		}
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		fs := cl.PollFetches(pctx)
 		cancel()
@@ -222,6 +236,10 @@ func readTopic(t *testing.T, ctx context.Context, topic string, done func(map[st
 			t.Fatalf("reading %s: %v (%d keys so far)", topic, ctx.Err(), len(latest))
 		}
 		fs.EachRecord(func(r *kgo.Record) {
+			next[r.Partition] = max(next[r.Partition], r.Offset+1)
+			if r.Attrs.IsControl() {
+				return
+			}
 			e, err := envelope.Decode(r.Value)
 			if err != nil {
 				t.Fatalf("undecodable record at %d/%d: %v", r.Partition, r.Offset, err)
@@ -238,7 +256,38 @@ func readTopic(t *testing.T, ctx context.Context, topic string, done func(map[st
 			}
 		})
 	}
-	return latest
+}
+
+// endOffsets is every partition's end offset now, retried while any
+// partition errs (a listing that left one out would end a read early).
+func endOffsets(t *testing.T, ctx context.Context, cl *kgo.Client, topic string) map[int32]int64 {
+	t.Helper()
+	for {
+		listed, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+		if err == nil {
+			err = listed.Error()
+		}
+		if err == nil {
+			ends := map[int32]int64{}
+			listed.Each(func(o kadm.ListedOffset) { ends[o.Partition] = o.Offset })
+			return ends
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("end offsets of %s: %v", topic, err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// reached reports whether next is at or past every end offset.
+func reached(next, ends map[int32]int64) bool {
+	for p, end := range ends {
+		if next[p] < end {
+			return false
+		}
+	}
+	return true
 }
 
 // TestIntegrationHistoryLost truncates the stand-in's oplog past capture's

@@ -137,7 +137,14 @@ func (c *Capture) stream(ctx context.Context, ns string) error {
 		// CONCURRENT_TRANSACTIONS until the previous commit's markers are
 		// written, typically a millisecond or two later; franz-go's default
 		// 20 ms retry made every transaction after the first wait 20 ms.
-		kgo.ConcurrentTransactionsBackoff(2*time.Millisecond))...)
+		kgo.ConcurrentTransactionsBackoff(2*time.Millisecond),
+		// A transaction's records are already in memory (the committer's
+		// group, bounded by MaxTxnRecords). With a smaller buffer, Produce
+		// blocked until the first requests were acknowledged, and franz-go
+		// built the rest of the transaction's requests one at a time as
+		// room appeared, each after a linger: a third of a transaction's
+		// time in the benchmark went there.
+		kgo.MaxBufferedRecords(2*c.cfg.MaxTxnRecords+c.cfg.BatchSize))...)
 	if err != nil {
 		return fmt.Errorf("capture: kafka client: %w", err)
 	}
@@ -186,13 +193,23 @@ type streamRun struct {
 	// noPBRT is set once an empty batch left the resume token unchanged:
 	// the server sends no post-batch resume tokens.
 	noPBRT bool
-	// inflight reports the outcome of the transaction and checkpoint flush
-	// started in the background; next is the state it checkpoints.
-	inflight chan error
-	next     streamState
+	// commits takes flushed batches and commits them in groups; tail is
+	// the checkpoint of the last batch queued, or st when none is.
+	commits *committer
+	tail    streamState
+	queued  bool
+	// inBatch is true between the first and the last event of a server
+	// batch, batchLen is its length, and caughtUp says the last batch was
+	// short (or empty after events): the server had no more.
+	inBatch  bool
+	batchLen int
+	caughtUp bool
 }
 
 func (s *streamRun) run(ctx context.Context, cs changeStream) error {
+	s.commits = newCommitter(s.c, s.ns, s.txn, s.c.cfg.MaxTxnRecords)
+	go s.commits.run(ctx)
+	defer s.commits.close()
 	err := s.read(ctx, cs)
 	if serr := s.settle(); err == nil {
 		err = serr
@@ -214,6 +231,18 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 				before = v
 			}
 		}
+		if s.caughtUp {
+			// The server had no more to give: poll again once the committer
+			// has taken what was flushed, one group behind it, rather than
+			// at once. Reading ahead only pays while there is a backlog; a
+			// reader that caught up would poll the server again and again for
+			// a few events each, every poll a round trip for the server (and
+			// a scan of the whole oplog for the mongo-java-server stand-in).
+			s.caughtUp = false
+			if err := s.commits.waitTaken(ctx); err != nil {
+				return err
+			}
+		}
 		polled := time.Now()
 		if !cs.TryNext(ctx) {
 			if err := cs.Err(); err != nil {
@@ -231,6 +260,7 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 				if err := s.flush(ctx, cs.ResumeToken()); err != nil {
 					return err
 				}
+				s.caughtUp = true
 			} else if idleDue {
 				if err := s.idle(ctx, cs.ResumeToken(), before); err != nil {
 					return err
@@ -256,6 +286,14 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 			continue
 		}
 		s.empties = 0
+		if !s.inBatch {
+			s.inBatch, s.batchLen = true, cs.RemainingBatchLength()+1
+		}
+		if cs.RemainingBatchLength() == 0 {
+			// The last event of a server batch; a short batch means the
+			// server had no more.
+			s.inBatch, s.caughtUp = false, s.batchLen < c.cfg.BatchSize
+		}
 		raw := cs.Current()
 		if split, err := raw.LookupErr("splitEvent"); err == nil {
 			s.frags = append(s.frags, append(bson.Raw(nil), raw...))
@@ -355,13 +393,13 @@ func (s *streamRun) failed(ctx context.Context, err error) error {
 	return classify(s.ns, s.st.position(), err)
 }
 
-// flush produces the pending events in one Kafka transaction, then
-// checkpoints tok, the resume token after the last of them. The transaction
-// and its checkpoint run in the background while the next batch is read and
-// encoded; at most one is in flight, and the next flush (and everything that
-// reads the committed state) waits for it first with settle. A failed commit
-// ends the stream, which reopens at the last checkpoint: nothing read after
-// it is lost, since it was never checkpointed.
+// flush encodes the pending events and queues them, with tok (the resume
+// token after the last of them) as their checkpoint, for the committer,
+// which commits them in a Kafka transaction, possibly with batches queued
+// before and after, and then checkpoints. Reading goes on meanwhile; what
+// reads the committed state waits for the queue first with settle. A failed
+// commit ends the stream, which reopens at the last checkpoint: nothing read
+// after it is lost, since it was never checkpointed.
 func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 	c := s.c
 	evs := s.pending
@@ -393,41 +431,33 @@ func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 	if tv, ok := mongoid.TokenTime(tok); ok && last.Before(tv) {
 		last = tv
 	}
-	if err := s.settle(); err != nil {
-		return err
-	}
 	next := s.st
+	if s.queued {
+		next = s.tail
+	}
 	next.Token, next.StartAfter = append([]byte(nil), tok...), false
 	next.T, next.I, next.AtT, next.AtI, next.Time = last.T, last.I, 0, 0, time.Now().UTC()
-	done := make(chan error, 1)
-	s.next, s.inflight = next, done
-	go func() {
-		err := c.commit(ctx, s.txn, batch, dead)
-		if err == nil {
-			err = checkpoints.PutJSON(ctx, c.store, streamKey(s.ns), next)
-		}
-		done <- err
-	}()
-	return nil
+	s.tail, s.queued = next, true
+	return s.commits.enqueue(ctx, txnBatch{recs: batch, dead: dead, state: next})
 }
 
-// settle waits for the transaction in flight, if any, and makes its
-// checkpoint the stream's committed state. The receive does not select on
-// ctx: the commit ends when ctx does, and the transactional client must not
-// be closed under it.
+// settle waits until every queued batch is committed and checkpointed, and
+// makes the newest checkpoint the stream's committed state. It does not give
+// up when ctx ends: the committer does, and the transactional client must not
+// be used by anything else while a commit is under way.
 func (s *streamRun) settle() error {
-	if s.inflight == nil {
+	if !s.queued {
 		return nil
 	}
-	err := <-s.inflight
-	s.inflight = nil
+	st, err := s.commits.settle()
 	if err != nil {
 		return err
 	}
-	s.st = s.next
-	s.lastCkpt = time.Now()
-	s.c.m.producedTime.WithLabelValues(s.ns).Set(float64(s.st.T))
-	s.c.m.checkpointTS.WithLabelValues(s.ns).Set(float64(s.st.Time.Unix()))
+	s.queued = false
+	if st != nil {
+		s.st = *st
+		s.lastCkpt = time.Now()
+	}
 	return nil
 }
 
@@ -449,9 +479,9 @@ func (s *streamRun) checkpoint(ctx context.Context, tok bson.Raw, at envelope.Ve
 // (before 4.0.7, and the stand-in) advance to before, the newest oplog entry
 // read before the empty batch, when it is known.
 func (s *streamRun) idle(ctx context.Context, tok bson.Raw, before envelope.Version) error {
-	if s.inflight != nil {
-		// The batch in flight checkpoints now: the idle checkpoint is due
-		// IdleCheckpointInterval after it, as after any other.
+	if s.queued {
+		// The batches queued checkpoint now: the idle checkpoint is due
+		// IdleCheckpointInterval after them, as after any other.
 		return s.settle()
 	}
 	if tok != nil && !bytes.Equal(tok, s.st.Token) {
@@ -507,7 +537,8 @@ func coalesce(evs []changeEvent) []changeEvent {
 		lastByDocKey map[string]int
 		order        []string
 	}
-	out := evs[:0:0]
+	// Sized once: growing it by appends was a visible share of a flush.
+	out := make([]changeEvent, 0, len(evs))
 	for start := 0; start < len(evs); {
 		end := start + 1
 		for end < len(evs) && evs[end].group() == evs[start].group() {

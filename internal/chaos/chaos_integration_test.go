@@ -61,8 +61,9 @@ const (
 	// rssBound is the most a daemon may hold while Kafka or Cassandra is
 	// frozen. Each daemon's buffers are bounded by configuration, not by
 	// the outage's length: the sink's fetches (franz-go's 50 MB
-	// fetch_max_bytes at most) and max_in_flight writes, capture's one
-	// transaction of batch_size events, and the backfill's parallelism
+	// fetch_max_bytes at most) and max_in_flight writes, capture's
+	// transaction committing and the one queued (each at most
+	// max_txn_records records and a batch), and the backfill's parallelism
 	// chunks. A daemon here idles at 40-70 MB; 60 s of this workload is
 	// under 10 MB of documents, so an unbounded buffer would not show in a
 	// run this short, but a daemon that accumulated every fetch, retry or
