@@ -74,6 +74,7 @@ type round struct {
 	act    []*tree
 	rep    *Report
 
+	segmentCounters
 	mu        sync.Mutex // guards st's target part, act and segDone
 	segDone   map[int]bool
 	docs      atomic.Int64
@@ -177,6 +178,15 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 	for _, t := range tables {
 		rd.rep.Tables = append(rd.rep.Tables, TableReport{Table: t.QualifiedName()})
 	}
+	// A tree round holds its scope's running record, so that a second
+	// round of the scope, here or on another daemon, is refused.
+	var held *lease
+	var prior *runningRound
+	if len(scope.IDs) == 0 {
+		if held, prior, err = rd.takeScope(ctx, o.Actor); err != nil {
+			return nil, err
+		}
+	}
 	if v, err := src.now(ctx); err == nil {
 		rd.rep.SourceVersionStart = v.String()
 	}
@@ -190,14 +200,41 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 
 	tctx, cancel := context.WithTimeout(ctx, r.cfg.TimeBox)
 	defer cancel()
+	if held != nil {
+		// Another daemon took the scope over (this one stalled past its
+		// lease): stop, it finishes the round.
+		go func() {
+			select {
+			case <-held.Lost():
+				cancel()
+			case <-tctx.Done():
+			}
+		}()
+	}
 	var runErr error
-	if len(scope.IDs) > 0 {
+	var keep *manifest
+	switch {
+	case len(scope.IDs) > 0:
 		runErr = rd.byIDs(tctx)
-	} else {
+	case r.cfg.Segments > 1:
+		keep, runErr = rd.bySegments(tctx, o.Fresh, held, prior)
+	default:
+		if prior != nil && prior.Manifest != nil {
+			if err := deleteSegments(ctx, r.d.Store, prior.Manifest.ID); err != nil {
+				r.log.Warn("cannot delete an abandoned round's segments", "round", prior.Manifest.ID, "err", err)
+			}
+		}
 		runErr = rd.byTree(tctx, o.Fresh)
 	}
 	stopTicker()
-	return rd.finish(ctx, runErr)
+	rep, err := rd.finish(ctx, runErr)
+	if runErr == nil && r.cfg.Segments > 1 && len(scope.IDs) == 0 {
+		if derr := deleteSegments(context.WithoutCancel(ctx), r.d.Store, rd.st.ID); derr != nil {
+			r.log.Warn("cannot delete the round's segments", "round", rd.st.ID, "err", derr)
+		}
+	}
+	rd.releaseScope(context.WithoutCancel(ctx), held, keep)
+	return rep, err
 }
 
 func (r *Reconciler) setProgress(p *Progress) {
@@ -224,6 +261,11 @@ func (rd *round) progress() *Progress {
 		srcFrac = min(1, float64(p.DocsDone)/float64(rd.docsTotal))
 	}
 	tgtFrac := float64(segs) / float64(int(1)<<segBits)
+	if n := rd.segsTotal.Load(); n > 0 {
+		// A segmented round: both sides advance segment by segment.
+		srcFrac = float64(rd.segsDone.Load()) / float64(n)
+		tgtFrac = srcFrac
+	}
 	switch p.Phase {
 	case "scan":
 		p.Percent = 100 * (srcFrac + tgtFrac) / 2 * 0.9
@@ -336,6 +378,12 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 		return err
 	}
 
+	return rd.compare(ctx)
+}
+
+// compare is the end of a tree round, once both trees are whole: find the
+// differing leaves, narrow them to keys, re-check the keys.
+func (rd *round) compare(ctx context.Context) error {
 	rd.phase.Store("narrow")
 	var mism [][]uint32
 	for i := range rd.tables {
@@ -345,6 +393,7 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 		}
 		mism = append(mism, leaves)
 		rd.rep.Tables[i].BucketMismatches = int64(len(leaves))
+		rd.rep.Tables[i].RootSource, rd.rep.Tables[i].RootTarget = rd.exp[i].root(), rd.act[i].root()
 	}
 	cands, err := rd.narrow(ctx, mism)
 	if err != nil {
@@ -563,7 +612,6 @@ func readAhead(ctx context.Context, src *source, filter bson.D, after bson.RawVa
 func (rd *round) scanTarget(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(rd.r.cfg.Concurrency)
-	lo, hi := rd.scope.tokenRange()
 	for seg := range 1 << segBits {
 		rd.mu.Lock()
 		done := rd.segDone[seg]
@@ -571,52 +619,61 @@ func (rd *round) scanTarget(ctx context.Context) error {
 		if done {
 			continue
 		}
-		first, last := bucketFirst(uint32(seg), segBits), bucketLast(uint32(seg), segBits)
-		if last < lo || first > hi {
-			rd.mu.Lock()
-			rd.segDone[seg] = true
-			rd.mu.Unlock()
-			continue
-		}
 		g.Go(func() error {
-			local := make([]*tree, len(rd.tables))
-			counts := make([]int64, len(rd.tables))
-			for i, tg := range rd.tgts {
-				local[i] = newTree(rd.st.Bits)
-				var buf []byte
-				pending := 0
-				err := tg.scanRange(gctx, max(first, lo), min(last, hi), func(tok int64, values []any) error {
-					if pending++; pending == 256 {
-						if err := wait(gctx, rd.rowLim, pending); err != nil {
-							return err
-						}
-						pending = 0
-					}
-					var err error
-					if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
-						return err
-					}
-					b := bucketOf(tok, rd.st.Bits)
-					local[i].leaves[b].Sum += xxhash.Sum64(buf)
-					local[i].leaves[b].N++
-					counts[i]++
-					return nil
-				})
-				if err != nil {
-					return err
-				}
+			local, counts, err := rd.hashTargetRange(gctx, seg)
+			if err != nil {
+				return err
 			}
 			rd.mu.Lock()
-			for i := range rd.tables {
+			defer rd.mu.Unlock()
+			for i := range local {
 				rd.act[i].merge(local[i])
 				rd.tgtRows[i].Add(counts[i])
 			}
 			rd.segDone[seg] = true
-			rd.mu.Unlock()
 			return nil
 		})
 	}
 	return g.Wait()
+}
+
+// hashTargetRange reads range seg of the 2^segBits (within the scope) of
+// every table into a partial tree per table; nil trees when the scope's
+// token range leaves none of it.
+func (rd *round) hashTargetRange(ctx context.Context, seg int) ([]*tree, []int64, error) {
+	lo, hi := rd.scope.tokenRange()
+	first, last := bucketFirst(uint32(seg), segBits), bucketLast(uint32(seg), segBits)
+	if last < lo || first > hi {
+		return nil, nil, nil
+	}
+	local := make([]*tree, len(rd.tables))
+	counts := make([]int64, len(rd.tables))
+	for i, tg := range rd.tgts {
+		local[i] = newTree(rd.st.Bits)
+		var buf []byte
+		pending := 0
+		err := tg.scanRange(ctx, max(first, lo), min(last, hi), func(tok int64, values []any) error {
+			if pending++; pending == 256 {
+				if err := wait(ctx, rd.rowLim, pending); err != nil {
+					return err
+				}
+				pending = 0
+			}
+			var err error
+			if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
+				return err
+			}
+			b := bucketOf(tok, rd.st.Bits)
+			local[i].leaves[b].Sum += xxhash.Sum64(buf)
+			local[i].leaves[b].N++
+			counts[i]++
+			return nil
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return local, counts, nil
 }
 
 // candidate is a key whose two sides differed while narrowing.
