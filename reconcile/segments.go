@@ -385,6 +385,13 @@ func (w *segmentWorker) pass(ctx context.Context) (all, took bool, err error) {
 			return false, false, err
 		}
 		w.obs.forget(key)
+		// The round may have ended between the look at its record and the
+		// claim: its coordinator deletes the record, then the segments. A
+		// claim it did not see must not stay behind.
+		if err := checkpoints.Sync(ctx, r.d.Store); err != nil || !w.live(ctx) {
+			r.d.Store.CompareAndSwap(context.WithoutCancel(ctx), key, nver, nil)
+			return false, false, err
+		}
 		r.met.segmentsTaken.Inc()
 		if next.TookOverFrom != "" {
 			w.tookOver(ctx, k, l)
