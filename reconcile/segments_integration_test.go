@@ -263,6 +263,70 @@ func TestIntegrationSegmentedRoundsAcrossDaemons(t *testing.T) {
 		}
 		assertNoSegmentKeysLeft(t, ctx, ds[0].store)
 	})
+
+	t.Run("coordinator stopped, another daemon finishes", func(t *testing.T) {
+		coordinatorStopsTest(t, ctx, f, topic, segCfg, wf)
+	})
+}
+
+// coordinatorStopsTest: the coordinator of a segmented round is stopped
+// (its context cancelled: a daemon shutting down) after some segments are
+// done; a round of the scope on another daemon finishes the same round
+// from the stored segments, redoing only the one the first was hashing.
+func coordinatorStopsTest(t *testing.T, ctx context.Context, f *fixture, topic string, cfg func(int) Config, want reportFacts) {
+	ds := f.daemons(t, ctx, topic, "stop-d", 2, func(i int) Config {
+		c := cfg(i)
+		if i == 0 {
+			c.DocsPerSecond = 2000
+		}
+		return c
+	})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan *Report, 1)
+	go func() {
+		rep, _ := ds[0].r.Round(rctx, Scope{Namespace: f.ns}, RoundOptions{Actor: "test", Reason: "stopped midway"})
+		done <- rep
+	}()
+	deadline := time.Now().Add(2 * time.Minute)
+	for segmentsDone(ctx, ds[0].store) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first coordinator finished no two segments in 2 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	first := <-done
+	if first == nil || first.Status != "incomplete" {
+		t.Fatalf("the stopped round: %+v", first)
+	}
+	rep, err := ds[1].r.Round(ctx, Scope{Namespace: f.ns}, RoundOptions{Actor: "test", Reason: "finish it"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("finished after the coordinator stopped: %s in %.1fs, resumed from %s, segments by %s", rep.Status,
+		rep.DurationSeconds, rep.ResumedFrom, owners(rep.Segments))
+	if rep.ResumedFrom != first.ID {
+		t.Errorf("resumed from %q, want the stopped round %s", rep.ResumedFrom, first.ID)
+	}
+	if d := want.diff(factsOf(rep)); d != "" {
+		t.Fatalf("report differs from the single-daemon one:\n%s", d)
+	}
+	kept := ownerSet(rep.Segments)[ds[0].name]
+	if kept < 2 {
+		t.Errorf("%d segments of the stopped coordinator used; want the 2 or more it finished", kept)
+	}
+	assertNoSegmentKeysLeft(t, ctx, ds[1].store)
+}
+
+func segmentsDone(ctx context.Context, st checkpoints.Store) int {
+	all, _ := st.List(ctx, checkpoints.PrefixReconcile+"segment/")
+	n := 0
+	for key := range all {
+		if l, _, found, _ := getVersioned[segmentLease](ctx, st, key); found && l.Done {
+			n++
+		}
+	}
+	return n
 }
 
 // waitHeldBy waits until d holds a segment lease that is not done.

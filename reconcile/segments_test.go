@@ -285,3 +285,83 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// scopeRound is a round of one scope on daemon name, far enough built for
+// takeScope.
+func scopeRound(st checkpoints.Store, name string, lease time.Duration) *round {
+	r := &Reconciler{cfg: Config{Lease: lease}, d: Deps{Store: st}, log: slog.New(slog.DiscardHandler),
+		met: newMetrics(nil), owner: name, obs: newObserver()}
+	now := time.Now().UTC()
+	return &round{r: r, scope: Scope{Namespace: "app.users"}, rep: &Report{ID: newID(now), Start: now}}
+}
+
+func TestASecondRoundOfAScopeIsRefusedUntilTheFirstStops(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := checkpointstest.New()
+	const dur = 600 * time.Millisecond
+	first := scopeRound(st, "a", dur)
+	fctx, kill := context.WithCancel(ctx)
+	held, prior, err := first.takeScope(fctx, "alice")
+	if err != nil || prior != nil {
+		t.Fatalf("first round: %v, replaced %+v", err, prior)
+	}
+	if err := held.update(ctx, func(beat int64, now time.Time) any {
+		return runningRound{Round: first.rep.ID, Owner: "a", Actor: "alice", Beat: beat, Renewed: now,
+			Manifest: &manifest{ID: first.rep.ID, Segments: segmentSpecs(nil, 2)}}
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// While the first renews, a second start elsewhere is refused at once,
+	// naming the running round.
+	second := scopeRound(st, "b", dur)
+	_, _, err = second.takeScope(ctx, "bob")
+	var re *RunningError
+	if !errors.As(err, &re) || !errors.Is(err, ErrBusy) || re.Round != first.rep.ID || re.Owner != "a" || re.Actor != "alice" {
+		t.Fatalf("second start: %v; want a RunningError naming %s on a", err, first.rep.ID)
+	}
+
+	// The first daemon dies: nothing is released, the record stops being
+	// renewed. A start soon after is still refused (the record looks
+	// alive); a later one watches it for a lease, then takes it over with
+	// the manifest (to finish its segments) and audits it.
+	kill()
+	<-held.done
+	died := time.Now()
+	third := scopeRound(st, "c", dur)
+	var h3 *lease
+	for {
+		h3, prior, err = third.takeScope(ctx, "carol")
+		if !errors.Is(err, ErrBusy) || time.Since(died) > 10*dur {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h3.end(ctx, nil)
+	if waited := time.Since(died); waited < dur {
+		t.Errorf("took a record %s after its holder died, before watching it for a lease (%s)", waited, dur)
+	}
+	if prior == nil || prior.Round != first.rep.ID || prior.Manifest == nil || prior.Manifest.ID != first.rep.ID {
+		t.Fatalf("replaced %+v; want the first round with its manifest", prior)
+	}
+	audit, _ := st.Audit(ctx, checkpoints.AuditFilter{Action: "reconcile.round.takeover"})
+	if len(audit) != 1 || audit[0].Details["from"] != "a" {
+		t.Fatalf("round takeover audit %+v", audit)
+	}
+
+	// A round that stops (time box) and releases its record is followed at
+	// once.
+	h3.end(ctx, runningRound{Round: third.rep.ID, Owner: "c", Released: true})
+	start := time.Now()
+	h4, _, err := scopeRound(st, "d", dur).takeScope(ctx, "dave")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h4.end(ctx, nil)
+	if waited := time.Since(start); waited >= dur {
+		t.Errorf("waited %s for a released record", waited)
+	}
+}
