@@ -9,6 +9,12 @@
 // has not applied yet is in flight, never divergent. Reports (report.go) are
 // JSON files, served by the daemon's admin API; metrics are in metrics.go.
 // Repair (repair.go) re-emits divergent keys through capture's targeted backfill.
+//
+// A round holds its scope's running record, a lease in the checkpoints store
+// (lease.go, coordinate.go), so a scope has one round at a time across
+// daemons. With Config.Segments > 1 its hashing is split into segments
+// (segments.go) that every daemon's Worker (worker.go) claims by lease; a
+// segment whose worker died is hashed again by another.
 package reconcile
 
 import (
