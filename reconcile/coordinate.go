@@ -114,7 +114,8 @@ func (rd *round) releaseScope(ctx context.Context, held *lease, keep *manifest) 
 // bySegments is the full round split into segments: publish (or adopt)
 // the manifest, take segments alongside the Workers of other daemons until
 // all are done, merge their trees, then compare as byTree does. It returns
-// the manifest to keep when the round stops unfinished.
+// the manifest to keep when the round stops unfinished (nil once the round
+// has compared: its segments are then deleted).
 func (rd *round) bySegments(ctx context.Context, fresh bool, held *lease, prior *runningRound) (*manifest, error) {
 	r := rd.r
 	var m *manifest
@@ -170,7 +171,12 @@ func (rd *round) bySegments(ctx context.Context, fresh bool, held *lease, prior 
 	if err := rd.mergeSegments(ctx, m); err != nil {
 		return m, err
 	}
-	return nil, rd.compare(ctx)
+	if err := rd.compare(ctx); err != nil {
+		// The next round of the scope merges the stored segments again and
+		// compares anew, as a resumed single-daemon round does.
+		return m, err
+	}
+	return nil, nil
 }
 
 // segmentCounters are a segmented round's progress: segments in all and

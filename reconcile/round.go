@@ -231,7 +231,7 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 	// The record goes first: Workers take segments only of a running round,
 	// so none takes one of these while they are deleted.
 	rd.releaseScope(context.WithoutCancel(ctx), held, keep)
-	if runErr == nil && r.cfg.Segments > 1 && len(scope.IDs) == 0 {
+	if keep == nil && rd.segsTotal.Load() > 0 {
 		if derr := deleteSegments(context.WithoutCancel(ctx), r.d.Store, rd.st.ID); derr != nil {
 			r.log.Warn("cannot delete the round's segments", "round", rd.st.ID, "err", derr)
 		}
