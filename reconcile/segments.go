@@ -388,9 +388,12 @@ func (w *segmentWorker) pass(ctx context.Context) (all, took bool, err error) {
 		// The round may have ended between the look at its record and the
 		// claim: its coordinator deletes the record, then the segments. A
 		// claim it did not see must not stay behind.
-		if err := checkpoints.Sync(ctx, r.d.Store); err != nil || !w.live(ctx) {
-			r.d.Store.CompareAndSwap(context.WithoutCancel(ctx), key, nver, nil)
-			return false, false, err
+		if err := checkpoints.Sync(ctx, r.d.Store); err != nil {
+			return false, false, err // the claim expires like a dead worker's
+		}
+		if !w.live(ctx) {
+			r.d.Store.CompareAndSwap(ctx, key, nver, nil)
+			return false, false, nil
 		}
 		r.met.segmentsTaken.Inc()
 		if next.TookOverFrom != "" {

@@ -222,12 +222,18 @@ func TestIntegrationSegmentedRoundsAcrossDaemons(t *testing.T) {
 			err error
 		}
 		done := make(chan result, 1)
+		rctx, rcancel := context.WithCancel(ctx)
+		finished := make(chan struct{})
 		go func() {
-			rep, err := ds[0].r.Round(ctx, scope, RoundOptions{Actor: "test", Reason: "one daemon killed"})
+			defer close(finished)
+			rep, err := ds[0].r.Round(rctx, scope, RoundOptions{Actor: "test", Reason: "one daemon killed"})
 			done <- result{rep, err}
 		}()
+		// Runs before the stores close: the round must release its record.
+		t.Cleanup(func() { rcancel(); <-finished })
 		held := waitHeldBy(t, ctx, victim)
 		victim.stop()
+		checkpoints.Sync(ctx, ds[0].store)
 		if l, _, _, _ := getVersioned[segmentLease](ctx, ds[0].store, held); l.Owner != victim.name || l.Done {
 			t.Fatalf("after the kill, %s is %+v; want it still held by %s", held, l, victim.name)
 		}
@@ -283,10 +289,13 @@ func coordinatorStopsTest(t *testing.T, ctx context.Context, f *fixture, topic s
 	})
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan *Report, 1)
+	finished := make(chan struct{})
 	go func() {
+		defer close(finished)
 		rep, _ := ds[0].r.Round(rctx, Scope{Namespace: f.ns}, RoundOptions{Actor: "test", Reason: "stopped midway"})
 		done <- rep
 	}()
+	t.Cleanup(func() { stop(); <-finished })
 	deadline := time.Now().Add(2 * time.Minute)
 	for segmentsDone(ctx, ds[0].store) < 2 {
 		if time.Now().After(deadline) {
