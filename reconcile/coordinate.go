@@ -41,6 +41,9 @@ func (rd *round) takeScope(ctx context.Context, actor string) (*lease, *runningR
 	if err := checkpoints.Sync(ctx, r.d.Store); err != nil {
 		return nil, nil, err
 	}
+	// Watch the record afresh: a renewal seen by an earlier, refused start
+	// says nothing about whether its holder lives now.
+	r.obs.forget(key)
 	for {
 		cur, ver, found, err := getVersioned[runningRound](ctx, r.d.Store, key)
 		if err != nil {

@@ -329,7 +329,7 @@ func TestASecondRoundOfAScopeIsRefusedUntilTheFirstStops(t *testing.T) {
 	kill()
 	<-held.done
 	died := time.Now()
-	third := scopeRound(st, "c", dur)
+	third := second // refused before: its old look must not refuse it now
 	var h3 *lease
 	for {
 		h3, prior, err = third.takeScope(ctx, "carol")

@@ -3,9 +3,8 @@ package reconcile
 import (
 	"context"
 	"encoding/json"
-	"errors"
+	"fmt"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -108,7 +107,7 @@ func (w *Worker) help(ctx context.Context, rr runningRound) error {
 			return err
 		}
 		if desc != m.Slice {
-			return errors.New("reconcile: this daemon's rollout slice " + quote(desc) + " is not the round's " + quote(m.Slice))
+			return fmt.Errorf("reconcile: this daemon's rollout slice %q is not the round's %q", desc, m.Slice)
 		}
 		rd.inSlice = in
 	}
@@ -121,11 +120,4 @@ func (w *Worker) help(ctx context.Context, rr runningRound) error {
 	defer w.working.Store(nil)
 	sw := &segmentWorker{rd: rd, m: m, obs: r.obs, live: live}
 	return sw.run(ctx)
-}
-
-func quote(s string) string {
-	if s == "" {
-		return `""`
-	}
-	return `"` + strings.ReplaceAll(s, `"`, `'`) + `"`
 }
