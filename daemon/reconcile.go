@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -94,9 +96,15 @@ func (d *daemon) startReconcile(ctx context.Context, srv *admin.Server, g *errgr
 		applied = d.sink.Applied
 	}
 	rec, err := newReconciler(d.cfg, reconcile.Deps{Mongo: conns.mongo, Cassandra: conns.cass, Mapping: d.mapping, Store: d.store,
-		Logger: d.log, Registerer: d.reg, Slice: rolloutSlice(d.cfg, d.store)}, d.adm, applied)
+		Logger: d.log, Registerer: d.reg, Slice: rolloutSlice(d.cfg, d.store), Name: reconcilerName(d.cfg)}, d.adm, applied)
 	if err != nil {
 		return err
+	}
+	if d.cfg.Reconcile.Segments > 1 {
+		// Rounds split into segments are hashed by every daemon's Worker,
+		// whichever daemon coordinates them (docs/reconcile.md).
+		w := reconcile.NewWorker(rec)
+		g.Go(func() error { return w.Run(ctx) })
 	}
 	h := &reconcileHandlers{rec: rec, ctx: ctx, mapping: d.mapping, g: g, log: d.log}
 	srv.Handle("GET /v1/reports", http.HandlerFunc(h.list), false)
@@ -118,6 +126,15 @@ func (d *daemon) startReconcile(ctx context.Context, srv *admin.Server, g *errgr
 		}
 	}
 	return nil
+}
+
+// reconcilerName names this daemon in round leases, segment reports and
+// audit entries: its host and admin address, which an operator can reach,
+// plus a random suffix so that a restarted daemon is not taken for the one
+// that died.
+func reconcilerName(cfg *config.Config) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%s/%04x", host, cfg.Admin.Listen, rand.Uint32()&0xffff)
 }
 
 // scheduleRounds runs a round of every namespace each interval. Without an

@@ -116,6 +116,32 @@ func After(last *bson.RawValue, rare bool) bson.D {
 	return bson.D{{Key: "$or", Value: bson.A{gt, bson.D{{Key: "_id", Value: bson.D{{Key: "$type", Value: later}}}}}}}
 }
 
+// AtMost selects every _id that sorts at or before last, across brackets:
+// the inclusive upper bound of a range whose lower bound is After. NaN, the
+// lowest number, needs no special case: $lte NaN matches NaN alone, and the
+// numbers above it sort after it.
+func AtMost(last *bson.RawValue, rare bool) bson.D {
+	if last == nil {
+		return bson.D{}
+	}
+	lte := bson.D{{Key: "_id", Value: bson.D{{Key: "$lte", Value: *last}}}}
+	var earlier bson.A
+	for _, b := range brackets[:Bracket(last.Type)] {
+		for _, a := range b.aliases {
+			earlier = append(earlier, a)
+		}
+		if rare {
+			for _, a := range b.rare {
+				earlier = append(earlier, a)
+			}
+		}
+	}
+	if len(earlier) == 0 {
+		return lte
+	}
+	return bson.D{{Key: "$or", Value: bson.A{lte, bson.D{{Key: "_id", Value: bson.D{{Key: "$type", Value: earlier}}}}}}}
+}
+
 // AcceptsRare reports whether the server knows the rare $type aliases.
 // Servers that do not know one reject it with BadValue; such a server cannot
 // hold an _id of that type either.

@@ -101,3 +101,38 @@ func TestAfterFilterAfterNaN(t *testing.T) {
 		t.Fatalf("filter after NaN: %v", f)
 	}
 }
+
+func TestAtMostFilterCoversEarlierBrackets(t *testing.T) {
+	// The mirror of After: at or before each _id type, every earlier
+	// bracket is selected by $type and no later one.
+	ids := []any{primitive.MinKey{}, primitive.Null{}, int32(-3), 2.5, int64(7), "a", "b", bson.D{{Key: "x", Value: 1}},
+		primitive.Binary{Subtype: 4, Data: bytes.Repeat([]byte{1}, 16)}, primitive.NewObjectID(), false, true,
+		primitive.NewDateTimeFromTime(time.Unix(1, 0)), primitive.Timestamp{T: 1}, primitive.MaxKey{}}
+	for i, id := range ids {
+		t.Run(fmt.Sprintf("%T", id), func(t *testing.T) {
+			typ, v, _ := bson.MarshalValue(id)
+			last := bson.RawValue{Type: typ, Value: v}
+			var types []string
+			if or, err := mustRaw(AtMost(&last, false)).LookupErr("$or"); err == nil {
+				vals, _ := or.Array().Values()
+				tv, _ := vals[1].Document().LookupErr("_id", "$type")
+				arr, _ := tv.Array().Values()
+				for _, a := range arr {
+					types = append(types, a.StringValue())
+				}
+			}
+			for _, earlier := range ids[:i] {
+				et, _, _ := bson.MarshalValue(earlier)
+				if Bracket(et) != Bracket(typ) && !containsType(types, et) {
+					t.Errorf("at most %v, earlier %T (%s) is not selected: %v", id, earlier, et, types)
+				}
+			}
+			for _, later := range ids[i+1:] {
+				lt, _, _ := bson.MarshalValue(later)
+				if Bracket(lt) != Bracket(typ) && containsType(types, lt) {
+					t.Errorf("at most %v, later %T is selected", id, later)
+				}
+			}
+		})
+	}
+}

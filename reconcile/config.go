@@ -57,6 +57,15 @@ type Config struct {
 	// transactions' writes one by one). Where the oplog read fails the change
 	// stream answers anyway.
 	OplogReads bool `yaml:"oplog_reads"`
+	// Segments splits a round's hashing into this many segments that every
+	// daemon running a Worker may take (docs/reconcile.md, "Rounds across
+	// daemons"). 0 or 1: the daemon that starts a round hashes it alone, as
+	// one resumable scan. At most 256.
+	Segments int `yaml:"segments"`
+	// Lease is how long a round's coordinator or a segment's worker may go
+	// without renewing its record (every third of it) before another daemon
+	// takes the round or the segment over. Default 15s.
+	Lease time.Duration `yaml:"lease"`
 	// SinkGroup is the sink's consumer group, whose committed offsets tell how
 	// far the sink got. Default: the sink section's group (set by the daemon).
 	SinkGroup string `yaml:"sink_group"`
@@ -97,6 +106,9 @@ func (c Config) WithDefaults() Config {
 	if c.Concurrency == 0 {
 		c.Concurrency = 8
 	}
+	if c.Lease == 0 {
+		c.Lease = 15 * time.Second
+	}
 	return c
 }
 
@@ -116,6 +128,8 @@ func (c Config) Validate() error {
 		{c.KeepReports < 0, "reconcile.keep_reports must not be negative (0 means the default, 1000)"},
 		{c.KeepVerifiedMarks < 0, "reconcile.keep_verified_marks must not be negative (0 means the default, 20)"},
 		{c.Concurrency < 0 || c.Concurrency > 256, "reconcile.concurrency must be 0..256"},
+		{c.Segments < 0 || c.Segments > 1<<segBits, "reconcile.segments must be 0..256"},
+		{c.Lease < 0 || (c.Lease > 0 && c.Lease < time.Second), "reconcile.lease must be at least 1s"},
 	}
 	for _, ch := range checks {
 		if ch.bad {

@@ -10,17 +10,21 @@ import (
 )
 
 type metrics struct {
-	divergent    *prometheus.GaugeVec
-	inFlight     *prometheus.GaugeVec
-	compared     *prometheus.CounterVec
-	mismatches   *prometheus.CounterVec
-	rounds       *prometheus.CounterVec
-	duration     prometheus.Histogram
-	lastRound    prometheus.Gauge
-	lagSeconds   *prometheus.GaugeVec
-	lagRecords   *prometheus.GaugeVec
-	lastRoundAt  atomic.Int64 // unix nanoseconds; 0 before the first round
-	lastRoundAge prometheus.GaugeFunc
+	divergent  *prometheus.GaugeVec
+	inFlight   *prometheus.GaugeVec
+	compared   *prometheus.CounterVec
+	mismatches *prometheus.CounterVec
+	rounds     *prometheus.CounterVec
+	duration   prometheus.Histogram
+	lastRound  prometheus.Gauge
+	lagSeconds *prometheus.GaugeVec
+	lagRecords *prometheus.GaugeVec
+	// segmentsTaken and segmentsRedone count this daemon's segment claims,
+	// and those that took a segment over from a worker that stopped.
+	segmentsTaken  prometheus.Counter
+	segmentsRedone prometheus.Counter
+	lastRoundAt    atomic.Int64 // unix nanoseconds; 0 before the first round
+	lastRoundAge   prometheus.GaugeFunc
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -44,6 +48,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		lagRecords: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tidemark_reconcile_replication_lag_records",
 			Help: "Records the sink group has not committed, per partition, as the last round saw them."}, []string{"topic", "partition"}),
 	}
+	m.segmentsTaken = prometheus.NewCounter(prometheus.CounterOpts{Name: "tidemark_reconcile_segments_taken_total",
+		Help: "Round segments this daemon took to hash (reconcile.segments > 1)."})
+	m.segmentsRedone = prometheus.NewCounter(prometheus.CounterOpts{Name: "tidemark_reconcile_segments_redone_total",
+		Help: "Round segments this daemon took over from a worker whose lease expired, and hashed again from the start."})
 	m.lastRoundAge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tidemark_reconcile_last_round_age_seconds",
 		Help: "Seconds since the last round finished (+Inf before the first)."}, func() float64 {
 		at := m.lastRoundAt.Load()
@@ -54,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	})
 	if reg != nil {
 		reg.MustRegister(m.divergent, m.inFlight, m.compared, m.mismatches, m.rounds, m.duration, m.lastRound,
-			m.lagSeconds, m.lagRecords, m.lastRoundAge)
+			m.lagSeconds, m.lagRecords, m.lastRoundAge, m.segmentsTaken, m.segmentsRedone)
 	}
 	return m
 }

@@ -9,6 +9,12 @@
 // has not applied yet is in flight, never divergent. Reports (report.go) are
 // JSON files, served by the daemon's admin API; metrics are in metrics.go.
 // Repair (repair.go) re-emits divergent keys through capture's targeted backfill.
+//
+// A round holds its scope's running record, a lease in the checkpoints store
+// (lease.go, coordinate.go), so a scope has one round at a time across
+// daemons. With Config.Segments > 1 its hashing is split into segments
+// (segments.go) that every daemon's Worker (worker.go) claims by lease; a
+// segment whose worker died is hashed again by another.
 package reconcile
 
 import (
@@ -16,6 +22,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -44,7 +52,10 @@ type Deps struct {
 	// report. The round keeps the filter it started with; it asks again at
 	// the end only to record whether the slice changed meanwhile. The filter
 	// must be a snapshot, not a view of the plan's current slice.
-	Slice      func(ctx context.Context) (in func(namespace string, idKey []byte) bool, desc string, err error)
+	Slice func(ctx context.Context) (in func(namespace string, idKey []byte) bool, desc string, err error)
+	// Name identifies this daemon in leases, audit entries and segment
+	// reports; default the host name and a random suffix.
+	Name       string
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -104,6 +115,8 @@ type Reconciler struct {
 	log     *slog.Logger
 	met     *metrics
 	reports Reports
+	owner   string // Deps.Name
+	obs     *observer
 
 	run      sync.Mutex // held by the running round
 	mu       sync.Mutex
@@ -125,8 +138,12 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
+	if d.Name == "" {
+		host, _ := os.Hostname()
+		d.Name = fmt.Sprintf("%s-%06x", host, rand.Uint32()&0xffffff)
+	}
 	return &Reconciler{cfg: cfg, d: d, log: d.Logger.With("stage", "reconcile"), met: newMetrics(d.Registerer),
-		reports: Reports{Dir: cfg.ReportDir}}, nil
+		reports: Reports{Dir: cfg.ReportDir}, owner: d.Name, obs: newObserver()}, nil
 }
 
 // Reports is the folder this reconciler writes to.

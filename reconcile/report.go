@@ -105,6 +105,22 @@ type Report struct {
 	// `tidemark repair --report` re-emits.
 	Divergent []KeyRef `json:"divergent,omitempty"`
 	Error     string   `json:"error,omitempty"`
+	// Segments lists who hashed each segment of a round split across
+	// daemons (reconcile.segments > 1).
+	Segments []SegmentReport `json:"segments,omitempty"`
+}
+
+// SegmentReport is one segment of a segmented round: the worker whose
+// result the round used, its attempt (above 1 when it was taken over from
+// a worker that stopped renewing its lease), and what it hashed.
+type SegmentReport struct {
+	Segment      int    `json:"segment"`
+	Owner        string `json:"owner"`
+	Attempt      int    `json:"attempt"`
+	TookOverFrom string `json:"took_over_from,omitempty"`
+	Docs         int64  `json:"docs"`
+	RowsSource   int64  `json:"rows_source"`
+	RowsTarget   int64  `json:"rows_target"`
 }
 
 // TableReport is one table's part of a round.
@@ -119,6 +135,10 @@ type TableReport struct {
 	Stale            int64  `json:"stale"`
 	InFlight         int64  `json:"in_flight"`
 	Resolved         int64  `json:"resolved"`
+	// RootSource and RootTarget are the trees' roots, "<sum>/<rows>" in hex
+	// and decimal: equal exactly when no leaf differs.
+	RootSource string `json:"root_source,omitempty"`
+	RootTarget string `json:"root_target,omitempty"`
 	// Buckets lists the tree leaves (token ranges, 2^bucket_bits of them)
 	// holding divergent keys, by leaf number: the status page's heat-map.
 	Buckets []BucketCount `json:"buckets,omitempty"`

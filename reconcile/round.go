@@ -74,6 +74,7 @@ type round struct {
 	act    []*tree
 	rep    *Report
 
+	segmentCounters
 	mu        sync.Mutex // guards st's target part, act and segDone
 	segDone   map[int]bool
 	docs      atomic.Int64
@@ -177,6 +178,15 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 	for _, t := range tables {
 		rd.rep.Tables = append(rd.rep.Tables, TableReport{Table: t.QualifiedName()})
 	}
+	// A tree round holds its scope's running record, so that a second
+	// round of the scope, here or on another daemon, is refused.
+	var held *lease
+	var prior *runningRound
+	if len(scope.IDs) == 0 {
+		if held, prior, err = rd.takeScope(ctx, o.Actor); err != nil {
+			return nil, err
+		}
+	}
 	if v, err := src.now(ctx); err == nil {
 		rd.rep.SourceVersionStart = v.String()
 	}
@@ -190,14 +200,43 @@ func (r *Reconciler) Round(ctx context.Context, scope Scope, o RoundOptions) (*R
 
 	tctx, cancel := context.WithTimeout(ctx, r.cfg.TimeBox)
 	defer cancel()
+	if held != nil {
+		// Another daemon took the scope over (this one stalled past its
+		// lease): stop, it finishes the round.
+		go func() {
+			select {
+			case <-held.Lost():
+				cancel()
+			case <-tctx.Done():
+			}
+		}()
+	}
 	var runErr error
-	if len(scope.IDs) > 0 {
+	var keep *manifest
+	switch {
+	case len(scope.IDs) > 0:
 		runErr = rd.byIDs(tctx)
-	} else {
+	case r.cfg.Segments > 1:
+		keep, runErr = rd.bySegments(tctx, o.Fresh, held, prior)
+	default:
+		if prior != nil && prior.Manifest != nil {
+			if err := deleteSegments(ctx, r.d.Store, prior.Manifest.ID); err != nil {
+				r.log.Warn("cannot delete an abandoned round's segments", "round", prior.Manifest.ID, "err", err)
+			}
+		}
 		runErr = rd.byTree(tctx, o.Fresh)
 	}
 	stopTicker()
-	return rd.finish(ctx, runErr)
+	rep, err := rd.finish(ctx, runErr)
+	// The record goes first: Workers take segments only of a running round,
+	// so none takes one of these while they are deleted.
+	rd.releaseScope(context.WithoutCancel(ctx), held, keep)
+	if keep == nil && rd.segsTotal.Load() > 0 {
+		if derr := deleteSegments(context.WithoutCancel(ctx), r.d.Store, rd.st.ID); derr != nil {
+			r.log.Warn("cannot delete the round's segments", "round", rd.st.ID, "err", derr)
+		}
+	}
+	return rep, err
 }
 
 func (r *Reconciler) setProgress(p *Progress) {
@@ -224,6 +263,11 @@ func (rd *round) progress() *Progress {
 		srcFrac = min(1, float64(p.DocsDone)/float64(rd.docsTotal))
 	}
 	tgtFrac := float64(segs) / float64(int(1)<<segBits)
+	if n := rd.segsTotal.Load(); n > 0 {
+		// A segmented round: both sides advance segment by segment.
+		srcFrac = float64(rd.segsDone.Load()) / float64(n)
+		tgtFrac = srcFrac
+	}
 	switch p.Phase {
 	case "scan":
 		p.Percent = 100 * (srcFrac + tgtFrac) / 2 * 0.9
@@ -336,6 +380,12 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 		return err
 	}
 
+	return rd.compare(ctx)
+}
+
+// compare is the end of a tree round, once both trees are whole: find the
+// differing leaves, narrow them to keys, re-check the keys.
+func (rd *round) compare(ctx context.Context) error {
 	rd.phase.Store("narrow")
 	var mism [][]uint32
 	for i := range rd.tables {
@@ -345,6 +395,7 @@ func (rd *round) byTree(ctx context.Context, fresh bool) error {
 		}
 		mism = append(mism, leaves)
 		rd.rep.Tables[i].BucketMismatches = int64(len(leaves))
+		rd.rep.Tables[i].RootSource, rd.rep.Tables[i].RootTarget = rd.exp[i].root(), rd.act[i].root()
 	}
 	cands, err := rd.narrow(ctx, mism)
 	if err != nil {
@@ -383,61 +434,21 @@ func (rd *round) scanSource(ctx context.Context) error {
 	if rd.st.SourceDone {
 		return nil
 	}
-	tidx := map[*transform.Table]int{}
-	for i, t := range rd.tables {
-		tidx[t] = i
-	}
 	var after bson.RawValue
 	if rd.st.LastIDType != 0 {
 		after = bson.RawValue{Type: bsontype.Type(rd.st.LastIDType), Value: rd.st.LastID}
 	}
-	var buf, pk []byte
+	h := rd.newRowHasher()
+	docs := rd.docThrottle(ctx)
 	lastSave := time.Now()
-	pending := 0
-	var process func(doc bson.Raw) error
-	process = func(doc bson.Raw) error {
-		if pending++; pending == 256 {
-			if err := wait(ctx, rd.docLim, pending); err != nil {
-				return err
-			}
-			pending = 0
+	err := readAhead(ctx, rd.src, nil, after, func(doc bson.Raw) error {
+		if err := docs(); err != nil {
+			return err
 		}
-		rows, err := rd.apply(doc)
-		if err != nil {
-			var ce *transform.ConvertError
-			if !errors.As(err, &ce) {
-				return err
-			}
-			rd.mu.Lock()
-			rd.st.Errors++
-			rd.mu.Unlock()
+		if err := rd.hashExpected(h, doc); err != nil {
+			return err
 		}
-		for _, row := range rows {
-			i, ok := tidx[row.Table]
-			if !ok {
-				continue
-			}
-			if pk, err = partitionKeyBytes(pk[:0], row.Table, row.Values); err != nil {
-				return err
-			}
-			tok := tokenOf(pk)
-			if !rd.scope.inRange(tok) {
-				continue
-			}
-			if buf, err = row.Table.AppendCanonical(buf[:0], row.Values); err != nil {
-				return err
-			}
-			rd.exp[i].add(tok, xxhash.Sum64(buf))
-			rd.srcRows[i].Add(1)
-		}
-		id := doc.Lookup("_id")
-		rd.mu.Lock()
-		rd.st.LastIDType, rd.st.LastID = byte(id.Type), append(rd.st.LastID[:0], id.Value...)
-		rd.st.Docs = rd.docs.Add(1)
-		for i := range rd.tables {
-			rd.st.SrcRows[i] = rd.srcRows[i].Load()
-		}
-		rd.mu.Unlock()
+		rd.markHashed(doc)
 		if time.Since(lastSave) > 10*time.Second {
 			lastSave = time.Now()
 			if err := rd.save(ctx); err != nil {
@@ -445,9 +456,111 @@ func (rd *round) scanSource(ctx context.Context) error {
 			}
 		}
 		return nil
+	})
+	if err != nil {
+		return err
 	}
-	// The cursor is read on its own goroutine, batches of copied documents
-	// handed over, so that the driver's decoding and the transform overlap.
+	rd.mu.Lock()
+	rd.st.SourceDone = true
+	rd.mu.Unlock()
+	return nil
+}
+
+// hashExpected adds doc's expected rows to exp. A document the transform
+// rejects is counted (the sink dead-letters it) and has no rows.
+func (rd *round) hashExpected(h *rowHasher, doc bson.Raw) error {
+	return h.hash(doc, func(i int, tok int64, sum uint64) {
+		rd.exp[i].add(tok, sum)
+		rd.srcRows[i].Add(1)
+	}, func() {
+		rd.mu.Lock()
+		rd.st.Errors++
+		rd.mu.Unlock()
+	})
+}
+
+// markHashed records doc as the last one whose rows are in exp: the point a
+// resumed round scans on from.
+func (rd *round) markHashed(doc bson.Raw) {
+	id := doc.Lookup("_id")
+	rd.mu.Lock()
+	rd.st.LastIDType, rd.st.LastID = byte(id.Type), append(rd.st.LastID[:0], id.Value...)
+	rd.st.Docs = rd.docs.Add(1)
+	for i := range rd.tables {
+		rd.st.SrcRows[i] = rd.srcRows[i].Load()
+	}
+	rd.mu.Unlock()
+}
+
+// docThrottle returns a function to call once per document: it waits for
+// docs_per_second in steps of 256 documents.
+func (rd *round) docThrottle(ctx context.Context) func() error {
+	pending := 0
+	return func() error {
+		if pending++; pending == 256 {
+			pending = 0
+			return wait(ctx, rd.docLim, 256)
+		}
+		return nil
+	}
+}
+
+// rowHasher maps documents to the (table, token, row hash) of each expected
+// row inside the round's scope; its buffers are reused from row to row, so
+// one goroutine owns it.
+type rowHasher struct {
+	rd      *round
+	tidx    map[*transform.Table]int
+	buf, pk []byte
+}
+
+func (rd *round) newRowHasher() *rowHasher {
+	h := &rowHasher{rd: rd, tidx: map[*transform.Table]int{}}
+	for i, t := range rd.tables {
+		h.tidx[t] = i
+	}
+	return h
+}
+
+// hash calls row for each of doc's rows whose token is in scope, or
+// rejected once when the transform cannot convert doc. Other transform
+// errors end the scan.
+func (h *rowHasher) hash(doc bson.Raw, row func(table int, tok int64, sum uint64), rejected func()) error {
+	rows, err := h.rd.apply(doc)
+	if err != nil {
+		var ce *transform.ConvertError
+		if !errors.As(err, &ce) {
+			return err
+		}
+		if rejected != nil {
+			rejected()
+		}
+	}
+	for _, r := range rows {
+		i, ok := h.tidx[r.Table]
+		if !ok {
+			continue
+		}
+		if h.pk, err = partitionKeyBytes(h.pk[:0], r.Table, r.Values); err != nil {
+			return err
+		}
+		tok := tokenOf(h.pk)
+		if !h.rd.scope.inRange(tok) {
+			continue
+		}
+		if h.buf, err = r.Table.AppendCanonical(h.buf[:0], r.Values); err != nil {
+			return err
+		}
+		row(i, tok, xxhash.Sum64(h.buf))
+	}
+	return nil
+}
+
+// readAhead is src.scan with the cursor read on its own goroutine and
+// batches of copied documents handed over, so that the driver's decoding
+// and fn (the transform, hashing) overlap. fn runs on one goroutine, in
+// _id order.
+func readAhead(ctx context.Context, src *source, filter bson.D, after bson.RawValue, fn func(doc bson.Raw) error) error {
 	batches := make(chan []bson.Raw, 4)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -463,7 +576,9 @@ func (rd *round) scanSource(ctx context.Context) error {
 			b, arena = nil, nil
 			return nil
 		}
-		err := rd.src.scan(gctx, nil, after, func(doc bson.Raw) error {
+		err := src.scan(gctx, filter, after, func(doc bson.Raw) error {
+			// Documents are copied into shared arenas: one allocation per
+			// 256 KiB rather than one per document.
 			if cap(arena)-len(arena) < len(doc) {
 				arena = make([]byte, 0, max(256<<10, len(doc)))
 			}
@@ -483,20 +598,14 @@ func (rd *round) scanSource(ctx context.Context) error {
 	g.Go(func() error {
 		for b := range batches {
 			for _, doc := range b {
-				if err := process(doc); err != nil {
+				if err := fn(doc); err != nil {
 					return err
 				}
 			}
 		}
 		return nil
 	})
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	rd.mu.Lock()
-	rd.st.SourceDone = true
-	rd.mu.Unlock()
-	return nil
+	return g.Wait()
 }
 
 // scanTarget reads every table in 2^segBits token ranges, Concurrency at a
@@ -505,7 +614,6 @@ func (rd *round) scanSource(ctx context.Context) error {
 func (rd *round) scanTarget(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(rd.r.cfg.Concurrency)
-	lo, hi := rd.scope.tokenRange()
 	for seg := range 1 << segBits {
 		rd.mu.Lock()
 		done := rd.segDone[seg]
@@ -513,52 +621,61 @@ func (rd *round) scanTarget(ctx context.Context) error {
 		if done {
 			continue
 		}
-		first, last := bucketFirst(uint32(seg), segBits), bucketLast(uint32(seg), segBits)
-		if last < lo || first > hi {
-			rd.mu.Lock()
-			rd.segDone[seg] = true
-			rd.mu.Unlock()
-			continue
-		}
 		g.Go(func() error {
-			local := make([]*tree, len(rd.tables))
-			counts := make([]int64, len(rd.tables))
-			for i, tg := range rd.tgts {
-				local[i] = newTree(rd.st.Bits)
-				var buf []byte
-				pending := 0
-				err := tg.scanRange(gctx, max(first, lo), min(last, hi), func(tok int64, values []any) error {
-					if pending++; pending == 256 {
-						if err := wait(gctx, rd.rowLim, pending); err != nil {
-							return err
-						}
-						pending = 0
-					}
-					var err error
-					if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
-						return err
-					}
-					b := bucketOf(tok, rd.st.Bits)
-					local[i].leaves[b].Sum += xxhash.Sum64(buf)
-					local[i].leaves[b].N++
-					counts[i]++
-					return nil
-				})
-				if err != nil {
-					return err
-				}
+			local, counts, err := rd.hashTargetRange(gctx, seg)
+			if err != nil {
+				return err
 			}
 			rd.mu.Lock()
-			for i := range rd.tables {
+			defer rd.mu.Unlock()
+			for i := range local {
 				rd.act[i].merge(local[i])
 				rd.tgtRows[i].Add(counts[i])
 			}
 			rd.segDone[seg] = true
-			rd.mu.Unlock()
 			return nil
 		})
 	}
 	return g.Wait()
+}
+
+// hashTargetRange reads range seg of the 2^segBits (within the scope) of
+// every table into a partial tree per table; nil trees when the scope's
+// token range leaves none of it.
+func (rd *round) hashTargetRange(ctx context.Context, seg int) ([]*tree, []int64, error) {
+	lo, hi := rd.scope.tokenRange()
+	first, last := bucketFirst(uint32(seg), segBits), bucketLast(uint32(seg), segBits)
+	if last < lo || first > hi {
+		return nil, nil, nil
+	}
+	local := make([]*tree, len(rd.tables))
+	counts := make([]int64, len(rd.tables))
+	for i, tg := range rd.tgts {
+		local[i] = newTree(rd.st.Bits)
+		var buf []byte
+		pending := 0
+		err := tg.scanRange(ctx, max(first, lo), min(last, hi), func(tok int64, values []any) error {
+			if pending++; pending == 256 {
+				if err := wait(ctx, rd.rowLim, pending); err != nil {
+					return err
+				}
+				pending = 0
+			}
+			var err error
+			if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
+				return err
+			}
+			b := bucketOf(tok, rd.st.Bits)
+			local[i].leaves[b].Sum += xxhash.Sum64(buf)
+			local[i].leaves[b].N++
+			counts[i]++
+			return nil
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return local, counts, nil
 }
 
 // candidate is a key whose two sides differed while narrowing.
@@ -576,126 +693,31 @@ type srcEntry struct {
 	id []byte
 }
 
+// maxNarrowRows bounds the rows (both sides) one narrowing pass holds.
+const maxNarrowRows = 200_000
+
+// leafRef is one differing leaf of one table.
+type leafRef struct {
+	table int
+	leaf  uint32
+}
+
 // narrow turns differing leaves into candidate keys: the source is scanned
 // again keeping only rows in those leaves, and the target leaves are read
 // whole. Leaves are taken in chunks so that memory stays bounded by
 // maxNarrowRows rather than by how many leaves differ.
 func (rd *round) narrow(ctx context.Context, mism [][]uint32) ([]candidate, error) {
-	const maxNarrowRows = 200_000
-	type leafRef struct {
-		table int
-		leaf  uint32
-	}
-	var all []leafRef
-	for i, ls := range mism {
-		for _, l := range ls {
-			all = append(all, leafRef{i, l})
-		}
-	}
 	var cands []candidate
-	for len(all) > 0 {
-		var chunk []leafRef
-		rows := 0
-		for len(all) > 0 && (len(chunk) == 0 || rows < maxNarrowRows) {
-			l := all[0]
-			rows += int(rd.exp[l.table].leaves[l.leaf].N + rd.act[l.table].leaves[l.leaf].N)
-			chunk, all = append(chunk, l), all[1:]
-		}
-		want := make([]map[uint32]bool, len(rd.tables))
-		for i := range want {
-			want[i] = map[uint32]bool{}
-		}
-		for _, l := range chunk {
-			want[l.table][l.leaf] = true
-		}
-		src := make([]map[string]srcEntry, len(rd.tables))
-		tgt := make([]map[string]uint64, len(rd.tables))
-		for i := range rd.tables {
-			src[i], tgt[i] = map[string]srcEntry{}, map[string]uint64{}
-		}
-		tidx := map[*transform.Table]int{}
-		for i, t := range rd.tables {
-			tidx[t] = i
-		}
-		var buf, pk []byte
-		err := rd.src.scan(ctx, nil, bson.RawValue{}, func(doc bson.Raw) error {
-			rows, _ := rd.apply(doc)
-			for _, row := range rows {
-				i, ok := tidx[row.Table]
-				if !ok {
-					continue
-				}
-				var err error
-				if pk, err = partitionKeyBytes(pk[:0], row.Table, row.Values); err != nil {
-					return err
-				}
-				tok := tokenOf(pk)
-				if !want[i][bucketOf(tok, rd.st.Bits)] || !rd.scope.inRange(tok) {
-					continue
-				}
-				if buf, err = row.Table.AppendCanonical(buf[:0], row.Values); err != nil {
-					return err
-				}
-				src[i][string(row.Key)] = srcEntry{h: xxhash.Sum64(buf), id: envelope.Key(doc.Lookup("_id"))}
-			}
-			return nil
-		})
+	for _, chunk := range rd.narrowChunks(mism) {
+		src, err := rd.sourceRowsIn(ctx, chunk)
 		if err != nil {
 			return nil, err
 		}
-		var mu sync.Mutex
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(rd.r.cfg.Concurrency)
-		lo, hi := rd.scope.tokenRange()
-		for _, l := range chunk {
-			tg := rd.tgts[l.table]
-			g.Go(func() error {
-				var buf []byte
-				found := map[string]uint64{}
-				err := tg.scanRange(gctx, max(lo, bucketFirst(l.leaf, rd.st.Bits)), min(hi, bucketLast(l.leaf, rd.st.Bits)), func(_ int64, values []any) error {
-					k, err := tg.t.EncodeKey(tg.t.KeyValues(values))
-					if err != nil {
-						return err
-					}
-					if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
-						return err
-					}
-					found[string(k)] = xxhash.Sum64(buf)
-					return nil
-				})
-				mu.Lock()
-				for k, h := range found {
-					tgt[l.table][k] = h
-				}
-				mu.Unlock()
-				return err
-			})
-		}
-		if err := g.Wait(); err != nil {
+		tgt, err := rd.targetRowsIn(ctx, chunk)
+		if err != nil {
 			return nil, err
 		}
-		for i := range rd.tables {
-			keys := make([]string, 0, len(src[i]))
-			for k := range src[i] {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
-				if h, ok := tgt[i][k]; !ok || h != src[i][k].h {
-					cands = append(cands, candidate{table: i, key: []byte(k), id: src[i][k].id})
-				}
-			}
-			keys = keys[:0]
-			for k := range tgt[i] {
-				if _, ok := src[i][k]; !ok {
-					keys = append(keys, k)
-				}
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
-				cands = append(cands, candidate{table: i, key: []byte(k)})
-			}
-		}
+		cands = append(cands, candidatesOf(src, tgt)...)
 		if len(cands) > rd.r.cfg.MaxCandidates {
 			cands = cands[:rd.r.cfg.MaxCandidates]
 			rd.rep.Truncated = true
@@ -703,6 +725,135 @@ func (rd *round) narrow(ctx context.Context, mism [][]uint32) ([]candidate, erro
 		}
 	}
 	return cands, nil
+}
+
+// narrowChunks groups the differing leaves into passes of about
+// maxNarrowRows rows (at least one leaf each), by the trees' counts.
+func (rd *round) narrowChunks(mism [][]uint32) [][]leafRef {
+	var chunks [][]leafRef
+	var chunk []leafRef
+	rows := 0
+	for i, ls := range mism {
+		for _, l := range ls {
+			if len(chunk) > 0 && rows >= maxNarrowRows {
+				chunks, chunk, rows = append(chunks, chunk), nil, 0
+			}
+			rows += int(rd.exp[i].leaves[l].N + rd.act[i].leaves[l].N)
+			chunk = append(chunk, leafRef{i, l})
+		}
+	}
+	if len(chunk) > 0 {
+		chunks = append(chunks, chunk)
+	}
+	return chunks
+}
+
+// sourceRowsIn scans the source again and keeps, per table, the hash and
+// document of every expected row in the chunk's leaves, by row key.
+func (rd *round) sourceRowsIn(ctx context.Context, chunk []leafRef) ([]map[string]srcEntry, error) {
+	want := make([]map[uint32]bool, len(rd.tables))
+	src := make([]map[string]srcEntry, len(rd.tables))
+	for i := range rd.tables {
+		want[i], src[i] = map[uint32]bool{}, map[string]srcEntry{}
+	}
+	for _, l := range chunk {
+		want[l.table][l.leaf] = true
+	}
+	tidx := map[*transform.Table]int{}
+	for i, t := range rd.tables {
+		tidx[t] = i
+	}
+	var buf, pk []byte
+	err := rd.src.scan(ctx, nil, bson.RawValue{}, func(doc bson.Raw) error {
+		rows, _ := rd.apply(doc)
+		for _, row := range rows {
+			i, ok := tidx[row.Table]
+			if !ok {
+				continue
+			}
+			var err error
+			if pk, err = partitionKeyBytes(pk[:0], row.Table, row.Values); err != nil {
+				return err
+			}
+			tok := tokenOf(pk)
+			if !want[i][bucketOf(tok, rd.st.Bits)] || !rd.scope.inRange(tok) {
+				continue
+			}
+			if buf, err = row.Table.AppendCanonical(buf[:0], row.Values); err != nil {
+				return err
+			}
+			src[i][string(row.Key)] = srcEntry{h: xxhash.Sum64(buf), id: envelope.Key(doc.Lookup("_id"))}
+		}
+		return nil
+	})
+	return src, err
+}
+
+// targetRowsIn reads the chunk's leaves from Cassandra, Concurrency at a
+// time, and returns per table the hash of every row by row key.
+func (rd *round) targetRowsIn(ctx context.Context, chunk []leafRef) ([]map[string]uint64, error) {
+	tgt := make([]map[string]uint64, len(rd.tables))
+	for i := range rd.tables {
+		tgt[i] = map[string]uint64{}
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rd.r.cfg.Concurrency)
+	lo, hi := rd.scope.tokenRange()
+	for _, l := range chunk {
+		tg := rd.tgts[l.table]
+		g.Go(func() error {
+			var buf []byte
+			found := map[string]uint64{}
+			err := tg.scanRange(gctx, max(lo, bucketFirst(l.leaf, rd.st.Bits)), min(hi, bucketLast(l.leaf, rd.st.Bits)), func(_ int64, values []any) error {
+				k, err := tg.t.EncodeKey(tg.t.KeyValues(values))
+				if err != nil {
+					return err
+				}
+				if buf, err = tg.t.AppendCanonical(buf[:0], values); err != nil {
+					return err
+				}
+				found[string(k)] = xxhash.Sum64(buf)
+				return nil
+			})
+			mu.Lock()
+			for k, h := range found {
+				tgt[l.table][k] = h
+			}
+			mu.Unlock()
+			return err
+		})
+	}
+	return tgt, g.Wait()
+}
+
+// candidatesOf compares one chunk's rows: per table, every source key whose
+// target row is missing or hashes differently, then every target key no
+// source row has, each in key order so that reports are reproducible.
+func candidatesOf(src []map[string]srcEntry, tgt []map[string]uint64) []candidate {
+	var cands []candidate
+	for i := range src {
+		for _, k := range sortedKeys(src[i]) {
+			if h, ok := tgt[i][k]; !ok || h != src[i][k].h {
+				cands = append(cands, candidate{table: i, key: []byte(k), id: src[i][k].id})
+			}
+		}
+		for _, k := range sortedKeys(tgt[i]) {
+			if _, ok := src[i][k]; !ok {
+				cands = append(cands, candidate{table: i, key: []byte(k)})
+			}
+		}
+	}
+	return cands
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // byIDs checks the listed documents' rows directly, without a tree.

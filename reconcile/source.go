@@ -51,8 +51,7 @@ func (s *source) scan(ctx context.Context, filter bson.D, after bson.RawValue, f
 		f = bson.D{}
 	}
 	if after.Type != 0 {
-		s.rareOnce.Do(func() { s.rare = mongoid.AcceptsRare(ctx, s.coll) })
-		f = mongoid.After(&after, s.rare)
+		f = mongoid.After(&after, s.acceptsRare(ctx))
 		if len(filter) > 0 {
 			f = bson.D{{Key: "$and", Value: bson.A{filter, f}}}
 		}
@@ -71,6 +70,12 @@ func (s *source) scan(ctx context.Context, filter bson.D, after bson.RawValue, f
 		return fmt.Errorf("reconcile: scan %s: %w", s.ns, err)
 	}
 	return nil
+}
+
+// acceptsRare asks the server once whether it knows the rare $type aliases.
+func (s *source) acceptsRare(ctx context.Context) bool {
+	s.rareOnce.Do(func() { s.rare = mongoid.AcceptsRare(ctx, s.coll) })
+	return s.rare
 }
 
 // retryable reports errors worth another attempt: the connection dropped

@@ -46,6 +46,20 @@ func (t *tree) merge(o *tree) {
 	}
 }
 
+// root is the sum of every leaf, "<sum hex>/<rows>": two trees of one
+// round have equal roots exactly when the round found no differing leaf
+// (but for a sum collision).
+func (t *tree) root() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var r leaf
+	for _, l := range t.leaves {
+		r.Sum += l.Sum
+		r.N += l.N
+	}
+	return fmt.Sprintf("%016x/%d", r.Sum, r.N)
+}
+
 // levels returns the tree from the leaves up to the root.
 func (t *tree) levels() [][]leaf {
 	out := [][]leaf{t.leaves}
