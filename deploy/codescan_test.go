@@ -442,7 +442,7 @@ func TestScanFindsKnownMetrics(t *testing.T) {
 }
 
 // configTree is the set of YAML keys the daemon's Config accepts, read from
-// the struct definitions (yaml tags) in cmd/tidemark and the packages whose
+// the struct definitions (yaml tags) in config and the packages whose
 // config sections it embeds. The daemon decodes with KnownFields(true), so a
 // key outside this tree stops it at start-up.
 type configTree struct {
@@ -460,7 +460,7 @@ type typeIndex struct {
 func loadConfigTree(t *testing.T) *configTree {
 	t.Helper()
 	ti := &typeIndex{fset: token.NewFileSet(), types: map[string]map[string]ast.Expr{}, files: map[string][]*ast.File{}}
-	root, err := ti.resolve("cmd/tidemark", nil, &ast.Ident{Name: "Config"}, 0)
+	root, err := ti.resolve("config", nil, &ast.Ident{Name: "Config"}, 0)
 	if err != nil {
 		t.Fatalf("reading the daemon's Config: %v", err)
 	}
