@@ -5,7 +5,10 @@ package reconcile
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,8 +133,10 @@ func BenchmarkReconcile(b *testing.B) {
 		}
 		return time.Since(start), rows.Load()
 	}
-	round := func() (time.Duration, *Report, uint64) {
+	round := func() (time.Duration, *Report, uint64, int64) {
 		runtime.GC()
+		debug.FreeOSMemory() // what the load and the plain reads left behind is not the round's
+		resetPeakRSS(b)
 		var peak atomic.Uint64
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
@@ -158,13 +163,14 @@ func BenchmarkReconcile(b *testing.B) {
 		el := time.Since(start)
 		close(stop)
 		wg.Wait()
+		rss := peakRSS(b)
 		if err != nil {
 			b.Fatal(err)
 		}
 		if rep.Status != "clean" {
 			b.Fatalf("round not clean: %s %v %s", rep.Status, rep.Counts, rep.Error)
 		}
-		return el, rep, peak.Load()
+		return el, rep, peak.Load(), rss
 	}
 
 	b.ResetTimer()
@@ -175,10 +181,11 @@ func BenchmarkReconcile(b *testing.B) {
 		var plainRows int64
 		var rep *Report
 		var peak uint64
+		var rss int64
 		for i := range 2 {
 			p, pr := plain(false)
 			ps, _ := plain(true)
-			rt, rr, pk := round()
+			rt, rr, pk, rs := round()
 			if i == 0 || p < bestPlain {
 				bestPlain, plainRows = p, pr
 			}
@@ -188,7 +195,9 @@ func BenchmarkReconcile(b *testing.B) {
 			if i == 0 || rt < bestRound {
 				bestRound, rep = rt, rr
 			}
-			peak = max(peak, pk)
+			peak, rss = max(peak, pk), max(rss, rs)
+			b.Logf("pass %d: plain read %s, in _id order %s, clean round %s (%.2fx), peak RSS %d MB",
+				i+1, p.Round(time.Millisecond), ps.Round(time.Millisecond), rt.Round(time.Millisecond), rt.Seconds()/p.Seconds(), rs>>20)
 		}
 		ratio := bestRound.Seconds() / bestPlain.Seconds()
 		b.ReportMetric(float64(plainRows)/bestPlain.Seconds(), "plain_rows/s")
@@ -197,9 +206,39 @@ func BenchmarkReconcile(b *testing.B) {
 		b.ReportMetric(1/ratio, "of-baseline") // throughput: the plain read's time over the round's
 		b.ReportMetric(bestRound.Seconds()/bestSorted.Seconds(), "round/plain_id_order")
 		b.ReportMetric(float64(peak)/(1<<20), "peak_heap_MB")
-		b.Logf("%d documents, %d rows: plain read %s (%.0f rows/s; in _id order %s), clean round %s (%.0f rows/s; scans %.1fs/%.1fs, %d leaves per table) = %.2fx the plain read, %.2fx the _id-ordered one; peak heap in use %.0f MB",
+		b.ReportMetric(float64(rss)/(1<<20), "peak-rss-MB")
+		b.Logf("%d documents, %d rows: plain read %s (%.0f rows/s; in _id order %s), clean round %s (%.0f rows/s; scans %.1fs/%.1fs, %d leaves per table) = %.2fx the plain read, %.2fx the _id-ordered one; peak heap in use %.0f MB, peak RSS %d MB",
 			n, rep.RowsCompared, bestPlain.Round(time.Millisecond), float64(plainRows)/bestPlain.Seconds(), bestSorted.Round(time.Millisecond),
 			bestRound.Round(time.Millisecond), float64(rep.RowsCompared)/bestRound.Seconds(), rep.SourceSeconds, rep.TargetSeconds,
-			1<<rep.BucketBits, ratio, bestRound.Seconds()/bestSorted.Seconds(), float64(peak)/(1<<20))
+			1<<rep.BucketBits, ratio, bestRound.Seconds()/bestSorted.Seconds(), float64(peak)/(1<<20), rss>>20)
 	}
+}
+
+// resetPeakRSS sets the process's peak resident set (VmHWM) to its current
+// one (Linux ≥ 4.0: "5" to clear_refs), so that peakRSS then reports the
+// peak of what follows, not of the load before it.
+func resetPeakRSS(b *testing.B) {
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		b.Fatalf("reset the peak RSS: %v", err)
+	}
+}
+
+// peakRSS is the process's peak resident set in bytes since the last
+// resetPeakRSS (VmHWM in /proc/self/status).
+func peakRSS(b *testing.B) int64 {
+	st, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				b.Fatalf("VmHWM %q: %v", v, err)
+			}
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmHWM in /proc/self/status")
+	return 0
 }
