@@ -56,12 +56,17 @@ stack-down:
 stack-status:
 	@$(STACK) status
 
+# Reconcile's benchmarks load TIDEMARK_RECONCILE_BENCH_ROWS documents
+# (default 100,000; 1,000,000 takes about 15 minutes to load on the 2-core
+# stack, per benchmark) and run TIDEMARK_RECONCILE_BENCH_PASSES passes (2).
+RECONCILE_BENCH_TIMEOUT ?= 120m
 bench: stack-up
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./transform
 	$(GO) test -run '^$$' -bench BenchmarkDecodeEvent -benchtime 1s ./capture
 	$(GO) test -tags integration -run '^$$' -bench 'BenchmarkCapture|BenchmarkBackfillVsScan' -benchtime 1x -timeout 20m ./capture
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./sink
-	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./reconcile
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./internal/standin
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout $(RECONCILE_BENCH_TIMEOUT) ./reconcile
 
 demo:
 	@deploy/local/demo

@@ -4,6 +4,7 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -101,18 +102,20 @@ func (f *fixture) load(ctx context.Context, n int) envelope.Version {
 					return err
 				}
 				ev := envelope.Event{Op: envelope.OpBackfill, Namespace: f.ns, ID: raw.Lookup("_id"), Version: v, Doc: raw}
-				for i := range rows {
-					tb := rows[i].Table
-					if tb.NeedsKeyMap() {
-						err = w.ApplyMapped(gctx, tb, &ev, &rows[i])
-					} else {
-						err = w.Write(gctx, tb, []sink.Change{{Row: &rows[i], Version: v.Micros()}})
+				return retryWrites(gctx, func() error {
+					for i := range rows {
+						tb := rows[i].Table
+						if tb.NeedsKeyMap() {
+							err = w.ApplyMapped(gctx, tb, &ev, &rows[i])
+						} else {
+							err = w.Write(gctx, tb, []sink.Change{{Row: &rows[i], Version: v.Micros()}})
+						}
+						if err != nil {
+							return err
+						}
 					}
-					if err != nil {
-						return err
-					}
-				}
-				return nil
+					return nil
+				})
 			})
 		}
 	}
@@ -121,6 +124,26 @@ func (f *fixture) load(ctx context.Context, n int) envelope.Version {
 	}
 	t.Logf("loaded %d documents and their rows in %s", n, time.Since(start).Round(time.Millisecond))
 	return v
+}
+
+// retryWrites runs write, which must be idempotent, until it succeeds, the
+// target rejects it, or ten attempts failed: a busy single-node Cassandra
+// times out a write now and then (seen loading 1,000,000 documents with
+// the machine's load average above 30), and the sink would retry it too.
+func retryWrites(ctx context.Context, write func() error) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := write()
+		if err == nil || errors.Is(err, sink.ErrRejected) || attempt == 10 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // startPipeline runs capture (stream only, no initial backfill: the rows are

@@ -36,54 +36,10 @@ func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
 	f.load(ctx, n)
 	f.startPipeline(ctx, 4)
 
-	lctx, stopLoad := context.WithCancel(ctx)
-	var changes atomic.Int64
-	var wg sync.WaitGroup
-	var loadErrs atomic.Int64
-	var firstErr sync.Once
-	// One shared pace for all writers; many writers because one operation
-	// can take longer than the gap between two.
-	const writers = 128
-	pace := rate.NewLimiter(rate.Limit(rateWanted), 20)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 7))
-			for i := 0; ; i++ {
-				if pace.Wait(lctx) != nil {
-					return
-				}
-				{
-					id := int64(rng.IntN(n + n/10))
-					if stray(id) {
-						continue
-					}
-					var err error
-					switch rng.IntN(10) {
-					case 0:
-						_, err = f.coll.DeleteOne(lctx, bson.D{{Key: "_id", Value: id}})
-					case 1:
-						_, err = f.coll.ReplaceOne(lctx, bson.D{{Key: "_id", Value: id}}, userDoc(id, i), options.Replace().SetUpsert(true))
-					default:
-						_, err = f.coll.UpdateOne(lctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
-							{Key: "email", Value: fmt.Sprintf("w%d-%d-%d@x.org", w, i, id)}, {Key: "age", Value: int32(i % 90)}}}})
-					}
-					if err != nil {
-						if lctx.Err() == nil {
-							loadErrs.Add(1)
-							firstErr.Do(func() { t.Logf("load: %v", err) })
-						}
-						continue
-					}
-					changes.Add(1)
-				}
-			}
-		}()
-	}
+	load := f.startLoad(ctx, n, rateWanted, stray)
 	// Let the load reach a steady state before the round starts.
 	time.Sleep(2 * time.Second)
-	t.Logf("load before the round: %.0f changes/s", float64(changes.Load())/2)
+	t.Logf("load before the round: %.0f changes/s", float64(load.changes.Load())/2)
 	// A stray writer corrupts a few rows the load never touches, stamped
 	// now: among all the keys in flight, exactly these must be divergent.
 	var corrupted []string
@@ -96,11 +52,10 @@ func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
 	// A cold or busy stack lets the pipeline fall 20 s behind the load while
 	// the round scans; the corrupted keys must not be left undecided then.
 	r := f.reconciler(Config{InFlightWait: 45 * time.Second, Concurrency: 16})
-	start, before := time.Now(), changes.Load()
+	start, before := time.Now(), load.changes.Load()
 	rep, err := r.Round(ctx, Scope{Namespace: f.ns}, RoundOptions{Actor: "test", Reason: "live load"})
-	rate := float64(changes.Load()-before) / time.Since(start).Seconds()
-	stopLoad()
-	wg.Wait()
+	rate := float64(load.changes.Load()-before) / time.Since(start).Seconds()
+	load.stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,8 +66,8 @@ func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
 	}
 	// The stand-in MongoDB drops every connection when it stalls (a long JVM
 	// pause); a few failed writes are the stand-in's, not reconcile's.
-	if e := loadErrs.Load(); e > changes.Load()/20 {
-		t.Errorf("%d load operations failed (%d succeeded)", e, changes.Load())
+	if e := load.errs.Load(); e > load.changes.Load()/20 {
+		t.Errorf("%d load operations failed (%d succeeded)", e, load.changes.Load())
 	}
 	// The MongoDB stand-in, not reconcile, sets the pace here: on the shared
 	// 2-core stack it sustains 400-800 writes/s alongside capture, and about
@@ -168,6 +123,62 @@ func TestIntegrationRoundUnderLiveLoad(t *testing.T) {
 		t.Errorf("round summary %s lists documents %v (complete %v), want exactly the corrupted %v", sum.ID, listed, sum.IDsComplete, corrupted)
 	}
 	if rep.Counts["in_flight"]+rep.Counts["resolved"] == 0 {
-		t.Errorf("no key was counted in flight or resolved, although %d changes happened during the round", changes.Load()-before)
+		t.Errorf("no key was counted in flight or resolved, although %d changes happened during the round", load.changes.Load()-before)
 	}
+}
+
+// liveLoad is a steady stream of changes to a fixture's collection, from
+// startLoad until stop.
+type liveLoad struct {
+	changes atomic.Int64 // operations the source acknowledged
+	errs    atomic.Int64 // operations that failed while the load ran
+	stop    func()       // ends the load and waits for its writers
+}
+
+// startLoad offers perSecond changes to f's collection: 80 % updates that
+// move users_by_email keys, 10 % replaces (upserts: inserts for the tenth
+// of _ids above n and for deleted ones) and 10 % deletes, over _ids below
+// n+n/10 except those skip names. One shared pace for all writers; many
+// writers because one operation can take longer than the gap between two.
+func (f *fixture) startLoad(ctx context.Context, n, perSecond int, skip func(int64) bool) *liveLoad {
+	const writers = 128
+	lctx, cancel := context.WithCancel(ctx)
+	l := &liveLoad{}
+	var wg sync.WaitGroup
+	var firstErr sync.Once
+	pace := rate.NewLimiter(rate.Limit(perSecond), 20)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := 0; pace.Wait(lctx) == nil; i++ {
+				id := int64(rng.IntN(n + n/10))
+				if skip != nil && skip(id) {
+					continue
+				}
+				var err error
+				switch rng.IntN(10) {
+				case 0:
+					_, err = f.coll.DeleteOne(lctx, bson.D{{Key: "_id", Value: id}})
+				case 1:
+					_, err = f.coll.ReplaceOne(lctx, bson.D{{Key: "_id", Value: id}}, userDoc(id, i), options.Replace().SetUpsert(true))
+				default:
+					_, err = f.coll.UpdateOne(lctx, bson.D{{Key: "_id", Value: id}}, bson.D{{Key: "$set", Value: bson.D{
+						{Key: "email", Value: fmt.Sprintf("w%d-%d-%d@x.org", w, i, id)}, {Key: "age", Value: int32(i % 90)}}}})
+				}
+				if err != nil {
+					if lctx.Err() == nil {
+						l.errs.Add(1)
+						firstErr.Do(func() { f.t.Logf("load: %v", err) })
+					}
+					continue
+				}
+				l.changes.Add(1)
+			}
+		}()
+	}
+	l.stop = func() { cancel(); wg.Wait() }
+	f.t.Cleanup(l.stop) // a test that failed before its stop leaves no writer behind
+	return l
 }

@@ -21,7 +21,7 @@ import (
 	"github.com/tidemarkhq/tidemark/internal/testbed"
 )
 
-func connect(t *testing.T, uri string) *mongo.Client {
+func connect(t testing.TB, uri string) *mongo.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -37,7 +37,7 @@ func connect(t *testing.T, uri string) *mongo.Client {
 }
 
 // fill appends n oplog entries (inserts into another collection).
-func fill(t *testing.T, ctx context.Context, coll *mongo.Collection, n int) {
+func fill(t testing.TB, ctx context.Context, coll *mongo.Collection, n int) {
 	t.Helper()
 	docs := make([]any, 0, 1000)
 	for i := 0; i < n; i++ {
@@ -53,7 +53,7 @@ func fill(t *testing.T, ctx context.Context, coll *mongo.Collection, n int) {
 
 // getMoreCost is the median time of a change stream's Next that returns one
 // new event: the getMore that reads it from the oplog.
-func getMoreCost(t *testing.T, ctx context.Context, coll *mongo.Collection, rounds int) time.Duration {
+func getMoreCost(t testing.TB, ctx context.Context, coll *mongo.Collection, rounds int) time.Duration {
 	t.Helper()
 	cs, err := coll.Watch(ctx, mongo.Pipeline{}, options.ChangeStream().SetMaxAwaitTime(5*time.Second))
 	if err != nil {
@@ -76,7 +76,7 @@ func getMoreCost(t *testing.T, ctx context.Context, coll *mongo.Collection, roun
 }
 
 // oplogEntries counts the oplog through the collection, as on any server.
-func oplogEntries(t *testing.T, ctx context.Context, cl *mongo.Client) int64 {
+func oplogEntries(t testing.TB, ctx context.Context, cl *mongo.Client) int64 {
 	t.Helper()
 	n, err := cl.Database("local").Collection("oplog.rs").CountDocuments(ctx, bson.D{})
 	if err != nil {
