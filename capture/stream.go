@@ -219,69 +219,24 @@ func (s *streamRun) run(ctx context.Context, cs changeStream) error {
 
 // read reads the stream until an error; see run.
 func (s *streamRun) read(ctx context.Context, cs changeStream) error {
-	c := s.c
 	for {
 		// Before an empty batch the newest oplog entry is a position the
 		// stream has passed once the batch comes back empty; only read on
 		// servers without post-batch resume tokens, and only when due.
 		var before envelope.Version
-		idleDue := len(s.pending) == 0 && s.inval == nil && time.Since(s.lastCkpt) >= c.cfg.IdleCheckpointInterval
+		idleDue := len(s.pending) == 0 && s.inval == nil && time.Since(s.lastCkpt) >= s.c.cfg.IdleCheckpointInterval
 		if idleDue && s.noPBRT {
-			if v, ok, err := c.src.newestHistory(ctx); err == nil && ok {
+			if v, ok, err := s.c.src.newestHistory(ctx); err == nil && ok {
 				before = v
 			}
 		}
-		if s.caughtUp {
-			// The server had no more to give: poll again once the committer
-			// has taken what was flushed, one group behind it, rather than
-			// at once. Reading ahead only pays while there is a backlog; a
-			// reader that caught up would poll the server again and again for
-			// a few events each, every poll a round trip for the server (and
-			// a scan of the whole oplog for the mongo-java-server stand-in).
-			s.caughtUp = false
-			if err := s.commits.waitTaken(ctx); err != nil {
-				return err
-			}
+		if err := s.waitIfCaughtUp(ctx); err != nil {
+			return err
 		}
 		polled := time.Now()
 		if !cs.TryNext(ctx) {
-			if err := cs.Err(); err != nil {
-				return s.failed(ctx, err)
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			// An empty batch: the server has read to the end of its history,
-			// so any transaction still pending is complete.
-			if s.inval != nil {
-				return s.invalidated(ctx, nil)
-			}
-			if len(s.pending) > 0 {
-				if err := s.flush(ctx, cs.ResumeToken()); err != nil {
-					return err
-				}
-				s.caughtUp = true
-			} else if idleDue {
-				if err := s.idle(ctx, cs.ResumeToken(), before); err != nil {
-					return err
-				}
-			}
-			// The stand-in answers an empty getMore at once, ignoring
-			// maxAwaitTimeMS. Consecutive empty batches wait 10 ms, 20 ms,
-			// ... up to IdlePoll between polls: a stream that just caught
-			// up polls again soon, an idle one at most once per IdlePoll.
-			// A real server's getMore waits server-side (maxAwaitTimeMS),
-			// so the wait below is already spent there.
-			s.empties++
-			pause := min(c.cfg.IdlePoll, 10*time.Millisecond<<min(s.empties-1, 10))
-			if wait := pause - time.Since(polled); wait > 0 {
-				t := time.NewTimer(wait)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-					return ctx.Err()
-				case <-t.C:
-				}
+			if done, err := s.emptyBatch(ctx, cs, idleDue, before, polled); done || err != nil {
+				return err
 			}
 			continue
 		}
@@ -292,72 +247,154 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 		if cs.RemainingBatchLength() == 0 {
 			// The last event of a server batch; a short batch means the
 			// server had no more.
-			s.inBatch, s.caughtUp = false, s.batchLen < c.cfg.BatchSize
+			s.inBatch, s.caughtUp = false, s.batchLen < s.c.cfg.BatchSize
 		}
-		raw := cs.Current()
-		if split, err := raw.LookupErr("splitEvent"); err == nil {
-			s.frags = append(s.frags, append(bson.Raw(nil), raw...))
-			frag, _ := split.Document().Lookup("fragment").AsInt64OK()
-			of, _ := split.Document().Lookup("of").AsInt64OK()
-			if frag < of {
-				continue
-			}
-			merged, err := mergeFragments(s.frags)
-			s.frags = s.frags[:0]
-			if err != nil {
-				return fmt.Errorf("capture %s: merge split event: %w", s.ns, err)
-			}
-			raw = merged
+		raw, whole, err := s.assemble(cs.Current())
+		if err != nil {
+			return err
+		}
+		if !whole {
+			continue // a fragment of a split event: the next one goes on
 		}
 		ev, err := decodeEvent(raw)
 		if err != nil {
 			return fmt.Errorf("capture %s: decode change event: %w", s.ns, err)
 		}
-		if s.inval != nil {
-			// The invalidate follows a drop or rename; anything else means the
-			// server does not invalidate (the stand-in): stop at the drop.
-			var tok bson.Raw
-			if ev.Op == "invalidate" {
-				tok = ev.Token
-			}
-			return s.invalidated(ctx, tok)
-		}
-		switch ev.Op {
-		case "drop", "rename", "dropDatabase", "invalidate":
-			if err := s.flushAll(ctx); err != nil {
-				return err
-			}
-			s.inval = &Invalidation{Op: ev.Op, T: ev.ClusterTime.T, I: ev.ClusterTime.I, Token: ev.Token}
-			if ev.Op == "rename" {
-				s.inval.To = ev.To.DB + "." + ev.To.Coll
-			}
-			if ev.Op == "invalidate" {
-				return s.invalidated(ctx, ev.Token)
-			}
-			continue
-		}
-		if n := len(s.pending); n > 0 && s.pending[n-1].group() != ev.group() && (s.held || n >= c.cfg.BatchSize) {
-			// The previous transaction is complete: its successor started.
-			if err := s.flush(ctx, s.pending[n-1].Token); err != nil {
-				return err
-			}
-		}
-		s.pending = append(s.pending, ev)
-		s.held = false
-		if cs.RemainingBatchLength() == 0 {
-			tok := cs.ResumeToken()
-			// A post-batch resume token past the last event means the server
-			// read beyond it, so its transaction is complete. Equal tokens mean
-			// the batch was cut by size and the transaction may continue.
-			if ev.TxnNumber == nil || !bytes.Equal(tok, ev.Token) {
-				if err := s.flush(ctx, tok); err != nil {
-					return err
-				}
-			} else {
-				s.held = true
-			}
+		if done, err := s.take(ctx, cs, ev); done || err != nil {
+			return err
 		}
 	}
+}
+
+// waitIfCaughtUp waits, after the server had no more to give, until the
+// committer has taken what was flushed, one group behind it, rather than
+// polling at once. Reading ahead only pays while there is a backlog; a
+// reader that caught up would poll the server again and again for a few
+// events each, every poll a round trip for the server (and a scan of the
+// whole oplog for the mongo-java-server stand-in).
+func (s *streamRun) waitIfCaughtUp(ctx context.Context) error {
+	if !s.caughtUp {
+		return nil
+	}
+	s.caughtUp = false
+	return s.commits.waitTaken(ctx)
+}
+
+// emptyBatch handles a poll that returned no event: the server has read to
+// the end of its history, so a pending transaction is complete and is
+// flushed, an idle stream checkpoints when due, and the next poll waits.
+// done says read must return err (nil when the stream ended on purpose).
+func (s *streamRun) emptyBatch(ctx context.Context, cs changeStream, idleDue bool, before envelope.Version, polled time.Time) (done bool, err error) {
+	if err := cs.Err(); err != nil {
+		return true, s.failed(ctx, err)
+	}
+	if ctx.Err() != nil {
+		return true, ctx.Err()
+	}
+	if s.inval != nil {
+		return true, s.invalidated(ctx, nil)
+	}
+	if len(s.pending) > 0 {
+		if err := s.flush(ctx, cs.ResumeToken()); err != nil {
+			return true, err
+		}
+		s.caughtUp = true
+	} else if idleDue {
+		if err := s.idle(ctx, cs.ResumeToken(), before); err != nil {
+			return true, err
+		}
+	}
+	// The stand-in answers an empty getMore at once, ignoring
+	// maxAwaitTimeMS. Consecutive empty batches wait 10 ms, 20 ms, ... up
+	// to IdlePoll between polls: a stream that just caught up polls again
+	// soon, an idle one at most once per IdlePoll. A real server's getMore
+	// waits server-side (maxAwaitTimeMS), so the wait below is already
+	// spent there.
+	s.empties++
+	pause := min(s.c.cfg.IdlePoll, 10*time.Millisecond<<min(s.empties-1, 10))
+	if wait := pause - time.Since(polled); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return true, ctx.Err()
+		case <-t.C:
+		}
+	}
+	return false, nil
+}
+
+// assemble returns a whole event: raw itself, or, for the last fragment of
+// a split event ($changeStreamSplitLargeEvent), the fragments merged.
+// whole is false for a fragment before the last.
+func (s *streamRun) assemble(raw bson.Raw) (_ bson.Raw, whole bool, _ error) {
+	split, err := raw.LookupErr("splitEvent")
+	if err != nil {
+		return raw, true, nil
+	}
+	s.frags = append(s.frags, append(bson.Raw(nil), raw...))
+	frag, _ := split.Document().Lookup("fragment").AsInt64OK()
+	of, _ := split.Document().Lookup("of").AsInt64OK()
+	if frag < of {
+		return nil, false, nil
+	}
+	merged, err := mergeFragments(s.frags)
+	s.frags = s.frags[:0]
+	if err != nil {
+		return nil, false, fmt.Errorf("capture %s: merge split event: %w", s.ns, err)
+	}
+	return merged, true, nil
+}
+
+// take adds an event to the pending group, flushing the group when a
+// transaction or a server batch completes it, and stops at a drop, rename
+// or invalidate. done says read must return err.
+func (s *streamRun) take(ctx context.Context, cs changeStream, ev changeEvent) (done bool, err error) {
+	if s.inval != nil {
+		// The invalidate follows a drop or rename; anything else means the
+		// server does not invalidate (the stand-in): stop at the drop.
+		var tok bson.Raw
+		if ev.Op == "invalidate" {
+			tok = ev.Token
+		}
+		return true, s.invalidated(ctx, tok)
+	}
+	switch ev.Op {
+	case "drop", "rename", "dropDatabase", "invalidate":
+		if err := s.flushAll(ctx); err != nil {
+			return true, err
+		}
+		s.inval = &Invalidation{Op: ev.Op, T: ev.ClusterTime.T, I: ev.ClusterTime.I, Token: ev.Token}
+		if ev.Op == "rename" {
+			s.inval.To = ev.To.DB + "." + ev.To.Coll
+		}
+		if ev.Op == "invalidate" {
+			return true, s.invalidated(ctx, ev.Token)
+		}
+		return false, nil
+	}
+	if n := len(s.pending); n > 0 && s.pending[n-1].group() != ev.group() && (s.held || n >= s.c.cfg.BatchSize) {
+		// The previous transaction is complete: its successor started.
+		if err := s.flush(ctx, s.pending[n-1].Token); err != nil {
+			return true, err
+		}
+	}
+	s.pending = append(s.pending, ev)
+	s.held = false
+	if cs.RemainingBatchLength() == 0 {
+		tok := cs.ResumeToken()
+		// A post-batch resume token past the last event means the server
+		// read beyond it, so its transaction is complete. Equal tokens mean
+		// the batch was cut by size and the transaction may continue.
+		if ev.TxnNumber == nil || !bytes.Equal(tok, ev.Token) {
+			if err := s.flush(ctx, tok); err != nil {
+				return true, err
+			}
+		} else {
+			s.held = true
+		}
+	}
+	return false, nil
 }
 
 // flushAll produces every pending event, as complete.
