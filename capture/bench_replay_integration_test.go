@@ -3,12 +3,10 @@
 package capture
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -238,7 +236,7 @@ type cpuTimes struct{ client, kafka time.Duration }
 func cpuNow() cpuTimes {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return cpuTimes{time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), kafkaCPU()}
+	return cpuTimes{time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), testbed.ServerCPU("kafka")}
 }
 
 // add adds the time used since t to sum.
@@ -246,30 +244,4 @@ func (t cpuTimes) add(sum *cpuTimes) {
 	now := cpuNow()
 	sum.client += now.client - t.client
 	sum.kafka += now.kafka - t.kafka
-}
-
-// kafkaCPU is the CPU time the local stack's Kafka has used so far
-// (deploy/local/stack keeps its pid in TIDEMARK_STACK_DIR).
-func kafkaCPU() time.Duration {
-	dir := os.Getenv("TIDEMARK_STACK_DIR")
-	if dir == "" {
-		dir = filepath.Join("..", ".stack")
-	}
-	pid, err := os.ReadFile(filepath.Join(dir, "kafka.pid"))
-	if err != nil {
-		return 0
-	}
-	stat, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(pid)), "stat"))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which ends with ")": utime and stime
-	// are the 12th and 13th, in clock ticks (100 per second on Linux).
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+st) * 10 * time.Millisecond
 }

@@ -27,14 +27,17 @@ import (
 	"go.mongodb.org/mongo-driver/mongo"
 )
 
+// bracket is one BSON comparison bracket's $type aliases.
+type bracket struct {
+	aliases []string
+	rare    []string
+}
+
 // brackets lists the $type aliases of each BSON comparison bracket in sort
 // order. Arrays, regular expressions and undefined cannot be an _id and are
 // left out. rare marks aliases some servers do not know (the stand-in rejects
 // them with BadValue); they are only used when the server accepts them.
-var brackets = []struct {
-	aliases []string
-	rare    []string
-}{
+var brackets = []bracket{
 	{aliases: []string{"minKey"}},
 	{aliases: []string{"null"}},
 	{aliases: []string{"double", "int", "long", "decimal"}},
@@ -99,21 +102,28 @@ func After(last *bson.RawValue, rare bool) bson.D {
 		// other number is at least -Infinity.
 		gt = bson.D{{Key: "_id", Value: bson.D{{Key: "$gte", Value: math.Inf(-1)}}}}
 	}
-	var later bson.A
-	for _, b := range brackets[Bracket(last.Type)+1:] {
-		for _, a := range b.aliases {
-			later = append(later, a)
-		}
-		if rare {
-			for _, a := range b.rare {
-				later = append(later, a)
-			}
-		}
-	}
+	later := typeAliases(brackets[Bracket(last.Type)+1:], rare)
 	if len(later) == 0 {
 		return gt
 	}
 	return bson.D{{Key: "$or", Value: bson.A{gt, bson.D{{Key: "_id", Value: bson.D{{Key: "$type", Value: later}}}}}}}
+}
+
+// typeAliases are the $type aliases of every type in bs, with the rare
+// ones when rare is set: a $type match for whole brackets.
+func typeAliases(bs []bracket, rare bool) bson.A {
+	var out bson.A
+	for _, b := range bs {
+		for _, a := range b.aliases {
+			out = append(out, a)
+		}
+		if rare {
+			for _, a := range b.rare {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 // AtMost selects every _id that sorts at or before last, across brackets:
@@ -125,17 +135,7 @@ func AtMost(last *bson.RawValue, rare bool) bson.D {
 		return bson.D{}
 	}
 	lte := bson.D{{Key: "_id", Value: bson.D{{Key: "$lte", Value: *last}}}}
-	var earlier bson.A
-	for _, b := range brackets[:Bracket(last.Type)] {
-		for _, a := range b.aliases {
-			earlier = append(earlier, a)
-		}
-		if rare {
-			for _, a := range b.rare {
-				earlier = append(earlier, a)
-			}
-		}
-	}
+	earlier := typeAliases(brackets[:Bracket(last.Type)], rare)
 	if len(earlier) == 0 {
 		return lte
 	}

@@ -3,16 +3,12 @@
 package sink
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"runtime/pprof"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -234,7 +230,7 @@ func cpuTime() time.Duration {
 type cpuTimes struct{ client, kafka, cassandra time.Duration }
 
 func cpuNow() cpuTimes {
-	return cpuTimes{cpuTime(), serverCPU("kafka"), serverCPU("cassandra")}
+	return cpuTimes{cpuTime(), testbed.ServerCPU("kafka"), testbed.ServerCPU("cassandra")}
 }
 
 // add adds the time used since t to sum.
@@ -243,28 +239,6 @@ func (t cpuTimes) add(sum *cpuTimes) {
 	sum.client += now.client - t.client
 	sum.kafka += now.kafka - t.kafka
 	sum.cassandra += now.cassandra - t.cassandra
-}
-
-// serverCPU is the CPU time used so far by a server of the local stack
-// (deploy/local/stack keeps its pid), or 0 when the stack is elsewhere.
-func serverCPU(name string) time.Duration {
-	pid, err := os.ReadFile(filepath.Join("..", ".stack", name+".pid"))
-	if err != nil {
-		return 0
-	}
-	stat, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(pid)), "stat"))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which ends with ")": utime and stime
-	// are the 12th and 13th, in clock ticks (100 per second on Linux).
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+st) * 10 * time.Millisecond
 }
 
 func median(xs []float64) float64 {
