@@ -3,18 +3,21 @@ package capture
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
+	"github.com/tidemarkhq/tidemark/internal/testbed"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // fenceCommits makes the rig's Kafka answer a transaction's commit with
 // PRODUCER_FENCED, as a broker does for a transaction it aborted on its
-// timeout while it could not answer: once, or every time.
-func fenceCommits(r *replayRig, always bool) {
+// timeout while it could not answer: once, or every time; after delay, so
+// that the reader can meet the end of its stream first.
+func fenceCommits(r *replayRig, always bool, delay time.Duration) {
 	r.kc.ControlKey(int16(kmsg.EndTxn), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		end := req.(*kmsg.EndTxnRequest)
 		if !end.Commit {
@@ -23,6 +26,7 @@ func fenceCommits(r *replayRig, always bool) {
 		if always {
 			r.kc.KeepControl()
 		}
+		time.Sleep(delay)
 		resp := end.ResponseKind().(*kmsg.EndTxnResponse)
 		resp.Version = end.Version
 		resp.ErrorCode = kerr.ProducerFenced.Code
@@ -46,7 +50,7 @@ func TestFencedOnceResumes(t *testing.T) {
 	}}
 	r := newReplayRig(t, src, Config{})
 	putState(context.Background(), r.c, rns, streamState{StartT: 100})
-	fenceCommits(r, false)
+	fenceCommits(r, false, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
@@ -83,14 +87,21 @@ func TestFencedTwiceStops(t *testing.T) {
 	src := &replaySource{streams: [][]step{{b}, {b}, {b}}}
 	r := newReplayRig(t, src, Config{})
 	putState(context.Background(), r.c, rns, streamState{StartT: 100})
-	fenceCommits(r, true)
+	// The commit is answered late, so the stream's script ends (a read
+	// error) while the group is still committing: the fence must still be
+	// what the namespace decides on, not the read error, which would only
+	// resume the stream and open a third one.
+	fenceCommits(r, true, 300*time.Millisecond)
+	// Capture's log says why each stream ended, for a failure below.
+	logs := &testbed.LockedBuffer{}
+	r.c.log = slog.New(slog.NewTextHandler(logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := r.c.runNamespace(ctx, rns); !errors.Is(err, ErrFenced) {
-		t.Fatalf("runNamespace: %v, want ErrFenced", err)
+		t.Fatalf("runNamespace: %v, want ErrFenced\n%s", err, logs)
 	}
 	if n := len(src.watches()); n != 2 {
-		t.Fatalf("%d streams opened, want 2 (the first and its one retry)", n)
+		t.Fatalf("%d streams opened, want 2 (the first and its one retry); capture's log:\n%s", n, logs)
 	}
 	// (What the fenced transactions hold stays uncommitted: the broker
 	// aborts them on their timeout; kfake, answering for it here, leaves

@@ -211,7 +211,15 @@ func (s *streamRun) run(ctx context.Context, cs changeStream) error {
 	go s.commits.run(ctx)
 	defer s.commits.close()
 	err := s.read(ctx, cs)
-	if serr := s.settle(); err == nil {
+	serr := s.settle()
+	switch {
+	case err == nil:
+		err = serr
+	case errors.Is(serr, ErrFenced):
+		// A fence the committer met outranks the reader's error (a stream
+		// that broke while the group committed): the namespace decides on
+		// fences (one retry with a fresh producer, then stop), while a read
+		// error only resumes the stream and would hide the fence.
 		err = serr
 	}
 	return err
