@@ -13,6 +13,7 @@ import (
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
 	"github.com/tidemarkhq/tidemark/checkpoints/checkpointstest"
+	"github.com/tidemarkhq/tidemark/internal/testbed"
 )
 
 func TestObserverCallsALeaseStaleOnlyAfterWatchingItUnchanged(t *testing.T) {
@@ -277,13 +278,7 @@ func TestSegmentWorkersShareARoundAndRedoAKilledOnesSegment(t *testing.T) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testbed.Until(t, "condition", 10*time.Second, cond)
 }
 
 // scopeRound is a round of one scope on daemon name, far enough built for

@@ -97,9 +97,5 @@ func leaderOf(ctx context.Context, ac *admin.Client) (daemon.LeaderInfo, error) 
 // waitFor polls cond every 100 ms until it holds, failing the test after 90 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(90 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 90s", what)
-		}
-	}
+	testbed.Until(t, what, 90*time.Second, cond)
 }
