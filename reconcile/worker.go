@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/tidemarkhq/tidemark/checkpoints"
@@ -21,8 +20,6 @@ type Worker struct {
 	r *Reconciler
 	// poll is how often the store is asked for rounds to help.
 	poll time.Duration
-	// working names the round being helped now, for tests and status.
-	working atomic.Pointer[string]
 }
 
 // NewWorker returns a Worker that hashes segments with r's connections,
@@ -47,14 +44,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-// Working names the round whose segments this worker is taking, if any.
-func (w *Worker) Working() string {
-	if p := w.working.Load(); p != nil {
-		return *p
-	}
-	return ""
 }
 
 // rounds lists the segmented rounds running now that this worker can help:
@@ -116,8 +105,6 @@ func (w *Worker) help(ctx context.Context, rr runningRound) error {
 		cur, _, found, err := getVersioned[runningRound](ctx, r.d.Store, key)
 		return err == nil && found && !cur.Released && cur.Manifest != nil && cur.Manifest.ID == m.ID
 	}
-	w.working.Store(&m.ID)
-	defer w.working.Store(nil)
 	sw := &segmentWorker{rd: rd, m: m, obs: r.obs, live: live}
 	return sw.run(ctx)
 }
