@@ -469,16 +469,19 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 	var mu sync.Mutex
 	var first error
 	var refused []*kgo.Record
+	acked := map[string]int32{} // a partition written to, per topic
 	done := func(r *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			if first == nil {
-				first = err
-			}
-			if tooLarge(err) {
-				refused = append(refused, r)
-			}
-			mu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			acked[r.Topic] = r.Partition
+			return
+		}
+		if first == nil {
+			first = err
+		}
+		if tooLarge(err) {
+			refused = append(refused, r)
 		}
 	}
 	for _, r := range batch {
@@ -490,6 +493,9 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 		txn.Produce(ctx, r, done)
 	}
 	flushErr := txn.Flush(ctx)
+	if flushErr == nil {
+		flushErr = partitionsStored(ctx, txn, acked)
+	}
 	commit := kgo.TryCommit
 	if first != nil || flushErr != nil {
 		commit = kgo.TryAbort
@@ -516,6 +522,38 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 		return flushErr
 	}
 	return endErr
+}
+
+// partitionsStored waits until txn has stored the partitions of every topic
+// a record of the transaction was written to (acked: topic → a partition).
+//
+// franz-go 1.22.3 sends the records it buffered for a topic produced to for
+// the first time as soon as it has partitioned them, and stores the topic's
+// partitions only afterwards (a deferred store in storePartitionsUpdate).
+// EndTransaction finds the partitions added to the transaction through that
+// store: a transaction whose records were acknowledged in between is "ended"
+// without an EndTxn ("no records were produced during the commit"), and the
+// commit returns nil. Its records then sit in an open transaction that the
+// broker aborts at the transaction timeout, after capture has checkpointed
+// past them: lost. It showed as a commit marker that never came in the
+// replay tests on a loaded machine, always a stream's first transaction.
+// The store follows the partitioning by microseconds; waiting for it closes
+// the window.
+func partitionsStored(ctx context.Context, txn *kgo.Client, acked map[string]int32) error {
+	for topic, p := range acked {
+		for {
+			leader, _, err := txn.PartitionLeader(topic, p)
+			if leader >= 0 || err != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Microsecond):
+			}
+		}
+	}
+	return nil
 }
 
 // tooLarge reports whether Kafka refused a record as over the topic's
