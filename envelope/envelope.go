@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/bsontype"
@@ -73,6 +74,10 @@ func Encode(dst []byte, e *Event) ([]byte, error) {
 	if e.Op == OpDelete && e.Doc != nil {
 		return dst, errors.New("envelope: encode: a delete carries no document")
 	}
+	// One allocation for the whole value when dst has no room: names,
+	// types, lengths, op and version take 60 bytes at most beside the
+	// namespace, the _id and the document.
+	dst = slices.Grow(dst, 64+len(e.Namespace)+len(e.ID.Value)+len(e.Doc))
 	idx, dst := bsoncore.AppendDocumentStart(dst)
 	dst = bsoncore.AppendInt32Element(dst, "v", FormatVersion)
 	dst = bsoncore.AppendStringElement(dst, "op", string(e.Op))

@@ -48,6 +48,35 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// Encode sizes the value once: every op, with the longest and shortest _id
+// types and with and without a document, allocates once and fits the room
+// it asked for.
+func TestEncodeAllocatesOnce(t *testing.T) {
+	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: "k"}, {Key: "bio", Value: string(make([]byte, 900))}})
+	ids := []bson.RawValue{rawValue(t, primitive.NewObjectID()), rawValue(t, "a string _id of some length"),
+		rawValue(t, int32(1)), rawValue(t, bson.D{{Key: "a", Value: 1}, {Key: "b", Value: "two"}}), {Type: bsontype.MinKey}}
+	for _, op := range []Op{OpInsert, OpUpdate, OpReplace, OpDelete, OpBackfill} {
+		for _, id := range ids {
+			for _, d := range []bson.Raw{nil, doc} {
+				if op == OpDelete && d != nil {
+					continue
+				}
+				e := Event{Op: op, Namespace: "shop.a_longer_collection_name", ID: id, Version: Version{T: math.MaxUint32, I: math.MaxUint32}, Doc: d}
+				b, err := Encode(nil, &e)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if room := 64 + len(e.Namespace) + len(id.Value) + len(d); len(b) > room {
+					t.Errorf("%s, %s _id, doc %v: value of %d bytes, Encode made room for %d", op, id.Type, d != nil, len(b), room)
+				}
+				if n := testing.AllocsPerRun(20, func() { _, _ = Encode(nil, &e) }); n != 1 && !raceEnabled {
+					t.Errorf("%s, %s _id, doc %v: %v allocations, want 1", op, id.Type, d != nil, n)
+				}
+			}
+		}
+	}
+}
+
 func TestEncodeRejects(t *testing.T) {
 	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: 1}})
 	for name, e := range map[string]Event{
