@@ -387,7 +387,12 @@ func (c *Capture) clusterTime(ctx context.Context, ns string) (envelope.Version,
 }
 
 func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Record, ok bool) {
-	val, err := envelope.Encode(nil, e)
+	// The key and the value share one allocation; the key's capacity ends
+	// where the value begins.
+	buf := make([]byte, 0, 9+len(e.ID.Value)+envelope.MaxLen(e))
+	key := envelope.AppendKey(buf, e.ID)
+	key = key[:len(key):len(key)]
+	val, err := envelope.Encode(buf[len(key):len(key)], e)
 	reason := ""
 	switch {
 	case err != nil:
@@ -395,7 +400,6 @@ func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Reco
 	case len(val) > c.cfg.MaxRecordBytes:
 		reason = fmt.Sprintf("record of %d bytes exceeds max_record_bytes %d", len(val), c.cfg.MaxRecordBytes)
 	}
-	key := e.Key()
 	if reason == "" {
 		return &kgo.Record{Topic: topic, Key: key, Value: val}, nil, true
 	}

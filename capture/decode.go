@@ -100,7 +100,7 @@ func decodeEventFast(raw bson.Raw) (ev changeEvent, ok bool) {
 				if !terminated(v) {
 					return ev, false
 				}
-				ev.Op = v.StringValue()
+				ev.Op = opName(v)
 			case bsontype.Null:
 				ev.Op = ""
 			default:
@@ -153,6 +153,26 @@ func decodeEventFast(raw bson.Raw) (ev changeEvent, ok bool) {
 		}
 	}
 	return ev, true
+}
+
+// opNames are the operation types of change events, so that decoding one
+// does not allocate its name again for every event.
+var opNames = []string{"insert", "update", "replace", "delete", "invalidate", "drop", "rename", "dropDatabase"}
+
+// opName is the string of v, an operationType: a shared one when it is a
+// known name.
+// v is terminated (see terminated): its data is a length, the bytes and a
+// NUL.
+func opName(v bsoncore.Value) string {
+	if len(v.Data) > 4 {
+		b := v.Data[4 : len(v.Data)-1]
+		for _, n := range opNames {
+			if string(b) == n { // compared without a conversion
+				return n
+			}
+		}
+	}
+	return v.StringValue()
 }
 
 // decodeNS reads {db, coll} into p, keeping fields the document lacks (as

@@ -74,10 +74,10 @@ func (c *Capture) lookupEvents(ctx context.Context, ns string, evs []changeEvent
 	return nil
 }
 
-// record turns a change event into a Kafka record, or a dead letter when it is
-// too large. ok is false for events that carry no document change.
-func (c *Capture) record(ns, topic string, ev *changeEvent, v envelope.Version) (rec, dead *kgo.Record, ok bool) {
-	e := envelope.Event{Namespace: ns, ID: ev.id, Version: v}
+// envelopeOf is the envelope of a change event stamped v; ok is false for
+// events that carry no document change.
+func (c *Capture) envelopeOf(ns string, ev *changeEvent, v envelope.Version) (e envelope.Event, ok bool) {
+	e = envelope.Event{Namespace: ns, ID: ev.id, Version: v}
 	switch ev.Op {
 	case "insert":
 		e.Op, e.Doc = envelope.OpInsert, ev.Full
@@ -92,17 +92,16 @@ func (c *Capture) record(ns, topic string, ev *changeEvent, v envelope.Version) 
 	default:
 		// DDL events (create, createIndexes, modify, ...) change no document.
 		c.log.Debug("ignoring change event without a document", "namespace", ns, "op", ev.Op, "version", v)
-		return nil, nil, false
+		return e, false
 	}
 	if e.ID.Type == 0 {
 		c.log.Warn("ignoring change event without an _id", "namespace", ns, "op", ev.Op, "version", v)
-		return nil, nil, false
+		return e, false
 	}
 	if e.Op == envelope.OpReplace && e.Doc == nil {
 		e.Op = envelope.OpUpdate // a replace whose document is already gone: the delete follows
 	}
-	c.m.events.WithLabelValues(ns, string(e.Op)).Inc()
-	return c.toRecord(topic, &e)
+	return e, true
 }
 
 // skipTooLarge handles BSONObjectTooLarge (10334): the server cannot send the

@@ -49,19 +49,15 @@ func (e *changeEvent) version() envelope.Version {
 	return envelope.Version{T: e.ClusterTime.T, I: e.ClusterTime.I}
 }
 
-// group identifies the MongoDB transaction (or single operation) an event
-// belongs to. Every event of one transaction shares its clusterTime, lsid
-// and txnNumber; events outside transactions have a cluster time of their own.
-func (e *changeEvent) group() string {
-	var b []byte
-	b = append(b, byte(e.ClusterTime.T>>24), byte(e.ClusterTime.T>>16), byte(e.ClusterTime.T>>8), byte(e.ClusterTime.T),
-		byte(e.ClusterTime.I>>24), byte(e.ClusterTime.I>>16), byte(e.ClusterTime.I>>8), byte(e.ClusterTime.I))
-	if e.TxnNumber != nil {
-		b = append(b, e.LSID...)
-		b = append(b, byte(*e.TxnNumber>>56), byte(*e.TxnNumber>>48), byte(*e.TxnNumber>>40), byte(*e.TxnNumber>>32),
-			byte(*e.TxnNumber>>24), byte(*e.TxnNumber>>16), byte(*e.TxnNumber>>8), byte(*e.TxnNumber))
+// sameGroup reports whether a and b belong to one MongoDB transaction (or
+// are one single operation). Every event of one transaction shares its
+// clusterTime, lsid and txnNumber; events outside transactions have a
+// cluster time of their own.
+func sameGroup(a, b *changeEvent) bool {
+	if a.ClusterTime != b.ClusterTime || (a.TxnNumber == nil) != (b.TxnNumber == nil) {
+		return false
 	}
-	return string(b)
+	return a.TxnNumber == nil || *a.TxnNumber == *b.TxnNumber && bytes.Equal(a.LSID, b.LSID)
 }
 
 // mergeFragments joins the fragments $changeStreamSplitLargeEvent cut one
@@ -381,7 +377,7 @@ func (s *streamRun) take(ctx context.Context, cs changeStream, ev changeEvent) (
 		}
 		return false, nil
 	}
-	if n := len(s.pending); n > 0 && s.pending[n-1].group() != ev.group() && (s.held || n >= s.c.cfg.BatchSize) {
+	if n := len(s.pending); n > 0 && !sameGroup(&s.pending[n-1], &ev) && (s.held || n >= s.c.cfg.BatchSize) {
 		// The previous transaction is complete: its successor started.
 		if err := s.flush(ctx, s.pending[n-1].Token); err != nil {
 			return true, err
@@ -455,23 +451,8 @@ func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 	if err := c.lookupEvents(ctx, s.ns, evs); err != nil {
 		return err
 	}
-	var batch, dead []*kgo.Record
 	last := s.pending[len(s.pending)-1].version()
-	for i := range evs {
-		ev := &evs[i]
-		v := ev.version()
-		c.m.sourceTime.WithLabelValues(s.ns).Set(float64(v.T))
-		if s.hadToken && !s.openedAt.Before(v) {
-			c.m.duplicates.WithLabelValues(s.ns).Inc()
-		}
-		if rec, dl, ok := c.record(s.ns, s.topic, ev, v); ok {
-			if dl != nil {
-				dead = append(dead, dl)
-			} else {
-				batch = append(batch, rec)
-			}
-		}
-	}
+	batch, dead := s.records(evs)
 	s.pending, s.held = s.pending[:0], false
 	if tv, ok := mongoid.TokenTime(tok); ok && last.Before(tv) {
 		last = tv
@@ -490,6 +471,42 @@ func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 // makes the newest checkpoint the stream's committed state. It does not give
 // up when ctx ends: the committer does, and the transactional client must not
 // be used by anything else while a commit is under way.
+// records encodes evs (coalesced, complete) into records for the stream's
+// topic and dead letters.
+func (s *streamRun) records(evs []changeEvent) (batch, dead []*kgo.Record) {
+	c := s.c
+	batch = make([]*kgo.Record, 0, len(evs))
+	// Metrics are counted here and added once: a labelled lookup per event
+	// was a visible share of capture's CPU.
+	var dups int
+	counts := map[envelope.Op]int{}
+	for i := range evs {
+		ev := &evs[i]
+		v := ev.version()
+		if s.hadToken && !s.openedAt.Before(v) {
+			dups++
+		}
+		if e, ok := c.envelopeOf(s.ns, ev, v); ok {
+			counts[e.Op]++
+			if rec, dl, _ := c.toRecord(s.topic, &e); dl != nil {
+				dead = append(dead, dl)
+			} else {
+				batch = append(batch, rec)
+			}
+		}
+	}
+	if len(evs) > 0 {
+		c.m.sourceTime.WithLabelValues(s.ns).Set(float64(evs[len(evs)-1].version().T))
+	}
+	if dups > 0 {
+		c.m.duplicates.WithLabelValues(s.ns).Add(float64(dups))
+	}
+	for op, n := range counts {
+		c.m.events.WithLabelValues(s.ns, string(op)).Add(float64(n))
+	}
+	return batch, dead
+}
+
 func (s *streamRun) settle() error {
 	if !s.queued {
 		return nil
@@ -582,11 +599,19 @@ func coalesce(evs []changeEvent) []changeEvent {
 		lastByDocKey map[string]int
 		order        []string
 	}
+	// Most batches hold no transaction: nothing to coalesce, nothing to copy.
+	alone := true
+	for i := 1; i < len(evs) && alone; i++ {
+		alone = !sameGroup(&evs[i-1], &evs[i])
+	}
+	if alone {
+		return evs
+	}
 	// Sized once: growing it by appends was a visible share of a flush.
 	out := make([]changeEvent, 0, len(evs))
 	for start := 0; start < len(evs); {
 		end := start + 1
-		for end < len(evs) && evs[end].group() == evs[start].group() {
+		for end < len(evs) && sameGroup(&evs[end], &evs[start]) {
 			end++
 		}
 		if end-start == 1 {

@@ -63,6 +63,11 @@ func (e *Event) Key() []byte { return Key(e.ID) }
 // ErrMalformed wraps every decoding failure.
 var ErrMalformed = errors.New("envelope: malformed record")
 
+// MaxLen is the most bytes Encode appends for e: names, types, lengths, op
+// and version take 60 at most beside the namespace, the _id and the
+// document.
+func MaxLen(e *Event) int { return 64 + len(e.Namespace) + len(e.ID.Value) + len(e.Doc) }
+
 // Encode appends the record value of e to dst.
 func Encode(dst []byte, e *Event) ([]byte, error) {
 	if !e.Op.Valid() {
@@ -74,10 +79,7 @@ func Encode(dst []byte, e *Event) ([]byte, error) {
 	if e.Op == OpDelete && e.Doc != nil {
 		return dst, errors.New("envelope: encode: a delete carries no document")
 	}
-	// One allocation for the whole value when dst has no room: names,
-	// types, lengths, op and version take 60 bytes at most beside the
-	// namespace, the _id and the document.
-	dst = slices.Grow(dst, 64+len(e.Namespace)+len(e.ID.Value)+len(e.Doc))
+	dst = slices.Grow(dst, MaxLen(e)) // one allocation when dst has no room
 	idx, dst := bsoncore.AppendDocumentStart(dst)
 	dst = bsoncore.AppendInt32Element(dst, "v", FormatVersion)
 	dst = bsoncore.AppendStringElement(dst, "op", string(e.Op))

@@ -66,7 +66,7 @@ func TestEncodeAllocatesOnce(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if room := 64 + len(e.Namespace) + len(id.Value) + len(d); len(b) > room {
+				if room := MaxLen(&e); len(b) > room {
 					t.Errorf("%s, %s _id, doc %v: value of %d bytes, Encode made room for %d", op, id.Type, d != nil, len(b), room)
 				}
 				if n := testing.AllocsPerRun(20, func() { _, _ = Encode(nil, &e) }); n != 1 && !raceEnabled {
