@@ -2,7 +2,9 @@ package capture
 
 import (
 	"encoding/binary"
+	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/bsontype"
@@ -40,9 +42,16 @@ func decodeEvent(raw bson.Raw) (changeEvent, error) {
 }
 
 // decodeEventDriver is the driver's full unmarshal of raw, which must not be
-// reused by the caller afterwards (the result points into it).
-func decodeEventDriver(raw bson.Raw) (changeEvent, error) {
-	var ev changeEvent
+// reused by the caller afterwards (the result points into it). The driver
+// (v1.17.10) can index out of range on a document that passes Validate
+// (FuzzDecodeEvent found one, testdata/fuzz/FuzzDecodeEvent/da6d608b3a4a8de6):
+// that is an error here, not a panic that would stop the daemon.
+func decodeEventDriver(raw bson.Raw) (ev changeEvent, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			ev, err = changeEvent{}, fmt.Errorf("malformed change event: %v", r)
+		}
+	}()
 	if err := bson.Unmarshal(raw, &ev); err != nil {
 		return changeEvent{}, err
 	}
@@ -230,7 +239,17 @@ var eventFields = []string{"_id", "operationType", "clusterTime", "documentKey",
 
 // foldsTo reports whether key equals one of names up to case.
 func foldsTo(key string, names ...string) bool {
+	// Two ASCII strings fold to each other only at equal lengths; the
+	// names are ASCII. Unicode folding can match other lengths ("ſ" is
+	// "s"), so a key with other bytes is compared with each name.
+	ascii := true
+	for i := 0; i < len(key) && ascii; i++ {
+		ascii = key[i] < utf8.RuneSelf
+	}
 	for _, n := range names {
+		if ascii && len(key) != len(n) {
+			continue
+		}
 		if strings.EqualFold(key, n) {
 			return true
 		}

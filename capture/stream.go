@@ -253,14 +253,17 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 			// server had no more.
 			s.inBatch, s.caughtUp = false, s.batchLen < s.c.cfg.BatchSize
 		}
-		raw, whole, err := s.assemble(cs.Current())
-		if err != nil {
-			return err
+		ev, err := decodeEvent(cs.Current())
+		if err == nil && ev.Split != nil {
+			raw, whole, err := s.assemble(cs.Current(), ev.Split.Fragment, ev.Split.Of)
+			if err != nil {
+				return err
+			}
+			if !whole {
+				continue // a fragment of a split event: the next one goes on
+			}
+			ev, err = decodeEvent(raw)
 		}
-		if !whole {
-			continue // a fragment of a split event: the next one goes on
-		}
-		ev, err := decodeEvent(raw)
 		if err != nil {
 			return fmt.Errorf("capture %s: decode change event: %w", s.ns, err)
 		}
@@ -328,17 +331,11 @@ func (s *streamRun) emptyBatch(ctx context.Context, cs changeStream, idleDue boo
 	return false, nil
 }
 
-// assemble returns a whole event: raw itself, or, for the last fragment of
-// a split event ($changeStreamSplitLargeEvent), the fragments merged.
-// whole is false for a fragment before the last.
-func (s *streamRun) assemble(raw bson.Raw) (_ bson.Raw, whole bool, _ error) {
-	split, err := raw.LookupErr("splitEvent")
-	if err != nil {
-		return raw, true, nil
-	}
+// assemble collects raw, fragment frag of a split event
+// ($changeStreamSplitLargeEvent), and returns the fragments merged once the
+// last one came; whole is false before.
+func (s *streamRun) assemble(raw bson.Raw, frag, of int) (_ bson.Raw, whole bool, _ error) {
 	s.frags = append(s.frags, append(bson.Raw(nil), raw...))
-	frag, _ := split.Document().Lookup("fragment").AsInt64OK()
-	of, _ := split.Document().Lookup("of").AsInt64OK()
 	if frag < of {
 		return nil, false, nil
 	}
