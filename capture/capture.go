@@ -393,6 +393,13 @@ func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Reco
 	key := envelope.AppendKey(buf, e.ID)
 	key = key[:len(key):len(key)]
 	val, err := envelope.Encode(buf[len(key):len(key)], e)
+	rec, dead = c.recordOf(topic, e, key, val, err)
+	return rec, dead, true
+}
+
+// recordOf is the record of e with its key and value (err: why the value
+// could not be encoded), or its dead letter when it cannot be one.
+func (c *Capture) recordOf(topic string, e *envelope.Event, key, val []byte, err error) (rec, dead *kgo.Record) {
 	reason := ""
 	switch {
 	case err != nil:
@@ -401,10 +408,10 @@ func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Reco
 		reason = fmt.Sprintf("record of %d bytes exceeds max_record_bytes %d", len(val), c.cfg.MaxRecordBytes)
 	}
 	if reason == "" {
-		return &kgo.Record{Topic: topic, Key: key, Value: val}, nil, true
+		return &kgo.Record{Topic: topic, Key: key, Value: val}, nil
 	}
 	return nil, c.deadLetterRecord(envelope.DeadLetter{Stage: "capture", Reason: reason, Namespace: e.Namespace,
-		Key: key, Version: e.Version, Topic: topic, Partition: -1, Offset: -1, Record: val}, deadReason(err)), true
+		Key: key, Version: e.Version, Topic: topic, Partition: -1, Offset: -1, Record: val}, deadReason(err))
 }
 
 // deadLetterRecord counts, logs and encodes d for the dead-letter topic;

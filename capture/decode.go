@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/tidemarkhq/tidemark/envelope"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/bsontype"
 	"go.mongodb.org/mongo-driver/bson/primitive"
@@ -23,15 +24,14 @@ import (
 // BSON type, a splitEvent fragment) falls back to the driver's decoding, so
 // the result is always the driver's; FuzzDecodeEvent holds it to that.
 func decodeEvent(raw bson.Raw) (changeEvent, error) {
-	// Validate panics on a document shorter than 5 bytes, or declaring
-	// itself so, and ignores bytes past the declared length, which the
-	// driver refuses.
-	if len(raw) < 5 || int32(binary.LittleEndian.Uint32(raw)) < 5 || int(binary.LittleEndian.Uint32(raw)) != len(raw) {
-		return changeEvent{}, bsoncore.NewInsufficientBytesError(raw, raw)
-	}
-	if err := bsoncore.Document(raw).Validate(); err != nil {
+	if err := validEvent(raw); err != nil {
 		return changeEvent{}, err
 	}
+	return decodeOwn(raw)
+}
+
+// decodeOwn decodes a copy of raw, which is valid.
+func decodeOwn(raw bson.Raw) (changeEvent, error) {
 	own := bson.Raw(append([]byte(nil), raw...))
 	ev, ok := decodeEventFast(own)
 	if !ok {
@@ -39,6 +39,88 @@ func decodeEvent(raw bson.Raw) (changeEvent, error) {
 	}
 	ev.setID()
 	return ev, nil
+}
+
+// validEvent checks that raw is one well-formed BSON document.
+func validEvent(raw bson.Raw) error {
+	// Validate panics on a document shorter than 5 bytes, or declaring
+	// itself so, and ignores bytes past the declared length, which the
+	// driver refuses.
+	if len(raw) < 5 || int32(binary.LittleEndian.Uint32(raw)) < 5 || int(binary.LittleEndian.Uint32(raw)) != len(raw) {
+		return bsoncore.NewInsufficientBytesError(raw, raw)
+	}
+	return bsoncore.Document(raw).Validate()
+}
+
+// prebuilt is an event's Kafka record made while it was decoded: the
+// envelope e it encodes, its key and value.
+type prebuilt struct {
+	e          envelope.Event
+	key, value []byte
+}
+
+// decodeEventFor is decodeEvent for a stream of namespace ns, which also
+// builds the event's record (ev.pre) when the event changes a document.
+// Instead of a copy of the event and then a copy of its document in the
+// record, the document is copied once, straight into the record's value,
+// and ev.Full points there; the token, documentKey and lsid are copied
+// beside it in the same allocation. flush uses the record if the envelope
+// it makes is still the same (a lookup can replace the document).
+func decodeEventFor(raw bson.Raw, ns string) (changeEvent, error) {
+	if err := validEvent(raw); err != nil {
+		return changeEvent{}, err
+	}
+	ev, ok := decodeEventFast(raw) // points into raw, which the driver reuses
+	if !ok {
+		return decodeOwn(raw)
+	}
+	ev.setID()
+	e, skip := eventEnvelope(ns, &ev, ev.version())
+	if skip != "" {
+		return decodeOwn(raw)
+	}
+	buf := make([]byte, 0, envelope.MaxLen(&e)+9+len(ev.id.Value)+len(ev.Token)+len(ev.Key)+len(ev.LSID))
+	val, err := envelope.Encode(buf, &e)
+	if err != nil {
+		return decodeOwn(raw)
+	}
+	n := len(val)
+	val = val[:n:n]
+	if e.Doc != nil {
+		ev.Full = bson.Raw(val[n-1-len(e.Doc) : n-1 : n-1]) // the document is the value's last element
+	}
+	rest := buf[n:n]
+	take := func(b []byte) []byte {
+		if b == nil {
+			return nil
+		}
+		rest = append(rest, b...)
+		out := rest[len(rest)-len(b) : len(rest) : len(rest)]
+		rest = rest[len(rest):]
+		return out
+	}
+	ev.Token, ev.Key, ev.LSID = take(ev.Token), take(ev.Key), take(ev.LSID)
+	ev.setID()
+	e.ID, e.Doc = ev.id, ev.Full
+	key := envelope.AppendKey(rest, ev.id)
+	ev.pre = prebuilt{e: e, key: key[:len(key):len(key)], value: val}
+	return ev, nil
+}
+
+// record is ev.pre's record if e, the envelope flush made, is the one it
+// encodes: the same document, _id, version and op.
+func (ev *changeEvent) record(e *envelope.Event) (key, value []byte, ok bool) {
+	p := &ev.pre
+	if p.value == nil || e.Op != p.e.Op || e.Version != p.e.Version || e.Namespace != p.e.Namespace ||
+		!same(e.Doc, p.e.Doc) || e.ID.Type != p.e.ID.Type || !same(e.ID.Value, p.e.ID.Value) {
+		return nil, nil, false
+	}
+	return p.key, p.value, true
+}
+
+// same reports whether a and b are the same bytes in memory (not only equal).
+func same(a, b []byte) bool {
+	return len(a) == len(b) && (a == nil) == (b == nil) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // decodeEventDriver is the driver's full unmarshal of raw, which must not be

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tidemarkhq/tidemark/envelope"
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/x/bsonx/bsoncore"
@@ -38,6 +39,21 @@ func FuzzDecodeEvent(f *testing.F) {
 		got, gerr := decodeEvent(bson.Raw(b))
 		if !bytes.Equal(in, b) {
 			t.Fatal("decodeEvent changed its input")
+		}
+		// The stream's decoder agrees with it, and its prebuilt record is
+		// the envelope's encoding.
+		gotFor, ferr := decodeEventFor(bson.Raw(b), rns)
+		if !bytes.Equal(in, b) {
+			t.Fatal("decodeEventFor changed its input")
+		}
+		if (ferr == nil) != (gerr == nil) || ferr == nil && !sameEvent(gotFor, got) {
+			t.Fatalf("decodeEventFor %+v, %v; decodeEvent %+v, %v", gotFor, ferr, got, gerr)
+		}
+		if env, skip := eventEnvelope(rns, &gotFor, gotFor.version()); ferr == nil && skip == "" {
+			_, val, ok := gotFor.record(&env)
+			if want, err := envelope.Encode(nil, &env); ok && (err != nil || !bytes.Equal(val, want)) {
+				t.Fatalf("prebuilt value differs from the envelope's encoding (%v)", err)
+			}
 		}
 		// The driver's unmarshal can panic on malformed bytes (an index out
 		// of range was found here), so it is only the reference for BSON the
@@ -104,6 +120,72 @@ func TestDecodeEventCopies(t *testing.T) {
 	}
 	if !sameEvent(got, want) {
 		t.Fatalf("decoded event changed with the buffer: %+v", got)
+	}
+}
+
+// decodeEventFor decodes what decodeEvent does, aliases nothing of the
+// stream's buffer, and its prebuilt record is the one flush would encode:
+// every op, every _id type, in and out of a transaction, with and without a
+// document.
+func TestDecodeEventForPrebuildsTheRecord(t *testing.T) {
+	ids := []any{int32(7), int64(-3), 2.5, "k", primitive.NewObjectID(), bson.D{{Key: "a", Value: 1}},
+		primitive.Binary{Subtype: 4, Data: make([]byte, 16)}, true, primitive.NewDateTimeFromTime(time.Unix(5, 0)),
+		primitive.Decimal128{}, primitive.MinKey{}, primitive.MaxKey{}} // MongoDB refuses array, regex and undefined _ids
+	var events []ev
+	for _, id := range ids {
+		for _, txn := range []int64{0, 9} {
+			d := doc(id, "name", "n", "bio", "b")
+			events = append(events,
+				ev{op: "insert", t: 10, i: 1, id: id, doc: d, txn: txn},
+				ev{op: "update", t: 10, i: 2, id: id, doc: d, txn: txn, updDesc: true},
+				ev{op: "update", t: 10, i: 3, id: id, txn: txn, updDesc: true}, // no fullDocument
+				ev{op: "replace", t: 10, i: 4, id: id, doc: d, txn: txn},
+				ev{op: "replace", t: 10, i: 5, id: id, txn: txn}, // the document is gone
+				ev{op: "delete", t: 11, i: 1, id: id, txn: txn},
+				ev{op: "insert", t: 12, i: 1, id: id, doc: d, docKey: bson.D{{Key: "region", Value: "eu"}, {Key: "_id", Value: id}}})
+		}
+	}
+	events = append(events, ev{op: "rename", t: 13, i: 1, to: "shop.other"}, ev{op: "drop", t: 13, i: 2},
+		ev{op: "invalidate", t: 13, i: 3}, ev{op: "update", t: 14, i: 1, updDesc: true}) // no documentKey
+	for _, e := range events {
+		raw := e.raw()
+		want, err := decodeEvent(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := decodeEventFor(raw, rns)
+		if err != nil {
+			t.Fatalf("%+v: %v", e, err)
+		}
+		for i := range raw {
+			raw[i] = 0 // the next TryNext overwrites the buffer
+		}
+		if !sameEvent(got, want) {
+			t.Fatalf("%+v: decodeEventFor\n%+v\ndecodeEvent\n%+v", e, got, want)
+		}
+		env, skip := eventEnvelope(rns, &got, got.version())
+		key, val, ok := got.record(&env)
+		if ok != (skip == "") {
+			t.Fatalf("%+v: prebuilt record %v, envelope skipped for %q", e, ok, skip)
+		}
+		if !ok {
+			continue
+		}
+		wantVal, err := envelope.Encode(nil, &env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(val, wantVal) || !bytes.Equal(key, envelope.Key(env.ID)) {
+			t.Fatalf("%+v: prebuilt record differs from the encoded one", e)
+		}
+		if dec, err := envelope.Decode(val); err != nil || !bytes.Equal(dec.Doc, want.Full) || dec.Op != env.Op {
+			t.Fatalf("%+v: prebuilt value decodes to %+v, %v", e, dec, err)
+		}
+		// A lookup that replaced the document makes flush encode anew.
+		env.Doc = append(bson.Raw(nil), env.Doc...)
+		if _, _, ok := got.record(&env); ok && env.Doc != nil {
+			t.Fatalf("%+v: prebuilt record used for another document", e)
+		}
 	}
 }
 

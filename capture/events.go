@@ -77,6 +77,25 @@ func (c *Capture) lookupEvents(ctx context.Context, ns string, evs []changeEvent
 // envelopeOf is the envelope of a change event stamped v; ok is false for
 // events that carry no document change.
 func (c *Capture) envelopeOf(ns string, ev *changeEvent, v envelope.Version) (e envelope.Event, ok bool) {
+	e, skip := eventEnvelope(ns, ev, v)
+	switch skip {
+	case skipNoChange:
+		// DDL events (create, createIndexes, modify, ...) change no document.
+		c.log.Debug("ignoring change event without a document", "namespace", ns, "op", ev.Op, "version", v)
+	case skipNoID:
+		c.log.Warn("ignoring change event without an _id", "namespace", ns, "op", ev.Op, "version", v)
+	}
+	return e, skip == ""
+}
+
+const (
+	skipNoChange = "no document change"
+	skipNoID     = "no _id"
+)
+
+// eventEnvelope is envelopeOf without the logging: skip says why an event
+// has no envelope ("" when it has one).
+func eventEnvelope(ns string, ev *changeEvent, v envelope.Version) (e envelope.Event, skip string) {
 	e = envelope.Event{Namespace: ns, ID: ev.id, Version: v}
 	switch ev.Op {
 	case "insert":
@@ -90,18 +109,15 @@ func (c *Capture) envelopeOf(ns string, ev *changeEvent, v envelope.Version) (e 
 	case "delete":
 		e.Op = envelope.OpDelete
 	default:
-		// DDL events (create, createIndexes, modify, ...) change no document.
-		c.log.Debug("ignoring change event without a document", "namespace", ns, "op", ev.Op, "version", v)
-		return e, false
+		return e, skipNoChange
 	}
 	if e.ID.Type == 0 {
-		c.log.Warn("ignoring change event without an _id", "namespace", ns, "op", ev.Op, "version", v)
-		return e, false
+		return e, skipNoID
 	}
 	if e.Op == envelope.OpReplace && e.Doc == nil {
 		e.Op = envelope.OpUpdate // a replace whose document is already gone: the delete follows
 	}
-	return e, true
+	return e, ""
 }
 
 // skipTooLarge handles BSONObjectTooLarge (10334): the server cannot send the

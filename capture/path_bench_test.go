@@ -35,7 +35,7 @@ func BenchmarkEventPath(b *testing.B) {
 	s := &streamRun{c: c, ns: rns, topic: "rp." + rns}
 	for b.Loop() {
 		for _, raw := range raws {
-			e, err := decodeEvent(raw)
+			e, err := decodeEventFor(raw, rns)
 			if err != nil {
 				b.Fatal(err)
 			}

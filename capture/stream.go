@@ -43,6 +43,8 @@ type changeEvent struct {
 
 	// id is documentKey._id, or the stand-in's fallback from the oplog.
 	id bson.RawValue
+	// pre is the record made while decoding, if any (see decodeEventFor).
+	pre prebuilt
 }
 
 func (e *changeEvent) version() envelope.Version {
@@ -253,7 +255,7 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 			// server had no more.
 			s.inBatch, s.caughtUp = false, s.batchLen < s.c.cfg.BatchSize
 		}
-		ev, err := decodeEvent(cs.Current())
+		ev, err := decodeEventFor(cs.Current(), s.ns)
 		if err == nil && ev.Split != nil {
 			raw, whole, err := s.assemble(cs.Current(), ev.Split.Fragment, ev.Split.Of)
 			if err != nil {
@@ -262,7 +264,7 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 			if !whole {
 				continue // a fragment of a split event: the next one goes on
 			}
-			ev, err = decodeEvent(raw)
+			ev, err = decodeEventFor(raw, s.ns)
 		}
 		if err != nil {
 			return fmt.Errorf("capture %s: decode change event: %w", s.ns, err)
@@ -485,7 +487,13 @@ func (s *streamRun) records(evs []changeEvent) (batch, dead []*kgo.Record) {
 		}
 		if e, ok := c.envelopeOf(s.ns, ev, v); ok {
 			counts[e.Op]++
-			if rec, dl, _ := c.toRecord(s.topic, &e); dl != nil {
+			var rec, dl *kgo.Record
+			if key, val, ok := ev.record(&e); ok {
+				rec, dl = c.recordOf(s.topic, &e, key, val, nil)
+			} else {
+				rec, dl, _ = c.toRecord(s.topic, &e)
+			}
+			if dl != nil {
 				dead = append(dead, dl)
 			} else {
 				batch = append(batch, rec)
