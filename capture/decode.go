@@ -33,7 +33,7 @@ func decodeEvent(raw bson.Raw) (changeEvent, error) {
 // decodeOwn decodes a copy of raw, which is valid.
 func decodeOwn(raw bson.Raw) (changeEvent, error) {
 	own := bson.Raw(append([]byte(nil), raw...))
-	ev, ok := decodeEventFast(own)
+	ev, ok := decodeEventFast(own, "")
 	if !ok {
 		return decodeEventDriver(own)
 	}
@@ -70,7 +70,7 @@ func decodeEventFor(raw bson.Raw, ns string) (changeEvent, error) {
 	if err := validEvent(raw); err != nil {
 		return changeEvent{}, err
 	}
-	ev, ok := decodeEventFast(raw) // points into raw, which the driver reuses
+	ev, ok := decodeEventFast(raw, ns) // points into raw, which the driver reuses
 	if !ok {
 		return decodeOwn(raw)
 	}
@@ -151,8 +151,10 @@ func (ev *changeEvent) setID() {
 }
 
 // decodeEventFast decodes a validated event; ok is false when a field has a
-// type it leaves to the driver.
-func decodeEventFast(raw bson.Raw) (ev changeEvent, ok bool) {
+// type it leaves to the driver. ns, the stream's namespace or "", gives the
+// strings of an ns or to field that names it, instead of new ones.
+func decodeEventFast(raw bson.Raw, ns string) (ev changeEvent, ok bool) {
+	db, coll, _ := strings.Cut(ns, ".")
 	rest := raw[4 : len(raw)-1]
 	for len(rest) > 0 {
 		if rest[0] == 0 {
@@ -214,7 +216,7 @@ func decodeEventFast(raw bson.Raw) (ev changeEvent, ok bool) {
 			}
 			switch v.Type {
 			case bsontype.EmbeddedDocument:
-				if !decodeNS(v.Data, p) {
+				if !decodeNS(v.Data, p, db, coll) {
 					return ev, false
 				}
 			case bsontype.Null:
@@ -271,7 +273,7 @@ func opName(v bsoncore.Value) string {
 func decodeNS(doc []byte, p *struct {
 	DB   string `bson:"db"`
 	Coll string `bson:"coll"`
-}) bool {
+}, db, coll string) bool {
 	rest := doc[4 : len(doc)-1]
 	for len(rest) > 0 {
 		if rest[0] == 0 {
@@ -296,7 +298,14 @@ func decodeNS(doc []byte, p *struct {
 			if !terminated(v) {
 				return false
 			}
-			s = v.StringValue()
+			switch b := v.Data[4 : len(v.Data)-1]; {
+			case string(b) == db: // compared without a conversion
+				s = db
+			case string(b) == coll:
+				s = coll
+			default:
+				s = string(b)
+			}
 		case bsontype.Null:
 		default:
 			return false

@@ -239,7 +239,11 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 		if err := s.waitIfCaughtUp(ctx); err != nil {
 			return err
 		}
-		polled := time.Now()
+		// Only a read with no event left in the batch asks the server.
+		var polled time.Time
+		if cs.RemainingBatchLength() == 0 {
+			polled = time.Now()
+		}
 		if !cs.TryNext(ctx) {
 			if done, err := s.emptyBatch(ctx, cs, idleDue, before, polled); done || err != nil {
 				return err
