@@ -79,16 +79,17 @@ func decodeEventFor(raw bson.Raw, ns string) (changeEvent, error) {
 	if skip != "" {
 		return decodeOwn(raw)
 	}
-	buf := make([]byte, 0, envelope.MaxLen(&e)+9+len(ev.id.Value)+len(ev.Token)+len(ev.Key)+len(ev.LSID))
+	var other bson.Raw // a fullDocument the envelope does not carry (a delete's)
+	if e.Doc == nil {
+		other = ev.Full
+	}
+	buf := make([]byte, 0, envelope.MaxLen(&e)+9+len(ev.id.Value)+len(ev.Token)+len(ev.Key)+len(ev.LSID)+len(other))
 	val, err := envelope.Encode(buf, &e)
 	if err != nil {
 		return decodeOwn(raw)
 	}
 	n := len(val)
 	val = val[:n:n]
-	if e.Doc != nil {
-		ev.Full = bson.Raw(val[n-1-len(e.Doc) : n-1 : n-1]) // the document is the value's last element
-	}
 	rest := buf[n:n]
 	take := func(b []byte) []byte {
 		if b == nil {
@@ -99,9 +100,17 @@ func decodeEventFor(raw bson.Raw, ns string) (changeEvent, error) {
 		rest = rest[len(rest):]
 		return out
 	}
+	if e.Doc != nil {
+		ev.Full = bson.Raw(val[n-1-len(e.Doc) : n-1 : n-1]) // the document is the value's last element
+	} else {
+		ev.Full = take(other)
+	}
 	ev.Token, ev.Key, ev.LSID = take(ev.Token), take(ev.Key), take(ev.LSID)
 	ev.setID()
-	e.ID, e.Doc = ev.id, ev.Full
+	e.ID = ev.id
+	if e.Doc != nil {
+		e.Doc = ev.Full
+	}
 	key := envelope.AppendKey(rest, ev.id)
 	ev.pre = prebuilt{e: e, key: key[:len(key):len(key)], value: val}
 	return ev, nil
