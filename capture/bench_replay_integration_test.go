@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -94,7 +92,7 @@ func benchReplay(b *testing.B, batchSize int) {
 	// which leaves out connecting, the transactional producer id and the first
 	// metadata, paid once per process.
 	var capRates, rawRates, capSteady, rawSteady []float64
-	var capCPU, rawCPU cpuTimes
+	var capCPU, rawCPU testbed.CPU
 	// rawPass produces the same records with a plain idempotent client.
 	rawPass := func(topic string) {
 		testbed.CreateTopic(b, adm, topic, 6)
@@ -105,7 +103,7 @@ func benchReplay(b *testing.B, batchSize int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		start, cpu0 := time.Now(), cpuNow()
+		start, cpu0 := time.Now(), testbed.CPUNow()
 		var rawFirst time.Time
 		for i := 0; i < n; i += batchSize {
 			batch := recs[i:min(i+batchSize, n)]
@@ -119,7 +117,7 @@ func benchReplay(b *testing.B, batchSize int) {
 				rawFirst = time.Now()
 			}
 		}
-		cpu0.add(&rawCPU)
+		cpu0.AddSince(&rawCPU)
 		rawRates = append(rawRates, float64(n)/time.Since(start).Seconds())
 		rawSteady = append(rawSteady, float64(n-batchSize)/time.Since(rawFirst).Seconds())
 		raw.Close()
@@ -150,7 +148,7 @@ func benchReplay(b *testing.B, batchSize int) {
 			adm.DeleteTopics(context.Background(), envelope.Topic(prefix, rns), envelope.DeadLetterTopic(prefix))
 		})
 		rctx, stop := context.WithCancel(ctx)
-		start, cpu0 := time.Now(), cpuNow()
+		start, cpu0 := time.Now(), testbed.CPUNow()
 		done := make(chan struct{})
 		go func() { c.Run(rctx); close(done) }()
 		var first time.Time
@@ -168,7 +166,7 @@ func benchReplay(b *testing.B, batchSize int) {
 			time.Sleep(2 * time.Millisecond)
 		}
 		el := time.Since(start)
-		cpu0.add(&capCPU)
+		cpu0.AddSince(&capCPU)
 		capRates = append(capRates, float64(n)/el.Seconds())
 		capSteady = append(capSteady, float64(n-batchSize)/time.Since(first).Seconds())
 		stop()
@@ -184,11 +182,7 @@ func benchReplay(b *testing.B, batchSize int) {
 	// side of it, and the median of those ratios is the result (as in
 	// BenchmarkSink): a neighbour's burst on the shared machine that lands on
 	// one pass moves one ratio, not the sum of all passes.
-	var ratios, wholeRatios []float64
-	for i := range capSteady {
-		ratios = append(ratios, capSteady[i]/((rawSteady[i]+rawSteady[i+1])/2))
-		wholeRatios = append(wholeRatios, capRates[i]/((rawRates[i]+rawRates[i+1])/2))
-	}
+	ratios, wholeRatios := testbed.NeighbourRatios(capSteady, rawSteady), testbed.NeighbourRatios(capRates, rawRates)
 	sum := func(xs []float64) (s float64) {
 		for _, x := range xs {
 			s += x
@@ -198,22 +192,13 @@ func benchReplay(b *testing.B, batchSize int) {
 	b.Logf("capture / neighbouring raw passes (steady): %.2f", ratios)
 	perEvent := func(d time.Duration, passes int) float64 { return float64(d.Microseconds()) / float64(passes*n) }
 	b.Logf("CPU per event, µs (this process + Kafka): capture %.1f + %.1f, raw produce %.1f + %.1f",
-		perEvent(capCPU.client, passes), perEvent(capCPU.kafka, passes),
-		perEvent(rawCPU.client, passes+1), perEvent(rawCPU.kafka, passes+1))
-	b.ReportMetric(median(capSteady), "capture_events/s")
-	b.ReportMetric(median(rawSteady), "baseline_raw_produce_events/s")
-	b.ReportMetric(median(ratios), "of-baseline")
-	b.ReportMetric(median(wholeRatios), "whole-run-of-baseline")
+		perEvent(capCPU.Client, passes), perEvent(capCPU.Kafka, passes),
+		perEvent(rawCPU.Client, passes+1), perEvent(rawCPU.Kafka, passes+1))
+	b.ReportMetric(testbed.Median(capSteady), "capture_events/s")
+	b.ReportMetric(testbed.Median(rawSteady), "baseline_raw_produce_events/s")
+	b.ReportMetric(testbed.Median(ratios), "of-baseline")
+	b.ReportMetric(testbed.Median(wholeRatios), "whole-run-of-baseline")
 	b.ReportMetric(sum(capSteady)/float64(len(capSteady))/(sum(rawSteady)/float64(len(rawSteady))), "of-baseline-of-sums")
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func benchKgoLog(b *testing.B) []kgo.Opt {
@@ -227,21 +212,4 @@ func benchKgoLog(b *testing.B) []kgo.Opt {
 	}
 	stamp := func() string { return time.Now().Format("15:04:05.000 ") }
 	return []kgo.Opt{kgo.WithLogger(kgo.BasicLogger(f, kgo.LogLevelDebug, stamp))}
-}
-
-// cpuTimes is CPU time used by this process and by the stack's Kafka (zero
-// when its pid is not found).
-type cpuTimes struct{ client, kafka time.Duration }
-
-func cpuNow() cpuTimes {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return cpuTimes{time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), testbed.ServerCPU("kafka")}
-}
-
-// add adds the time used since t to sum.
-func (t cpuTimes) add(sum *cpuTimes) {
-	now := cpuNow()
-	sum.client += now.client - t.client
-	sum.kafka += now.kafka - t.kafka
 }

@@ -109,15 +109,15 @@ func BenchmarkBackfillEndToEnd(b *testing.B) {
 		return float64(n) / time.Since(start).Seconds()
 	}
 	b.ResetTimer()
-	var plains, rates, ratios []float64
+	var plains, rates []float64
 	plains = append(plains, plainWrites(b, s, stmt, rows, versions))
-	for i := range passes {
+	for range passes {
 		rates = append(rates, backfillPass())
 		plains = append(plains, plainWrites(b, s, stmt, rows, versions))
-		ratios = append(ratios, 2*rates[i]/(plains[i]+plains[i+1]))
 	}
+	ratios := testbed.NeighbourRatios(rates, plains)
 	b.Logf("%d documents: backfill end to end %.0f docs/s, plain gocql loop %.0f rows/s, ratios %.3f", n, rates, plains, ratios)
-	b.ReportMetric(median(rates), "backfill_e2e_docs/s")
-	b.ReportMetric(median(plains), "baseline_gocql_loop_rows/s")
-	b.ReportMetric(median(ratios), "of-baseline")
+	b.ReportMetric(testbed.Median(rates), "backfill_e2e_docs/s")
+	b.ReportMetric(testbed.Median(plains), "baseline_gocql_loop_rows/s")
+	b.ReportMetric(testbed.Median(ratios), "of-baseline")
 }

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -142,10 +141,10 @@ func BenchmarkSink(b *testing.B) {
 	// so that neither warm-up nor compaction flatters the sink.
 	table := m.Tables(ns)[0]
 	stmt := newStatements(table).insert
-	var plainCPU, sinkCPU cpuTimes
+	var plainCPU, sinkCPU testbed.CPU
 	plainLoop := func() float64 {
-		used := cpuNow()
-		defer used.add(&plainCPU)
+		used := testbed.CPUNow()
+		defer used.AddSince(&plainCPU)
 		return plainWrites(b, s, stmt, rows, versions)
 	}
 	w, err := NewCassandraWriter(ctx, s, m, "ONE")
@@ -173,7 +172,7 @@ func BenchmarkSink(b *testing.B) {
 				b.Fatal("the sink fetched nothing in a minute")
 			}
 		}
-		start, used := time.Now(), cpuNow()
+		start, used := time.Now(), testbed.CPUNow()
 		for applied := int64(0); applied < n; {
 			if time.Since(start) > 5*time.Minute {
 				b.Fatalf("sink applied %d of %d records in 5 minutes", applied, n)
@@ -184,7 +183,7 @@ func BenchmarkSink(b *testing.B) {
 				applied += max(0, l.Committed)
 			}
 		}
-		used.add(&sinkCPU)
+		used.AddSince(&sinkCPU)
 		return float64(n) / time.Since(start).Seconds()
 	}
 	// On two shared cores one pass of either swings by a quarter and the
@@ -194,60 +193,25 @@ func BenchmarkSink(b *testing.B) {
 	// warm-up, nor compaction, nor a neighbour's burst lands on one side only.
 	b.ResetTimer()
 	const rounds = 5
-	var baselines, rates, ratios []float64
-	for i := range rounds {
+	var baselines, rates []float64
+	for range rounds {
 		// Labelled so that a -cpuprofile can be split by side (-tagfocus).
 		pprof.Do(ctx, pprof.Labels("side", "plain"), func(context.Context) { baselines = append(baselines, plainLoop()) })
 		pprof.Do(ctx, pprof.Labels("side", "sink"), func(context.Context) { rates = append(rates, sinkPass()) })
-		if i > 0 {
-			ratios = append(ratios, 2*rates[i-1]/(baselines[i-1]+baselines[i]))
-		}
 	}
 	baselines = append(baselines, plainLoop())
-	ratios = append(ratios, 2*rates[rounds-1]/(baselines[rounds-1]+baselines[rounds]))
+	ratios := testbed.NeighbourRatios(rates, baselines)
 	b.Logf("sink passes %.0f rows/s, plain loop passes %.0f rows/s, ratios %.3f", rates, baselines, ratios)
 	// The client and the servers share two cores: the stack is CPU-bound, and
 	// the ratio follows the CPU each side costs per row, its own and the
 	// servers'. Measured over the timed part of each pass only.
 	per := func(d time.Duration, passes int) float64 { return float64(d.Microseconds()) / float64(passes*n) }
 	b.Logf("CPU per row, sink passes: client %.1fµs, Cassandra %.1fµs, Kafka %.1fµs; plain passes: client %.1fµs, Cassandra %.1fµs, Kafka %.1fµs",
-		per(sinkCPU.client, rounds), per(sinkCPU.cassandra, rounds), per(sinkCPU.kafka, rounds),
-		per(plainCPU.client, rounds+1), per(plainCPU.cassandra, rounds+1), per(plainCPU.kafka, rounds+1))
-	b.ReportMetric(median(rates), "sink_rows/s")
-	b.ReportMetric(median(baselines), "baseline_gocql_loop_rows/s")
-	b.ReportMetric(median(ratios), "of-baseline")
-}
-
-// cpuTime is the CPU time this process has used, user and system.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// cpuTimes is CPU time used by this process and the stack's servers (zero
-// for a server whose pid is not found).
-type cpuTimes struct{ client, kafka, cassandra time.Duration }
-
-func cpuNow() cpuTimes {
-	return cpuTimes{cpuTime(), testbed.ServerCPU("kafka"), testbed.ServerCPU("cassandra")}
-}
-
-// add adds the time used since t to sum.
-func (t cpuTimes) add(sum *cpuTimes) {
-	now := cpuNow()
-	sum.client += now.client - t.client
-	sum.kafka += now.kafka - t.kafka
-	sum.cassandra += now.cassandra - t.cassandra
-}
-
-func median(xs []float64) float64 {
-	ys := slices.Clone(xs)
-	slices.Sort(ys)
-	if len(ys)%2 == 1 {
-		return ys[len(ys)/2]
-	}
-	return (ys[len(ys)/2-1] + ys[len(ys)/2]) / 2
+		per(sinkCPU.Client, rounds), per(sinkCPU.Cassandra, rounds), per(sinkCPU.Kafka, rounds),
+		per(plainCPU.Client, rounds+1), per(plainCPU.Cassandra, rounds+1), per(plainCPU.Kafka, rounds+1))
+	b.ReportMetric(testbed.Median(rates), "sink_rows/s")
+	b.ReportMetric(testbed.Median(baselines), "baseline_gocql_loop_rows/s")
+	b.ReportMetric(testbed.Median(ratios), "of-baseline")
 }
 
 // stampedWriter records, for every users row Cassandra acknowledged, the time

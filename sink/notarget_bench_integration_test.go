@@ -53,7 +53,7 @@ func BenchmarkSinkNoTarget(b *testing.B) {
 				b.Fatal("the sink fetched nothing in a minute")
 			}
 		}
-		start, c0 := time.Now(), cpuTime()
+		start, c0 := time.Now(), testbed.SelfCPU()
 		for applied := int64(0); applied < n; time.Sleep(2 * time.Millisecond) {
 			if time.Since(start) > 5*time.Minute {
 				b.Fatalf("sink applied %d of %d records in 5 minutes", applied, n)
@@ -64,12 +64,12 @@ func BenchmarkSinkNoTarget(b *testing.B) {
 			}
 		}
 		rates = append(rates, float64(n)/time.Since(start).Seconds())
-		cpu = append(cpu, float64((cpuTime()-c0).Microseconds())/n)
+		cpu = append(cpu, float64((testbed.SelfCPU()-c0).Microseconds())/n)
 		stop()
 		<-done
 		sk.Close()
 	}
 	b.Logf("passes %.0f rows/s, client CPU per row %.1fµs", rates, cpu)
-	b.ReportMetric(median(rates), "rows/s")
-	b.ReportMetric(median(cpu), "cpu_µs/row")
+	b.ReportMetric(testbed.Median(rates), "rows/s")
+	b.ReportMetric(testbed.Median(cpu), "cpu_µs/row")
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -36,4 +38,54 @@ func ServerCPU(name string) time.Duration {
 	u, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+// SelfCPU is the CPU time this process has used, user and system.
+func SelfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// CPU is CPU time used by this process (Client) and by the stack's servers
+// (zero for a server whose pid is not found).
+type CPU struct{ Client, Kafka, Cassandra time.Duration }
+
+// CPUNow is the CPU time used so far.
+func CPUNow() CPU {
+	return CPU{SelfCPU(), ServerCPU("kafka"), ServerCPU("cassandra")}
+}
+
+// AddSince adds the CPU time used since t to sum.
+func (t CPU) AddSince(sum *CPU) {
+	now := CPUNow()
+	sum.Client += now.Client - t.Client
+	sum.Kafka += now.Kafka - t.Kafka
+	sum.Cassandra += now.Cassandra - t.Cassandra
+}
+
+// Median is the median of xs (0 for none); xs is not changed.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	ys := slices.Clone(xs)
+	slices.Sort(ys)
+	if len(ys)%2 == 1 {
+		return ys[len(ys)/2]
+	}
+	return (ys[len(ys)/2-1] + ys[len(ys)/2]) / 2
+}
+
+// NeighbourRatios divides each of the n passes of one side by the mean of
+// the passes of the baseline on either side of it; bases holds n+1 passes,
+// base i ran before pass i. Benchmarks alternate the two on a shared
+// machine so that neither warm-up nor a neighbour's burst lands on one side
+// only, and report the median of these ratios.
+func NeighbourRatios(passes, bases []float64) []float64 {
+	out := make([]float64, 0, len(passes))
+	for i, p := range passes {
+		out = append(out, 2*p/(bases[i]+bases[i+1]))
+	}
+	return out
 }
