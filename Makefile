@@ -62,7 +62,7 @@ stack-status:
 RECONCILE_BENCH_TIMEOUT ?= 120m
 bench: stack-up
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./transform
-	$(GO) test -run '^$$' -bench BenchmarkDecodeEvent -benchtime 1s ./capture
+	$(GO) test -run '^$$' -bench 'BenchmarkDecodeEvent|BenchmarkEventPath' -benchtime 1s ./capture
 	$(GO) test -tags integration -run '^$$' -bench 'BenchmarkCapture|BenchmarkBackfillVsScan' -benchtime 1x -timeout 20m ./capture
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./sink
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 20m ./internal/standin
