@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"strings"
@@ -174,9 +175,8 @@ func decodeEventFast(raw bson.Raw, ns string) (ev changeEvent, ok bool) {
 			return ev, false
 		}
 		rest = r
-		key := el.Key()
-		v := el.Value()
-		switch key {
+		key, v := keyValue(el)
+		switch string(key) { // compared without a conversion
 		case "_id", "documentKey", "fullDocument", "lsid":
 			var d bson.Raw
 			switch v.Type {
@@ -186,7 +186,7 @@ func decodeEventFast(raw bson.Raw, ns string) (ev changeEvent, ok bool) {
 			default:
 				return ev, false
 			}
-			switch key {
+			switch string(key) {
 			case "_id":
 				ev.Token = d
 			case "documentKey":
@@ -220,7 +220,7 @@ func decodeEventFast(raw bson.Raw, ns string) (ev changeEvent, ok bool) {
 			}
 		case "ns", "to":
 			p := &ev.NS
-			if key == "to" {
+			if string(key) == "to" {
 				p = &ev.To
 			}
 			switch v.Type {
@@ -293,14 +293,13 @@ func decodeNS(doc []byte, p *struct {
 			return false
 		}
 		rest = r
-		k := el.Key()
-		if k != "db" && k != "coll" {
+		k, v := keyValue(el)
+		if string(k) != "db" && string(k) != "coll" {
 			if foldsTo(k, "db", "coll") {
 				return false
 			}
 			continue
 		}
-		v := el.Value()
 		var s string
 		switch v.Type {
 		case bsontype.String:
@@ -319,13 +318,21 @@ func decodeNS(doc []byte, p *struct {
 		default:
 			return false
 		}
-		if k == "db" {
+		if string(k) == "db" {
 			p.DB = s
 		} else {
 			p.Coll = s
 		}
 	}
 	return true
+}
+
+// keyValue is the key and value of el, an element ReadElement returned:
+// the key's bytes up to its NUL, the value after it (el.Key and el.Value
+// each search for the NUL, and Key allocates).
+func keyValue(el bsoncore.Element) ([]byte, bsoncore.Value) {
+	k := el.KeyBytes()
+	return k, bsoncore.Value{Type: bsontype.Type(el[0]), Data: el[len(k)+2:]}
 }
 
 // terminated reports whether a string value ends with its null byte, which
@@ -338,7 +345,7 @@ var eventFields = []string{"_id", "operationType", "clusterTime", "documentKey",
 	"txnNumber", "splitEvent"}
 
 // foldsTo reports whether key equals one of names up to case.
-func foldsTo(key string, names ...string) bool {
+func foldsTo(key []byte, names ...string) bool {
 	// Two ASCII strings fold to each other only at equal lengths; the
 	// names are ASCII. Unicode folding can match other lengths ("ſ" is
 	// "s"), so a key with other bytes is compared with each name.
@@ -350,7 +357,7 @@ func foldsTo(key string, names ...string) bool {
 		if ascii && len(key) != len(n) {
 			continue
 		}
-		if strings.EqualFold(key, n) {
+		if bytes.EqualFold(key, []byte(n)) {
 			return true
 		}
 	}
