@@ -259,16 +259,17 @@ func (s *streamRun) read(ctx context.Context, cs changeStream) error {
 			// server had no more.
 			s.inBatch, s.caughtUp = false, s.batchLen < s.c.cfg.BatchSize
 		}
-		ev, err := decodeEventFor(cs.Current(), s.ns)
+		raw := cs.Current()
+		ev, err := decodeEventFor(raw, s.ns)
 		if err == nil && ev.Split != nil {
-			raw, whole, err := s.assemble(cs.Current(), ev.Split.Fragment, ev.Split.Of)
-			if err != nil {
+			var whole bool
+			if raw, whole, err = s.assemble(raw, ev.Split.Fragment, ev.Split.Of); err != nil {
 				return err
 			}
 			if !whole {
 				continue // a fragment of a split event: the next one goes on
 			}
-			ev, err = decodeEventFor(raw, s.ns)
+			ev, err = decodeEventFor(raw, s.ns) // the merged event's error is checked below
 		}
 		if err != nil {
 			return fmt.Errorf("capture %s: decode change event: %w", s.ns, err)
@@ -470,10 +471,6 @@ func (s *streamRun) flush(ctx context.Context, tok bson.Raw) error {
 	return s.commits.enqueue(ctx, txnBatch{recs: batch, dead: dead, state: next})
 }
 
-// settle waits until every queued batch is committed and checkpointed, and
-// makes the newest checkpoint the stream's committed state. It does not give
-// up when ctx ends: the committer does, and the transactional client must not
-// be used by anything else while a commit is under way.
 // records encodes evs (coalesced, complete) into records for the stream's
 // topic and dead letters.
 func (s *streamRun) records(evs []changeEvent) (batch, dead []*kgo.Record) {
@@ -516,6 +513,10 @@ func (s *streamRun) records(evs []changeEvent) (batch, dead []*kgo.Record) {
 	return batch, dead
 }
 
+// settle waits until every queued batch is committed and checkpointed, and
+// makes the newest checkpoint the stream's committed state. It does not give
+// up when ctx ends: the committer does, and the transactional client must not
+// be used by anything else while a commit is under way.
 func (s *streamRun) settle() error {
 	if !s.queued {
 		return nil
