@@ -177,7 +177,7 @@ func (c *Capture) produceDocs(ctx context.Context, ns, topic string, version env
 	recs := make([]*kgo.Record, 0, len(docs))
 	for _, doc := range docs {
 		e := envelope.Event{Op: envelope.OpBackfill, Namespace: ns, ID: doc.Lookup("_id"), Version: version, Doc: doc}
-		rec, dl, _ := c.toRecord(topic, &e)
+		rec, dl := c.toRecord(topic, &e)
 		if dl != nil {
 			rec = dl
 		}
@@ -370,7 +370,7 @@ func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
 		doc := bson.Raw(append([]byte(nil), cur.Current...))
 		e := envelope.Event{Op: envelope.OpBackfill, Namespace: r.Namespace, ID: doc.Lookup("_id"), Version: version, Doc: doc}
 		delete(want, string(e.Key()))
-		rec, dl, _ := c.toRecord(topic, &e)
+		rec, dl := c.toRecord(topic, &e)
 		if dl != nil {
 			rec = dl
 		}
@@ -382,7 +382,7 @@ func (c *Capture) Backfill(ctx context.Context, r Request) (int, error) {
 	for k := range want {
 		id, _ := envelope.ParseKey([]byte(k))
 		e := envelope.Event{Op: envelope.OpDelete, Namespace: r.Namespace, ID: id, Version: version}
-		rec, _, _ := c.toRecord(topic, &e)
+		rec, _ := c.toRecord(topic, &e)
 		recs = append(recs, rec)
 	}
 	if err := c.produceAll(ctx, recs); err != nil {

@@ -386,15 +386,10 @@ func (c *Capture) clusterTime(ctx context.Context, ns string) (envelope.Version,
 	return t, nil
 }
 
-func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Record, ok bool) {
-	// The key and the value share one allocation; the key's capacity ends
-	// where the value begins.
-	buf := make([]byte, 0, 9+len(e.ID.Value)+envelope.MaxLen(e))
-	key := envelope.AppendKey(buf, e.ID)
-	key = key[:len(key):len(key)]
-	val, err := envelope.Encode(buf[len(key):len(key)], e)
-	rec, dead = c.recordOf(topic, e, key, val, err)
-	return rec, dead, true
+// toRecord encodes e into a record, or a dead letter when it cannot be one.
+func (c *Capture) toRecord(topic string, e *envelope.Event) (rec, dead *kgo.Record) {
+	key, val, err := envelope.AppendRecord(nil, e) // one allocation for both
+	return c.recordOf(topic, e, key, val, err)
 }
 
 // recordOf is the record of e with its key and value (err: why the value
@@ -561,8 +556,7 @@ func (c *Capture) produceTxn(ctx context.Context, txn *kgo.Client, batch, dead [
 func partitionsStored(ctx context.Context, txn *kgo.Client, acked, failed map[string]int32) error {
 	wait := func(ctx context.Context, topic string, p int32) error {
 		for {
-			leader, _, err := txn.PartitionLeader(topic, p)
-			if leader >= 0 || err != nil {
+			if leader, _, err := txn.PartitionLeader(topic, p); leader >= 0 || err != nil {
 				return nil
 			}
 			select {
@@ -580,8 +574,8 @@ func partitionsStored(ctx context.Context, txn *kgo.Client, acked, failed map[st
 	bounded, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	for topic, p := range failed {
-		if _, ok := acked[topic]; !ok && wait(bounded, topic, p) != nil {
-			break
+		if _, ok := acked[topic]; !ok {
+			wait(bounded, topic, p) // past the bound it returns at once
 		}
 	}
 	return ctx.Err()

@@ -84,14 +84,13 @@ func decodeEventFor(raw bson.Raw, ns string) (changeEvent, error) {
 	if e.Doc == nil {
 		other = ev.Full
 	}
-	buf := make([]byte, 0, envelope.MaxLen(&e)+9+len(ev.id.Value)+len(ev.Token)+len(ev.Key)+len(ev.LSID)+len(other))
-	val, err := envelope.Encode(buf, &e)
+	buf := make([]byte, 0, envelope.MaxRecordLen(&e)+len(ev.Token)+len(ev.Key)+len(ev.LSID)+len(other))
+	key, val, err := envelope.AppendRecord(buf, &e)
 	if err != nil {
 		return decodeOwn(raw)
 	}
-	n := len(val)
-	val = val[:n:n]
-	rest := buf[n:n]
+	used := len(key) + len(val)
+	rest := buf[used:used] // after them, in the room left
 	take := func(b []byte) []byte {
 		if b == nil {
 			return nil
@@ -102,18 +101,20 @@ func decodeEventFor(raw bson.Raw, ns string) (changeEvent, error) {
 		return out
 	}
 	if e.Doc != nil {
+		n := len(val)
 		ev.Full = bson.Raw(val[n-1-len(e.Doc) : n-1 : n-1]) // the document is the value's last element
 	} else {
 		ev.Full = take(other)
 	}
+	// The key and value are copies already; the event's fields and the
+	// envelope kept for comparison must point at copies too.
 	ev.Token, ev.Key, ev.LSID = take(ev.Token), take(ev.Key), take(ev.LSID)
 	ev.setID()
 	e.ID = ev.id
 	if e.Doc != nil {
 		e.Doc = ev.Full
 	}
-	key := envelope.AppendKey(rest, ev.id)
-	ev.pre = prebuilt{e: e, key: key[:len(key):len(key)], value: val}
+	ev.pre = prebuilt{e: e, key: key, value: val}
 	return ev, nil
 }
 
@@ -262,9 +263,8 @@ func decodeEventFast(raw bson.Raw, ns string) (ev changeEvent, ok bool) {
 var opNames = []string{"insert", "update", "replace", "delete", "invalidate", "drop", "rename", "dropDatabase"}
 
 // opName is the string of v, an operationType: a shared one when it is a
-// known name.
-// v is terminated (see terminated): its data is a length, the bytes and a
-// NUL.
+// known name. v is terminated (see terminated): its data is a length, the
+// bytes and a NUL.
 func opName(v bsoncore.Value) string {
 	if len(v.Data) > 4 {
 		b := v.Data[4 : len(v.Data)-1]

@@ -488,13 +488,12 @@ func (s *streamRun) records(evs []changeEvent) (batch, dead []*kgo.Record) {
 		}
 		if e, ok := c.envelopeOf(s.ns, ev, v); ok {
 			counts[e.Op]++
-			var rec, dl *kgo.Record
-			if key, val, ok := ev.record(&e); ok {
-				rec, dl = c.recordOf(s.topic, &e, key, val, nil)
-			} else {
-				rec, dl, _ = c.toRecord(s.topic, &e)
+			key, val, ok := ev.record(&e)
+			var err error
+			if !ok {
+				key, val, err = envelope.AppendRecord(nil, &e)
 			}
-			if dl != nil {
+			if rec, dl := c.recordOf(s.topic, &e, key, val, err); dl != nil {
 				dead = append(dead, dl)
 			} else {
 				batch = append(batch, rec)

@@ -68,6 +68,22 @@ var ErrMalformed = errors.New("envelope: malformed record")
 // document.
 func MaxLen(e *Event) int { return 64 + len(e.Namespace) + len(e.ID.Value) + len(e.Doc) }
 
+// MaxRecordLen is the most bytes AppendRecord appends for e.
+func MaxRecordLen(e *Event) int { return 9 + len(e.ID.Value) + MaxLen(e) }
+
+// AppendRecord appends e's record key and then its value to dst, growing it
+// once, and returns both; each is capped at its length, so appending to one
+// never writes into the other or into what follows them in dst.
+func AppendRecord(dst []byte, e *Event) (key, value []byte, err error) {
+	dst = slices.Grow(dst, MaxRecordLen(e))
+	n := len(dst)
+	dst = AppendKey(dst, e.ID)
+	key = dst[n:len(dst):len(dst)]
+	n = len(dst)
+	dst, err = Encode(dst, e)
+	return key, dst[n:len(dst):len(dst)], err
+}
+
 // Encode appends the record value of e to dst.
 func Encode(dst []byte, e *Event) ([]byte, error) {
 	if !e.Op.Valid() {

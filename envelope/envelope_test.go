@@ -50,7 +50,7 @@ func TestRoundTrip(t *testing.T) {
 
 // Encode sizes the value once: every op, with the longest and shortest _id
 // types and with and without a document, allocates once and fits the room
-// it asked for.
+// it asked for; AppendRecord makes key and value in one allocation.
 func TestEncodeAllocatesOnce(t *testing.T) {
 	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: "k"}, {Key: "bio", Value: string(make([]byte, 900))}})
 	ids := []bson.RawValue{rawValue(t, primitive.NewObjectID()), rawValue(t, "a string _id of some length"),
@@ -71,6 +71,17 @@ func TestEncodeAllocatesOnce(t *testing.T) {
 				}
 				if n := testing.AllocsPerRun(20, func() { _, _ = Encode(nil, &e) }); n != 1 && !raceEnabled {
 					t.Errorf("%s, %s _id, doc %v: %v allocations, want 1", op, id.Type, d != nil, n)
+				}
+				key, val, err := AppendRecord(nil, &e)
+				if err != nil || !bytes.Equal(key, Key(id)) || !bytes.Equal(val, b) {
+					t.Fatalf("%s, %s _id: AppendRecord %x %x %v, want the key and Encode's value", op, id.Type, key, val, err)
+				}
+				if n := testing.AllocsPerRun(20, func() { _, _, _ = AppendRecord(nil, &e) }); n != 1 && !raceEnabled {
+					t.Errorf("%s, %s _id, doc %v: AppendRecord made %v allocations, want 1", op, id.Type, d != nil, n)
+				}
+				_ = append(key, 0xff) // capped: appending to the key must not write into the value
+				if !bytes.Equal(val, b) {
+					t.Fatalf("%s, %s _id: appending to the key changed the value", op, id.Type)
 				}
 			}
 		}
