@@ -1,7 +1,7 @@
 package testbed
 
 import (
-	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,22 +25,37 @@ func ServerCPU(name string) time.Duration {
 	if err != nil {
 		return 0
 	}
-	stat, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(pid)), "stat"))
+	n, err := strconv.Atoi(strings.TrimSpace(string(pid)))
 	if err != nil {
 		return 0
 	}
-	// Fields after the command name, which ends with ")": utime and stime
-	// are the 12th and 13th, in clock ticks (100 per second on Linux).
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+st) * 10 * time.Millisecond
+	d, _ := ProcessCPU(n)
+	return d
 }
 
-// SelfCPU is the CPU time this process has used, user and system.
+// ProcessCPU is the CPU time pid has used (user + system, /proc/<pid>/stat).
+func ProcessCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %v %v", pid, err1, err2)
+	}
+	// USER_HZ is 100 on Linux.
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// SelfCPU is the CPU time this process has used, user and system, from
+// getrusage: microseconds, where /proc (ProcessCPU) counts 10 ms ticks.
 func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
